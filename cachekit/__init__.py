@@ -1,0 +1,61 @@
+"""cachekit: caching for Python web apps on Redis or Valkey.
+
+Cache-aside decorators for ``def`` and ``async def``, with a raw API on both faces, that
+keep the database safe from the classic cache failures.
+
+Usage::
+
+    from cachekit import Cache
+
+    cache = Cache.from_url("redis://127.0.0.1:6379/0")
+
+    @cache.cached(ttl=300, key="product:{product_id}")
+    async def get_product(product_id: int) -> dict[str, object] | None: ...
+"""
+
+from .aside import MISSING
+from .cache import Cache, SyncCache
+from .decorators import AsyncCachedFunction, Decorator, SyncCachedFunction
+from .exceptions import (
+    BackendError,
+    BackendTimeout,
+    BackendUnavailable,
+    CacheKitError,
+    ConfigurationError,
+    KeyTemplateError,
+    LockError,
+    LockNotOwnedError,
+    LockTimeout,
+    NotConfigured,
+    SerializationError,
+)
+from .serializers import JsonSerializer, MsgpackSerializer, PickleSerializer, Serializer
+from .signing import Keyring
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MISSING",
+    "AsyncCachedFunction",
+    "BackendError",
+    "BackendTimeout",
+    "BackendUnavailable",
+    "Cache",
+    "CacheKitError",
+    "ConfigurationError",
+    "Decorator",
+    "JsonSerializer",
+    "KeyTemplateError",
+    "Keyring",
+    "LockError",
+    "LockNotOwnedError",
+    "LockTimeout",
+    "MsgpackSerializer",
+    "NotConfigured",
+    "PickleSerializer",
+    "SerializationError",
+    "Serializer",
+    "SyncCache",
+    "SyncCachedFunction",
+    "__version__",
+]

@@ -1,0 +1,181 @@
+"""The Redis (and Valkey) backend: redis-py clients, one pool per face, errors translated.
+
+:func:`connect` builds both faces from a URL with cachekit's time budget (short socket
+and connect timeouts, no retry chain, a bounded pool whose wait is bounded too);
+:class:`RedisBackend` and :class:`AsyncRedisBackend` wrap clients you built yourself.
+Every redis-py or socket error leaves this module as a
+:class:`~cachekit.exceptions.BackendError` through :func:`translate_error`, the one place
+that maps them.
+
+Usage::
+
+    sync_backend, async_backend = connect("redis://127.0.0.1:6379/0", {"socket_timeout": 0.2})
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+import redis
+import redis.asyncio
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from cachekit.config import REDIS_DEFAULTS
+from cachekit.exceptions import BackendError, BackendTimeout, BackendUnavailable, ConfigurationError
+
+from .ops import Op
+
+__all__ = ["AsyncRedisBackend", "RedisBackend", "connect", "translate_error"]
+
+T = TypeVar("T")
+
+# Most specific first: the first match wins.
+_ERROR_MAP: tuple[tuple[tuple[type[BaseException], ...], type[BackendError]], ...] = (
+    ((RedisTimeoutError, TimeoutError, asyncio.TimeoutError), BackendTimeout),
+    ((RedisConnectionError, OSError), BackendUnavailable),
+    ((RedisError,), BackendError),
+)
+_TRANSLATED = (RedisError, OSError)
+
+
+def translate_error(exc: BaseException) -> BackendError:
+    """The cachekit error for a redis-py or socket error (chain it with ``from exc``).
+
+    Usage::
+
+        except (RedisError, OSError) as exc:
+            raise translate_error(exc) from exc
+    """
+    for sources, target in _ERROR_MAP:
+        if isinstance(exc, sources):
+            return target(f"{type(exc).__name__}: {exc}")
+    return BackendError(f"{type(exc).__name__}: {exc}")
+
+
+def _check_client(client: Any) -> None:
+    kwargs = client.connection_pool.connection_kwargs
+    if kwargs.get("decode_responses"):
+        raise ConfigurationError(
+            "the injected Redis client has decode_responses=True; cachekit stores bytes, "
+            "so build the client with decode_responses=False (the default)"
+        )
+
+
+class RedisBackend:
+    """The synchronous face over a ``redis.Redis`` client.
+
+    Usage::
+
+        backend = RedisBackend(redis.Redis(socket_timeout=0.25))
+        backend.run(Get("p:{k}"))
+    """
+
+    __slots__ = ("client",)
+
+    def __init__(self, client: redis.Redis) -> None:
+        _check_client(client)
+        self.client = client
+
+    def run(self, op: Op[T]) -> T:
+        """Send ``op`` and parse its reply."""
+        execute: Callable[..., Any] = self.client.execute_command
+        try:
+            kind = op.kind
+            if kind == "command":
+                return op.parse(execute(*op.command()))
+            if kind == "script":
+                script = op.script
+                assert script is not None
+                keys, args = op.script_call()
+                try:
+                    reply = execute("EVALSHA", script.sha, len(keys), *keys, *args)
+                except NoScriptError:
+                    reply = execute("EVAL", script.source, len(keys), *keys, *args)
+                return op.parse(reply)
+            with self.client.pipeline(transaction=False) as pipe:
+                queue: Callable[..., Any] = pipe.execute_command
+                for command in op.pipeline():
+                    queue(*command)
+                return op.parse(pipe.execute())
+        except _TRANSLATED as exc:
+            raise translate_error(exc) from exc
+
+    def close(self) -> None:
+        """Close the client and its pool."""
+        self.client.close()
+
+
+class AsyncRedisBackend:
+    """The asynchronous face over a ``redis.asyncio.Redis`` client.
+
+    Usage::
+
+        backend = AsyncRedisBackend(redis.asyncio.Redis(socket_timeout=0.25))
+        await backend.run(Get("p:{k}"))
+    """
+
+    __slots__ = ("client",)
+
+    def __init__(self, client: redis.asyncio.Redis) -> None:
+        _check_client(client)
+        self.client = client
+
+    async def run(self, op: Op[T]) -> T:
+        """Send ``op`` and parse its reply."""
+        execute: Callable[..., Awaitable[Any]] = self.client.execute_command
+        try:
+            kind = op.kind
+            if kind == "command":
+                return op.parse(await execute(*op.command()))
+            if kind == "script":
+                script = op.script
+                assert script is not None
+                keys, args = op.script_call()
+                try:
+                    reply = await execute("EVALSHA", script.sha, len(keys), *keys, *args)
+                except NoScriptError:
+                    reply = await execute("EVAL", script.source, len(keys), *keys, *args)
+                return op.parse(reply)
+            async with self.client.pipeline(transaction=False) as pipe:
+                for command in op.pipeline():
+                    pipe.execute_command(*command)
+                return op.parse(await pipe.execute())
+        except _TRANSLATED as exc:
+            raise translate_error(exc) from exc
+
+    async def close(self) -> None:
+        """Close the client and its pool."""
+        await self.client.aclose()
+
+
+def _client_kwargs(options: Mapping[str, Any]) -> dict[str, Any]:
+    settings = {**REDIS_DEFAULTS, **options}
+    # Keep waiting for a pooled connection inside the same budget as a reply.
+    settings["timeout"] = settings.pop("pool_timeout")
+    if "ssl_cert_reqs" in settings and settings["ssl_cert_reqs"] == "none":
+        settings["ssl_cert_reqs"] = None
+    return settings
+
+
+def connect(url: str, options: Mapping[str, Any]) -> tuple[RedisBackend, AsyncRedisBackend]:
+    """Both faces for ``url`` (``redis://``, ``rediss://`` or ``unix://``), no I/O yet.
+
+    ``options`` are the ``redis``-scoped options of :data:`cachekit.config.URL_OPTIONS`;
+    anything not given takes :data:`cachekit.config.REDIS_DEFAULTS`.
+    """
+    kwargs = _client_kwargs(options)
+    sync_pool = redis.BlockingConnectionPool.from_url(url, retry=Retry(NoBackoff(), 0), **kwargs)
+    async_pool = redis.asyncio.BlockingConnectionPool.from_url(
+        url, retry=AsyncRetry(NoBackoff(), 0), **kwargs
+    )
+    return (
+        RedisBackend(redis.Redis.from_pool(sync_pool)),
+        AsyncRedisBackend(redis.asyncio.Redis.from_pool(async_pool)),
+    )

@@ -1,0 +1,145 @@
+"""Connection URLs and their query options, as one declarative table.
+
+``Cache.from_url("redis://127.0.0.1:6379/0?socket_timeout=0.2&prefix=shop")`` reads the
+options listed in :data:`URL_OPTIONS`; an unknown option is an error that lists the known
+ones, never silently ignored. Keyword arguments to ``from_url`` use the same names and win
+over the query string.
+
+Usage::
+
+    target = parse_url("redis://localhost/1?prefix=shop&max_connections=20")
+    target.options["prefix"]     # 'shop'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+from .exceptions import ConfigurationError
+
+__all__ = ["REDIS_DEFAULTS", "SCHEMES", "URL_OPTIONS", "Target", "UrlOption", "parse_url"]
+
+Scope = Literal["cache", "redis"]
+
+
+def _positive(cast: Callable[[str], float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = cast(text)
+        if value <= 0:
+            raise ValueError("must be positive")
+        return value
+
+    return parse
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+@dataclass(frozen=True, slots=True)
+class UrlOption:
+    """One query option: how to parse it, whom it configures, what it means."""
+
+    parse: Callable[[str], Any]
+    scope: Scope
+    help: str
+
+
+URL_OPTIONS: Final[Mapping[str, UrlOption]] = {
+    "prefix": UrlOption(str, "cache", "first segment of every key (default 'cachekit')"),
+    "serializer": UrlOption(_choice("json", "msgpack"), "cache", "value format (default json)"),
+    "socket_timeout": UrlOption(_positive(float), "redis", "seconds to wait for a reply"),
+    "socket_connect_timeout": UrlOption(_positive(float), "redis", "seconds to connect"),
+    "pool_timeout": UrlOption(_positive(float), "redis", "seconds to wait for a free connection"),
+    "max_connections": UrlOption(_positive(int), "redis", "connections per pool (per face)"),
+    "health_check_interval": UrlOption(float, "redis", "seconds between idle-connection checks"),
+    "client_name": UrlOption(str, "redis", "CLIENT SETNAME for every connection"),
+    "db": UrlOption(int, "redis", "database number (also the URL path)"),
+    "ssl_cert_reqs": UrlOption(_choice("none", "optional", "required"), "redis", "TLS checks"),
+    "ssl_ca_certs": UrlOption(str, "redis", "CA bundle path for rediss://"),
+}
+
+# The cache owns its time budget: short timeouts, no retry chain (redis-py's default
+# retries take 4-10 s against a dead or hung server), and a bounded pool.
+REDIS_DEFAULTS: Final[Mapping[str, Any]] = {
+    "socket_timeout": 0.25,
+    "socket_connect_timeout": 0.25,
+    "pool_timeout": 0.25,
+    "max_connections": 64,
+    "health_check_interval": 0.0,
+}
+
+SCHEMES: Final = ("redis", "rediss", "unix", "memory")
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A parsed URL: its scheme, the URL without cachekit's options, and the options."""
+
+    scheme: str
+    url: str
+    options: Mapping[str, Any]
+
+    def scoped(self, scope: Scope) -> dict[str, Any]:
+        """The options that configure ``scope``."""
+        return {k: v for k, v in self.options.items() if URL_OPTIONS[k].scope == scope}
+
+
+def parse_url(url: str, overrides: Mapping[str, Any] | None = None) -> Target:
+    """Split ``url`` into a :class:`Target`, validating every option.
+
+    ``overrides`` (keyword arguments of ``from_url``) are checked against the same table
+    and replace values from the query string.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in SCHEMES:
+        raise ConfigurationError(
+            f"unsupported URL scheme {parts.scheme!r} in {_redact(url)}; "
+            f"use one of: {', '.join(s + '://' for s in SCHEMES)}"
+        )
+    options: dict[str, Any] = {}
+    for name, text in parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False):
+        options[name] = _parse_option(name, text)
+    for name, value in (overrides or {}).items():
+        _known(name)
+        options[name] = value
+    if parts.scheme == "memory" and (redis_only := [k for k in options if k in _REDIS_ONLY]):
+        raise ConfigurationError(f"memory:// takes no Redis options: {', '.join(redis_only)}")
+    bare = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+    return Target(parts.scheme, bare, options)
+
+
+_REDIS_ONLY = frozenset(k for k, o in URL_OPTIONS.items() if o.scope == "redis")
+
+
+def _known(name: str) -> UrlOption:
+    try:
+        return URL_OPTIONS[name]
+    except KeyError:
+        raise ConfigurationError(
+            f"unknown option {name!r}; known options: {', '.join(sorted(URL_OPTIONS))}"
+        ) from None
+
+
+def _parse_option(name: str, text: str) -> Any:
+    option = _known(name)
+    try:
+        return option.parse(text)
+    except ValueError as exc:
+        raise ConfigurationError(f"option {name}={text!r}: {exc}") from None
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url

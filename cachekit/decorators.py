@@ -1,0 +1,181 @@
+"""``@cache.cached``: cache-aside for ``def`` and ``async def`` functions alike.
+
+The decorator looks at the function it wraps: an ``async def`` gets an
+:class:`AsyncCachedFunction` whose call, ``invalidate`` and ``refresh`` are awaitable; a
+``def`` gets a :class:`SyncCachedFunction` whose methods block. Both run the same flow
+(:mod:`cachekit.aside`) and build the same keys, so a ``def`` and an ``async def`` with the
+same key template share their entries. ``ParamSpec`` keeps the wrapped signature for
+type checkers, and ``__wrapped__`` keeps it for ``inspect``.
+
+Usage::
+
+    @cache.cached(ttl=60, key="user:{user_id}")
+    def load_user(user_id: int) -> dict[str, Any] | None: ...
+
+    load_user(7)
+    load_user.invalidate(user_id=7)
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast, overload
+
+from .aside import Policy, cached_read, delete, drive_async, drive_sync, refresh
+from .keys import KeyBuilder
+from .serializers import Serializer
+
+if TYPE_CHECKING:
+    from .cache import Binding
+
+__all__ = ["AsyncCachedFunction", "Decorator", "SyncCachedFunction"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class _CachedFunction(Generic[P, R]):
+    """What both faces share: the wrapped function, its key builder and its policy."""
+
+    def __init__(
+        self,
+        bound: Callable[[], Binding],
+        func: Callable[P, Any],
+        policy: Policy,
+        builder: KeyBuilder,
+    ) -> None:
+        functools.update_wrapper(cast(Any, self), func)
+        self._bound = bound
+        self._func = func
+        self._policy = policy
+        self._builder = builder
+
+    def key(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        """The logical cache key of a call with these arguments (no I/O).
+
+        Usage::
+
+            get_product.key(5)     # 'product:5'
+        """
+        return self._builder.build(args, kwargs)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._policy.name}>"
+
+
+class AsyncCachedFunction(_CachedFunction[P, R]):
+    """An ``async def`` function behind the cache; its methods are awaitable.
+
+    Usage::
+
+        product = await get_product(5)
+        await get_product.invalidate(5)
+        fresh = await get_product.refresh(5)
+    """
+
+    _func: Callable[P, Awaitable[R]]
+
+    async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """The cached result, loading and storing it on a miss."""
+        b = self._bound()
+        flow = cached_read(b.ctx, self._policy, self._builder.build(args, kwargs))
+        result: R = await drive_async(flow, b.async_backend, lambda: self._func(*args, **kwargs))
+        return result
+
+    async def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> None:
+        """Drop the entry for these arguments, so the next call loads."""
+        b = self._bound()
+        await drive_async(delete(b.ctx, self._builder.build(args, kwargs)), b.async_backend)
+
+    async def refresh(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Load now, overwrite the entry and return the new result."""
+        b = self._bound()
+        flow = refresh(b.ctx, self._policy, self._builder.build(args, kwargs))
+        result: R = await drive_async(flow, b.async_backend, lambda: self._func(*args, **kwargs))
+        return result
+
+
+class SyncCachedFunction(_CachedFunction[P, R]):
+    """A ``def`` function behind the cache; its methods block.
+
+    Usage::
+
+        product = get_product(5)
+        get_product.invalidate(5)
+        fresh = get_product.refresh(5)
+    """
+
+    _func: Callable[P, R]
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """The cached result, loading and storing it on a miss."""
+        b = self._bound()
+        flow = cached_read(b.ctx, self._policy, self._builder.build(args, kwargs))
+        result: R = drive_sync(flow, b.sync_backend, lambda: self._func(*args, **kwargs))
+        return result
+
+    def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> None:
+        """Drop the entry for these arguments, so the next call loads."""
+        b = self._bound()
+        drive_sync(delete(b.ctx, self._builder.build(args, kwargs)), b.sync_backend)
+
+    def refresh(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Load now, overwrite the entry and return the new result."""
+        b = self._bound()
+        flow = refresh(b.ctx, self._policy, self._builder.build(args, kwargs))
+        result: R = drive_sync(flow, b.sync_backend, lambda: self._func(*args, **kwargs))
+        return result
+
+
+class Decorator:
+    """What ``cache.cached(...)`` returns: apply it to a ``def`` or ``async def``.
+
+    The key template is checked against the function's signature here, at decoration
+    time, so a typo fails at import rather than at the first call.
+
+    Usage::
+
+        decorate = cache.cached(ttl=30)
+        fast = decorate(slow_function)
+    """
+
+    __slots__ = ("_bound", "_key", "_null_ttl", "_serializer", "_ttl")
+
+    def __init__(
+        self,
+        bound: Callable[[], Binding],
+        *,
+        ttl: float | None,
+        key: str | None,
+        null_ttl: float,
+        serializer: Serializer | None,
+    ) -> None:
+        self._bound = bound
+        self._ttl = ttl
+        self._key = key
+        self._null_ttl = null_ttl
+        self._serializer = serializer
+
+    @overload
+    def __call__(  # type: ignore[overload-overlap]  # the async overload must win
+        self, func: Callable[P, Coroutine[Any, Any, R]]
+    ) -> AsyncCachedFunction[P, R]: ...
+
+    @overload
+    def __call__(self, func: Callable[P, R]) -> SyncCachedFunction[P, R]: ...
+
+    def __call__(
+        self, func: Callable[P, Any]
+    ) -> AsyncCachedFunction[P, Any] | SyncCachedFunction[P, Any]:
+        builder = KeyBuilder.for_function(func, self._key)
+        policy = Policy(
+            name=f"{func.__module__}.{func.__qualname__}",
+            ttl=self._ttl,
+            null_ttl=self._null_ttl,
+            serializer=self._serializer,
+        )
+        if inspect.iscoroutinefunction(func):
+            return AsyncCachedFunction(self._bound, func, policy, builder)
+        return SyncCachedFunction(self._bound, func, policy, builder)

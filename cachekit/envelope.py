@@ -1,0 +1,148 @@
+"""The versioned envelope: everything the read path needs, in the bytes of one GET.
+
+Layout (big-endian), then the optional MAC, then the serializer's payload::
+
+    magic "ck" | version u8 | flags u8 | serializer code u8 | crc32(key) u32
+    | created f64 | logical expiry f64 (0 = none) | load duration f32
+    [ | HMAC-SHA256 over (key, header, payload) ]  when the serializer carries a keyring
+    | payload  (empty for a null marker)
+
+The crc32 of the storage key catches a value read under the wrong key (a mixed-up reply, a
+copied value); the MAC, when present, makes that a cryptographic check. The decoder is
+chosen by configuration, never by the data: the stored serializer code is only compared.
+Anything that does not check out raises :class:`InvalidPayload`, which callers treat as a
+miss.
+
+Usage::
+
+    data = encode("p:{k}", 42, JsonSerializer(), created=now, expires=now + 60)
+    env = decode("p:{k}", data, JsonSerializer())
+    assert env.value == 42
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import Any, Final
+
+from .exceptions import SerializationError
+from .serializers import Serializer
+from .signing import MAC_SIZE
+
+__all__ = ["HEADER_SIZE", "VERSION", "Envelope", "InvalidPayload", "decode", "encode"]
+
+MAGIC: Final = b"ck"
+VERSION: Final = 1
+_FLAG_NULL: Final = 0x01
+_FLAG_SIGNED: Final = 0x02
+_HEADER = struct.Struct(">2sBBBIddf")
+HEADER_SIZE: Final = _HEADER.size
+
+
+class InvalidPayload(SerializationError):
+    """Stored bytes that are not a valid envelope for this key; the reason says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A decoded cache entry.
+
+    **Attributes:**
+
+    * **value** - the cached value (``None`` for a null marker).
+    * **created** - wall-clock time it was written.
+    * **expires** - wall-clock time its logical (fresh) life ends; ``0.0`` for never.
+    * **load_time** - seconds the loader took to produce it (for early refresh).
+    * **is_null** - it records that the source had nothing (``None``).
+
+    Usage::
+
+        if env.is_fresh(clock.time()): return env.value
+    """
+
+    value: Any
+    created: float
+    expires: float
+    load_time: float
+    is_null: bool
+
+    def is_fresh(self, now: float) -> bool:
+        """Whether the entry is within its logical lifetime at ``now``."""
+        return self.expires == 0.0 or now < self.expires
+
+
+def encode(
+    key: str,
+    value: Any,
+    serializer: Serializer,
+    *,
+    created: float,
+    expires: float,
+    load_time: float = 0.0,
+    null: bool = False,
+) -> bytes:
+    """The envelope bytes for ``value`` stored under ``key``.
+
+    Raises :class:`~cachekit.exceptions.SerializationError` when ``value`` cannot be
+    encoded by ``serializer``.
+    """
+    if null:
+        payload = b""
+    else:
+        try:
+            payload = serializer.dumps(value)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise SerializationError(f"cannot encode {type(value).__name__}: {exc}") from exc
+    keyring = serializer.keyring
+    flags = (_FLAG_NULL if null else 0) | (_FLAG_SIGNED if keyring is not None else 0)
+    key_bytes = key.encode()
+    header = _HEADER.pack(
+        MAGIC, VERSION, flags, serializer.code, zlib.crc32(key_bytes), created, expires, load_time
+    )
+    if keyring is None:
+        return header + payload
+    return header + keyring.sign(key_bytes, header, payload) + payload
+
+
+def decode(key: str, data: bytes, serializer: Serializer) -> Envelope:
+    """Check and decode envelope bytes read from ``key``.
+
+    Raises :class:`InvalidPayload` for anything but an intact envelope written for ``key``
+    by ``serializer``; a signed payload is decoded only after its MAC verified.
+    """
+    try:
+        magic, version, flags, code, crc, created, expires, load_time = _HEADER.unpack_from(data)
+    except struct.error:
+        raise InvalidPayload("truncated header") from None
+    if magic != MAGIC:
+        raise InvalidPayload("not a cachekit envelope")
+    if version != VERSION:
+        raise InvalidPayload(f"unknown envelope version {version}")
+    if code != serializer.code:
+        raise InvalidPayload(f"written with serializer code {code}, expected {serializer.code}")
+    key_bytes = key.encode()
+    if crc != zlib.crc32(key_bytes):
+        raise InvalidPayload("written for another key")
+    keyring = serializer.keyring
+    if keyring is None:
+        if flags & _FLAG_SIGNED:
+            raise InvalidPayload("signed, but no keyring is configured")
+        payload = memoryview(data)[HEADER_SIZE:]
+    else:
+        if not flags & _FLAG_SIGNED:
+            raise InvalidPayload("unsigned, but signatures are required")
+        view = memoryview(data)
+        mac, payload = view[HEADER_SIZE : HEADER_SIZE + MAC_SIZE], view[HEADER_SIZE + MAC_SIZE :]
+        if len(mac) != MAC_SIZE or not keyring.verify(mac, key_bytes, view[:HEADER_SIZE], payload):
+            raise InvalidPayload("signature does not verify")
+    if flags & _FLAG_NULL:
+        if payload:
+            raise InvalidPayload("null marker with a payload")
+        return Envelope(None, created, expires, load_time, True)
+    try:
+        value = serializer.loads(payload)
+    except Exception as exc:  # any decoder failure on foreign bytes is just a bad payload
+        raise InvalidPayload(f"payload does not decode: {type(exc).__name__}") from exc
+    return Envelope(value, created, expires, load_time, False)

@@ -1,0 +1,98 @@
+"""Every error cachekit raises, under one root.
+
+The hierarchy::
+
+    * CacheKitError
+      x ConfigurationError      (also a ValueError)
+        - NotConfigured         the Cache was used before configure()
+      x KeyTemplateError        (also a TypeError) an argument cannot form a key
+      x SerializationError      a value cannot be encoded by the chosen serializer
+      x BackendError            the storage layer answered with an error
+        - BackendUnavailable    it could not be reached, or did not answer in time
+          · BackendTimeout
+      x LockError
+        - LockTimeout           the wait for a lock ran out
+        - LockNotOwnedError     the lock was lost or released by someone else
+
+Errors of the layer below (redis-py, OSError) are translated in exactly one place,
+:func:`cachekit.backends.redis.translate_errors`, and always chained with ``from``.
+
+Usage::
+
+    try:
+        await cache.set("k", 1)
+    except BackendUnavailable:
+        ...   # Redis is down; cache reads fail open on their own
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendError",
+    "BackendTimeout",
+    "BackendUnavailable",
+    "CacheKitError",
+    "ConfigurationError",
+    "KeyTemplateError",
+    "LockError",
+    "LockNotOwnedError",
+    "LockTimeout",
+    "NotConfigured",
+    "SerializationError",
+]
+
+
+class CacheKitError(Exception):
+    """Root of every exception cachekit raises.
+
+    Usage::
+
+        try:
+            value = cache.sync.get("k")
+        except CacheKitError:
+            value = None
+    """
+
+
+class ConfigurationError(CacheKitError, ValueError):
+    """A setting, URL or decorator argument is invalid; the message says which and why."""
+
+
+class NotConfigured(ConfigurationError):
+    """A :class:`~cachekit.Cache` declared with ``Cache()`` was used before ``configure()``."""
+
+
+class KeyTemplateError(CacheKitError, TypeError):
+    """A key template or a call's arguments cannot produce a cache key."""
+
+
+class SerializationError(CacheKitError):
+    """A value cannot be encoded (or a stored payload decoded) by the chosen serializer."""
+
+
+class BackendError(CacheKitError):
+    """The storage backend answered with an error."""
+
+
+class BackendUnavailable(BackendError):
+    """The backend could not be reached or did not answer within its time budget."""
+
+
+class BackendTimeout(BackendUnavailable):
+    """The backend did not answer within its time budget."""
+
+
+class LockError(CacheKitError):
+    """Base class of the lock errors."""
+
+    def __init__(self, message: str, *, name: str | None = None) -> None:
+        super().__init__(message)
+        self.name = name
+
+
+class LockTimeout(LockError):
+    """The lock was not acquired before the wait ran out."""
+
+
+class LockNotOwnedError(LockError):
+    """The lock being released or extended is no longer held by this owner."""

@@ -1,0 +1,91 @@
+"""Counters that cost no I/O to read, and log lines that are written once.
+
+Usage::
+
+    stats = Stats()
+    stats.incr("hits")
+    stats.snapshot()["hits"]    # 1
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Final
+
+__all__ = ["COUNTERS", "LogOnce", "Stats"]
+
+COUNTERS: Final = (
+    "hits",
+    "misses",
+    "stale_hits",
+    "null_hits",
+    "bloom_rejects",
+    "loads",
+    "load_errors",
+    "coalesced",
+    "lock_waits",
+    "lock_timeouts",
+    "fallbacks",
+    "stale_sets_refused",
+    "invalid_payloads",
+    "unserializable",
+    "write_errors",
+)
+
+
+class Stats:
+    """Thread-safe event counters of one :class:`~cachekit.Cache`.
+
+    ``snapshot()`` returns every counter of :data:`COUNTERS`, zeros included, so
+    dashboards see a fixed set of names.
+
+    Usage::
+
+        cache.stats()    # {'hits': 10, 'misses': 2, ...}
+    """
+
+    __slots__ = ("_counts", "_lock")
+
+    def __init__(self) -> None:
+        self._counts = dict.fromkeys(COUNTERS, 0)
+        self._lock = threading.Lock()
+
+    def incr(self, name: str, amount: int = 1) -> None:
+        """Add ``amount`` to counter ``name`` (one of :data:`COUNTERS`)."""
+        with self._lock:
+            self._counts[name] += amount
+
+    def snapshot(self) -> dict[str, int]:
+        """A copy of every counter."""
+        with self._lock:
+            return dict(self._counts)
+
+
+class LogOnce:
+    """Logs a warning the first time each tag is seen, then stays quiet for that tag.
+
+    Tags are categories (a reason, a function name), never user data, and at most
+    ``limit`` of them are remembered, so hostile input cannot grow memory or flood logs.
+
+    Usage::
+
+        once = LogOnce(logging.getLogger("cachekit"))
+        once.warning(("bad-payload", "truncated header"), "treated a %s as a miss", "value")
+    """
+
+    __slots__ = ("_limit", "_lock", "_logger", "_seen")
+
+    def __init__(self, logger: logging.Logger, limit: int = 1024) -> None:
+        self._logger = logger
+        self._limit = limit
+        self._seen: set[object] = set()
+        self._lock = threading.Lock()
+
+    def warning(self, tag: object, message: str, *args: object) -> None:
+        """Log ``message % args`` at WARNING level unless ``tag`` was logged before."""
+        with self._lock:
+            if tag in self._seen or len(self._seen) >= self._limit:
+                return
+            self._seen.add(tag)
+        self._logger.warning(message, *args)
