@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from .exceptions import SerializationError
 from .serializers import Serializer
@@ -45,8 +44,7 @@ class InvalidPayload(SerializationError):
     """Stored bytes that are not a valid envelope for this key; the reason says why."""
 
 
-@dataclass(frozen=True, slots=True)
-class Envelope:
+class Envelope(NamedTuple):
     """A decoded cache entry.
 
     **Attributes:**

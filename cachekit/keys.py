@@ -115,6 +115,11 @@ class _Binder:
 
     __slots__ = ("_count", "_defaults", "_keyword", "_positional", "_signature", "_simple")
 
+    @property
+    def positional_count(self) -> int:
+        """How many parameters can be passed by position (all of them, for the fast path)."""
+        return len(self._positional)
+
     def __init__(self, signature: inspect.Signature) -> None:
         params = signature.parameters.values()
         kinds = {p.kind for p in params}
@@ -147,13 +152,25 @@ class _Binder:
 
 
 _Getter = Callable[[Mapping[str, Any]], object]
+
+
+class _NameGetter:
+    """Reads one parameter by name; ``field`` tells the fast path which one."""
+
+    __slots__ = ("field",)
+
+    def __init__(self, field: str) -> None:
+        self.field = field
+
+    def __call__(self, values: Mapping[str, Any]) -> object:
+        return values[self.field]
 _Part = tuple[str, _Getter | None, str]  # literal text, then a field's getter and format spec
 
 
 def _field_getter(path: str) -> _Getter:
     root, *attrs = path.split(".")
     if not attrs:
-        return lambda values: values[root]
+        return _NameGetter(root)
 
     def get(values: Mapping[str, Any]) -> object:
         obj = values[root]
@@ -162,6 +179,29 @@ def _field_getter(path: str) -> _Getter:
         return obj
 
     return get
+
+
+def _fast_form(
+    parts: list[_Part], signature: inspect.Signature
+) -> tuple[str, tuple[int, ...]] | None:
+    """``("product:{}", (0,))`` for templates of bare fields, to format from ``args``."""
+    positional = [
+        p.name
+        for p in signature.parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    if len(positional) != len(signature.parameters):
+        return None
+    fmt, indexes = [], []
+    for literal, getter, spec in parts:
+        fmt.append(literal.replace("{", "{{").replace("}", "}}"))
+        if getter is not None:
+            field = getattr(getter, "field", None)
+            if spec or field is None:
+                return None
+            fmt.append("{}")
+            indexes.append(positional.index(field))
+    return "".join(fmt), tuple(indexes)
 
 
 class KeyBuilder:
@@ -177,17 +217,19 @@ class KeyBuilder:
         KeyBuilder.for_function(f, "page:{n}").build((2,), {})   # 'page:2'
     """
 
-    __slots__ = ("_binder", "_name", "_parts")
+    __slots__ = ("_binder", "_fast", "_name", "_parts")
 
     def __init__(
         self,
         binder: _Binder,
         parts: tuple[_Part, ...] | None,
         name: str,
+        fast: tuple[str, tuple[int, ...]] | None = None,
     ) -> None:
         self._binder = binder
         self._parts = parts
         self._name = name
+        self._fast = fast
 
     @classmethod
     def for_function(cls, func: Callable[..., Any], template: str | None) -> KeyBuilder:
@@ -210,10 +252,14 @@ class KeyBuilder:
                     f"{name}{signature} (attributes allowed, no conversions or indexing)"
                 )
             parts.append((literal, _field_getter(field), spec or ""))
-        return cls(_Binder(signature), tuple(parts), name)
+        return cls(_Binder(signature), tuple(parts), name, _fast_form(parts, signature))
 
     def build(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
         """The logical key for a call with ``args`` and ``kwargs``."""
+        fast = self._fast
+        if fast is not None and not kwargs and len(args) == self._binder.positional_count:
+            # The hot case: every parameter passed positionally to a "{name}" template.
+            return fast[0].format(*[escape(args[i]) for i in fast[1]])
         values = self._binder.bind(args, kwargs)
         if self._parts is None:
             return self._default_key(values)

@@ -44,7 +44,7 @@ def test_url_options_reach_both_pools() -> None:
         assert kwargs["socket_connect_timeout"] == REDIS_DEFAULTS["socket_connect_timeout"]
         assert kwargs["db"] == 3
         assert pool.max_connections == 7
-        assert pool.timeout == REDIS_DEFAULTS["pool_timeout"]  # type: ignore[attr-defined]
+        assert getattr(pool, "timeout", None) == REDIS_DEFAULTS["pool_timeout"]
     assert cache._bound().ctx.keyspace.prefix == "shop"
 
 

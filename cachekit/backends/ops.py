@@ -83,6 +83,8 @@ class Op(ABC, Generic[T]):
 
     ``kind`` tells a Redis face what to send: one :meth:`command`, a :meth:`pipeline` of
     commands in one round trip, or :attr:`script` with :meth:`script_call`'s keys and args.
+    Subclasses are slotted dataclasses, not frozen ones: a frozen ``__init__`` costs a
+    measurable share of a cache hit, and an op is never kept after it ran.
     """
 
     __slots__ = ()
@@ -117,7 +119,7 @@ def _ms(ttl: float) -> int:
     return math.ceil(ttl * 1000)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Get(Op[bytes | None]):
     """``GET key``."""
 
@@ -133,7 +135,7 @@ class Get(Op[bytes | None]):
         return store.read(self.key)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class GetMany(Op[list[bytes | None]]):
     """``MGET keys...`` (all keys must share a slot on Cluster)."""
 
@@ -156,7 +158,7 @@ def _set_command(key: str, value: bytes, ttl: float | None, nx: bool) -> Command
     return (*args, "NX") if nx else args
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Set(Op[bool]):
     """``SET key value [PX ttl] [NX]``; whether it was written."""
 
@@ -178,7 +180,7 @@ class Set(Op[bool]):
         return True
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SetMany(Op[None]):
     """Several ``SET``s in one pipelined round trip (not atomic, like MSET on Cluster)."""
 
@@ -197,7 +199,7 @@ class SetMany(Op[None]):
             store.write(key, value, ttl)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Delete(Op[int]):
     """``UNLINK keys...``; how many existed."""
 
@@ -225,7 +227,7 @@ return 1
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CompareAndSet(Op[bool]):
     """Write ``key`` only if ``guard`` (default: ``key``) holds ``expected``, atomically.
 
@@ -264,7 +266,7 @@ return 0
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DeleteIfEqual(Op[bool]):
     """Delete ``key`` only if it holds ``expected`` (a lock release)."""
 
@@ -293,7 +295,7 @@ return 0
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ExpireIfEqual(Op[bool]):
     """Reset the TTL of ``key`` only if it holds ``expected`` (a lock extension)."""
 
@@ -314,7 +316,7 @@ class ExpireIfEqual(Op[bool]):
         return store.read(self.key) == self.expected and store.expire(self.key, self.ttl)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Incr(Op[int]):
     """``INCR key``: the new value (fencing tokens, tag versions)."""
 
@@ -334,7 +336,7 @@ class Incr(Op[int]):
         return value
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Ttl(Op[float | None]):
     """``PTTL key`` in seconds: ``math.inf`` without expiry, ``None`` when absent."""
 
@@ -353,7 +355,7 @@ class Ttl(Op[float | None]):
         return store.remaining(self.key)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Ping(Op[bool]):
     """``PING``: whether the backend answers."""
 
