@@ -3,12 +3,14 @@
 Layout (big-endian), then the optional MAC, then the serializer's payload::
 
     magic "ck" | version u8 | flags u8 | serializer code u8 | crc32(key) u32
-    | created f64 | logical expiry f64 (0 = none) | load duration f32
+    | payload length u32 | created f64 | logical expiry f64 (0 = none) | load duration f32
     [ | HMAC-SHA256 over (key, header, payload) ]  when the serializer carries a keyring
     | payload  (empty for a null marker)
 
-The crc32 of the storage key catches a value read under the wrong key (a mixed-up reply, a
-copied value); the MAC, when present, makes that a cryptographic check. The decoder is
+The payload length catches truncation even where a cut payload would still parse (``123``
+of ``12345``). The crc32 of the storage key catches a value read under the wrong key (a
+mixed-up reply, a copied value) by accident; against a deliberate copy only the MAC helps,
+which signed serializers add. The decoder is
 chosen by configuration, never by the data: the stored serializer code is only compared.
 Anything that does not check out raises :class:`InvalidPayload`, which callers treat as a
 miss.
@@ -30,14 +32,14 @@ from .exceptions import SerializationError
 from .serializers import Serializer
 from .signing import MAC_SIZE
 
-__all__ = ["HEADER_SIZE", "VERSION", "Envelope", "InvalidPayload", "decode", "encode"]
+__all__ = ["HEADER", "HEADER_SIZE", "VERSION", "Envelope", "InvalidPayload", "decode", "encode"]
 
 MAGIC: Final = b"ck"
 VERSION: Final = 1
 _FLAG_NULL: Final = 0x01
 _FLAG_SIGNED: Final = 0x02
-_HEADER = struct.Struct(">2sBBBIddf")
-HEADER_SIZE: Final = _HEADER.size
+HEADER: Final = struct.Struct(">2sBBBIIddf")
+HEADER_SIZE: Final = HEADER.size
 
 
 class InvalidPayload(SerializationError):
@@ -91,13 +93,21 @@ def encode(
     else:
         try:
             payload = serializer.dumps(value)
-        except (TypeError, ValueError, OverflowError) as exc:
+        except Exception as exc:  # each serializer fails its own way (PicklingError, ...)
             raise SerializationError(f"cannot encode {type(value).__name__}: {exc}") from exc
     keyring = serializer.keyring
     flags = (_FLAG_NULL if null else 0) | (_FLAG_SIGNED if keyring is not None else 0)
     key_bytes = key.encode()
-    header = _HEADER.pack(
-        MAGIC, VERSION, flags, serializer.code, zlib.crc32(key_bytes), created, expires, load_time
+    header = HEADER.pack(
+        MAGIC,
+        VERSION,
+        flags,
+        serializer.code,
+        zlib.crc32(key_bytes),
+        len(payload),
+        created,
+        expires,
+        load_time,
     )
     if keyring is None:
         return header + payload
@@ -111,7 +121,9 @@ def decode(key: str, data: bytes, serializer: Serializer) -> Envelope:
     by ``serializer``; a signed payload is decoded only after its MAC verified.
     """
     try:
-        magic, version, flags, code, crc, created, expires, load_time = _HEADER.unpack_from(data)
+        magic, version, flags, code, crc, size, created, expires, load_time = HEADER.unpack_from(
+            data
+        )
     except struct.error:
         raise InvalidPayload("truncated header") from None
     if magic != MAGIC:
@@ -124,6 +136,8 @@ def decode(key: str, data: bytes, serializer: Serializer) -> Envelope:
     if crc != zlib.crc32(key_bytes):
         raise InvalidPayload("written for another key")
     keyring = serializer.keyring
+    if len(data) != HEADER_SIZE + (MAC_SIZE if flags & _FLAG_SIGNED else 0) + size:
+        raise InvalidPayload("payload length does not match its header")
     if keyring is None:
         if flags & _FLAG_SIGNED:
             raise InvalidPayload("signed, but no keyring is configured")
@@ -133,7 +147,7 @@ def decode(key: str, data: bytes, serializer: Serializer) -> Envelope:
             raise InvalidPayload("unsigned, but signatures are required")
         view = memoryview(data)
         mac, payload = view[HEADER_SIZE : HEADER_SIZE + MAC_SIZE], view[HEADER_SIZE + MAC_SIZE :]
-        if len(mac) != MAC_SIZE or not keyring.verify(mac, key_bytes, view[:HEADER_SIZE], payload):
+        if not keyring.verify(mac, key_bytes, view[:HEADER_SIZE], payload):
             raise InvalidPayload("signature does not verify")
     if flags & _FLAG_NULL:
         if payload:

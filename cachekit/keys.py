@@ -29,16 +29,18 @@ import orjson
 
 from .exceptions import ConfigurationError, KeyTemplateError
 
-__all__ = ["MAX_KEY_BYTES", "KeyBuilder", "KeySpace", "escape"]
+__all__ = ["MAX_KEY_BYTES", "MAX_PREFIX_CHARS", "KeyBuilder", "KeySpace", "escape"]
 
 MAX_KEY_BYTES: Final = 200
+MAX_PREFIX_CHARS: Final = 64  # leaves room for a namespace, a digest and a readable head
 _DIGEST_CHARS: Final = 64  # sha256 hex
-_UNSAFE = re.compile(r"[%:{}\s\x00-\x1f\x7f]")
+_UNSAFE = re.compile(r"[%:{}\s\x00-\x1f\x7f\ud800-\udfff]")
 _PREFIX_OK = re.compile(r"[A-Za-z0-9_.\-]+(?::[A-Za-z0-9_.\-]+)*")
 
 
 def _quote(match: re.Match[str]) -> str:
-    return "".join(f"%{byte:02X}" for byte in match.group().encode())
+    # surrogatepass: a lone surrogate (from JSON "\\ud800", say) still escapes injectively.
+    return "".join(f"%{byte:02X}" for byte in match.group().encode("utf-8", "surrogatepass"))
 
 
 def escape(value: object) -> str:
@@ -73,9 +75,10 @@ class KeySpace:
     __slots__ = ("_head", "prefix")
 
     def __init__(self, prefix: str) -> None:
-        if not _PREFIX_OK.fullmatch(prefix):
+        if not _PREFIX_OK.fullmatch(prefix) or len(prefix) > MAX_PREFIX_CHARS:
             raise ConfigurationError(
-                f"invalid key prefix {prefix!r}: use letters, digits, '_', '.', '-' and ':'"
+                f"invalid key prefix {prefix!r}: at most {MAX_PREFIX_CHARS} letters, digits, "
+                "'_', '.', '-' and ':'"
             )
         self.prefix = prefix
         self._head = prefix + ":{"
@@ -113,7 +116,15 @@ class _Binder:
     ``bind`` for everything else, including every call that is an error.
     """
 
-    __slots__ = ("_count", "_defaults", "_keyword", "_positional", "_signature", "_simple")
+    __slots__ = (
+        "_count",
+        "_defaults",
+        "_keyword",
+        "_positional",
+        "_signature",
+        "_simple",
+        "names",
+    )
 
     @property
     def positional_count(self) -> int:
@@ -131,6 +142,7 @@ class _Binder:
         self._keyword = frozenset(p.name for p in params if p.kind != p.POSITIONAL_ONLY)
         self._defaults = tuple((p.name, p.default) for p in params if p.default is not p.empty)
         self._count = len(signature.parameters)
+        self.names = tuple(signature.parameters)
 
     def bind(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
         if self._simple and len(args) <= len(self._positional):
@@ -164,6 +176,8 @@ class _NameGetter:
 
     def __call__(self, values: Mapping[str, Any]) -> object:
         return values[self.field]
+
+
 _Part = tuple[str, _Getter | None, str]  # literal text, then a field's getter and format spec
 
 
@@ -246,7 +260,9 @@ class KeyBuilder:
                 parts.append((literal, None, ""))
                 continue
             root = field.split(".")[0]
-            if conversion or not field or "[" in field or root not in signature.parameters:
+            nested = "{" in (spec or "") or "}" in (spec or "")
+            unknown = root not in signature.parameters
+            if conversion or nested or not field or "[" in field or unknown:
                 raise ConfigurationError(
                     f"key template {template!r}: {{{field}}} must name a parameter of "
                     f"{name}{signature} (attributes allowed, no conversions or indexing)"
@@ -269,14 +285,16 @@ class KeyBuilder:
             if getter is not None:
                 try:
                     value = getter(values)
-                except AttributeError as exc:
+                    out.append(escape(format(value, spec) if spec else value))
+                except (AttributeError, ValueError, TypeError) as exc:
                     raise KeyTemplateError(f"key of {self._name}: {exc}") from exc
-                out.append(escape(format(value, spec) if spec else value))
         return "".join(out)
 
     def _default_key(self, values: Mapping[str, Any]) -> str:
         out = [self._name]
-        for name, value in values.items():
+        # Parameter order, never call order: f(b=1, a=2) and f(2, 1) are one call.
+        for name in self._binder.names:
+            value = values[name]
             try:
                 canonical = orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
             except TypeError as exc:

@@ -107,11 +107,14 @@ class Contender:
 
     @property
     def median(self) -> float:
+        """Median over rounds of the mean µs per call."""
         return statistics.median(self.samples)
 
 
 @dataclass(frozen=True)
 class Settings:
+    """What one run measures, from the command line."""
+
     url: str
     rounds: int
     calls: int
@@ -150,7 +153,8 @@ def time_sync(call: Callable[[int], object], calls: int) -> float:
 async def rounds_async(contenders: Sequence[Contender], settings: Settings) -> None:
     """Warm up, then run the interleaved rounds; appends to each ``samples``."""
     for c in contenders:
-        await time_async(c.call, settings.warmup)
+        if settings.warmup:
+            await time_async(c.call, settings.warmup)
     for r in range(settings.rounds):
         for c in rotated(contenders, r):
             gc.collect()  # nobody pays for the garbage of the one before
@@ -160,7 +164,8 @@ async def rounds_async(contenders: Sequence[Contender], settings: Settings) -> N
 def rounds_sync(contenders: Sequence[Contender], settings: Settings) -> None:
     """The sync twin of :func:`rounds_async`."""
     for c in contenders:
-        time_sync(c.call, settings.warmup)
+        if settings.warmup:
+            time_sync(c.call, settings.warmup)
     for r in range(settings.rounds):
         for c in rotated(contenders, r):
             gc.collect()
@@ -170,10 +175,11 @@ def rounds_sync(contenders: Sequence[Contender], settings: Settings) -> None:
 # --------------------------------------------------------------------------- checks
 
 
-def check_envelope(raw: bytes | None) -> None:
+def check_envelope(raw: bytes | str | None) -> None:
     """``raw`` is an unsigned, non-null cachekit envelope holding :func:`product`."""
-    assert raw is not None, "cachekit stored nothing"
-    assert raw[:2] == MAGIC and raw[3] == 0, "expected an unsigned JSON envelope"
+    assert isinstance(raw, bytes), f"cachekit stored {raw!r}"
+    assert raw[:2] == MAGIC, "not a cachekit envelope"
+    assert raw[3] == 0, "expected an unsigned envelope that is no null marker"
     assert orjson.loads(memoryview(raw)[HEADER_SIZE:]) == product(PID)
 
 
@@ -209,13 +215,14 @@ def probe_keys(admin: redis.Redis, contenders: Sequence[Contender]) -> list[Cont
 
 
 def check_probed(probed: Sequence[Contender]) -> None:
+    """After :func:`probe_keys` and one call each, every loader has run a second time."""
     for c in probed:
         assert LOADS[c.label] == 2, f"{c.label}: served without Redis (a local layer?)"
 
 
 def single_key(admin: redis.Redis, pattern: str) -> str:
     """The one key matching ``pattern`` (the key a peer built for itself)."""
-    keys = [k.decode() for k in admin.scan_iter(match=pattern, count=1000)]
+    keys: list[str] = [k.decode() for k in admin.scan_iter(match=pattern, count=1000)]
     assert len(keys) == 1, f"expected one key for {pattern!r}, found {keys}"
     return keys[0]
 
@@ -230,7 +237,7 @@ def async_floor(client: redis.asyncio.Redis, key: str) -> Callable[[int], Awaita
         raw = await client.get(key)
         if raw is None:
             return None
-        return orjson.loads(memoryview(raw)[HEADER_SIZE:])
+        return orjson.loads(raw[HEADER_SIZE:])
 
     return floor
 
@@ -242,7 +249,7 @@ def sync_floor(client: redis.Redis, key: str) -> Callable[[int], object]:
         raw = client.get(key)
         if raw is None:
             return None
-        return orjson.loads(memoryview(raw)[HEADER_SIZE:])
+        return orjson.loads(raw[HEADER_SIZE:])
 
     return floor
 
@@ -255,7 +262,8 @@ async def bench_async(
 
     cache = Cache(client=client, prefix=f"{settings.run}:ck-async")
     backend = cache._bound().async_backend
-    assert isinstance(backend, AsyncRedisBackend) and backend.client is client
+    assert isinstance(backend, AsyncRedisBackend)
+    assert backend.client is client
 
     label = "cachekit @cached (async def)"
 
@@ -264,9 +272,7 @@ async def bench_async(
         LOADS[label] += 1
         return product(pid)
 
-    cashews_cache.setup(
-        settings.url, client_side=False, max_connections=settings.max_connections
-    )
+    cashews_cache.setup(settings.url, client_side=False, max_connections=settings.max_connections)
     cashews_label = "cashews @cache"
 
     @cashews_cache(ttl=TTL, key=f"{settings.run}:cashews:product:{{pid}}")
@@ -314,7 +320,8 @@ def bench_sync(client: redis.Redis, admin: redis.Redis, settings: Settings) -> l
 
     cache = Cache(sync_client=client, prefix=f"{settings.run}:ck-sync")
     backend = cache._bound().sync_backend
-    assert isinstance(backend, RedisBackend) and backend.client is client
+    assert isinstance(backend, RedisBackend)
+    assert backend.client is client
 
     label = "cachekit @cached (def)"
 
@@ -452,6 +459,23 @@ def ratios(contenders: Sequence[Contender]) -> dict[str, float]:
     return {c.label: c.median / floors[c.face] for c in contenders}
 
 
+def paired(contenders: Sequence[Contender]) -> dict[str, tuple[float, float]]:
+    """Median over rounds of (ratio, difference in µs) to the same round's floor.
+
+    Not in the table; in the JSON, to judge how much the machine's noise moved the
+    ratio of medians.
+    """
+    floors = {c.face: c.samples for c in contenders if c.role == "floor"}
+    out = {}
+    for c in contenders:
+        pairs = list(zip(c.samples, floors[c.face], strict=True))
+        out[c.label] = (
+            statistics.median(s / f for s, f in pairs),
+            statistics.median(s - f for s, f in pairs),
+        )
+    return out
+
+
 def target_line(contenders: Sequence[Contender], ratio: dict[str, float]) -> str:
     parts = []
     for c in contenders:
@@ -466,9 +490,7 @@ def text_table(contenders: Sequence[Contender], ratio: dict[str, float]) -> str:
     head = f"{'contender':<{width}}  {'face':<5}  {MU + 's/call':>9}  {'vs floor':>8}"
     lines = [head, "-" * len(head)]
     for c in contenders:
-        lines.append(
-            f"{c.label:<{width}}  {c.face:<5}  {c.median:>9.2f}  {ratio[c.label]:>7.2f}x"
-        )
+        lines.append(f"{c.label:<{width}}  {c.face:<5}  {c.median:>9.2f}  {ratio[c.label]:>7.2f}x")
     return "\n".join(lines)
 
 
@@ -488,6 +510,7 @@ def report(
 ) -> dict[str, Any]:
     """Print the table and the target; the results as a JSON-ready dict."""
     ratio = ratios(contenders)
+    per_round = paired(contenders)
     print(
         f"cachekit hit path: {settings.rounds} rounds x {settings.calls} calls per contender, "
         f"rotating order; median of per-round means"
@@ -513,6 +536,8 @@ def report(
                 "role": c.role,
                 "median_us": round(c.median, 3),
                 "ratio_vs_floor": round(ratio[c.label], 4),
+                "paired_ratio_median": round(per_round[c.label][0], 4),
+                "paired_extra_us_median": round(per_round[c.label][1], 3),
                 "round_means_us": [round(s, 3) for s in c.samples],
             }
             for c in contenders
@@ -536,7 +561,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds (15)")
     parser.add_argument("--calls", type=int, default=2000, help="calls per contender per round")
     parser.add_argument(
-        "--warmup", type=int, default=500, help="untimed calls per contender first (500)"
+        "--warmup", type=int, default=500, help="untimed calls per contender first (500; 0: none)"
     )
     parser.add_argument(
         "--max-connections", type=int, default=10, help="pool size of every client (10)"
@@ -547,6 +572,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for name in ("rounds", "calls", "max_connections"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.warmup < 0:
+        parser.error("--warmup must not be negative")
     return args
 
 
@@ -557,7 +584,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             url=url,
             rounds=args.rounds,
             calls=args.calls,
-            warmup=max(args.warmup, 0),
+            warmup=args.warmup,
             max_connections=args.max_connections,
             run=f"benchhp-{secrets.token_hex(4)}",
         )

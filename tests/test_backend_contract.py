@@ -77,7 +77,8 @@ async def test_set_overwrites_and_resets_ttl(run: Run[Any], key: Callable[[str],
 async def test_ttl_reports_remaining_seconds(run: Run[Any], key: Callable[[str], str]) -> None:
     await run(Set(key("a"), b"1", 30))
     remaining = await run(Ttl(key("a")))
-    assert remaining is not None and 29 < remaining <= 30
+    assert remaining is not None
+    assert 29 < remaining <= 30
     assert await run(Ttl(key("absent"))) is None
 
 
@@ -138,7 +139,8 @@ async def test_compare_and_set_with_a_guard_key(run: Run[Any], key: Callable[[st
     assert await run(CompareAndSet(value, b"data", 10, expected=b"tok", guard=lease)) is True
     assert await run(Get(value)) == b"data"
     remaining = await run(Ttl(value))
-    assert remaining is not None and 9 < remaining <= 10
+    assert remaining is not None
+    assert 9 < remaining <= 10
 
 
 async def test_delete_if_equal(run: Run[Any], key: Callable[[str], str]) -> None:
@@ -155,7 +157,8 @@ async def test_expire_if_equal(run: Run[Any], key: Callable[[str], str]) -> None
     assert await run(ExpireIfEqual(key("lock"), b"theirs", 60)) is False
     assert await run(ExpireIfEqual(key("lock"), b"mine", 60)) is True
     remaining = await run(Ttl(key("lock")))
-    assert remaining is not None and 59 < remaining <= 60
+    assert remaining is not None
+    assert 59 < remaining <= 60
     assert await run(ExpireIfEqual(key("absent"), b"mine", 60)) is False
 
 
@@ -166,7 +169,8 @@ async def test_incr_counts_from_one_and_keeps_ttl(run: Run[Any], key: Callable[[
     await run(Set(key("m"), b"41", 30))
     assert await run(Incr(key("m"))) == 42
     remaining = await run(Ttl(key("m")))
-    assert remaining is not None and 29 < remaining <= 30
+    assert remaining is not None
+    assert 29 < remaining <= 30
 
 
 async def test_ping(run: Run[Any]) -> None:

@@ -156,7 +156,8 @@ def test_unserializable_result_is_returned_uncached_and_warned_once(
 
     with caplog.at_level(logging.WARNING, logger="cachekit"):
         first, second = make(), make()
-    assert isinstance(first, Opaque) and isinstance(second, Opaque)
+    assert isinstance(first, Opaque)
+    assert isinstance(second, Opaque)
     assert len(loader.calls) == 2
     assert memory_cache.stats()["unserializable"] == 2
     warnings = [r for r in caplog.records if "cannot be cached" in r.getMessage()]

@@ -23,7 +23,8 @@ def test_the_contract_names_are_importable() -> None:
 
     assert issubclass(NotConfigured, CacheKitError)
     assert issubclass(BackendUnavailable, CacheKitError)
-    assert issubclass(LockTimeout, CacheKitError) and issubclass(LockNotOwnedError, CacheKitError)
+    assert issubclass(LockTimeout, CacheKitError)
+    assert issubclass(LockNotOwnedError, CacheKitError)
     assert all(
         doc
         for doc in (
