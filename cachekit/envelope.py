@@ -141,7 +141,8 @@ def decode(key: str, data: bytes, serializer: Serializer) -> Envelope:
     if keyring is None:
         if flags & _FLAG_SIGNED:
             raise InvalidPayload("signed, but no keyring is configured")
-        payload = memoryview(data)[HEADER_SIZE:]
+        # A bytes slice: orjson parses bytes measurably faster than a memoryview.
+        payload = data[HEADER_SIZE:]
     else:
         if not flags & _FLAG_SIGNED:
             raise InvalidPayload("unsigned, but signatures are required")

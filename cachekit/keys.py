@@ -231,7 +231,7 @@ class KeyBuilder:
         KeyBuilder.for_function(f, "page:{n}").build((2,), {})   # 'page:2'
     """
 
-    __slots__ = ("_binder", "_fast", "_name", "_parts")
+    __slots__ = ("_binder", "_fast", "_head", "_name", "_parts", "_positional_count")
 
     def __init__(
         self,
@@ -244,6 +244,9 @@ class KeyBuilder:
         self._parts = parts
         self._name = name
         self._fast = fast
+        self._positional_count = binder.positional_count
+        single = fast is not None and len(fast[1]) == 1 and fast[0].endswith("{}")
+        self._head = fast[0][:-2] if fast is not None and single else None
 
     @classmethod
     def for_function(cls, func: Callable[..., Any], template: str | None) -> KeyBuilder:
@@ -273,9 +276,12 @@ class KeyBuilder:
     def build(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
         """The logical key for a call with ``args`` and ``kwargs``."""
         fast = self._fast
-        if fast is not None and not kwargs and len(args) == self._binder.positional_count:
+        if fast is not None and not kwargs and len(args) == self._positional_count:
             # The hot case: every parameter passed positionally to a "{name}" template.
-            return fast[0].format(*[escape(args[i]) for i in fast[1]])
+            fmt, indexes = fast
+            if self._head is not None:  # "product:{id}": one concatenation
+                return self._head + escape(args[indexes[0]])
+            return fmt.format(*[escape(args[i]) for i in indexes])
         values = self._binder.bind(args, kwargs)
         if self._parts is None:
             return self._default_key(values)
