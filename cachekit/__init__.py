@@ -13,7 +13,9 @@ Usage::
     async def get_product(product_id: int) -> dict[str, object] | None: ...
 """
 
-from .aside import MISSING
+from cachekit.effects import MISSING
+from cachekit.lock import Lock, SyncLock
+
 from .cache import Cache, SyncCache
 from .decorators import AsyncCachedFunction, Decorator, SyncCachedFunction
 from .exceptions import (
@@ -47,6 +49,7 @@ __all__ = [
     "JsonSerializer",
     "KeyTemplateError",
     "Keyring",
+    "Lock",
     "LockError",
     "LockNotOwnedError",
     "LockTimeout",
@@ -57,5 +60,6 @@ __all__ = [
     "Serializer",
     "SyncCache",
     "SyncCachedFunction",
+    "SyncLock",
     "__version__",
 ]

@@ -1,117 +1,58 @@
-"""The cache-aside flow, written once as sans-I/O generators, and its two thin drivers.
+"""The cache-aside read path of decorated functions, written once as sans-I/O flows.
 
-A flow is a generator that *yields* what it needs done — a backend
-:class:`~cachekit.backends.ops.Op`, or :data:`LOAD` to call the wrapped function — and is
-sent the result (or has the error thrown into it). It decides everything else: fresh or
-miss, null markers, what to store and for how long, which failures to swallow. The
-drivers :func:`drive_sync` and :func:`drive_async` only perform the I/O, so ``def`` and
-``async def`` callers get the same semantics by construction, and unit tests can step a
-flow by hand. The protections (Bloom gate, lease lock, stale window, jitter) extend these
-flows; they are never written twice.
+A flow is a generator that yields what it needs done (a backend operation, a call of the
+wrapped function, a wait, a background task: see :mod:`cachekit.effects`) and is sent the
+result. It decides everything else; :mod:`cachekit.faces` only performs the I/O, so
+``def`` and ``async def`` callers get the same semantics by construction.
+
+The read path (DESIGN.md, "Read path"):
+
+1. One GET. Fresh: return it (and maybe start an early refresh, XFetch). Stale but inside
+   the stale window: return it at once and spawn one background rebuild. A null marker
+   is a hit whose value is ``None``.
+2. Miss: join this process's flight for the key. The flight takes the lease; the winner
+   re-reads, loads and fills under the lease (a fill whose lease was voided by an
+   invalidation is refused: no stale set), which wakes the waiters; the others wait,
+   bounded, and read what it wrote. When the wait runs out: a stale value if one was
+   seen, else load without caching or raise, as the policy says.
 
 Failure policy: reads fail open (a backend error is a miss, counted as ``fallbacks`` and
-logged once); writes after a load never fail the caller; explicit writes through the raw
-API raise :class:`~cachekit.exceptions.BackendError`.
+logged once), a lease that cannot be taken because the backend fails means loading without
+it (the in-process flight still protects the database), and writes after a load never
+fail the caller.
 
 Usage::
 
-    flow = cached_read(ctx, policy, "product:5")
-    value = drive_sync(flow, backend, lambda: load_product(5))
+    value = face.drive(cached_read(ctx, policy, "product:5"), load)
 """
 
 from __future__ import annotations
 
-import enum
-import logging
-from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any, Final, Literal, TypeAlias, TypeVar
+import math
+from typing import Any
 
-from .backends.base import AsyncBackend, SyncBackend
-from .backends.ops import Delete, Get, GetMany, Op, Set, SetMany
-from .clock import Clock
-from .envelope import Envelope, InvalidPayload, decode, encode
-from .exceptions import BackendError, SerializationError
-from .keys import KeySpace
-from .serializers import Serializer
-from .stats import LogOnce, Stats
+from cachekit.backends.leases import Acquire, Fill, Release
+from cachekit.backends.ops import Delete, Get, Set
+from cachekit.context import Context, Policy, new_token
+from cachekit.effects import LOAD, Flow, Join, Spawn, Wait, Watch
+from cachekit.envelope import Envelope, InvalidPayload, decode, encode
+from cachekit.exceptions import BackendError, LockTimeout, SerializationError
+from cachekit.serializers import Serializer
 
-__all__ = [
-    "LOAD",
-    "MISSING",
-    "Context",
-    "Flow",
-    "Policy",
-    "cached_read",
-    "delete",
-    "drive_async",
-    "drive_sync",
-    "get",
-    "get_many",
-    "refresh",
-    "set_many",
-    "set_value",
-]
+__all__ = ["cached_read", "decode_or_none", "lease_key", "read_envelope", "read_failed", "refresh"]
 
-T = TypeVar("T")
-logger = logging.getLogger("cachekit")
+# Wake a little after a holder's lease lapses, so the retry finds it gone.
+_LEASE_MARGIN = 0.005
 
 
-class _Signal(enum.Enum):
-    LOAD = "load"
-
-
-class _Missing:
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "MISSING"
-
-    def __bool__(self) -> bool:
-        return False
-
-
-LOAD: Final = _Signal.LOAD
-"""Yielded by a flow to ask its driver for the wrapped function's result."""
-
-MISSING: Final[Any] = _Missing()
-"""``cache.get(key, MISSING)`` returns this on a miss, so ``None`` can be a cached value."""
-
-Effect: TypeAlias = Op[Any] | Literal[_Signal.LOAD]
-Flow: TypeAlias = Generator[Effect, Any, T]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Context:
-    """What a flow may consult: key space, serializer, clock, counters, the log."""
-
-    keyspace: KeySpace
-    serializer: Serializer
-    default_ttl: float
-    clock: Clock
-    stats: Stats
-    log: LogOnce
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Policy:
-    """How one decorated function is cached.
-
-    ``serializer`` ``None`` means the cache's serializer at call time.
-    """
-
-    name: str
-    ttl: float | None
-    null_ttl: float
-    serializer: Serializer | None = None
-
-
-def _read_failed(ctx: Context, exc: BackendError) -> None:
+def read_failed(ctx: Context, exc: BackendError) -> None:
+    """Count and log (once) a read that failed open."""
     ctx.stats.incr("fallbacks")
     ctx.log.warning(("read", type(exc)), "cachekit: cache read failed open (%s)", exc)
 
 
-def _decode(ctx: Context, key: str, raw: bytes, serializer: Serializer) -> Envelope | None:
+def decode_or_none(ctx: Context, key: str, raw: bytes, serializer: Serializer) -> Envelope | None:
+    """The envelope in ``raw``, or ``None`` (counted, logged once) when it is invalid."""
     try:
         return decode(key, raw, serializer)
     except InvalidPayload as exc:
@@ -120,31 +61,135 @@ def _decode(ctx: Context, key: str, raw: bytes, serializer: Serializer) -> Envel
         return None
 
 
+def read_envelope(ctx: Context, key: str, serializer: Serializer) -> Flow[Envelope | None]:
+    """GET and decode ``key``; ``None`` on a miss, a bad payload or a failed read."""
+    try:
+        raw = yield Get(key)
+    except BackendError as exc:
+        read_failed(ctx, exc)
+        return None
+    return None if raw is None else decode_or_none(ctx, key, raw, serializer)
+
+
 def cached_read(ctx: Context, policy: Policy, logical: str) -> Flow[Any]:
-    """The read path of a decorated call: fresh hit, null hit, or load and store."""
+    """A decorated call: hit, stale hit, or the single-flight miss path."""
     key = ctx.keyspace.value(logical)
     serializer = policy.serializer or ctx.serializer
     try:
         raw = yield Get(key)
     except BackendError as exc:
-        _read_failed(ctx, exc)
-        raw = None
-    if raw is not None:
-        envelope = _decode(ctx, key, raw, serializer)
-        if envelope is not None and envelope.is_fresh(ctx.clock.time()):
+        read_failed(ctx, exc)
+        # Redis is failing: no lease or write to attempt; the flight alone guards the source.
+        return (yield Join(key, _load_only(ctx)))
+    envelope = None if raw is None else decode_or_none(ctx, key, raw, serializer)
+    if envelope is not None:
+        now = ctx.clock.time()
+        if envelope.is_fresh(now):
+            if policy.early and _refresh_early(ctx, policy, envelope, now):
+                yield Spawn(key, _rebuild(ctx, policy, key, serializer))
             ctx.stats.incr("null_hits" if envelope.is_null else "hits")
             return envelope.value
+        if now < envelope.expires + policy.stale:
+            ctx.stats.incr("stale_hits")
+            yield Spawn(key, _rebuild(ctx, policy, key, serializer))
+            return envelope.value
     ctx.stats.incr("misses")
-    return (yield from _load_and_store(ctx, policy, key, serializer))
+    return (yield Join(key, _miss(ctx, policy, key, serializer, envelope)))
 
 
 def refresh(ctx: Context, policy: Policy, logical: str) -> Flow[Any]:
-    """Load now and overwrite the entry, whatever it holds."""
+    """Load now and overwrite the entry; voids fills from loads that began earlier."""
     key = ctx.keyspace.value(logical)
+    try:
+        yield Delete([lease_key(key)])
+    except BackendError as exc:
+        read_failed(ctx, exc)
     return (yield from _load_and_store(ctx, policy, key, policy.serializer or ctx.serializer))
 
 
-def _load_and_store(ctx: Context, policy: Policy, key: str, serializer: Serializer) -> Flow[Any]:
+def lease_key(key: str) -> str:
+    """The lease guarding the value at ``key``."""
+    return key + ":lease"  # same hash tag as the value: one Cluster slot
+
+
+def _refresh_early(ctx: Context, policy: Policy, envelope: Envelope, now: float) -> bool:
+    """XFetch (Vattani et al., VLDB 2015): refresh when ``now - Δ·β·ln(u) >= expiry``."""
+    if not envelope.expires or envelope.is_null:
+        return False
+    u = 1.0 - ctx.random.random()  # in (0, 1]: log is defined
+    return now - envelope.load_time * policy.early * math.log(u) >= envelope.expires
+
+
+def _miss(
+    ctx: Context, policy: Policy, key: str, serializer: Serializer, seen: Envelope | None
+) -> Flow[Any]:
+    """This process's flight for a missing key: lease, load and fill, or wait for one."""
+    if not policy.lock:
+        return (yield from _load_and_store(ctx, policy, key, serializer))
+    lease, token = lease_key(key), new_token()
+    handle = yield Watch(key)  # before looking: a fill from now on wakes us
+    deadline = ctx.clock.monotonic() + policy.lock_wait
+    waited = False
+    while True:
+        try:
+            got = yield Acquire(lease, token, policy.lock_ttl)
+        except BackendError as exc:
+            read_failed(ctx, exc)  # no lease to be had: the flight alone guards the source
+            return (yield from _load_and_store(ctx, policy, key, serializer))
+        if got.acquired:
+            # Someone may have filled the key between our miss and our lease.
+            envelope = yield from read_envelope(ctx, key, serializer)
+            if envelope is not None and envelope.is_fresh(ctx.clock.time()):
+                yield from _release(ctx, key, (lease, token))
+                return envelope.value
+            return (yield from _load_and_store(ctx, policy, key, serializer, (lease, token)))
+        if not waited:
+            ctx.stats.incr("lock_waits")
+            waited = True
+        remaining = deadline - ctx.clock.monotonic()
+        if remaining <= 0:
+            break
+        yield Wait(handle, min(remaining, got.remaining + _LEASE_MARGIN))
+        envelope = yield from read_envelope(ctx, key, serializer)
+        if envelope is not None:
+            if envelope.is_fresh(ctx.clock.time()):
+                return envelope.value
+            seen = envelope
+    ctx.stats.incr("lock_timeouts")
+    if seen is not None:
+        return seen.value  # a stale value beats making the caller wait longer
+    if policy.on_lock_timeout == "raise":
+        raise LockTimeout(
+            f"{policy.name}: gave up waiting {policy.lock_wait}s for another load", name=key
+        )
+    return (yield from _load_only(ctx))  # serve the caller, but leave the fill to the holder
+
+
+def _rebuild(ctx: Context, policy: Policy, key: str, serializer: Serializer) -> Flow[None]:
+    """A background rebuild: one per key across the fleet, never failing its caller."""
+    lease, token = lease_key(key), new_token()
+    try:
+        got = yield Acquire(lease, token, policy.lock_ttl)
+    except BackendError as exc:
+        read_failed(ctx, exc)
+        return
+    if not got.acquired:
+        return  # another process is rebuilding it
+    ctx.stats.incr("rebuilds")
+    try:
+        yield from _load_and_store(ctx, policy, key, serializer, (lease, token))
+    except Exception as exc:  # stale-if-error: the old value keeps being served
+        ctx.log.warning(
+            ("rebuild", policy.name), "cachekit: background rebuild of %s failed: %r", key, exc
+        )
+
+
+def _load_only(ctx: Context) -> Flow[Any]:
+    value, _ = yield from _load(ctx)
+    return value
+
+
+def _load(ctx: Context) -> Flow[tuple[Any, float]]:
     started = ctx.clock.monotonic()
     try:
         value = yield LOAD
@@ -152,6 +197,41 @@ def _load_and_store(ctx: Context, policy: Policy, key: str, serializer: Serializ
         ctx.stats.incr("load_errors")  # and never cached: the error goes to the caller
         raise
     ctx.stats.incr("loads")
+    return value, ctx.clock.monotonic() - started
+
+
+def _load_and_store(
+    ctx: Context,
+    policy: Policy,
+    key: str,
+    serializer: Serializer,
+    lease: tuple[str, bytes] | None = None,
+) -> Flow[Any]:
+    try:
+        value, load_time = yield from _load(ctx)
+    except Exception:
+        if lease is not None:
+            yield from _release(ctx, key, lease)  # let a waiter try its own load
+        raise
+    entry = _entry(ctx, policy, key, serializer, value, load_time)
+    try:
+        if entry is None:
+            if lease is not None:
+                yield from _release(ctx, key, lease)
+        elif lease is None:
+            yield Set(key, *entry)
+        elif not (yield Fill(key, *entry, lease[0], lease[1], ctx.channel)):
+            ctx.stats.incr("stale_sets_refused")  # invalidated (or lapsed) while loading
+    except BackendError as exc:
+        ctx.stats.incr("write_errors")
+        ctx.log.warning(("write", type(exc)), "cachekit: cache write skipped (%s)", exc)
+    return value
+
+
+def _entry(
+    ctx: Context, policy: Policy, key: str, serializer: Serializer, value: Any, load_time: float
+) -> tuple[bytes, float] | None:
+    """``(envelope bytes, physical TTL)`` to store, or ``None`` when nothing is stored."""
     if value is None and policy.null_ttl <= 0:
         return None
     ttl = policy.null_ttl if value is None else (policy.ttl or ctx.default_ttl)
@@ -163,7 +243,7 @@ def _load_and_store(ctx: Context, policy: Policy, key: str, serializer: Serializ
             serializer,
             created=now,
             expires=now + ttl,
-            load_time=ctx.clock.monotonic() - started,
+            load_time=load_time,
             null=value is None,
         )
     except SerializationError as exc:
@@ -174,126 +254,14 @@ def _load_and_store(ctx: Context, policy: Policy, key: str, serializer: Serializ
             policy.name,
             exc,
         )
-        return value
+        return None
+    stale = policy.stale if value is not None else 0.0
+    return data, ttl + stale
+
+
+def _release(ctx: Context, key: str, lease: tuple[str, bytes]) -> Flow[None]:
+    """Give the lease back and wake the key's waiters (one of them will load)."""
     try:
-        yield Set(key, data, ttl)
+        yield Release(lease[0], lease[1], ctx.channel, key)
     except BackendError as exc:
-        ctx.stats.incr("write_errors")
-        ctx.log.warning(("write", type(exc)), "cachekit: cache write skipped (%s)", exc)
-    return value
-
-
-def get(ctx: Context, logical: str, default: Any) -> Flow[Any]:
-    """The fresh value stored under ``logical``, or ``default``; fails open."""
-    key = ctx.keyspace.value(logical)
-    try:
-        raw = yield Get(key)
-    except BackendError as exc:
-        _read_failed(ctx, exc)
-        return default
-    return _fresh_value(ctx, key, raw, default)
-
-
-def get_many(ctx: Context, logicals: Iterable[str]) -> Flow[dict[str, Any]]:
-    """``{logical: value}`` for the keys holding fresh values; fails open."""
-    names = list(logicals)
-    if not names:
-        return {}
-    keys = [ctx.keyspace.value(name) for name in names]
-    try:
-        raws = yield GetMany(keys)
-    except BackendError as exc:
-        _read_failed(ctx, exc)
-        return {}
-    found = {}
-    for name, key, raw in zip(names, keys, raws, strict=True):
-        value = _fresh_value(ctx, key, raw, MISSING)
-        if value is not MISSING:
-            found[name] = value
-    return found
-
-
-def _fresh_value(ctx: Context, key: str, raw: bytes | None, default: Any) -> Any:
-    if raw is None:
-        ctx.stats.incr("misses")
-        return default
-    envelope = _decode(ctx, key, raw, ctx.serializer)
-    if envelope is None or not envelope.is_fresh(ctx.clock.time()):
-        ctx.stats.incr("misses")
-        return default
-    ctx.stats.incr("null_hits" if envelope.is_null else "hits")
-    return envelope.value
-
-
-def _encode_for_set(ctx: Context, key: str, value: Any, ttl: float | None) -> tuple[bytes, float]:
-    ttl = ctx.default_ttl if ttl is None else ttl
-    now = ctx.clock.time()
-    return encode(key, value, ctx.serializer, created=now, expires=now + ttl), ttl
-
-
-def set_value(ctx: Context, logical: str, value: Any, ttl: float | None) -> Flow[None]:
-    """Store ``value`` for ``ttl`` seconds (the default TTL when ``None``); raises on errors."""
-    key = ctx.keyspace.value(logical)
-    data, seconds = _encode_for_set(ctx, key, value, ttl)
-    yield Set(key, data, seconds)
-
-
-def set_many(ctx: Context, values: Mapping[str, Any], ttl: float | None) -> Flow[None]:
-    """Store every item of ``values`` in one round trip; raises on errors."""
-    items = []
-    for logical, value in values.items():
-        key = ctx.keyspace.value(logical)
-        data, seconds = _encode_for_set(ctx, key, value, ttl)
-        items.append((key, data, seconds))
-    if items:
-        yield SetMany(items)
-
-
-def delete(ctx: Context, logical: str) -> Flow[bool]:
-    """Remove the entry under ``logical``; whether there was one. Raises on errors."""
-    removed = yield Delete([ctx.keyspace.value(logical)])
-    return bool(removed)
-
-
-def _no_load() -> Any:
-    raise TypeError("this flow has no loader")
-
-
-async def _no_async_load() -> Any:
-    raise TypeError("this flow has no loader")
-
-
-def drive_sync(flow: Flow[T], backend: SyncBackend, load: Callable[[], Any] = _no_load) -> T:
-    """Run ``flow`` to completion, performing its effects with blocking calls."""
-    reply: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            effect = flow.send(reply) if error is None else flow.throw(error)
-        except StopIteration as stop:
-            result: T = stop.value
-            return result
-        error = None
-        try:
-            reply = load() if effect is LOAD else backend.run(effect)
-        except BaseException as exc:  # handed to the flow, which re-raises what it can't handle
-            reply, error = None, exc
-
-
-async def drive_async(
-    flow: Flow[T], backend: AsyncBackend, load: Callable[[], Awaitable[Any]] = _no_async_load
-) -> T:
-    """Run ``flow`` to completion, awaiting its effects."""
-    reply: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            effect = flow.send(reply) if error is None else flow.throw(error)
-        except StopIteration as stop:
-            result: T = stop.value
-            return result
-        error = None
-        try:
-            reply = await (load() if effect is LOAD else backend.run(effect))
-        except BaseException as exc:  # handed to the flow, which re-raises what it can't handle
-            reply, error = None, exc
+        read_failed(ctx, exc)  # the lease lapses on its own

@@ -14,32 +14,22 @@ Usage::
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
-from .aside import (
-    Context,
-    delete,
-    drive_async,
-    drive_sync,
-    get,
-    get_many,
-    set_many,
-    set_value,
-)
-from .backends.base import AsyncBackend, SyncBackend
-from .backends.memory import AsyncMemoryBackend, MemoryBackend, MemoryStore
-from .backends.ops import Op
-from .clock import SYSTEM_CLOCK, Clock
-from .config import parse_url
-from .decorators import Decorator
-from .exceptions import ConfigurationError, NotConfigured
-from .keys import KeySpace
-from .serializers import JsonSerializer, MsgpackSerializer, Serializer
-from .stats import LogOnce, Stats
+from cachekit.binding import Binding, Settings, bind
+from cachekit.clock import SYSTEM_CLOCK, Clock
+from cachekit.context import OnLockTimeout, Policy
+from cachekit.decorators import Decorator
+from cachekit.exceptions import ConfigurationError, NotConfigured
+from cachekit.keys import KeySpace
+from cachekit.lock import Lock, SyncLock
+from cachekit.raw import delete, get, get_many, invalidate, set_many, set_value
+from cachekit.serializers import Serializer
+from cachekit.stats import LogOnce, Stats
 
 if TYPE_CHECKING:
     import redis
@@ -48,11 +38,6 @@ if TYPE_CHECKING:
 __all__ = ["Cache", "SyncCache", "to_seconds"]
 
 logger = logging.getLogger("cachekit")
-
-_SERIALIZERS: Mapping[str, type[JsonSerializer] | type[MsgpackSerializer]] = {
-    "json": JsonSerializer,
-    "msgpack": MsgpackSerializer,
-}
 
 
 def to_seconds(ttl: float | timedelta | None, *, name: str = "ttl") -> float | None:
@@ -70,45 +55,14 @@ def to_seconds(ttl: float | timedelta | None, *, name: str = "ttl") -> float | N
     return seconds
 
 
-class _NoSyncFace:
-    __slots__ = ("_why",)
-
-    def __init__(self, why: str) -> None:
-        self._why = why
-
-    def run(self, op: Op[Any]) -> Any:
-        raise NotConfigured(self._why)
-
-    def close(self) -> None:
-        return None
-
-
-class _NoAsyncFace:
-    __slots__ = ("_why",)
-
-    def __init__(self, why: str) -> None:
-        self._why = why
-
-    async def run(self, op: Op[Any]) -> Any:
-        raise NotConfigured(self._why)
-
-    async def close(self) -> None:
-        return None
-
-
-@dataclass(frozen=True, slots=True)
-class Binding:
-    """What ``configure`` produced: the flow context and the two backend faces."""
-
-    ctx: Context
-    sync_backend: SyncBackend
-    async_backend: AsyncBackend
-
-
 _UNCONFIGURED = (
     "this Cache was used before it was configured: call cache.configure('redis://...') "
     "at startup (or build it with Cache.from_url(...) or Cache(client=..., sync_client=...))"
 )
+
+
+def _seconds_or_zero(value: float | timedelta, name: str) -> float:
+    return to_seconds(value, name=name) or 0.0 if value else 0.0
 
 
 class Cache:
@@ -129,6 +83,7 @@ class Cache:
     * **serializer** - how values become bytes (default :class:`JsonSerializer`).
     * **default_ttl** - seconds (or a ``timedelta``) when none is given (default 300).
     * **clock** - where time is read; a ``FakeClock`` in tests.
+    * **rng** - the random source of jitter and early refresh; seeded in tests.
 
     Injected clients are used as they are: give them short timeouts yourself (URLs get
     cachekit's defaults, see :data:`cachekit.config.REDIS_DEFAULTS`).
@@ -143,17 +98,23 @@ class Cache:
         serializer: Serializer | None = None,
         default_ttl: float | timedelta = 300,
         clock: Clock = SYSTEM_CLOCK,
+        rng: random.Random | None = None,
     ) -> None:
+        KeySpace(prefix)  # validate now, not at first use
         self._prefix = prefix
-        self._serializer = serializer
-        self._default_ttl = to_seconds(default_ttl, name="default_ttl")
-        self._clock = clock
         self._stats = Stats()
-        self._log = LogOnce(logger)
+        self._settings = Settings(
+            prefix=prefix,
+            serializer=serializer,
+            default_ttl=to_seconds(default_ttl, name="default_ttl") or 300.0,
+            clock=clock,
+            random=rng or random.Random(),
+            stats=self._stats,
+            log=LogOnce(logger),
+        )
         self._binding: Binding | None = None
         self._why_unbound = _UNCONFIGURED
         self.sync = SyncCache(self)
-        KeySpace(prefix)  # validate now, not at first use
         if client is not None or sync_client is not None:
             self.configure(client=client, sync_client=sync_client)
 
@@ -162,14 +123,14 @@ class Cache:
         """A configured cache for ``redis://``, ``rediss://``, ``unix://`` or ``memory://``.
 
         ``options`` are those of :data:`cachekit.config.URL_OPTIONS` (they win over the
-        query string) plus ``clock``, ``default_ttl`` and a ``Serializer`` instance.
+        query string) plus ``clock``, ``rng``, ``default_ttl`` and a ``Serializer`` instance.
 
         Usage::
 
             cache = Cache.from_url("redis://localhost:6379/0?socket_timeout=0.2&prefix=shop")
             cache = Cache.from_url("memory://")
         """
-        own = {k: options.pop(k) for k in ("clock", "default_ttl") if k in options}
+        own = {k: options.pop(k) for k in ("clock", "default_ttl", "rng") if k in options}
         if isinstance(options.get("serializer"), str | None):
             return cls(**own).configure(url, **options)
         return cls(serializer=options.pop("serializer"), **own).configure(url, **options)
@@ -190,36 +151,11 @@ class Cache:
         """
         if self._binding is not None:
             raise ConfigurationError("this Cache is already configured; close() it first")
-        if (url is None) == (client is None and sync_client is None):
+        if url is not None and (client is not None or sync_client is not None):
             raise ConfigurationError("configure() takes a URL or clients, exactly one of them")
-        if url is None:
-            if options:
-                raise ConfigurationError(f"options {sorted(options)} need a URL")
-            sync_face, async_face = _faces_for_clients(client, sync_client)
-            prefix, serializer = self._prefix, self._serializer
-        else:
-            target = parse_url(url, options)
-            cache_options = target.scoped("cache")
-            prefix = cache_options.get("prefix", self._prefix)
-            serializer = self._serializer
-            if "serializer" in cache_options:
-                serializer = _SERIALIZERS[cache_options["serializer"]]()
-            if target.scheme == "memory":
-                store = MemoryStore(clock=self._clock)
-                sync_face, async_face = MemoryBackend(store), AsyncMemoryBackend(store)
-            else:
-                from .backends.redis import connect
-
-                sync_face, async_face = connect(target.url, target.scoped("redis"))
-        ctx = Context(
-            keyspace=KeySpace(prefix),
-            serializer=serializer or JsonSerializer(),
-            default_ttl=self._default_ttl or 300.0,
-            clock=self._clock,
-            stats=self._stats,
-            log=self._log,
+        self._binding = bind(
+            self._settings, url=url, options=options, client=client, sync_client=sync_client
         )
-        self._binding = Binding(ctx, sync_face, async_face)
         return self
 
     def _bound(self) -> Binding:
@@ -248,6 +184,12 @@ class Cache:
         *,
         key: str | None = None,
         null_ttl: float | timedelta = 0,
+        stale: float | timedelta = 0,
+        lock: bool = True,
+        lock_ttl: float | timedelta = 5.0,
+        lock_wait: float | timedelta = 5.0,
+        on_lock_timeout: OnLockTimeout = "load",
+        early: float = 0.0,
         serializer: Serializer | None = None,
     ) -> Decorator:
         """Cache-aside decorator for ``def`` and ``async def`` functions.
@@ -258,23 +200,43 @@ class Cache:
         * **key** - a template such as ``"product:{product_id}"``; default: module,
           qualified name and the canonical JSON of every argument.
         * **null_ttl** - how long a ``None`` result is cached (``0``: never).
+        * **stale** - seconds after ``ttl`` in which the old value is served at once while
+          one background rebuild runs across the fleet (``0``: no logical expiry).
+        * **lock** - on a cold miss, one caller across all processes loads and the others
+          wait for its value (woken when it is written); ``False`` lets each process load.
+        * **lock_ttl** - the loader's lease: a crashed loader holds the key at most this long.
+        * **lock_wait** - how long a caller waits for another's load (default 5 s).
+        * **on_lock_timeout** - then: ``"load"`` without caching, or ``"raise"``
+          ``LockTimeout``. A stale value, when one was seen, is served first.
+        * **early** - XFetch beta: refresh a fresh value early with a probability that
+          grows as expiry nears, scaled by its load time (``1.0`` is the usual; 0: off).
         * **serializer** - this function's format; default: the cache's.
 
         Usage::
 
-            @cache.cached(ttl=300, key="product:{product_id}", null_ttl=30)
+            @cache.cached(ttl=300, key="product:{product_id}", null_ttl=30, stale=60)
             async def get_product(product_id: int) -> dict[str, Any] | None: ...
 
             await get_product(5)
             await get_product.invalidate(product_id=5)
         """
-        return Decorator(
-            self._bound,
+        if on_lock_timeout not in ("load", "raise"):
+            raise ConfigurationError("on_lock_timeout must be 'load' or 'raise'")
+        if early < 0:
+            raise ConfigurationError("early must be >= 0")
+        policy = Policy(
+            name="",
             ttl=to_seconds(ttl),
-            key=key,
-            null_ttl=to_seconds(null_ttl, name="null_ttl") or 0.0 if null_ttl else 0.0,
+            null_ttl=_seconds_or_zero(null_ttl, "null_ttl"),
             serializer=serializer,
+            stale=_seconds_or_zero(stale, "stale"),
+            lock=lock,
+            lock_ttl=to_seconds(lock_ttl, name="lock_ttl") or 5.0,
+            lock_wait=_seconds_or_zero(lock_wait, "lock_wait"),
+            on_lock_timeout=on_lock_timeout,
+            early=early,
         )
+        return Decorator(self._bound, key=key, policy=policy)
 
     async def get(self, key: str, default: Any = None) -> Any:
         """The fresh value under ``key``, else ``default``; fails open (a miss).
@@ -282,12 +244,12 @@ class Cache:
         Pass ``default=MISSING`` to tell a cached ``None`` from a miss.
         """
         b = self._bound()
-        return await drive_async(get(b.ctx, key, default), b.async_backend)
+        return await b.aio.drive(get(b.ctx, key, default))
 
     async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """``{key: value}`` for the given keys that hold fresh values; fails open."""
         b = self._bound()
-        return await drive_async(get_many(b.ctx, keys), b.async_backend)
+        return await b.aio.drive(get_many(b.ctx, keys))
 
     async def set(self, key: str, value: Any, ttl: float | timedelta | None = None) -> None:
         """Store ``value`` under ``key`` for ``ttl`` (default: the cache's default TTL).
@@ -296,31 +258,49 @@ class Cache:
         :class:`~cachekit.exceptions.BackendError`.
         """
         b = self._bound()
-        await drive_async(set_value(b.ctx, key, value, to_seconds(ttl)), b.async_backend)
+        await b.aio.drive(set_value(b.ctx, key, value, to_seconds(ttl)))
 
     async def set_many(
         self, values: Mapping[str, Any], ttl: float | timedelta | None = None
     ) -> None:
         """Store every item of ``values`` in one round trip."""
         b = self._bound()
-        await drive_async(set_many(b.ctx, values, to_seconds(ttl)), b.async_backend)
+        await b.aio.drive(set_many(b.ctx, values, to_seconds(ttl)))
 
     async def delete(self, key: str) -> bool:
         """Remove ``key``; whether it existed."""
         b = self._bound()
-        return await drive_async(delete(b.ctx, key), b.async_backend)
+        return await b.aio.drive(delete(b.ctx, key))
 
     async def invalidate(self, key: str) -> None:
-        """Make ``key`` a miss everywhere: the write-path call after a database commit."""
-        await self.delete(key)
+        """Make ``key`` a miss everywhere and void any load in flight for it.
+
+        The write-path call after a database commit: unlike :meth:`delete` it also voids
+        the rebuild lease, so a load that began before the commit cannot write its old
+        value back (counted as ``stale_sets_refused``), and it wakes the key's waiters.
+        """
+        b = self._bound()
+        await b.aio.drive(invalidate(b.ctx, key))
+
+    def lock(
+        self, name: str, *, ttl: float = 10.0, wait: float = 5.0, fail_open: bool = False
+    ) -> Lock:
+        """A distributed lock named ``name`` (see :mod:`cachekit.lock`); no I/O until used.
+
+        Usage::
+
+            async with cache.lock("report:42", ttl=10, wait=5) as lock:
+                lock.fencing_token
+        """
+        b = self._bound()
+        return Lock(b.aio, b.ctx, name, ttl, wait, fail_open)
 
     async def close(self) -> None:
         """Close both faces' connections; the cache must be configured again to be used."""
         binding, self._binding = self._binding, None
         self._why_unbound = "this Cache was closed; configure() it again to use it"
         if binding is not None:
-            binding.sync_backend.close()
-            await binding.async_backend.close()
+            await binding.close()
 
     async def __aenter__(self) -> Self:
         return self
@@ -334,8 +314,9 @@ class Cache:
         await self.close()
 
     def __repr__(self) -> str:
-        state = "configured" if self._binding else "unconfigured"
-        return f"<Cache prefix={self._prefix!r} {state}>"
+        if self._binding is None:
+            return f"<Cache prefix={self._prefix!r} unconfigured>"
+        return f"<Cache prefix={self._binding.ctx.keyspace.prefix!r} configured>"
 
 
 class SyncCache:
@@ -355,37 +336,50 @@ class SyncCache:
     def get(self, key: str, default: Any = None) -> Any:
         """The fresh value under ``key``, else ``default``; fails open (a miss)."""
         b = self._cache._bound()
-        return drive_sync(get(b.ctx, key, default), b.sync_backend)
+        return b.sync.drive(get(b.ctx, key, default))
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """``{key: value}`` for the given keys that hold fresh values; fails open."""
         b = self._cache._bound()
-        return drive_sync(get_many(b.ctx, keys), b.sync_backend)
+        return b.sync.drive(get_many(b.ctx, keys))
 
     def set(self, key: str, value: Any, ttl: float | timedelta | None = None) -> None:
         """Store ``value`` under ``key`` for ``ttl`` (default: the cache's default TTL)."""
         b = self._cache._bound()
-        drive_sync(set_value(b.ctx, key, value, to_seconds(ttl)), b.sync_backend)
+        b.sync.drive(set_value(b.ctx, key, value, to_seconds(ttl)))
 
     def set_many(self, values: Mapping[str, Any], ttl: float | timedelta | None = None) -> None:
         """Store every item of ``values`` in one round trip."""
         b = self._cache._bound()
-        drive_sync(set_many(b.ctx, values, to_seconds(ttl)), b.sync_backend)
+        b.sync.drive(set_many(b.ctx, values, to_seconds(ttl)))
 
     def delete(self, key: str) -> bool:
         """Remove ``key``; whether it existed."""
         b = self._cache._bound()
-        return drive_sync(delete(b.ctx, key), b.sync_backend)
+        return b.sync.drive(delete(b.ctx, key))
 
     def invalidate(self, key: str) -> None:
-        """Make ``key`` a miss everywhere: the write-path call after a database commit."""
-        self.delete(key)
+        """Make ``key`` a miss everywhere and void any load in flight for it."""
+        b = self._cache._bound()
+        b.sync.drive(invalidate(b.ctx, key))
+
+    def lock(
+        self, name: str, *, ttl: float = 10.0, wait: float = 5.0, fail_open: bool = False
+    ) -> SyncLock:
+        """The blocking twin of :meth:`Cache.lock`.
+
+        Usage::
+
+            with cache.sync.lock("report:42", ttl=10, wait=5) as lock: ...
+        """
+        b = self._cache._bound()
+        return SyncLock(b.sync, b.ctx, name, ttl, wait, fail_open)
 
     def close(self) -> None:
         """Close the sync face's connections (``await cache.close()`` closes both)."""
         binding = self._cache._binding
         if binding is not None:
-            binding.sync_backend.close()
+            binding.close_sync()
 
     def __enter__(self) -> Self:
         return self
@@ -397,21 +391,3 @@ class SyncCache:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def _faces_for_clients(
-    client: redis.asyncio.Redis | None, sync_client: redis.Redis | None
-) -> tuple[SyncBackend, AsyncBackend]:
-    from .backends.redis import AsyncRedisBackend, RedisBackend
-
-    sync_face: SyncBackend = (
-        RedisBackend(sync_client)
-        if sync_client is not None
-        else _NoSyncFace("this Cache has no sync client: pass sync_client=redis.Redis(...)")
-    )
-    async_face: AsyncBackend = (
-        AsyncRedisBackend(client)
-        if client is not None
-        else _NoAsyncFace("this Cache has no async client: pass client=redis.asyncio.Redis(...)")
-    )
-    return sync_face, async_face

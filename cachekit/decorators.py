@@ -21,14 +21,16 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast, overload
 
-from .aside import Policy, cached_read, delete, drive_async, drive_sync, refresh
-from .keys import KeyBuilder
-from .serializers import Serializer
+from cachekit.aside import cached_read, refresh
+from cachekit.context import Policy
+from cachekit.keys import KeyBuilder
+from cachekit.raw import invalidate
 
 if TYPE_CHECKING:
-    from .cache import Binding
+    from cachekit.binding import Binding
 
 __all__ = ["AsyncCachedFunction", "Decorator", "SyncCachedFunction"]
 
@@ -81,19 +83,19 @@ class AsyncCachedFunction(_CachedFunction[P, R]):
         """The cached result, loading and storing it on a miss."""
         b = self._bound()
         flow = cached_read(b.ctx, self._policy, self._builder.build(args, kwargs))
-        result: R = await drive_async(flow, b.async_backend, lambda: self._func(*args, **kwargs))
+        result: R = await b.aio.drive(flow, lambda: self._func(*args, **kwargs))
         return result
 
     async def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> None:
-        """Drop the entry for these arguments, so the next call loads."""
+        """Drop the entry for these arguments and void any load in flight for it."""
         b = self._bound()
-        await drive_async(delete(b.ctx, self._builder.build(args, kwargs)), b.async_backend)
+        await b.aio.drive(invalidate(b.ctx, self._builder.build(args, kwargs)))
 
     async def refresh(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Load now, overwrite the entry and return the new result."""
         b = self._bound()
         flow = refresh(b.ctx, self._policy, self._builder.build(args, kwargs))
-        result: R = await drive_async(flow, b.async_backend, lambda: self._func(*args, **kwargs))
+        result: R = await b.aio.drive(flow, lambda: self._func(*args, **kwargs))
         return result
 
 
@@ -113,19 +115,19 @@ class SyncCachedFunction(_CachedFunction[P, R]):
         """The cached result, loading and storing it on a miss."""
         b = self._bound()
         flow = cached_read(b.ctx, self._policy, self._builder.build(args, kwargs))
-        result: R = drive_sync(flow, b.sync_backend, lambda: self._func(*args, **kwargs))
+        result: R = b.sync.drive(flow, lambda: self._func(*args, **kwargs))
         return result
 
     def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> None:
-        """Drop the entry for these arguments, so the next call loads."""
+        """Drop the entry for these arguments and void any load in flight for it."""
         b = self._bound()
-        drive_sync(delete(b.ctx, self._builder.build(args, kwargs)), b.sync_backend)
+        b.sync.drive(invalidate(b.ctx, self._builder.build(args, kwargs)))
 
     def refresh(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Load now, overwrite the entry and return the new result."""
         b = self._bound()
         flow = refresh(b.ctx, self._policy, self._builder.build(args, kwargs))
-        result: R = drive_sync(flow, b.sync_backend, lambda: self._func(*args, **kwargs))
+        result: R = b.sync.drive(flow, lambda: self._func(*args, **kwargs))
         return result
 
 
@@ -141,22 +143,12 @@ class Decorator:
         fast = decorate(slow_function)
     """
 
-    __slots__ = ("_bound", "_key", "_null_ttl", "_serializer", "_ttl")
+    __slots__ = ("_bound", "_key", "_policy")
 
-    def __init__(
-        self,
-        bound: Callable[[], Binding],
-        *,
-        ttl: float | None,
-        key: str | None,
-        null_ttl: float,
-        serializer: Serializer | None,
-    ) -> None:
+    def __init__(self, bound: Callable[[], Binding], *, key: str | None, policy: Policy) -> None:
         self._bound = bound
-        self._ttl = ttl
         self._key = key
-        self._null_ttl = null_ttl
-        self._serializer = serializer
+        self._policy = policy
 
     @overload
     def __call__(  # type: ignore[overload-overlap]  # the async overload must win
@@ -170,12 +162,7 @@ class Decorator:
         self, func: Callable[P, Any]
     ) -> AsyncCachedFunction[P, Any] | SyncCachedFunction[P, Any]:
         builder = KeyBuilder.for_function(func, self._key)
-        policy = Policy(
-            name=f"{func.__module__}.{func.__qualname__}",
-            ttl=self._ttl,
-            null_ttl=self._null_ttl,
-            serializer=self._serializer,
-        )
+        policy = replace(self._policy, name=f"{func.__module__}.{func.__qualname__}")
         if inspect.iscoroutinefunction(func):
             return AsyncCachedFunction(self._bound, func, policy, builder)
         return SyncCachedFunction(self._bound, func, policy, builder)

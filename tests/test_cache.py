@@ -28,9 +28,9 @@ from tests.servers import PrivateServer
 
 def _faces(cache: Cache) -> tuple[RedisBackend, AsyncRedisBackend]:
     binding = cache._bound()
-    assert isinstance(binding.sync_backend, RedisBackend)
-    assert isinstance(binding.async_backend, AsyncRedisBackend)
-    return binding.sync_backend, binding.async_backend
+    assert isinstance(binding.sync.backend, RedisBackend)
+    assert isinstance(binding.aio.backend, AsyncRedisBackend)
+    return binding.sync.backend, binding.aio.backend
 
 
 def test_url_options_reach_both_pools() -> None:

@@ -302,5 +302,5 @@ def test_cache_reads_fail_open_when_redis_is_down(private_redis: Any) -> None:
     assert f() == "from the database"
     stats = cache.stats()
     assert stats["fallbacks"] == 2
-    assert stats["write_errors"] == 2
+    assert stats["write_errors"] == 0  # a failed read means no lease or write is attempted
     assert len(loader.calls) == 3

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 from typing import TypeVar
 
 from cachekit.clock import SYSTEM_CLOCK, Clock
@@ -40,13 +41,14 @@ class MemoryStore:
         store = MemoryStore(clock=FakeClock())
     """
 
-    __slots__ = ("_clock", "_data", "_writes", "lock")
+    __slots__ = ("_clock", "_data", "_writes", "lock", "subscribers")
 
     def __init__(self, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self._clock = clock
         self._data: dict[str, tuple[bytes, float]] = {}
         self._writes = 0
         self.lock = threading.Lock()
+        self.subscribers: list[Callable[[str, str], None]] = []
 
     def __len__(self) -> int:
         return len(self._data)
@@ -88,6 +90,15 @@ class MemoryStore:
             return None
         deadline = self._data[key][1]
         return deadline - self._clock.time() if deadline else math.inf
+
+    def publish(self, channel: str, message: str) -> None:
+        """Call every subscriber with ``(channel, message)``; they must not block."""
+        for subscriber in self.subscribers:
+            subscriber(channel, message)
+
+    def now(self) -> float:
+        """The store clock's wall time."""
+        return self._clock.time()
 
     def clear(self) -> None:
         """Drop everything (like FLUSHDB)."""

@@ -36,6 +36,7 @@ __all__ = [
     "SetMany",
     "Store",
     "Ttl",
+    "ms",
 ]
 
 T = TypeVar("T", covariant=True)
@@ -64,6 +65,14 @@ class Store(Protocol):
 
     def remaining(self, key: str) -> float | None:
         """Seconds ``key`` has left, ``math.inf`` without a TTL, ``None`` when absent."""
+        ...
+
+    def publish(self, channel: str, message: str) -> None:
+        """Deliver ``message`` to this process's subscribers of ``channel``."""
+        ...
+
+    def now(self) -> float:
+        """The store's wall-clock time (Redis scripts read ``TIME``)."""
         ...
 
 
@@ -112,7 +121,7 @@ class Op(ABC, Generic[T]):
         """The same operation on an in-memory store."""
 
 
-def _ms(ttl: float) -> int:
+def ms(ttl: float) -> int:
     if ttl <= 0:
         raise ValueError(f"a TTL must be positive, got {ttl}")
     # Redis TTLs are whole milliseconds; round up so a tiny TTL never becomes "no TTL".
@@ -154,7 +163,7 @@ class GetMany(Op[list[bytes | None]]):
 def _set_command(key: str, value: bytes, ttl: float | None, nx: bool) -> Command:
     args: Command = ("SET", key, value)
     if ttl is not None:
-        args += ("PX", _ms(ttl))
+        args += ("PX", ms(ttl))
     return (*args, "NX") if nx else args
 
 
@@ -244,7 +253,7 @@ class CompareAndSet(Op[bool]):
     script = _COMPARE_AND_SET
 
     def script_call(self) -> tuple[Sequence[str], Sequence[Any]]:
-        ttl = 0 if self.ttl is None else _ms(self.ttl)
+        ttl = 0 if self.ttl is None else ms(self.ttl)
         return (self.key, self.guard or self.key), (self.expected, self.value, ttl)
 
     def parse(self, reply: Any) -> bool:
@@ -307,7 +316,7 @@ class ExpireIfEqual(Op[bool]):
     script = _EXPIRE_IF_EQUAL
 
     def script_call(self) -> tuple[Sequence[str], Sequence[Any]]:
-        return (self.key,), (self.expected, _ms(self.ttl))
+        return (self.key,), (self.expected, ms(self.ttl))
 
     def parse(self, reply: Any) -> bool:
         return bool(reply)

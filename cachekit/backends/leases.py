@@ -1,0 +1,204 @@
+"""Operations for leases, locks and their notifications, each one atomic Lua script.
+
+A lease (or lock) key holds a random token and always has a TTL. Whoever holds the token
+may fill the value it guards (:class:`Fill`, refused once the lease is gone: no stale
+set), release it (:class:`Release`) or extend it. Every fill, release and invalidation
+publishes the key it changed on the cache's notification channel, so waiters wake on the
+event instead of polling. All keys of one script share a hash tag, hence one Cluster slot.
+
+Usage::
+
+    got = backend.run(Acquire("p:lock:{report}", token, ttl=10, fence="p:lock:{report}:fence"))
+    if got.acquired:
+        ...
+        backend.run(Release("p:lock:{report}", token, channel="p:notify"))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from cachekit.backends.ops import Op, Script, Store, ms
+
+__all__ = ["Acquire", "Acquired", "Fill", "Invalidate", "Release"]
+
+
+class Acquired(NamedTuple):
+    """The answer to :class:`Acquire`.
+
+    ``fence`` is the fencing token when acquired (strictly increasing per fence key);
+    ``remaining`` is how long the current holder's lease still runs when not.
+    """
+
+    acquired: bool
+    fence: int
+    remaining: float
+
+
+_ACQUIRE = Script(
+    """
+-- KEYS[1] the lock key, KEYS[2] its fencing counter (may be absent: no fencing)
+-- ARGV[1] our token, ARGV[2] the lease in ms
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  if #KEYS < 2 then return 1 end
+  if redis.call('EXISTS', KEYS[2]) == 0 then
+    -- Seed from the server clock in microseconds, so tokens keep rising even after a
+    -- restart without persistence lost the counter.
+    local t = redis.call('TIME')
+    redis.call('SET', KEYS[2], t[1] .. string.format('%06d', tonumber(t[2])))
+  end
+  return redis.call('INCR', KEYS[2])
+end
+-- Held by someone else: say for how long (never 0, which would read as "acquired").
+return -math.max(redis.call('PTTL', KEYS[1]), 1)
+"""
+)
+
+
+@dataclass(slots=True)
+class Acquire(Op[Acquired]):
+    """``SET key token NX PX ttl``, plus ``INCR fence`` when acquired and fenced."""
+
+    key: str
+    token: bytes
+    ttl: float
+    fence: str | None = None
+
+    kind = "script"
+    script = _ACQUIRE
+
+    def script_call(self) -> tuple[Sequence[str], Sequence[Any]]:
+        keys = (self.key,) if self.fence is None else (self.key, self.fence)
+        return keys, (self.token, ms(self.ttl))
+
+    def parse(self, reply: Any) -> Acquired:
+        value = int(reply)
+        if value > 0:
+            return Acquired(True, value, 0.0)
+        return Acquired(False, 0, -value / 1000)
+
+    def apply(self, store: Store) -> Acquired:
+        if store.read(self.key) is not None:
+            remaining = store.remaining(self.key) or 0.001
+            return Acquired(False, 0, remaining)
+        store.write(self.key, self.token, self.ttl)
+        if self.fence is None:
+            return Acquired(True, 1, 0.0)
+        current = store.read(self.fence)
+        fence = int(current) + 1 if current is not None else int(store.now() * 1_000_000) + 1
+        store.write(self.fence, b"%d" % fence, None)
+        return Acquired(True, fence, 0.0)
+
+
+_FILL = Script(
+    """
+-- KEYS[1] the value key, KEYS[2] its lease key
+-- ARGV[1] the lease token, ARGV[2] the value, ARGV[3] its TTL in ms, ARGV[4] the channel
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('DEL', KEYS[2])
+redis.call('PUBLISH', ARGV[4], KEYS[1])
+return 1
+"""
+)
+
+
+@dataclass(slots=True)
+class Fill(Op[bool]):
+    """Write ``value`` only while ``lease`` still holds ``token``; release and notify."""
+
+    key: str
+    value: bytes
+    ttl: float
+    lease: str
+    token: bytes
+    channel: str
+
+    kind = "script"
+    script = _FILL
+
+    def script_call(self) -> tuple[Sequence[str], Sequence[Any]]:
+        return (self.key, self.lease), (self.token, self.value, ms(self.ttl), self.channel)
+
+    def parse(self, reply: Any) -> bool:
+        return bool(reply)
+
+    def apply(self, store: Store) -> bool:
+        if store.read(self.lease) != self.token:
+            return False
+        store.write(self.key, self.value, self.ttl)
+        store.remove(self.lease)
+        store.publish(self.channel, self.key)
+        return True
+
+
+_RELEASE = Script(
+    """
+-- KEYS[1] the lock or lease key; ARGV[1] our token, ARGV[2] the channel, ARGV[3] the message
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1
+"""
+)
+
+
+@dataclass(slots=True)
+class Release(Op[bool]):
+    """Delete ``key`` if it holds ``token`` and announce ``message`` (default: the key)."""
+
+    key: str
+    token: bytes
+    channel: str
+    message: str | None = None
+
+    kind = "script"
+    script = _RELEASE
+
+    def script_call(self) -> tuple[Sequence[str], Sequence[Any]]:
+        return (self.key,), (self.token, self.channel, self.message or self.key)
+
+    def parse(self, reply: Any) -> bool:
+        return bool(reply)
+
+    def apply(self, store: Store) -> bool:
+        if store.read(self.key) != self.token:
+            return False
+        store.remove(self.key)
+        store.publish(self.channel, self.message or self.key)
+        return True
+
+
+_INVALIDATE = Script(
+    """
+-- KEYS: the value key, then the keys that go with it (its lease)
+-- ARGV[1] the channel; the value key is announced so waiters re-check it
+local removed = redis.call('UNLINK', unpack(KEYS))
+redis.call('PUBLISH', ARGV[1], KEYS[1])
+return removed
+"""
+)
+
+
+@dataclass(slots=True)
+class Invalidate(Op[int]):
+    """Delete a value and its lease (voiding any fill in flight) and notify waiters."""
+
+    keys: Sequence[str]
+    channel: str
+
+    kind = "script"
+    script = _INVALIDATE
+
+    def script_call(self) -> tuple[Sequence[str], Sequence[Any]]:
+        return self.keys, (self.channel,)
+
+    def parse(self, reply: Any) -> int:
+        return int(reply)
+
+    def apply(self, store: Store) -> int:
+        removed = sum(store.remove(key) for key in self.keys)
+        store.publish(self.channel, self.keys[0])
+        return removed

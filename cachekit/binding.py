@@ -1,0 +1,150 @@
+"""What ``Cache.configure`` builds: backends, the notification listener and both faces.
+
+Usage::
+
+    binding = bind(settings, url="redis://127.0.0.1:6379/0", options={})
+    value = binding.sync.drive(get(binding.ctx, "k", None))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from cachekit.backends.base import AsyncBackend, SyncBackend
+from cachekit.backends.memory import AsyncMemoryBackend, MemoryBackend, MemoryStore
+from cachekit.backends.ops import Op
+from cachekit.clock import Clock
+from cachekit.config import parse_url
+from cachekit.context import Context
+from cachekit.exceptions import ConfigurationError, NotConfigured
+from cachekit.faces import AsyncFace, SyncFace
+from cachekit.keys import KeySpace
+from cachekit.notify import Listener, TaskListener, ThreadListener, Waiters
+from cachekit.serializers import JsonSerializer, MsgpackSerializer, Serializer
+from cachekit.stats import LogOnce, Stats
+
+if TYPE_CHECKING:
+    import random
+
+    import redis
+    import redis.asyncio
+
+__all__ = ["Binding", "Settings", "bind"]
+
+_SERIALIZERS: Mapping[str, type[JsonSerializer] | type[MsgpackSerializer]] = {
+    "json": JsonSerializer,
+    "msgpack": MsgpackSerializer,
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """What a :class:`~cachekit.Cache` brings to every configuration of it."""
+
+    prefix: str
+    serializer: Serializer | None
+    default_ttl: float
+    clock: Clock
+    random: random.Random
+    stats: Stats
+    log: LogOnce
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """The flow context and the two faces of a configured cache."""
+
+    ctx: Context
+    sync: SyncFace
+    aio: AsyncFace
+    listener: Listener | None
+
+    def close_sync(self) -> None:
+        """Stop listening and close the sync face (finishing its rebuilds)."""
+        if self.listener is not None:
+            self.listener.stop()
+        self.sync.close()
+
+    async def close(self) -> None:
+        """Close both faces, waiting for the listener without blocking the loop."""
+        if self.listener is not None:
+            await self.listener.aclose()
+        self.sync.close()
+        await self.aio.close()
+
+
+class _NoSyncBackend:
+    def run(self, op: Op[Any]) -> Any:
+        raise NotConfigured("this Cache has no sync client: pass sync_client=redis.Redis(...)")
+
+    def close(self) -> None:
+        return None
+
+
+class _NoAsyncBackend:
+    async def run(self, op: Op[Any]) -> Any:
+        raise NotConfigured("this Cache has no async client: pass client=redis.asyncio.Redis(...)")
+
+    async def close(self) -> None:
+        return None
+
+
+def bind(
+    settings: Settings,
+    *,
+    url: str | None = None,
+    options: Mapping[str, Any] | None = None,
+    client: redis.asyncio.Redis | None = None,
+    sync_client: redis.Redis | None = None,
+) -> Binding:
+    """Build a :class:`Binding` from a URL and its options, or from injected clients."""
+    prefix, serializer = settings.prefix, settings.serializer
+    waiters = Waiters()
+    listener: Listener | None = None
+    sync_backend: SyncBackend
+    async_backend: AsyncBackend
+    if url is not None:
+        target = parse_url(url, options)
+        own = target.scoped("cache")
+        prefix = own.get("prefix", prefix)
+        if "serializer" in own:
+            serializer = _SERIALIZERS[own["serializer"]]()
+        if target.scheme == "memory":
+            store = MemoryStore(clock=settings.clock)
+            store.subscribers.append(waiters.on_message)
+            sync_backend, async_backend = MemoryBackend(store), AsyncMemoryBackend(store)
+        else:
+            from cachekit.backends.redis import connect
+
+            redis_sync, redis_async = connect(target.url, target.scoped("redis"))
+            sync_backend, async_backend = redis_sync, redis_async
+            sync_client = redis_sync.client
+    elif client is None and sync_client is None:
+        raise ConfigurationError("configure() takes a URL or clients, exactly one of them")
+    elif options:
+        raise ConfigurationError(f"options {sorted(options)} need a URL")
+    else:
+        from cachekit.backends.redis import AsyncRedisBackend, RedisBackend
+
+        sync_backend = RedisBackend(sync_client) if sync_client else _NoSyncBackend()
+        async_backend = AsyncRedisBackend(client) if client else _NoAsyncBackend()
+    ctx = Context(
+        keyspace=KeySpace(prefix),
+        serializer=serializer or JsonSerializer(),
+        default_ttl=settings.default_ttl,
+        clock=settings.clock,
+        random=settings.random,
+        stats=settings.stats,
+        log=settings.log,
+    )
+    # One subscription per process serves both faces: the sync client's if there is one.
+    if sync_client is not None:
+        sync_redis = sync_client
+        listener = ThreadListener(lambda: sync_redis, ctx.channel, waiters, settings.log)
+    elif client is not None:
+        async_redis = client
+        listener = TaskListener(lambda: async_redis, ctx.channel, waiters, settings.log)
+    faces = (waiters, listener, settings.stats, settings.log)
+    return Binding(ctx, SyncFace(sync_backend, *faces), AsyncFace(async_backend, *faces), listener)

@@ -1,0 +1,90 @@
+"""What a flow may ask its face to do, besides a backend operation.
+
+A flow (:mod:`cachekit.aside`, :mod:`cachekit.raw`, :mod:`cachekit.lock`) is a generator
+that yields effects and is sent their results; :mod:`cachekit.faces` performs them, with
+blocking calls or awaits. Backend operations (:class:`~cachekit.backends.ops.Op`) are
+effects too; the ones here are the face's own business:
+
+* :data:`LOAD` - call the wrapped function; the result is sent back.
+* :class:`Watch` - start collecting wake-ups for a key; a handle is sent back.
+* :class:`Wait` - wait on a handle until woken or a timeout; whether it was woken.
+* :class:`Join` - run a sub-flow as this process's single flight for a key.
+* :class:`Spawn` - run a sub-flow in the background, at most one per key per process.
+
+Usage::
+
+    def flow() -> Flow[bytes | None]:
+        handle = yield Watch(key)
+        yield Wait(handle, 0.5)
+        return (yield Get(key))
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import Any, Final, Literal, TypeAlias, TypeVar
+
+from cachekit.backends.ops import Op
+
+__all__ = ["CONTROL", "LOAD", "MISSING", "Effect", "Flow", "Join", "Spawn", "Wait", "Watch"]
+
+T = TypeVar("T")
+
+
+class _Signal(enum.Enum):
+    LOAD = "load"
+
+
+class _Missing:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+LOAD: Final = _Signal.LOAD
+"""Yielded by a flow to ask its face for the wrapped function's result."""
+
+MISSING: Final[Any] = _Missing()
+"""``cache.get(key, MISSING)`` returns this on a miss, so ``None`` can be a cached value."""
+
+
+@dataclass(slots=True)
+class Watch:
+    """Collect wake-ups for ``key`` from now on (until the flow ends)."""
+
+    key: str
+
+
+@dataclass(slots=True)
+class Wait:
+    """Wait on a :class:`Watch` handle for at most ``timeout`` seconds."""
+
+    handle: Any
+    timeout: float
+
+
+@dataclass(slots=True)
+class Join:
+    """Run ``flow`` once per process for ``key``; concurrent joiners share its outcome."""
+
+    key: str
+    flow: Generator[Any, Any, Any]
+
+
+@dataclass(slots=True)
+class Spawn:
+    """Run ``flow`` in the background (skipped if one runs for ``key`` in this process)."""
+
+    key: str
+    flow: Generator[Any, Any, Any]
+
+
+Effect: TypeAlias = Op[Any] | Literal[_Signal.LOAD] | Watch | Wait | Join | Spawn
+Flow: TypeAlias = Generator[Effect, Any, T]
+CONTROL: Final = frozenset({Watch, Wait, Join, Spawn})

@@ -1,0 +1,250 @@
+"""The two faces that perform what flows ask for: :class:`SyncFace` and :class:`AsyncFace`.
+
+A face drives a flow (:mod:`cachekit.effects`): it runs backend operations on its
+backend, calls the wrapped function for :data:`~cachekit.effects.LOAD`, keeps the
+process's single flights (:mod:`cachekit.singleflight`), registers wake-ups
+(:mod:`cachekit.notify`), and runs background rebuilds - threads for the sync face, tasks
+for the async one, both bounded in number, deduplicated per key and finished at close.
+It decides nothing; the two faces are line-for-line the same loop, once with ``await``.
+
+Usage::
+
+    value = sync_face.drive(cached_read(ctx, policy, "k"), lambda: load(5))
+    value = await async_face.drive(cached_read(ctx, policy, "k"), lambda: aload(5))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from cachekit.backends.base import AsyncBackend, SyncBackend
+from cachekit.effects import CONTROL, LOAD, Effect, Flow, Join, Spawn, Wait, Watch
+from cachekit.notify import READY_WAIT, AsyncWaiter, Listener, SyncWaiter, Waiters
+from cachekit.singleflight import AsyncFlights, SyncFlights
+from cachekit.stats import LogOnce, Stats
+
+__all__ = ["AsyncFace", "SyncFace"]
+
+T = TypeVar("T")
+DEFAULT_BACKGROUND = 32  # rebuilds in flight per face; more stale reads just serve stale
+
+
+def _no_load() -> Any:
+    raise TypeError("this flow has no loader")
+
+
+async def _no_async_load() -> Any:
+    raise TypeError("this flow has no loader")
+
+
+class _Shared:
+    """What both faces hold: waiters, listener, counters, the background bookkeeping."""
+
+    def __init__(
+        self,
+        waiters: Waiters,
+        listener: Listener | None,
+        stats: Stats,
+        log: LogOnce,
+        background: int,
+    ) -> None:
+        self.waiters = waiters
+        self.listener = listener
+        self.stats = stats
+        self.log = log
+        self.background = background
+        self.rebuilding: set[str] = set()
+        self.lock = threading.Lock()
+
+    def claim(self, key: str) -> bool:
+        """Whether a background rebuild of ``key`` may start now in this process."""
+        with self.lock:
+            if key in self.rebuilding or len(self.rebuilding) >= self.background:
+                return False
+            self.rebuilding.add(key)
+            return True
+
+    def done(self, key: str) -> None:
+        with self.lock:
+            self.rebuilding.discard(key)
+
+    def failed(self, key: str, exc: BaseException) -> None:
+        self.log.warning(("background", type(exc)), "cachekit: background work failed: %r", exc)
+
+
+class SyncFace(_Shared):
+    """Drives flows with blocking calls; background rebuilds run on a small thread pool."""
+
+    def __init__(
+        self,
+        backend: SyncBackend,
+        waiters: Waiters,
+        listener: Listener | None,
+        stats: Stats,
+        log: LogOnce,
+        background: int = DEFAULT_BACKGROUND,
+    ) -> None:
+        super().__init__(waiters, listener, stats, log, background)
+        self.backend = backend
+        self.flights = SyncFlights(stats)
+        self._pool: ThreadPoolExecutor | None = None
+
+    def drive(self, flow: Flow[T], load: Callable[[], Any] = _no_load) -> T:
+        """Run ``flow`` to completion and return its result."""
+        watched: list[tuple[str, SyncWaiter]] = []
+        reply: Any = None
+        error: BaseException | None = None
+        try:
+            while True:
+                try:
+                    effect = flow.send(reply) if error is None else flow.throw(error)
+                except StopIteration as stop:
+                    result: T = stop.value
+                    return result
+                error = None
+                try:
+                    if type(effect) in CONTROL:
+                        reply = self._control(effect, load, watched)
+                    elif effect is LOAD:
+                        reply = load()
+                    else:
+                        reply = self.backend.run(effect)  # type: ignore[arg-type]
+                except BaseException as exc:  # the flow decides what it can handle
+                    reply, error = None, exc
+        finally:
+            for key, waiter in watched:
+                self.waiters.discard(key, waiter)
+
+    def _control(
+        self, effect: Effect, load: Callable[[], Any], watched: list[tuple[str, SyncWaiter]]
+    ) -> Any:
+        if isinstance(effect, Join):
+            return self.flights.run(effect.key, lambda: self.drive(effect.flow, load))
+        if isinstance(effect, Wait):
+            return effect.handle.wait(effect.timeout)
+        if isinstance(effect, Watch):
+            if self.listener is not None and self.listener.ensure_started():
+                self.listener.ready.wait(READY_WAIT)
+            waiter = SyncWaiter()
+            self.waiters.add(effect.key, waiter)
+            watched.append((effect.key, waiter))
+            return waiter
+        assert isinstance(effect, Spawn)
+        if not self.claim(effect.key):
+            effect.flow.close()
+            return None
+        with self.lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(4, thread_name_prefix="cachekit-rebuild")
+            self._pool.submit(self._background, effect.key, effect.flow, load)
+        return None
+
+    def _background(self, key: str, flow: Flow[Any], load: Callable[[], Any]) -> None:
+        try:
+            self.drive(flow, load)
+        except Exception as exc:
+            self.failed(key, exc)
+        finally:
+            self.done(key)
+
+    def close(self) -> None:
+        """Finish running rebuilds, drop queued ones, close the backend."""
+        with self.lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        self.backend.close()
+
+
+class AsyncFace(_Shared):
+    """Drives flows on the event loop; background rebuilds are tracked tasks."""
+
+    def __init__(
+        self,
+        backend: AsyncBackend,
+        waiters: Waiters,
+        listener: Listener | None,
+        stats: Stats,
+        log: LogOnce,
+        background: int = DEFAULT_BACKGROUND,
+    ) -> None:
+        super().__init__(waiters, listener, stats, log, background)
+        self.backend = backend
+        self.flights = AsyncFlights(stats)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def drive(self, flow: Flow[T], load: Callable[[], Awaitable[Any]] = _no_async_load) -> T:
+        """Run ``flow`` to completion and return its result."""
+        watched: list[tuple[str, AsyncWaiter]] = []
+        reply: Any = None
+        error: BaseException | None = None
+        try:
+            while True:
+                try:
+                    effect = flow.send(reply) if error is None else flow.throw(error)
+                except StopIteration as stop:
+                    result: T = stop.value
+                    return result
+                error = None
+                try:
+                    if type(effect) in CONTROL:
+                        reply = await self._control(effect, load, watched)
+                    elif effect is LOAD:
+                        reply = await load()
+                    else:
+                        reply = await self.backend.run(effect)  # type: ignore[arg-type]
+                except BaseException as exc:  # the flow decides what it can handle
+                    reply, error = None, exc
+        finally:
+            for key, waiter in watched:
+                self.waiters.discard(key, waiter)
+
+    async def _control(
+        self,
+        effect: Effect,
+        load: Callable[[], Awaitable[Any]],
+        watched: list[tuple[str, AsyncWaiter]],
+    ) -> Any:
+        if isinstance(effect, Join):
+            return await self.flights.run(effect.key, lambda: self.drive(effect.flow, load))
+        if isinstance(effect, Wait):
+            return await effect.handle.wait(effect.timeout)
+        if isinstance(effect, Watch):
+            if self.listener is not None and self.listener.ensure_started():
+                await asyncio.to_thread(self.listener.ready.wait, READY_WAIT)
+            waiter = AsyncWaiter()
+            self.waiters.add(effect.key, waiter)
+            watched.append((effect.key, waiter))
+            return waiter
+        assert isinstance(effect, Spawn)
+        if not self.claim(effect.key):
+            effect.flow.close()
+            return None
+        task = asyncio.get_running_loop().create_task(
+            self._background(effect.key, effect.flow, load), name=f"cachekit-rebuild {effect.key}"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return None
+
+    async def _background(
+        self, key: str, flow: Flow[Any], load: Callable[[], Awaitable[Any]]
+    ) -> None:
+        try:
+            await self.drive(flow, load)
+        except Exception as exc:
+            self.failed(key, exc)
+        finally:
+            self.done(key)
+
+    async def close(self) -> None:
+        """Cancel running rebuilds, wait for them to unwind, close the backend."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.backend.close()

@@ -1,0 +1,269 @@
+"""``cache.lock(name)``: a distributed lock with a watchdog, fencing and notified waiters.
+
+The protocol is redis-py's ``lock.py`` made safer, written once for both faces:
+
+* acquire: ``SET key token NX PX ttl`` with a random token, and in the same script an
+  ``INCR`` of a fencing counter, so every acquisition gets a strictly increasing
+  :attr:`fencing_token` (seeded from the server clock, so it keeps rising across a Redis
+  restart that lost the counter). Give it to the resource you protect and let it refuse
+  lower tokens: a lease can lapse under a paused holder, a fence cannot (Kleppmann).
+* wait: bounded by ``wait``; a waiter sleeps until a release is announced on the cache's
+  channel or the holder's lease runs out, never on a fixed polling interval.
+* hold: a watchdog renews the lease every ``ttl / 3`` by a token-checked script and stops
+  on release, cancellation or process exit (the key always keeps a TTL, so a dead
+  holder's lock frees within ``ttl``).
+* release: a token-checked delete that announces the release; a lock that was lost
+  raises :class:`~cachekit.exceptions.LockNotOwnedError`, and the token is cleared only
+  after a successful release.
+
+Locks fail closed: when Redis is unreachable, acquiring raises
+:class:`~cachekit.exceptions.BackendUnavailable` unless ``fail_open=True``. A lock object
+belongs to the task or thread that acquired it.
+
+Usage::
+
+    async with cache.lock("report:42", ttl=10, wait=5) as lock:
+        await write_report(fence=lock.fencing_token)
+
+    with cache.sync.lock("report:42", ttl=10, wait=5) as lock: ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from types import TracebackType
+from typing import TYPE_CHECKING, Self
+
+from cachekit.backends.leases import Acquire, Release
+from cachekit.backends.ops import ExpireIfEqual
+from cachekit.context import Context, new_token
+from cachekit.effects import Flow, Wait, Watch
+from cachekit.exceptions import BackendError, LockError, LockNotOwnedError, LockTimeout
+
+if TYPE_CHECKING:
+    from cachekit.faces import AsyncFace, SyncFace
+
+__all__ = ["Lock", "SyncLock", "acquire_flow"]
+
+_LEASE_MARGIN = 0.005
+
+
+def acquire_flow(ctx: Context, lock: _LockState) -> Flow[int]:
+    """Take ``lock``, waiting (woken by releases) at most ``lock.wait`` seconds."""
+    handle = yield Watch(lock.key)  # before the first try: a release from now on wakes us
+    deadline = ctx.clock.monotonic() + lock.wait
+    waited = False
+    while True:
+        got = yield Acquire(lock.key, lock.token, lock.ttl, lock.key + ":fence")
+        if got.acquired:
+            fence: int = got.fence
+            return fence
+        remaining = deadline - ctx.clock.monotonic()
+        if remaining <= 0:
+            ctx.stats.incr("lock_timeouts")
+            raise LockTimeout(
+                f"lock {lock.name!r} not acquired within {lock.wait}s", name=lock.name
+            )
+        if not waited:
+            ctx.stats.incr("lock_waits")
+            waited = True
+        yield Wait(handle, min(remaining, got.remaining + _LEASE_MARGIN))
+
+
+class _LockState:
+    """Everything about one lock except how its I/O is performed."""
+
+    def __init__(self, ctx: Context, name: str, ttl: float, wait: float, fail_open: bool) -> None:
+        if ttl <= 0 or wait < 0:
+            raise ValueError("a lock needs ttl > 0 and wait >= 0")
+        self.ctx = ctx
+        self.name = name
+        self.key = ctx.keyspace.namespaced("lock", name)
+        self.ttl = ttl
+        self.wait = wait
+        self.fail_open = fail_open
+        self.token = new_token()
+        self.fencing_token: int | None = None
+        self.held = False
+        self.lost = False
+        self.owner: object = None
+
+    def acquired(self, fence: int | None, owner: object) -> None:
+        self.fencing_token, self.held, self.lost, self.owner = fence, True, False, owner
+
+    def check_owner(self, owner: object) -> None:
+        if not self.held:
+            raise LockNotOwnedError(f"lock {self.name!r} is not held", name=self.name)
+        if owner != self.owner:
+            raise LockError(f"lock {self.name!r} belongs to another task", name=self.name)
+
+    def renewal_failed(self, exc: BackendError) -> None:
+        self.ctx.log.warning(("renew", type(exc)), "cachekit: lock renewal failed (%s)", exc)
+
+    def failed_open(self, exc: BackendError) -> None:
+        self.ctx.log.warning(("lock-open", type(exc)), "cachekit: lock failed open (%s)", exc)
+
+    def released(self, ok: bool) -> None:
+        if not ok or self.lost:
+            self.held = False
+            raise LockNotOwnedError(f"lock {self.name!r} was lost before release", name=self.name)
+        self.held, self.token = False, new_token()  # a new token only after a real release
+
+    def __repr__(self) -> str:
+        state = "held" if self.held else "free"
+        return f"<lock {self.name!r} {state} fence={self.fencing_token}>"
+
+
+class Lock(_LockState):
+    """An async distributed lock; use ``async with`` or ``acquire()`` / ``release()``.
+
+    **Attributes:** ``name``, ``fencing_token`` (set while held), ``held``.
+
+    Usage::
+
+        lock = cache.lock("nightly-job", ttl=30, wait=0)
+        async with lock:
+            ...
+    """
+
+    def __init__(
+        self, face: AsyncFace, ctx: Context, name: str, ttl: float, wait: float, fail_open: bool
+    ) -> None:
+        super().__init__(ctx, name, ttl, wait, fail_open)
+        self._face = face
+        self._watchdog: asyncio.Task[None] | None = None
+
+    async def acquire(self) -> Self:
+        """Take the lock; raises ``LockTimeout`` or, failing closed, ``BackendUnavailable``."""
+        owner = asyncio.current_task()
+        try:
+            fence: int | None = await self._face.drive(acquire_flow(self.ctx, self))
+        except BackendError as exc:
+            if not self.fail_open:
+                raise
+            self.failed_open(exc)
+            fence = None
+        self.acquired(fence, owner)
+        if fence is not None:
+            self._watchdog = asyncio.get_running_loop().create_task(self._renew())
+        return self
+
+    async def _renew(self) -> None:
+        op = ExpireIfEqual(self.key, self.token, self.ttl)
+        while True:
+            await asyncio.sleep(self.ttl / 3)
+            try:
+                if not await self._face.backend.run(op):
+                    self.lost = True
+                    return
+            except BackendError as exc:  # keep trying: the lease may still be ours
+                self.ctx.log.warning(
+                    ("renew", type(exc)), "cachekit: lock renewal failed (%s)", exc
+                )
+
+    async def extend(self, ttl: float | None = None) -> None:
+        """Reset the lease to ``ttl`` (default: the lock's) now."""
+        self.check_owner(asyncio.current_task())
+        if not await self._face.backend.run(ExpireIfEqual(self.key, self.token, ttl or self.ttl)):
+            self.lost = True
+            raise LockNotOwnedError(f"lock {self.name!r} was lost", name=self.name)
+
+    async def release(self) -> None:
+        """Give the lock back; ``LockNotOwnedError`` if it was lost meanwhile."""
+        self.check_owner(asyncio.current_task())
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        if self.fencing_token is None:  # acquired by failing open: nothing to release
+            self.held = False
+            return
+        op = Release(self.key, self.token, self.ctx.channel)
+        self.released(await self._face.backend.run(op))
+
+    async def __aenter__(self) -> Self:
+        return await self.acquire()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.release()
+
+
+class SyncLock(_LockState):
+    """The blocking twin of :class:`Lock`; its watchdog is a daemon thread.
+
+    Usage::
+
+        with cache.sync.lock("nightly-job", ttl=30, wait=0) as lock:
+            run_job(fence=lock.fencing_token)
+    """
+
+    def __init__(
+        self, face: SyncFace, ctx: Context, name: str, ttl: float, wait: float, fail_open: bool
+    ) -> None:
+        super().__init__(ctx, name, ttl, wait, fail_open)
+        self._face = face
+        self._stop = threading.Event()
+
+    def acquire(self) -> Self:
+        """Take the lock; raises ``LockTimeout`` or, failing closed, ``BackendUnavailable``."""
+        try:
+            fence: int | None = self._face.drive(acquire_flow(self.ctx, self))
+        except BackendError as exc:
+            if not self.fail_open:
+                raise
+            self.failed_open(exc)
+            fence = None
+        self.acquired(fence, threading.get_ident())
+        if fence is not None:
+            self._stop = threading.Event()
+            threading.Thread(
+                target=self._renew,
+                args=(self._stop,),
+                name=f"cachekit-lock {self.name}",
+                daemon=True,
+            ).start()
+        return self
+
+    def _renew(self, stop: threading.Event) -> None:
+        op = ExpireIfEqual(self.key, self.token, self.ttl)
+        while not stop.wait(self.ttl / 3):
+            try:
+                if not self._face.backend.run(op):
+                    self.lost = True
+                    return
+            except BackendError as exc:  # keep trying: the lease may still be ours
+                self.ctx.log.warning(
+                    ("renew", type(exc)), "cachekit: lock renewal failed (%s)", exc
+                )
+
+    def extend(self, ttl: float | None = None) -> None:
+        """Reset the lease to ``ttl`` (default: the lock's) now."""
+        self.check_owner(threading.get_ident())
+        if not self._face.backend.run(ExpireIfEqual(self.key, self.token, ttl or self.ttl)):
+            self.lost = True
+            raise LockNotOwnedError(f"lock {self.name!r} was lost", name=self.name)
+
+    def release(self) -> None:
+        """Give the lock back; ``LockNotOwnedError`` if it was lost meanwhile."""
+        self.check_owner(threading.get_ident())
+        self._stop.set()
+        if self.fencing_token is None:
+            self.held = False
+            return
+        self.released(self._face.backend.run(Release(self.key, self.token, self.ctx.channel)))
+
+    def __enter__(self) -> Self:
+        return self.acquire()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()

@@ -1,0 +1,307 @@
+"""Wake-ups instead of polling: one subscription per cache, fanned out to local waiters.
+
+Every fill, lease release, lock release and invalidation publishes the key it changed on
+the cache's channel (``<prefix>:notify``). Each process keeps *one* subscription to it
+(a :class:`ThreadListener` on the sync client, or a :class:`TaskListener` on the async
+client when only that was given) and hands each message to :class:`Waiters`, which wakes
+the threads and coroutines waiting on that key. The memory backend calls
+:meth:`Waiters.notify` directly.
+
+A waiter registers *before* it looks at the state it waits on, so an event between its
+look and its wait is never lost; and every wait is also bounded (by the holder's lease,
+by the caller's patience), so a lost subscription only makes a wake-up late, never
+missing. After a (re)subscription every waiter is woken to look again.
+
+Usage::
+
+    waiter = SyncWaiter()
+    waiters.add(key, waiter)
+    try:
+        ...                     # look at the state
+        waiter.wait(timeout)    # woken by waiters.notify(key)
+    finally:
+        waiters.discard(key, waiter)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from cachekit.stats import LogOnce
+
+if TYPE_CHECKING:
+    import redis
+    import redis.asyncio
+
+__all__ = [
+    "READY_WAIT",
+    "AsyncWaiter",
+    "Listener",
+    "SyncWaiter",
+    "TaskListener",
+    "ThreadListener",
+    "Waiter",
+    "Waiters",
+]
+
+logger = logging.getLogger("cachekit")
+READY_WAIT = 1.0  # seconds a first waiter gives the subscription to come up
+_POLL = 0.5  # how often a listener checks whether it was stopped
+_BACKOFF_MAX = 1.0
+
+
+class Waiter(Protocol):
+    """Something :class:`Waiters` can wake; ``wake`` never blocks and is thread-safe."""
+
+    def wake(self) -> None:
+        """Signal the waiting thread or coroutine."""
+        ...
+
+
+class SyncWaiter:
+    """A thread's wake-up: a ``threading.Event`` cleared after each wait."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def wake(self) -> None:
+        self._event.set()
+
+    def wait(self, timeout: float) -> bool:
+        """Block until woken or ``timeout``; whether it was woken."""
+        woken = self._event.wait(timeout)
+        self._event.clear()  # callers re-check the state after this, so no wake is lost
+        return woken
+
+
+class AsyncWaiter:
+    """A coroutine's wake-up: an ``asyncio.Event`` set from any thread."""
+
+    __slots__ = ("_event", "_loop")
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._event = asyncio.Event()
+
+    def wake(self) -> None:
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+            self._loop.call_soon_threadsafe(self._event.set)
+
+    async def wait(self, seconds: float) -> bool:
+        """Wait until woken or for ``seconds``; whether it was woken."""
+        try:
+            async with asyncio.timeout(seconds):
+                await self._event.wait()
+            woken = True
+        except TimeoutError:
+            woken = False
+        self._event.clear()
+        return woken
+
+
+class Waiters:
+    """Who waits on which key, shared by both faces of one cache.
+
+    Usage::
+
+        waiters.notify("shop:{product:5}")
+    """
+
+    __slots__ = ("_by_key", "_lock")
+
+    def __init__(self) -> None:
+        self._by_key: dict[str, set[Waiter]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, key: str, waiter: Waiter) -> None:
+        """Start waking ``waiter`` for ``key``."""
+        with self._lock:
+            self._by_key.setdefault(key, set()).add(waiter)
+
+    def discard(self, key: str, waiter: Waiter) -> None:
+        """Stop waking ``waiter`` for ``key``."""
+        with self._lock:
+            waiting = self._by_key.get(key)
+            if waiting is not None:
+                waiting.discard(waiter)
+                if not waiting:
+                    del self._by_key[key]
+
+    def notify(self, key: str) -> None:
+        """Wake everyone waiting on ``key``."""
+        with self._lock:
+            waiting = tuple(self._by_key.get(key, ()))
+        for waiter in waiting:
+            waiter.wake()
+
+    def notify_all(self) -> None:
+        """Wake every waiter (after a reconnect, when messages may have been missed)."""
+        with self._lock:
+            waiting = [w for group in self._by_key.values() for w in group]
+        for waiter in waiting:
+            waiter.wake()
+
+    def on_message(self, channel: str, message: str) -> None:
+        """A subscriber callback for the memory backend's publish."""
+        self.notify(message)
+
+
+class Listener(Protocol):
+    """Keeps one subscription to the cache's channel alive and feeds :class:`Waiters`."""
+
+    ready: threading.Event
+
+    def ensure_started(self) -> bool:
+        """Start listening if not yet; whether this call started it.
+
+        The caller that started it should give ``ready`` up to :data:`READY_WAIT` seconds,
+        so that the very first waiters do not miss their wake-up.
+        """
+        ...
+
+    def stop(self) -> None:
+        """Stop listening; the thread or task ends at once or within a poll interval."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop listening and wait until the thread or task has ended."""
+        ...
+
+
+class _Subscription:
+    """What both listeners share: the channel, the waiters, readiness and the log."""
+
+    def __init__(self, channel: str, waiters: Waiters, log: LogOnce) -> None:
+        self.channel = channel
+        self.waiters = waiters
+        self.log = log
+        self.ready = threading.Event()
+        self.stopped = False
+
+    def handle(self, message: dict[str, Any] | None) -> None:
+        if message is None:
+            return
+        if message["type"] == "subscribe":
+            self.ready.set()
+            self.waiters.notify_all()  # anything may have happened while we were away
+        elif message["type"] == "message":
+            data = message["data"]
+            self.waiters.notify(data.decode() if isinstance(data, bytes) else data)
+
+    def lost(self, exc: BaseException) -> None:
+        self.ready.clear()
+        self.log.warning(("subscription", type(exc)), "cachekit: notifications lost (%s)", exc)
+
+
+class ThreadListener(_Subscription):
+    """The subscription on a daemon thread with a blocking client (both faces use it).
+
+    Usage::
+
+        listener = ThreadListener(lambda: sync_client, "shop:notify", waiters, log)
+        listener.ensure_started()
+    """
+
+    def __init__(
+        self, client: Callable[[], redis.Redis], channel: str, waiters: Waiters, log: LogOnce
+    ) -> None:
+        super().__init__(channel, waiters, log)
+        self._client = client
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._pubsub: Any = None
+
+    def ensure_started(self) -> bool:
+        with self._start_lock:
+            if self._thread is not None:
+                return False
+            self._thread = threading.Thread(target=self._run, name="cachekit-notify", daemon=True)
+            self._thread.start()
+            return True
+
+    def stop(self) -> None:
+        self.stopped = True
+        with contextlib.suppress(Exception):  # unblocks a read in progress on the thread
+            if self._pubsub is not None:
+                self._pubsub.close()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(_POLL * 2)
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.stop)
+
+    def _run(self) -> None:
+        backoff = 0.05
+        while not self.stopped:
+            try:
+                client: Any = self._client()
+                with client.pubsub() as pubsub:
+                    self._pubsub = pubsub
+                    pubsub.subscribe(self.channel)
+                    while not self.stopped:
+                        self.handle(pubsub.get_message(timeout=_POLL))
+                        backoff = 0.05
+            except Exception as exc:  # any failure: resubscribe later, never die silently
+                if self.stopped:
+                    return
+                self.lost(exc)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX)
+
+
+class TaskListener(_Subscription):
+    """The subscription as an asyncio task, for caches that only have an async client.
+
+    It lives on the loop of the first waiter; waiters on other loops still wake at their
+    bounds.
+    """
+
+    def __init__(
+        self,
+        client: Callable[[], redis.asyncio.Redis],
+        channel: str,
+        waiters: Waiters,
+        log: LogOnce,
+    ) -> None:
+        super().__init__(channel, waiters, log)
+        self._client = client
+        self._task: asyncio.Task[None] | None = None
+
+    def ensure_started(self) -> bool:
+        if self._task is not None and not self._task.done():
+            return False
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        return True
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self._task is not None:
+            self._task.cancel()
+
+    async def aclose(self) -> None:
+        self.stop()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        while not self.stopped:
+            try:
+                client: Any = self._client()
+                async with client.pubsub() as pubsub:
+                    await pubsub.subscribe(self.channel)
+                    while not self.stopped:
+                        self.handle(await pubsub.get_message(timeout=_POLL))
+                        backoff = 0.05
+            except Exception as exc:  # any failure: resubscribe later, never die silently
+                self.lost(exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX)

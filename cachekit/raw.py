@@ -1,0 +1,92 @@
+"""Flows of the raw API (``get``, ``set``, ``delete``, ``invalidate`` and the batch forms).
+
+Reads fail open (a backend error is a miss); writes raise
+:class:`~cachekit.exceptions.BackendError`, since the caller asked for them explicitly.
+
+Usage::
+
+    value = face.drive(get(ctx, "greeting", None))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from cachekit.aside import decode_or_none, lease_key, read_envelope, read_failed
+from cachekit.backends.leases import Invalidate
+from cachekit.backends.ops import Delete, GetMany, Set, SetMany
+from cachekit.context import Context
+from cachekit.effects import MISSING, Flow
+from cachekit.envelope import Envelope, encode
+from cachekit.exceptions import BackendError
+
+__all__ = ["delete", "get", "get_many", "invalidate", "set_many", "set_value"]
+
+
+def get(ctx: Context, logical: str, default: Any) -> Flow[Any]:
+    """The fresh value stored under ``logical``, or ``default``; fails open."""
+    envelope = yield from read_envelope(ctx, ctx.keyspace.value(logical), ctx.serializer)
+    return _fresh_value(ctx, envelope, default)
+
+
+def get_many(ctx: Context, logicals: Iterable[str]) -> Flow[dict[str, Any]]:
+    """``{logical: value}`` for the keys holding fresh values; fails open."""
+    names = list(logicals)
+    if not names:
+        return {}
+    keys = [ctx.keyspace.value(name) for name in names]
+    try:
+        raws = yield GetMany(keys)
+    except BackendError as exc:
+        read_failed(ctx, exc)
+        return {}
+    found = {}
+    for name, key, raw in zip(names, keys, raws, strict=True):
+        envelope = None if raw is None else decode_or_none(ctx, key, raw, ctx.serializer)
+        value = _fresh_value(ctx, envelope, MISSING)
+        if value is not MISSING:
+            found[name] = value
+    return found
+
+
+def _fresh_value(ctx: Context, envelope: Envelope | None, default: Any) -> Any:
+    if envelope is None or not envelope.is_fresh(ctx.clock.time()):
+        ctx.stats.incr("misses")
+        return default
+    ctx.stats.incr("null_hits" if envelope.is_null else "hits")
+    return envelope.value
+
+
+def _encode(ctx: Context, key: str, value: Any, ttl: float | None) -> tuple[bytes, float]:
+    ttl = ctx.default_ttl if ttl is None else ttl
+    now = ctx.clock.time()
+    return encode(key, value, ctx.serializer, created=now, expires=now + ttl), ttl
+
+
+def set_value(ctx: Context, logical: str, value: Any, ttl: float | None) -> Flow[None]:
+    """Store ``value`` for ``ttl`` seconds (the default TTL when ``None``); raises on errors."""
+    key = ctx.keyspace.value(logical)
+    yield Set(key, *_encode(ctx, key, value, ttl))
+
+
+def set_many(ctx: Context, values: Mapping[str, Any], ttl: float | None) -> Flow[None]:
+    """Store every item of ``values`` in one round trip; raises on errors."""
+    items = []
+    for logical, value in values.items():
+        key = ctx.keyspace.value(logical)
+        items.append((key, *_encode(ctx, key, value, ttl)))
+    if items:
+        yield SetMany(items)
+
+
+def delete(ctx: Context, logical: str) -> Flow[bool]:
+    """Remove the entry under ``logical``; whether there was one. Raises on errors."""
+    removed = yield Delete([ctx.keyspace.value(logical)])
+    return bool(removed)
+
+
+def invalidate(ctx: Context, logical: str) -> Flow[None]:
+    """Remove the entry and void its lease, so a load in flight cannot write back."""
+    key = ctx.keyspace.value(logical)
+    yield Invalidate([key, lease_key(key)], ctx.channel)

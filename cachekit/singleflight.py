@@ -1,0 +1,125 @@
+"""In-process single-flight: concurrent misses of one key share one flight.
+
+Threads share a flight through :class:`SyncFlights`, coroutines of one event loop through
+:class:`AsyncFlights`. The leader runs the miss path (which itself re-reads the cache
+under the lease, as groupcache's ``load`` re-checks inside the flight); followers wait for
+its result or its exception, counted as ``coalesced``. A follower of a leader that was
+cancelled does not inherit the cancellation: it runs the flight again itself.
+
+Usage::
+
+    value = flights.run("shop:{product:5}", lambda: load_product(5))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from cachekit.stats import Stats
+
+__all__ = ["AsyncFlights", "SyncFlights"]
+
+T = TypeVar("T")
+
+
+class _Call:
+    __slots__ = ("done", "error", "result")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+class SyncFlights:
+    """Single-flight for threads.
+
+    Usage::
+
+        flights = SyncFlights(stats)
+        flights.run(key, compute)
+    """
+
+    __slots__ = ("_calls", "_lock", "_stats")
+
+    def __init__(self, stats: Stats) -> None:
+        self._calls: dict[str, _Call] = {}
+        self._lock = threading.Lock()
+        self._stats = stats
+
+    def run(self, key: str, fn: Callable[[], T]) -> T:
+        """``fn()``, unless a flight for ``key`` is running: then its outcome."""
+        with self._lock:
+            call = self._calls.get(key)
+            leader = call is None
+            if call is None:
+                call = self._calls[key] = _Call()
+        if not leader:
+            self._stats.incr("coalesced")
+            call.done.wait()
+            if call.error is not None:
+                raise call.error
+            result: T = call.result
+            return result
+        try:
+            call.result = fn()
+            return call.result  # type: ignore[no-any-return]
+        except BaseException as exc:
+            call.error = exc
+            raise
+        finally:
+            with self._lock:
+                del self._calls[key]
+            call.done.set()
+
+
+class _Cancelled(Exception):
+    """The leader was cancelled; a follower should run the flight itself."""
+
+
+class AsyncFlights:
+    """Single-flight for the coroutines of one event loop (keys are per loop).
+
+    Usage::
+
+        flights = AsyncFlights(stats)
+        await flights.run(key, compute)
+    """
+
+    __slots__ = ("_calls", "_stats")
+
+    def __init__(self, stats: Stats) -> None:
+        self._calls: dict[tuple[int, str], asyncio.Future[Any]] = {}
+        self._stats = stats
+
+    async def run(self, key: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """``await fn()``, unless a flight for ``key`` is running: then its outcome."""
+        loop = asyncio.get_running_loop()
+        slot = (id(loop), key)
+        while (future := self._calls.get(slot)) is not None:
+            self._stats.incr("coalesced")
+            try:
+                # shield: a cancelled follower must not cancel the leader's future.
+                result: T = await asyncio.shield(future)
+                return result
+            except _Cancelled:
+                continue  # the leader was cancelled: lead a new flight (or join one)
+        future = self._calls[slot] = loop.create_future()
+        try:
+            value = await fn()
+        except asyncio.CancelledError:
+            future.set_exception(_Cancelled())
+            raise
+        except BaseException as exc:
+            future.set_exception(exc)
+            raise
+        else:
+            future.set_result(value)
+            return value
+        finally:
+            del self._calls[slot]
+            if future.done() and not future.cancelled():
+                future.exception()  # mark retrieved: followers may be none
