@@ -261,7 +261,7 @@ async def bench_async(
     from cashews import cache as cashews_cache
 
     cache = Cache(client=client, prefix=f"{settings.run}:ck-async")
-    backend = cache._bound().async_backend
+    backend = cache._bound().aio.backend
     assert isinstance(backend, AsyncRedisBackend)
     assert backend.client is client
 
@@ -319,7 +319,7 @@ def bench_sync(client: redis.Redis, admin: redis.Redis, settings: Settings) -> l
     from dogpile.cache import make_region
 
     cache = Cache(sync_client=client, prefix=f"{settings.run}:ck-sync")
-    backend = cache._bound().sync_backend
+    backend = cache._bound().sync.backend
     assert isinstance(backend, RedisBackend)
     assert backend.client is client
 
