@@ -34,7 +34,7 @@ from typing import Any
 from cachekit.backends.leases import Acquire, Fill, Release
 from cachekit.backends.ops import Delete, Get, Set
 from cachekit.context import Context, Policy, new_token
-from cachekit.effects import LOAD, Flow, Join, Spawn, Wait, Watch
+from cachekit.effects import LOAD, Flow, Hold, Join, Spawn, Wait, Watch
 from cachekit.envelope import Envelope, InvalidPayload, decode, encode
 from cachekit.exceptions import BackendError, LockTimeout, SerializationError
 from cachekit.serializers import Serializer
@@ -207,6 +207,9 @@ def _load_and_store(
     serializer: Serializer,
     lease: tuple[str, bytes] | None = None,
 ) -> Flow[Any]:
+    if lease is not None:
+        # A load slower than the lease must not lose it: renew until the flow ends.
+        yield Hold(lease[0], lease[1], policy.lock_ttl)
     try:
         value, load_time = yield from _load(ctx)
     except Exception:

@@ -8,6 +8,7 @@ effects too; the ones here are the face's own business:
 * :data:`LOAD` - call the wrapped function; the result is sent back.
 * :class:`Watch` - start collecting wake-ups for a key; a handle is sent back.
 * :class:`Wait` - wait on a handle until woken or a timeout; whether it was woken.
+* :class:`Hold` - keep a lease alive (a watchdog) until the flow ends.
 * :class:`Join` - run a sub-flow as this process's single flight for a key.
 * :class:`Spawn` - run a sub-flow in the background, at most one per key per process.
 
@@ -28,7 +29,18 @@ from typing import Any, Final, Literal, TypeAlias, TypeVar
 
 from cachekit.backends.ops import Op
 
-__all__ = ["CONTROL", "LOAD", "MISSING", "Effect", "Flow", "Join", "Spawn", "Wait", "Watch"]
+__all__ = [
+    "CONTROL",
+    "LOAD",
+    "MISSING",
+    "Effect",
+    "Flow",
+    "Hold",
+    "Join",
+    "Spawn",
+    "Wait",
+    "Watch",
+]
 
 T = TypeVar("T")
 
@@ -70,6 +82,15 @@ class Wait:
 
 
 @dataclass(slots=True)
+class Hold:
+    """Renew the lease ``key`` (holding ``token``) every ``ttl / 3`` until the flow ends."""
+
+    key: str
+    token: bytes
+    ttl: float
+
+
+@dataclass(slots=True)
 class Join:
     """Run ``flow`` once per process for ``key``; concurrent joiners share its outcome."""
 
@@ -85,6 +106,6 @@ class Spawn:
     flow: Generator[Any, Any, Any]
 
 
-Effect: TypeAlias = Op[Any] | Literal[_Signal.LOAD] | Watch | Wait | Join | Spawn
+Effect: TypeAlias = Op[Any] | Literal[_Signal.LOAD] | Watch | Wait | Hold | Join | Spawn
 Flow: TypeAlias = Generator[Effect, Any, T]
-CONTROL: Final = frozenset({Watch, Wait, Join, Spawn})
+CONTROL: Final = frozenset({Watch, Wait, Hold, Join, Spawn})

@@ -22,10 +22,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from cachekit.backends.base import AsyncBackend, SyncBackend
-from cachekit.effects import CONTROL, LOAD, Effect, Flow, Join, Spawn, Wait, Watch
+from cachekit.effects import CONTROL, LOAD, Effect, Flow, Hold, Join, Spawn, Wait, Watch
+from cachekit.exceptions import BackendError
 from cachekit.notify import READY_WAIT, AsyncWaiter, Listener, SyncWaiter, Waiters
 from cachekit.singleflight import AsyncFlights, SyncFlights
 from cachekit.stats import LogOnce, Stats
+from cachekit.watchdog import AsyncWatchdog, SyncWatchdog
 
 __all__ = ["AsyncFace", "SyncFace"]
 
@@ -72,6 +74,9 @@ class _Shared:
         with self.lock:
             self.rebuilding.discard(key)
 
+    def renewal_failed(self, exc: BackendError) -> None:
+        self.log.warning(("renew", type(exc)), "cachekit: lease renewal failed (%s)", exc)
+
     def failed(self, key: str, exc: BaseException) -> None:
         self.log.warning(("background", type(exc)), "cachekit: background work failed: %r", exc)
 
@@ -93,9 +98,14 @@ class SyncFace(_Shared):
         self.flights = SyncFlights(stats)
         self._pool: ThreadPoolExecutor | None = None
 
+    def hold(self, key: str, token: bytes, ttl: float) -> SyncWatchdog:
+        """Keep the lease ``key`` alive until the returned watchdog is stopped."""
+        return SyncWatchdog(self.backend, key, token, ttl, self.renewal_failed)
+
     def drive(self, flow: Flow[T], load: Callable[[], Any] = _no_load) -> T:
         """Run ``flow`` to completion and return its result."""
         watched: list[tuple[str, SyncWaiter]] = []
+        held: list[SyncWatchdog] = []
         reply: Any = None
         error: BaseException | None = None
         try:
@@ -108,7 +118,7 @@ class SyncFace(_Shared):
                 error = None
                 try:
                     if type(effect) in CONTROL:
-                        reply = self._control(effect, load, watched)
+                        reply = self._control(effect, load, watched, held)
                     elif effect is LOAD:
                         reply = load()
                     else:
@@ -116,16 +126,25 @@ class SyncFace(_Shared):
                 except BaseException as exc:  # the flow decides what it can handle
                     reply, error = None, exc
         finally:
+            for dog in held:
+                dog.stop()
             for key, waiter in watched:
                 self.waiters.discard(key, waiter)
 
     def _control(
-        self, effect: Effect, load: Callable[[], Any], watched: list[tuple[str, SyncWaiter]]
+        self,
+        effect: Effect,
+        load: Callable[[], Any],
+        watched: list[tuple[str, SyncWaiter]],
+        held: list[SyncWatchdog],
     ) -> Any:
         if isinstance(effect, Join):
             return self.flights.run(effect.key, lambda: self.drive(effect.flow, load))
         if isinstance(effect, Wait):
             return effect.handle.wait(effect.timeout)
+        if isinstance(effect, Hold):
+            held.append(self.hold(effect.key, effect.token, effect.ttl))
+            return None
         if isinstance(effect, Watch):
             if self.listener is not None and self.listener.ensure_started():
                 self.listener.ready.wait(READY_WAIT)
@@ -177,9 +196,14 @@ class AsyncFace(_Shared):
         self.flights = AsyncFlights(stats)
         self._tasks: set[asyncio.Task[None]] = set()
 
+    def hold(self, key: str, token: bytes, ttl: float) -> AsyncWatchdog:
+        """Keep the lease ``key`` alive until the returned watchdog is stopped."""
+        return AsyncWatchdog(self.backend, key, token, ttl, self.renewal_failed)
+
     async def drive(self, flow: Flow[T], load: Callable[[], Awaitable[Any]] = _no_async_load) -> T:
         """Run ``flow`` to completion and return its result."""
         watched: list[tuple[str, AsyncWaiter]] = []
+        held: list[AsyncWatchdog] = []
         reply: Any = None
         error: BaseException | None = None
         try:
@@ -192,7 +216,7 @@ class AsyncFace(_Shared):
                 error = None
                 try:
                     if type(effect) in CONTROL:
-                        reply = await self._control(effect, load, watched)
+                        reply = await self._control(effect, load, watched, held)
                     elif effect is LOAD:
                         reply = await load()
                     else:
@@ -200,6 +224,8 @@ class AsyncFace(_Shared):
                 except BaseException as exc:  # the flow decides what it can handle
                     reply, error = None, exc
         finally:
+            for dog in held:
+                dog.stop()
             for key, waiter in watched:
                 self.waiters.discard(key, waiter)
 
@@ -208,11 +234,15 @@ class AsyncFace(_Shared):
         effect: Effect,
         load: Callable[[], Awaitable[Any]],
         watched: list[tuple[str, AsyncWaiter]],
+        held: list[AsyncWatchdog],
     ) -> Any:
         if isinstance(effect, Join):
             return await self.flights.run(effect.key, lambda: self.drive(effect.flow, load))
         if isinstance(effect, Wait):
             return await effect.handle.wait(effect.timeout)
+        if isinstance(effect, Hold):
+            held.append(self.hold(effect.key, effect.token, effect.ttl))
+            return None
         if isinstance(effect, Watch):
             if self.listener is not None and self.listener.ensure_started():
                 await asyncio.to_thread(self.listener.ready.wait, READY_WAIT)

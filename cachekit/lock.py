@@ -9,9 +9,9 @@ The protocol is redis-py's ``lock.py`` made safer, written once for both faces:
   lower tokens: a lease can lapse under a paused holder, a fence cannot (Kleppmann).
 * wait: bounded by ``wait``; a waiter sleeps until a release is announced on the cache's
   channel or the holder's lease runs out, never on a fixed polling interval.
-* hold: a watchdog renews the lease every ``ttl / 3`` by a token-checked script and stops
-  on release, cancellation or process exit (the key always keeps a TTL, so a dead
-  holder's lock frees within ``ttl``).
+* hold: a watchdog (:mod:`cachekit.watchdog`) renews the lease every ``ttl / 3`` by a
+  token-checked script and stops on release, cancellation or process exit (the key
+  always keeps a TTL, so a dead holder's lock frees within ``ttl``).
 * release: a token-checked delete that announces the release; a lock that was lost
   raises :class:`~cachekit.exceptions.LockNotOwnedError`, and the token is cleared only
   after a successful release.
@@ -43,6 +43,7 @@ from cachekit.exceptions import BackendError, LockError, LockNotOwnedError, Lock
 
 if TYPE_CHECKING:
     from cachekit.faces import AsyncFace, SyncFace
+    from cachekit.watchdog import AsyncWatchdog, SyncWatchdog
 
 __all__ = ["Lock", "SyncLock", "acquire_flow"]
 
@@ -98,9 +99,6 @@ class _LockState:
         if owner != self.owner:
             raise LockError(f"lock {self.name!r} belongs to another task", name=self.name)
 
-    def renewal_failed(self, exc: BackendError) -> None:
-        self.ctx.log.warning(("renew", type(exc)), "cachekit: lock renewal failed (%s)", exc)
-
     def failed_open(self, exc: BackendError) -> None:
         self.ctx.log.warning(("lock-open", type(exc)), "cachekit: lock failed open (%s)", exc)
 
@@ -132,7 +130,7 @@ class Lock(_LockState):
     ) -> None:
         super().__init__(ctx, name, ttl, wait, fail_open)
         self._face = face
-        self._watchdog: asyncio.Task[None] | None = None
+        self._watchdog: AsyncWatchdog | None = None
 
     async def acquire(self) -> Self:
         """Take the lock; raises ``LockTimeout`` or, failing closed, ``BackendUnavailable``."""
@@ -146,21 +144,8 @@ class Lock(_LockState):
             fence = None
         self.acquired(fence, owner)
         if fence is not None:
-            self._watchdog = asyncio.get_running_loop().create_task(self._renew())
+            self._watchdog = self._face.hold(self.key, self.token, self.ttl)
         return self
-
-    async def _renew(self) -> None:
-        op = ExpireIfEqual(self.key, self.token, self.ttl)
-        while True:
-            await asyncio.sleep(self.ttl / 3)
-            try:
-                if not await self._face.backend.run(op):
-                    self.lost = True
-                    return
-            except BackendError as exc:  # keep trying: the lease may still be ours
-                self.ctx.log.warning(
-                    ("renew", type(exc)), "cachekit: lock renewal failed (%s)", exc
-                )
 
     async def extend(self, ttl: float | None = None) -> None:
         """Reset the lease to ``ttl`` (default: the lock's) now."""
@@ -173,7 +158,8 @@ class Lock(_LockState):
         """Give the lock back; ``LockNotOwnedError`` if it was lost meanwhile."""
         self.check_owner(asyncio.current_task())
         if self._watchdog is not None:
-            self._watchdog.cancel()
+            self._watchdog.stop()
+            self.lost |= self._watchdog.lost
             self._watchdog = None
         if self.fencing_token is None:  # acquired by failing open: nothing to release
             self.held = False
@@ -207,7 +193,7 @@ class SyncLock(_LockState):
     ) -> None:
         super().__init__(ctx, name, ttl, wait, fail_open)
         self._face = face
-        self._stop = threading.Event()
+        self._watchdog: SyncWatchdog | None = None
 
     def acquire(self) -> Self:
         """Take the lock; raises ``LockTimeout`` or, failing closed, ``BackendUnavailable``."""
@@ -220,26 +206,8 @@ class SyncLock(_LockState):
             fence = None
         self.acquired(fence, threading.get_ident())
         if fence is not None:
-            self._stop = threading.Event()
-            threading.Thread(
-                target=self._renew,
-                args=(self._stop,),
-                name=f"cachekit-lock {self.name}",
-                daemon=True,
-            ).start()
+            self._watchdog = self._face.hold(self.key, self.token, self.ttl)
         return self
-
-    def _renew(self, stop: threading.Event) -> None:
-        op = ExpireIfEqual(self.key, self.token, self.ttl)
-        while not stop.wait(self.ttl / 3):
-            try:
-                if not self._face.backend.run(op):
-                    self.lost = True
-                    return
-            except BackendError as exc:  # keep trying: the lease may still be ours
-                self.ctx.log.warning(
-                    ("renew", type(exc)), "cachekit: lock renewal failed (%s)", exc
-                )
 
     def extend(self, ttl: float | None = None) -> None:
         """Reset the lease to ``ttl`` (default: the lock's) now."""
@@ -251,7 +219,10 @@ class SyncLock(_LockState):
     def release(self) -> None:
         """Give the lock back; ``LockNotOwnedError`` if it was lost meanwhile."""
         self.check_owner(threading.get_ident())
-        self._stop.set()
+        if self._watchdog is not None:
+            self._watchdog.stop()
+            self.lost |= self._watchdog.lost
+            self._watchdog = None
         if self.fencing_token is None:
             self.held = False
             return

@@ -28,6 +28,7 @@ COUNTERS: Final = (
     "lock_timeouts",
     "fallbacks",
     "stale_sets_refused",
+    "rebuilds",
     "invalid_payloads",
     "unserializable",
     "write_errors",

@@ -1,0 +1,94 @@
+"""Watchdogs: keep a lease alive while its holder works, and notice when it is lost.
+
+A lease (a lock key holding a token, always with a TTL) must outlive slow work, yet free
+itself soon after its holder dies. So the TTL stays short and a watchdog resets it every
+``ttl / 3`` with a token-checked script, until stopped; a reset that finds another token
+(or none) marks the lease :attr:`lost` and ends the watchdog. The sync one is a daemon
+thread, so it dies with its process; the async one is a task, cancelled on stop.
+
+Usage::
+
+    dog = SyncWatchdog(backend, key, token, ttl=5, on_error=log_it)
+    try:
+        do_slow_work()
+    finally:
+        dog.stop()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+
+from cachekit.backends.base import AsyncBackend, SyncBackend
+from cachekit.backends.ops import ExpireIfEqual
+from cachekit.exceptions import BackendError
+
+__all__ = ["AsyncWatchdog", "SyncWatchdog"]
+
+OnError = Callable[[BackendError], None]
+
+
+class SyncWatchdog:
+    """Renews a lease from a daemon thread until :meth:`stop`."""
+
+    __slots__ = ("_stop", "lost")
+
+    def __init__(
+        self, backend: SyncBackend, key: str, token: bytes, ttl: float, on_error: OnError
+    ) -> None:
+        self.lost = False
+        self._stop = threading.Event()
+        op = ExpireIfEqual(key, token, ttl)
+        thread = threading.Thread(
+            target=self._run, args=(backend, op, ttl / 3, on_error), daemon=True
+        )
+        thread.name = f"cachekit-watchdog {key}"
+        thread.start()
+
+    def _run(
+        self, backend: SyncBackend, op: ExpireIfEqual, every: float, on_error: OnError
+    ) -> None:
+        while not self._stop.wait(every):
+            try:
+                if not backend.run(op):
+                    self.lost = True
+                    return
+            except BackendError as exc:  # keep trying: the lease may still be ours
+                on_error(exc)
+
+    def stop(self) -> None:
+        """Stop renewing (the lease then lapses after its TTL unless released)."""
+        self._stop.set()
+
+
+class AsyncWatchdog:
+    """Renews a lease from a task until :meth:`stop`."""
+
+    __slots__ = ("_task", "lost")
+
+    def __init__(
+        self, backend: AsyncBackend, key: str, token: bytes, ttl: float, on_error: OnError
+    ) -> None:
+        self.lost = False
+        op = ExpireIfEqual(key, token, ttl)
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(backend, op, ttl / 3, on_error), name=f"cachekit-watchdog {key}"
+        )
+
+    async def _run(
+        self, backend: AsyncBackend, op: ExpireIfEqual, every: float, on_error: OnError
+    ) -> None:
+        while True:
+            await asyncio.sleep(every)
+            try:
+                if not await backend.run(op):
+                    self.lost = True
+                    return
+            except BackendError as exc:  # keep trying: the lease may still be ours
+                on_error(exc)
+
+    def stop(self) -> None:
+        """Stop renewing (the lease then lapses after its TTL unless released)."""
+        self._task.cancel()
