@@ -3,8 +3,10 @@
 A lease (a lock key holding a token, always with a TTL) must outlive slow work, yet free
 itself soon after its holder dies. So the TTL stays short and a watchdog resets it every
 ``ttl / 3`` with a token-checked script, until stopped; a reset that finds another token
-(or none) marks the lease :attr:`lost` and ends the watchdog. The sync one is a daemon
-thread, so it dies with its process; the async one is a task, cancelled on stop.
+(or none) marks the lease :attr:`lost` and ends the watchdog. A watchdog also ends with
+the thread or task that started it, so a holder that dies or is cancelled without
+releasing leaves a lease that lapses within its TTL instead of one renewed forever. The
+sync one is a daemon thread, so it dies with its process; the async one is a task.
 
 Usage::
 
@@ -41,16 +43,22 @@ class SyncWatchdog:
         self.lost = False
         self._stop = threading.Event()
         op = ExpireIfEqual(key, token, ttl)
+        owner = threading.current_thread()
         thread = threading.Thread(
-            target=self._run, args=(backend, op, ttl / 3, on_error), daemon=True
+            target=self._run, args=(backend, op, ttl / 3, on_error, owner), daemon=True
         )
         thread.name = f"cachekit-watchdog {key}"
         thread.start()
 
     def _run(
-        self, backend: SyncBackend, op: ExpireIfEqual, every: float, on_error: OnError
+        self,
+        backend: SyncBackend,
+        op: ExpireIfEqual,
+        every: float,
+        on_error: OnError,
+        owner: threading.Thread,
     ) -> None:
-        while not self._stop.wait(every):
+        while not self._stop.wait(every) and owner.is_alive():
             try:
                 if not backend.run(op):
                     self.lost = True
@@ -66,7 +74,7 @@ class SyncWatchdog:
 class AsyncWatchdog:
     """Renews a lease from a task until :meth:`stop`."""
 
-    __slots__ = ("_task", "lost")
+    __slots__ = ("_owner", "_task", "lost")
 
     def __init__(
         self, backend: AsyncBackend, key: str, token: bytes, ttl: float, on_error: OnError
@@ -76,6 +84,12 @@ class AsyncWatchdog:
         self._task = asyncio.get_running_loop().create_task(
             self._run(backend, op, ttl / 3, on_error), name=f"cachekit-watchdog {key}"
         )
+        self._owner = asyncio.current_task()
+        if self._owner is not None:
+            self._owner.add_done_callback(self._owner_done)
+
+    def _owner_done(self, _: object) -> None:
+        self._task.cancel()
 
     async def _run(
         self, backend: AsyncBackend, op: ExpireIfEqual, every: float, on_error: OnError
@@ -92,3 +106,5 @@ class AsyncWatchdog:
     def stop(self) -> None:
         """Stop renewing (the lease then lapses after its TTL unless released)."""
         self._task.cancel()
+        if self._owner is not None:
+            self._owner.remove_done_callback(self._owner_done)
