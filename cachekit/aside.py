@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from cachekit.backends.leases import Acquire, Fill, Release
+from cachekit.backends.leases import Fill, Release, TakeLease
 from cachekit.backends.ops import Delete, Get, Set
 from cachekit.context import Context, Policy, new_token
 from cachekit.effects import LOAD, Flow, Hold, Join, Spawn, Wait, Watch
@@ -86,12 +86,12 @@ def cached_read(ctx: Context, policy: Policy, logical: str) -> Flow[Any]:
         now = ctx.clock.time()
         if envelope.is_fresh(now):
             if policy.early and _refresh_early(ctx, policy, envelope, now):
-                yield Spawn(key, _rebuild(ctx, policy, key, serializer))
+                yield Spawn(key, _rebuild(ctx, policy, key, serializer, envelope))
             ctx.stats.incr("null_hits" if envelope.is_null else "hits")
             return envelope.value
         if now < envelope.expires + policy.stale:
             ctx.stats.incr("stale_hits")
-            yield Spawn(key, _rebuild(ctx, policy, key, serializer))
+            yield Spawn(key, _rebuild(ctx, policy, key, serializer, envelope))
             return envelope.value
     ctx.stats.incr("misses")
     return (yield Join(key, _miss(ctx, policy, key, serializer, envelope)))
@@ -110,6 +110,11 @@ def refresh(ctx: Context, policy: Policy, logical: str) -> Flow[Any]:
 def lease_key(key: str) -> str:
     """The lease guarding the value at ``key``."""
     return key + ":lease"  # same hash tag as the value: one Cluster slot
+
+
+def _fresh(ctx: Context, key: str, raw: bytes | None, serializer: Serializer) -> Envelope | None:
+    envelope = None if raw is None else decode_or_none(ctx, key, raw, serializer)
+    return envelope if envelope is not None and envelope.is_fresh(ctx.clock.time()) else None
 
 
 def _refresh_early(ctx: Context, policy: Policy, envelope: Envelope, now: float) -> bool:
@@ -132,16 +137,16 @@ def _miss(
     waited = False
     while True:
         try:
-            got = yield Acquire(lease, token, policy.lock_ttl)
+            got = yield TakeLease(lease, token, policy.lock_ttl, key)
         except BackendError as exc:
             read_failed(ctx, exc)  # no lease to be had: the flight alone guards the source
             return (yield from _load_and_store(ctx, policy, key, serializer))
         if got.acquired:
             # Someone may have filled the key between our miss and our lease.
-            envelope = yield from read_envelope(ctx, key, serializer)
-            if envelope is not None and envelope.is_fresh(ctx.clock.time()):
+            fresh = _fresh(ctx, key, got.value, serializer)
+            if fresh is not None:
                 yield from _release(ctx, key, (lease, token))
-                return envelope.value
+                return fresh.value
             return (yield from _load_and_store(ctx, policy, key, serializer, (lease, token)))
         if not waited:
             ctx.stats.incr("lock_waits")
@@ -165,16 +170,27 @@ def _miss(
     return (yield from _load_only(ctx))  # serve the caller, but leave the fill to the holder
 
 
-def _rebuild(ctx: Context, policy: Policy, key: str, serializer: Serializer) -> Flow[None]:
-    """A background rebuild: one per key across the fleet, never failing its caller."""
+def _rebuild(
+    ctx: Context, policy: Policy, key: str, serializer: Serializer, seen: Envelope
+) -> Flow[float]:
+    """A background rebuild of ``seen``: one per key across the fleet, never failing callers.
+
+    Returns how long this process need not try again (another holder's lease), or 0.
+    """
     lease, token = lease_key(key), new_token()
     try:
-        got = yield Acquire(lease, token, policy.lock_ttl)
+        got = yield TakeLease(lease, token, policy.lock_ttl, key)
     except BackendError as exc:
         read_failed(ctx, exc)
-        return
+        return 0.0
     if not got.acquired:
-        return  # another process is rebuilding it
+        remaining: float = got.remaining  # another process is rebuilding it
+        return remaining
+    current = None if got.value is None else decode_or_none(ctx, key, got.value, serializer)
+    if current is not None and current.created > seen.created:
+        # Rebuilt by another process between our read and our lease: nothing to do.
+        yield from _release(ctx, key, (lease, token))
+        return 0.0
     ctx.stats.incr("rebuilds")
     try:
         yield from _load_and_store(ctx, policy, key, serializer, (lease, token))
@@ -182,6 +198,7 @@ def _rebuild(ctx: Context, policy: Policy, key: str, serializer: Serializer) -> 
         ctx.log.warning(
             ("rebuild", policy.name), "cachekit: background rebuild of %s failed: %r", key, exc
         )
+    return 0.0
 
 
 def _load_only(ctx: Context) -> Flow[Any]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -33,6 +34,7 @@ __all__ = ["AsyncFace", "SyncFace"]
 
 T = TypeVar("T")
 DEFAULT_BACKGROUND = 32  # rebuilds in flight per face; more stale reads just serve stale
+_QUIET_LIMIT = 4096
 
 
 def _no_load() -> Any:
@@ -60,6 +62,7 @@ class _Shared:
         self.log = log
         self.background = background
         self.rebuilding: set[str] = set()
+        self.quiet: dict[str, float] = {}  # key -> monotonic time before which not to try
         self.lock = threading.Lock()
 
     def claim(self, key: str) -> bool:
@@ -67,12 +70,22 @@ class _Shared:
         with self.lock:
             if key in self.rebuilding or len(self.rebuilding) >= self.background:
                 return False
+            if self.quiet.get(key, 0.0) > time.monotonic():
+                return False  # another process holds its lease: don't ask again yet
             self.rebuilding.add(key)
             return True
 
-    def done(self, key: str) -> None:
+    def done(self, key: str, quiet_for: object) -> None:
+        """A rebuild ended; ``quiet_for`` seconds (if a float) before trying ``key`` again."""
         with self.lock:
             self.rebuilding.discard(key)
+            now = time.monotonic()
+            if isinstance(quiet_for, float) and quiet_for > 0:
+                if len(self.quiet) >= _QUIET_LIMIT:
+                    self.quiet = {k: t for k, t in self.quiet.items() if t > now}
+                self.quiet[key] = now + quiet_for
+            else:
+                self.quiet.pop(key, None)
 
     def renewal_failed(self, exc: BackendError) -> None:
         self.log.warning(("renew", type(exc)), "cachekit: lease renewal failed (%s)", exc)
@@ -163,12 +176,13 @@ class SyncFace(_Shared):
         return None
 
     def _background(self, key: str, flow: Flow[Any], load: Callable[[], Any]) -> None:
+        quiet_for: object = None
         try:
-            self.drive(flow, load)
+            quiet_for = self.drive(flow, load)
         except Exception as exc:
             self.failed(key, exc)
         finally:
-            self.done(key)
+            self.done(key, quiet_for)
 
     def close(self) -> None:
         """Finish running rebuilds, drop queued ones, close the backend."""
@@ -264,12 +278,13 @@ class AsyncFace(_Shared):
     async def _background(
         self, key: str, flow: Flow[Any], load: Callable[[], Awaitable[Any]]
     ) -> None:
+        quiet_for: object = None
         try:
-            await self.drive(flow, load)
+            quiet_for = await self.drive(flow, load)
         except Exception as exc:
             self.failed(key, exc)
         finally:
-            self.done(key)
+            self.done(key, quiet_for)
 
     async def close(self) -> None:
         """Cancel running rebuilds, wait for them to unwind, close the backend."""

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from cachekit.backends.leases import Acquire, Fill, Invalidate, Leased, Release, TakeLease
 from cachekit.backends.memory import AsyncMemoryBackend, MemoryBackend, MemoryStore
 from cachekit.backends.ops import (
     CompareAndSet,
@@ -175,3 +176,55 @@ async def test_incr_counts_from_one_and_keeps_ttl(run: Run[Any], key: Callable[[
 
 async def test_ping(run: Run[Any]) -> None:
     assert await run(Ping()) is True
+
+
+async def test_take_lease_reads_what_it_guards(run: Run[Any], key: Callable[[str], str]) -> None:
+    value, lease = key("v"), key("v") + ":lease"
+    got = await run(TakeLease(lease, b"t1", 10, value))
+    assert got == Leased(True, None, 0.0)
+    other = await run(TakeLease(lease, b"t2", 10, value))
+    assert not other.acquired
+    assert 9 < other.remaining <= 10
+    await run(Release(lease, b"t1", "chan"))
+    await run(Set(value, b"", 10))
+    assert await run(TakeLease(lease, b"t3", 10, value)) == Leased(True, b"", 0.0)
+
+
+async def test_fill_only_under_its_own_lease(run: Run[Any], key: Callable[[str], str]) -> None:
+    value, lease = key("v"), key("v") + ":lease"
+    await run(TakeLease(lease, b"mine", 10, value))
+    assert await run(Fill(value, b"data", 30, lease, b"other", "chan")) is False
+    assert await run(Get(value)) is None
+    assert await run(Fill(value, b"data", 30, lease, b"mine", "chan")) is True
+    assert await run(Get(value)) == b"data"
+    assert await run(Get(lease)) is None  # the fill released the lease
+    assert await run(Fill(value, b"again", 30, lease, b"mine", "chan")) is False
+
+
+async def test_release_and_invalidate(run: Run[Any], key: Callable[[str], str]) -> None:
+    value, lease = key("v"), key("v") + ":lease"
+    await run(Set(lease, b"mine", 10))
+    assert await run(Release(lease, b"theirs", "chan")) is False
+    assert await run(Release(lease, b"mine", "chan")) is True
+    assert await run(Get(lease)) is None
+    await run(Set(value, b"data", 10))
+    await run(Set(lease, b"tok", 10))
+    assert await run(Invalidate([value, lease], "chan")) == 2
+    assert await run(GetMany([value, lease])) == [None, None]
+
+
+async def test_acquire_fences_rise(run: Run[Any], key: Callable[[str], str]) -> None:
+    lock, fence = key("l"), key("l") + ":fence"
+    fences = []
+    for n in range(5):
+        got = await run(Acquire(lock, b"t%d" % n, 10, fence))
+        assert got.acquired
+        fences.append(got.fence)
+        held = await run(Acquire(lock, b"x", 10, fence))
+        assert not held.acquired
+        assert 0 < held.remaining <= 10
+        await run(Release(lock, b"t%d" % n, "chan"))
+    assert fences == sorted(fences)
+    assert len(set(fences)) == 5
+    assert fences[0] > 1_000_000_000_000_000  # seeded from the clock in microseconds
+    assert (await run(Acquire(key("plain"), b"t", 10))).fence == 1

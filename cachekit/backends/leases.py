@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 from cachekit.backends.ops import Op, Script, Store, ms
 
-__all__ = ["Acquire", "Acquired", "Fill", "Invalidate", "Release"]
+__all__ = ["Acquire", "Acquired", "Fill", "Invalidate", "Leased", "Release", "TakeLease"]
 
 
 class Acquired(NamedTuple):
@@ -90,6 +90,59 @@ class Acquire(Op[Acquired]):
         fence = int(current) + 1 if current is not None else int(store.now() * 1_000_000) + 1
         store.write(self.fence, b"%d" % fence, None)
         return Acquired(True, fence, 0.0)
+
+
+class Leased(NamedTuple):
+    """The answer to :class:`TakeLease`: whether we got it, and what it guards right now.
+
+    ``value`` is the guarded key's bytes read in the same script (when acquired), so the
+    winner re-checks the cache without another round trip; ``remaining`` is how long the
+    current holder's lease still runs (when not acquired).
+    """
+
+    acquired: bool
+    value: bytes | None
+    remaining: float
+
+
+_TAKE_LEASE = Script(
+    """
+-- KEYS[1] the lease key, KEYS[2] the value key it guards
+-- ARGV[1] our token, ARGV[2] the lease in ms
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {1, redis.call('GET', KEYS[2])}
+end
+return {0, redis.call('PTTL', KEYS[1])}
+"""
+)
+
+
+@dataclass(slots=True)
+class TakeLease(Op[Leased]):
+    """Try the lease guarding ``value_key``; on success also read ``value_key``."""
+
+    key: str
+    token: bytes
+    ttl: float
+    value_key: str
+
+    kind = "script"
+    script = _TAKE_LEASE
+
+    def script_call(self) -> tuple[Sequence[str], Sequence[Any]]:
+        return (self.key, self.value_key), (self.token, ms(self.ttl))
+
+    def parse(self, reply: Any) -> Leased:
+        flag, data = reply
+        if flag:
+            return Leased(True, data, 0.0)
+        return Leased(False, None, max(int(data), 1) / 1000)
+
+    def apply(self, store: Store) -> Leased:
+        if store.read(self.key) is not None:
+            return Leased(False, None, store.remaining(self.key) or 0.001)
+        store.write(self.key, self.token, self.ttl)
+        return Leased(True, store.read(self.value_key), 0.0)
 
 
 _FILL = Script(
