@@ -37,6 +37,7 @@ from cachekit.context import Context, Policy, new_token
 from cachekit.effects import LOAD, Flow, Hold, Join, Spawn, Wait, Watch
 from cachekit.envelope import Envelope, InvalidPayload, decode, encode
 from cachekit.exceptions import BackendError, LockTimeout, SerializationError
+from cachekit.jitter import jittered
 from cachekit.serializers import Serializer
 
 __all__ = ["cached_read", "decode_or_none", "lease_key", "read_envelope", "read_failed", "refresh"]
@@ -239,8 +240,8 @@ def _load_and_store(
             if lease is not None:
                 yield from _release(ctx, key, lease)
         elif lease is None:
-            yield Set(key, *entry)
-        elif not (yield Fill(key, *entry, lease[0], lease[1], ctx.channel)):
+            yield Set(key, *entry, nx=value is None)  # a null marker never overwrites data
+        elif not (yield Fill(key, *entry, lease[0], lease[1], ctx.channel, nx=value is None)):
             ctx.stats.incr("stale_sets_refused")  # invalidated (or lapsed) while loading
     except BackendError as exc:
         ctx.stats.incr("write_errors")
@@ -254,7 +255,9 @@ def _entry(
     """``(envelope bytes, physical TTL)`` to store, or ``None`` when nothing is stored."""
     if value is None and policy.null_ttl <= 0:
         return None
-    ttl = policy.null_ttl if value is None else (policy.ttl or ctx.default_ttl)
+    spread = ctx.jitter if policy.jitter is None else policy.jitter
+    base = policy.null_ttl if value is None else (policy.ttl or ctx.default_ttl)
+    ttl = jittered(base, spread, ctx.random)
     now = ctx.clock.time()
     try:
         data = encode(
@@ -275,7 +278,7 @@ def _entry(
             exc,
         )
         return None
-    stale = policy.stale if value is not None else 0.0
+    stale = jittered(policy.stale, spread, ctx.random) if value is not None else 0.0
     return data, ttl + stale
 
 

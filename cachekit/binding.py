@@ -48,6 +48,7 @@ class Settings:
     default_ttl: float
     clock: Clock
     random: random.Random
+    jitter: float
     stats: Stats
     log: LogOnce
 
@@ -136,6 +137,7 @@ def bind(
         default_ttl=settings.default_ttl,
         clock=settings.clock,
         random=settings.random,
+        jitter=settings.jitter,
         stats=settings.stats,
         log=settings.log,
     )

@@ -61,6 +61,12 @@ _UNCONFIGURED = (
 )
 
 
+def _spread(jitter: float) -> float:
+    if not 0 <= jitter < 1:
+        raise ConfigurationError(f"jitter must be in [0, 1), got {jitter!r}")
+    return float(jitter)
+
+
 def _seconds_or_zero(value: float | timedelta, name: str) -> float:
     return to_seconds(value, name=name) or 0.0 if value else 0.0
 
@@ -84,6 +90,7 @@ class Cache:
     * **default_ttl** - seconds (or a ``timedelta``) when none is given (default 300).
     * **clock** - where time is read; a ``FakeClock`` in tests.
     * **rng** - the random source of jitter and early refresh; seeded in tests.
+    * **jitter** - every TTL written is spread by this fraction, ± (default 0.1).
 
     Injected clients are used as they are: give them short timeouts yourself (URLs get
     cachekit's defaults, see :data:`cachekit.config.REDIS_DEFAULTS`).
@@ -99,6 +106,7 @@ class Cache:
         default_ttl: float | timedelta = 300,
         clock: Clock = SYSTEM_CLOCK,
         rng: random.Random | None = None,
+        jitter: float = 0.1,
     ) -> None:
         KeySpace(prefix)  # validate now, not at first use
         self._prefix = prefix
@@ -109,6 +117,7 @@ class Cache:
             default_ttl=to_seconds(default_ttl, name="default_ttl") or 300.0,
             clock=clock,
             random=rng or random.Random(),
+            jitter=_spread(jitter),
             stats=self._stats,
             log=LogOnce(logger),
         )
@@ -123,14 +132,15 @@ class Cache:
         """A configured cache for ``redis://``, ``rediss://``, ``unix://`` or ``memory://``.
 
         ``options`` are those of :data:`cachekit.config.URL_OPTIONS` (they win over the
-        query string) plus ``clock``, ``rng``, ``default_ttl`` and a ``Serializer`` instance.
+        query string) plus ``clock``, ``rng``, ``jitter``, ``default_ttl`` and a serializer.
 
         Usage::
 
             cache = Cache.from_url("redis://localhost:6379/0?socket_timeout=0.2&prefix=shop")
             cache = Cache.from_url("memory://")
         """
-        own = {k: options.pop(k) for k in ("clock", "default_ttl", "rng") if k in options}
+        names = ("clock", "default_ttl", "rng", "jitter")
+        own = {k: options.pop(k) for k in names if k in options}
         if isinstance(options.get("serializer"), str | None):
             return cls(**own).configure(url, **options)
         return cls(serializer=options.pop("serializer"), **own).configure(url, **options)
@@ -190,6 +200,7 @@ class Cache:
         lock_wait: float | timedelta = 5.0,
         on_lock_timeout: OnLockTimeout = "load",
         early: float = 0.0,
+        jitter: float | None = None,
         serializer: Serializer | None = None,
     ) -> Decorator:
         """Cache-aside decorator for ``def`` and ``async def`` functions.
@@ -210,6 +221,8 @@ class Cache:
           ``LockTimeout``. A stale value, when one was seen, is served first.
         * **early** - XFetch beta: refresh a fresh value early with a probability that
           grows as expiry nears, scaled by its load time (``1.0`` is the usual; 0: off).
+        * **jitter** - spread of the TTLs written (values, null markers, stale windows),
+          a fraction ±; default: the cache's (0.1).
         * **serializer** - this function's format; default: the cache's.
 
         Usage::
@@ -235,6 +248,7 @@ class Cache:
             lock_wait=_seconds_or_zero(lock_wait, "lock_wait"),
             on_lock_timeout=on_lock_timeout,
             early=early,
+            jitter=None if jitter is None else _spread(jitter),
         )
         return Decorator(self._bound, key=key, policy=policy)
 
@@ -251,21 +265,34 @@ class Cache:
         b = self._bound()
         return await b.aio.drive(get_many(b.ctx, keys))
 
-    async def set(self, key: str, value: Any, ttl: float | timedelta | None = None) -> None:
+    async def set(
+        self,
+        key: str,
+        value: Any,
+        ttl: float | timedelta | None = None,
+        *,
+        jitter: float | None = None,
+    ) -> None:
         """Store ``value`` under ``key`` for ``ttl`` (default: the cache's default TTL).
 
         Raises :class:`~cachekit.exceptions.SerializationError` or
         :class:`~cachekit.exceptions.BackendError`.
         """
         b = self._bound()
-        await b.aio.drive(set_value(b.ctx, key, value, to_seconds(ttl)))
+        spread = None if jitter is None else _spread(jitter)
+        await b.aio.drive(set_value(b.ctx, key, value, to_seconds(ttl), spread))
 
     async def set_many(
-        self, values: Mapping[str, Any], ttl: float | timedelta | None = None
+        self,
+        values: Mapping[str, Any],
+        ttl: float | timedelta | None = None,
+        *,
+        jitter: float | None = None,
     ) -> None:
         """Store every item of ``values`` in one round trip."""
         b = self._bound()
-        await b.aio.drive(set_many(b.ctx, values, to_seconds(ttl)))
+        spread = None if jitter is None else _spread(jitter)
+        await b.aio.drive(set_many(b.ctx, values, to_seconds(ttl), spread))
 
     async def delete(self, key: str) -> bool:
         """Remove ``key``; whether it existed."""
@@ -343,15 +370,30 @@ class SyncCache:
         b = self._cache._bound()
         return b.sync.drive(get_many(b.ctx, keys))
 
-    def set(self, key: str, value: Any, ttl: float | timedelta | None = None) -> None:
+    def set(
+        self,
+        key: str,
+        value: Any,
+        ttl: float | timedelta | None = None,
+        *,
+        jitter: float | None = None,
+    ) -> None:
         """Store ``value`` under ``key`` for ``ttl`` (default: the cache's default TTL)."""
         b = self._cache._bound()
-        b.sync.drive(set_value(b.ctx, key, value, to_seconds(ttl)))
+        spread = None if jitter is None else _spread(jitter)
+        b.sync.drive(set_value(b.ctx, key, value, to_seconds(ttl), spread))
 
-    def set_many(self, values: Mapping[str, Any], ttl: float | timedelta | None = None) -> None:
+    def set_many(
+        self,
+        values: Mapping[str, Any],
+        ttl: float | timedelta | None = None,
+        *,
+        jitter: float | None = None,
+    ) -> None:
         """Store every item of ``values`` in one round trip."""
         b = self._cache._bound()
-        b.sync.drive(set_many(b.ctx, values, to_seconds(ttl)))
+        spread = None if jitter is None else _spread(jitter)
+        b.sync.drive(set_many(b.ctx, values, to_seconds(ttl), spread))
 
     def delete(self, key: str) -> bool:
         """Remove ``key``; whether it existed."""

@@ -42,6 +42,7 @@ class Context:
     stats: Stats
     log: LogOnce
     random: random.Random = field(default_factory=random.Random)
+    jitter: float = 0.1
 
     @property
     def channel(self) -> str:
@@ -63,6 +64,7 @@ class Policy:
     * ``lock_wait`` - how long a caller waits for another's load before ``on_lock_timeout``.
     * ``on_lock_timeout`` - ``"load"`` (load without caching) or ``"raise"`` (``LockTimeout``).
     * ``early`` - XFetch's beta for probabilistic early refresh (0: off).
+    * ``jitter`` - spread of every TTL written, as a fraction (``None``: the cache's).
     """
 
     name: str
@@ -75,3 +77,4 @@ class Policy:
     lock_wait: float = 5.0
     on_lock_timeout: OnLockTimeout = "load"
     early: float = 0.0
+    jitter: float | None = None

@@ -20,6 +20,7 @@ from cachekit.context import Context
 from cachekit.effects import MISSING, Flow
 from cachekit.envelope import Envelope, encode
 from cachekit.exceptions import BackendError
+from cachekit.jitter import jittered
 
 __all__ = ["delete", "get", "get_many", "invalidate", "set_many", "set_value"]
 
@@ -58,24 +59,31 @@ def _fresh_value(ctx: Context, envelope: Envelope | None, default: Any) -> Any:
     return envelope.value
 
 
-def _encode(ctx: Context, key: str, value: Any, ttl: float | None) -> tuple[bytes, float]:
-    ttl = ctx.default_ttl if ttl is None else ttl
+def _encode(
+    ctx: Context, key: str, value: Any, ttl: float | None, jitter: float | None
+) -> tuple[bytes, float]:
+    spread = ctx.jitter if jitter is None else jitter
+    ttl = jittered(ctx.default_ttl if ttl is None else ttl, spread, ctx.random)
     now = ctx.clock.time()
     return encode(key, value, ctx.serializer, created=now, expires=now + ttl), ttl
 
 
-def set_value(ctx: Context, logical: str, value: Any, ttl: float | None) -> Flow[None]:
-    """Store ``value`` for ``ttl`` seconds (the default TTL when ``None``); raises on errors."""
+def set_value(
+    ctx: Context, logical: str, value: Any, ttl: float | None, jitter: float | None = None
+) -> Flow[None]:
+    """Store ``value`` for ``ttl`` seconds, jittered; raises on errors."""
     key = ctx.keyspace.value(logical)
-    yield Set(key, *_encode(ctx, key, value, ttl))
+    yield Set(key, *_encode(ctx, key, value, ttl, jitter))
 
 
-def set_many(ctx: Context, values: Mapping[str, Any], ttl: float | None) -> Flow[None]:
-    """Store every item of ``values`` in one round trip; raises on errors."""
+def set_many(
+    ctx: Context, values: Mapping[str, Any], ttl: float | None, jitter: float | None = None
+) -> Flow[None]:
+    """Store every item of ``values`` in one round trip, each TTL jittered; raises on errors."""
     items = []
     for logical, value in values.items():
         key = ctx.keyspace.value(logical)
-        items.append((key, *_encode(ctx, key, value, ttl)))
+        items.append((key, *_encode(ctx, key, value, ttl, jitter)))
     if items:
         yield SetMany(items)
 

@@ -76,7 +76,9 @@ def clock() -> FakeClock:
 @pytest.fixture
 def memory_cache(clock: FakeClock) -> Cache:
     """A memory-backed cache driven by the fake clock: fast, deterministic."""
-    return Cache.from_url("memory://", clock=clock)
+    return Cache.from_url(
+        "memory://", clock=clock, jitter=0
+    )  # exact TTLs: jitter has its own tests
 
 
 @pytest.fixture

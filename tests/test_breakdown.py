@@ -41,7 +41,7 @@ WAIT = 10.0  # upper bound of every "eventually" below; never a latency claim
 @pytest.fixture
 async def fake_cache(clock: FakeClock) -> AsyncIterator[Cache]:
     """A memory cache on the fake clock whose background rebuilds can run."""
-    cache = Cache.from_url("memory://", clock=clock)
+    cache = Cache.from_url("memory://", clock=clock, jitter=0)
     yield cache
     await cache.close()
 
@@ -450,7 +450,7 @@ async def test_lease_dies_with_a_restart_so_the_write_back_is_refused(
 
 
 async def test_background_rebuild_is_counted(clock: FakeClock) -> None:
-    cache = Cache.from_url("memory://", clock=clock)  # no workaround
+    cache = Cache.from_url("memory://", clock=clock, jitter=0)  # no workaround
     loads = 0
 
     @cache.cached(ttl=10, stale=60, key="k")
@@ -522,7 +522,7 @@ async def test_many_concurrent_stale_reads_start_one_rebuild(
 
 
 def test_many_threads_reading_a_stale_value_start_one_rebuild(clock: FakeClock) -> None:
-    cache = Cache.from_url("memory://", clock=clock)
+    cache = Cache.from_url("memory://", clock=clock, jitter=0)
     row = Row("v1")
     reads_lock = threading.Lock()
     barrier = threading.Barrier(20)
@@ -653,7 +653,7 @@ def xfetch(now: float, expires: float, delta: float, beta: float, rng: random.Ra
 @pytest.mark.parametrize("seed", [7, 9, 2024])
 async def test_early_refresh_triggers_only_near_expiry(seed: int) -> None:
     clock = FakeClock()
-    cache = Cache.from_url("memory://", clock=clock, rng=random.Random(seed))
+    cache = Cache.from_url("memory://", clock=clock, rng=random.Random(seed), jitter=0)
     oracle = random.Random(seed)
     load_time, ttl = 2.0, 100.0
     loads = 0

@@ -79,7 +79,7 @@ def test_entries_expire_after_ttl(memory_cache: Cache, clock: FakeClock) -> None
 
 
 def test_default_ttl_applies_without_ttl(clock: FakeClock) -> None:
-    cache = Cache.from_url("memory://", clock=clock, default_ttl=10)
+    cache = Cache.from_url("memory://", clock=clock, default_ttl=10, jitter=0)
     loader = Loader()
 
     @cache.cached()

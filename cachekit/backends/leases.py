@@ -148,9 +148,11 @@ class TakeLease(Op[Leased]):
 _FILL = Script(
     """
 -- KEYS[1] the value key, KEYS[2] its lease key
--- ARGV[1] the lease token, ARGV[2] the value, ARGV[3] its TTL in ms, ARGV[4] the channel
+-- ARGV[1] the lease token, ARGV[2] the value, ARGV[3] its TTL in ms, ARGV[4] the channel,
+-- ARGV[5] '1' to write only if the value key is absent (null markers never overwrite data)
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+if ARGV[5] == '1' then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3], 'NX')
+else redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
 redis.call('DEL', KEYS[2])
 redis.call('PUBLISH', ARGV[4], KEYS[1])
 return 1
@@ -160,7 +162,11 @@ return 1
 
 @dataclass(slots=True)
 class Fill(Op[bool]):
-    """Write ``value`` only while ``lease`` still holds ``token``; release and notify."""
+    """Write ``value`` only while ``lease`` still holds ``token``; release and notify.
+
+    With ``nx`` the value is written only if ``key`` is absent; the lease is released and
+    the key announced either way (the fill was not refused: there was nothing to do).
+    """
 
     key: str
     value: bytes
@@ -168,12 +174,14 @@ class Fill(Op[bool]):
     lease: str
     token: bytes
     channel: str
+    nx: bool = False
 
     kind = "script"
     script = _FILL
 
     def script_call(self) -> tuple[Sequence[str], Sequence[Any]]:
-        return (self.key, self.lease), (self.token, self.value, ms(self.ttl), self.channel)
+        args = (self.token, self.value, ms(self.ttl), self.channel, "1" if self.nx else "0")
+        return (self.key, self.lease), args
 
     def parse(self, reply: Any) -> bool:
         return bool(reply)
@@ -181,7 +189,8 @@ class Fill(Op[bool]):
     def apply(self, store: Store) -> bool:
         if store.read(self.lease) != self.token:
             return False
-        store.write(self.key, self.value, self.ttl)
+        if not self.nx or store.read(self.key) is None:
+            store.write(self.key, self.value, self.ttl)
         store.remove(self.lease)
         store.publish(self.channel, self.key)
         return True
