@@ -13,6 +13,7 @@ Usage::
     async def get_product(product_id: int) -> dict[str, object] | None: ...
 """
 
+from cachekit.bloomfilter import Bloom, SyncBloom
 from cachekit.effects import MISSING
 from cachekit.lock import Lock, SyncLock
 
@@ -42,6 +43,7 @@ __all__ = [
     "BackendError",
     "BackendTimeout",
     "BackendUnavailable",
+    "Bloom",
     "Cache",
     "CacheKitError",
     "ConfigurationError",
@@ -58,6 +60,7 @@ __all__ = [
     "PickleSerializer",
     "SerializationError",
     "Serializer",
+    "SyncBloom",
     "SyncCache",
     "SyncCachedFunction",
     "SyncLock",

@@ -33,10 +33,11 @@ from typing import Any
 
 from cachekit.backends.leases import Fill, Release, TakeLease
 from cachekit.backends.ops import Delete, Get, Set
+from cachekit.bloom import bloom_contains
 from cachekit.context import Context, Policy, new_token
 from cachekit.effects import LOAD, Flow, Hold, Join, Spawn, Wait, Watch
 from cachekit.envelope import Envelope, InvalidPayload, decode, encode
-from cachekit.exceptions import BackendError, LockTimeout, SerializationError
+from cachekit.exceptions import BackendError, ConfigurationError, LockTimeout, SerializationError
 from cachekit.jitter import jittered
 from cachekit.serializers import Serializer
 
@@ -72,8 +73,10 @@ def read_envelope(ctx: Context, key: str, serializer: Serializer) -> Flow[Envelo
     return None if raw is None else decode_or_none(ctx, key, raw, serializer)
 
 
-def cached_read(ctx: Context, policy: Policy, logical: str) -> Flow[Any]:
-    """A decorated call: hit, stale hit, or the single-flight miss path."""
+def cached_read(ctx: Context, policy: Policy, logical: str, gate: object = None) -> Flow[Any]:
+    """A decorated call: Bloom gate, then hit, stale hit, or the single-flight miss path."""
+    if policy.bloom is not None and not (yield from _admitted(ctx, policy, policy.bloom, gate)):
+        return None
     key = ctx.keyspace.value(logical)
     serializer = policy.serializer or ctx.serializer
     try:
@@ -96,6 +99,21 @@ def cached_read(ctx: Context, policy: Policy, logical: str) -> Flow[Any]:
             return envelope.value
     ctx.stats.incr("misses")
     return (yield Join(key, _miss(ctx, policy, key, serializer, envelope)))
+
+
+def _admitted(ctx: Context, policy: Policy, name: str, item: object) -> Flow[bool]:
+    """Whether ``item`` may exist; a certain miss is counted and maybe raised."""
+    state = ctx.blooms.get(name)
+    if state is None:
+        raise ConfigurationError(
+            f"{policy.name} uses Bloom filter {name!r}: declare it with cache.bloom({name!r}, ...)"
+        )
+    if (yield from bloom_contains(ctx, state, item)):
+        return True
+    ctx.stats.incr("bloom_rejects")
+    if policy.bloom_reject is not None:
+        raise policy.bloom_reject(f"{item!r} does not exist ({name} Bloom filter)")
+    return False
 
 
 def refresh(ctx: Context, policy: Policy, logical: str) -> Flow[Any]:

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     import redis
     import redis.asyncio
 
+    from cachekit.bloom import BloomState
+
 __all__ = ["Binding", "Settings", "bind"]
 
 _SERIALIZERS: Mapping[str, type[JsonSerializer] | type[MsgpackSerializer]] = {
@@ -51,6 +53,7 @@ class Settings:
     jitter: float
     stats: Stats
     log: LogOnce
+    blooms: dict[str, BloomState]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +64,12 @@ class Binding:
     sync: SyncFace
     aio: AsyncFace
     listener: Listener | None
+    waiters: Waiters
+
+    def adopt(self, bloom: BloomState) -> None:
+        """Have ``bloom``'s mirror follow this binding's notifications (and reload)."""
+        bloom.generation, bloom.stale = None, True
+        self.waiters.subscribe(f"bloom:{bloom.name}", bloom.on_message)
 
     def close_sync(self) -> None:
         """Stop listening and close the sync face (finishing its rebuilds)."""
@@ -138,6 +147,7 @@ def bind(
         clock=settings.clock,
         random=settings.random,
         jitter=settings.jitter,
+        blooms=settings.blooms,
         stats=settings.stats,
         log=settings.log,
     )
@@ -149,4 +159,9 @@ def bind(
         async_redis = client
         listener = TaskListener(lambda: async_redis, ctx.channel, waiters, settings.log)
     faces = (waiters, listener, settings.stats, settings.log)
-    return Binding(ctx, SyncFace(sync_backend, *faces), AsyncFace(async_backend, *faces), listener)
+    binding = Binding(
+        ctx, SyncFace(sync_backend, *faces), AsyncFace(async_backend, *faces), listener, waiters
+    )
+    for bloom in settings.blooms.values():
+        binding.adopt(bloom)
+    return binding

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from cachekit.binding import Binding, Settings, bind
+from cachekit.bloom import BloomState, Geometry
+from cachekit.bloomfilter import Bloom
 from cachekit.clock import SYSTEM_CLOCK, Clock
 from cachekit.context import OnLockTimeout, Policy
 from cachekit.decorators import Decorator
@@ -120,7 +122,9 @@ class Cache:
             jitter=_spread(jitter),
             stats=self._stats,
             log=LogOnce(logger),
+            blooms={},
         )
+        self._blooms: dict[str, Bloom] = {}
         self._binding: Binding | None = None
         self._why_unbound = _UNCONFIGURED
         self.sync = SyncCache(self)
@@ -201,6 +205,9 @@ class Cache:
         on_lock_timeout: OnLockTimeout = "load",
         early: float = 0.0,
         jitter: float | None = None,
+        bloom: str | None = None,
+        bloom_key: str | None = None,
+        bloom_reject: type[Exception] | None = None,
         serializer: Serializer | None = None,
     ) -> Decorator:
         """Cache-aside decorator for ``def`` and ``async def`` functions.
@@ -223,6 +230,9 @@ class Cache:
           grows as expiry nears, scaled by its load time (``1.0`` is the usual; 0: off).
         * **jitter** - spread of the TTLs written (values, null markers, stale windows),
           a fraction ±; default: the cache's (0.1).
+        * **bloom** - a Bloom filter (see :meth:`bloom`) the call's identifier must pass:
+          a certain miss returns ``None`` (or raises ``bloom_reject``) with no Redis GET
+          and no load. The identifier is the first argument, or ``bloom_key`` (a template).
         * **serializer** - this function's format; default: the cache's.
 
         Usage::
@@ -249,8 +259,10 @@ class Cache:
             on_lock_timeout=on_lock_timeout,
             early=early,
             jitter=None if jitter is None else _spread(jitter),
+            bloom=bloom,
+            bloom_reject=bloom_reject,
         )
-        return Decorator(self._bound, key=key, policy=policy)
+        return Decorator(self._bound, key=key, policy=policy, bloom_key=bloom_key)
 
     async def get(self, key: str, default: Any = None) -> Any:
         """The fresh value under ``key``, else ``default``; fails open (a miss).
@@ -308,6 +320,44 @@ class Cache:
         """
         b = self._bound()
         await b.aio.drive(invalidate(b.ctx, key))
+
+    def bloom(
+        self,
+        name: str,
+        *,
+        capacity: int = 1_000_000,
+        error_rate: float = 0.001,
+        on_missing: Callable[[str], None] | None = None,
+        check_interval: float = 1.0,
+    ) -> Bloom:
+        """The Bloom filter ``name`` (declared once per cache; no I/O until used).
+
+        **Parameters:**
+
+        * **capacity**, **error_rate** - the geometry; every process must agree on them.
+        * **on_missing** - called with the name when the filter is found missing in Redis
+          (never built, or lost to a restart or flush): rebuild it from your database.
+        * **check_interval** - seconds between checks that the shared filter is unchanged.
+
+        Usage::
+
+            products = cache.bloom("products", capacity=1_000_000, error_rate=0.001)
+            await products.rebuild(product_ids)
+        """
+        geometry = Geometry.of(capacity, error_rate)
+        existing = self._blooms.get(name)
+        if existing is not None:
+            if existing.geometry != geometry:
+                raise ConfigurationError(
+                    f"Bloom filter {name!r} is already declared with {existing.geometry}"
+                )
+            return existing
+        state = BloomState(name, geometry, on_missing=on_missing, check_interval=check_interval)
+        bloom = self._blooms[name] = Bloom(self._bound, state)
+        self._settings.blooms[name] = state
+        if self._binding is not None:
+            self._binding.adopt(state)
+        return bloom
 
     def lock(
         self, name: str, *, ttl: float = 10.0, wait: float = 5.0, fail_open: bool = False

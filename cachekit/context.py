@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import random
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from cachekit.clock import Clock
 from cachekit.keys import KeySpace
 from cachekit.serializers import Serializer
 from cachekit.stats import LogOnce, Stats
+
+if TYPE_CHECKING:
+    from cachekit.bloom import BloomState
 
 __all__ = ["Context", "OnLockTimeout", "Policy", "new_token"]
 
@@ -43,6 +47,7 @@ class Context:
     log: LogOnce
     random: random.Random = field(default_factory=random.Random)
     jitter: float = 0.1
+    blooms: Mapping[str, BloomState] = field(default_factory=dict)
 
     @property
     def channel(self) -> str:
@@ -65,6 +70,8 @@ class Policy:
     * ``on_lock_timeout`` - ``"load"`` (load without caching) or ``"raise"`` (``LockTimeout``).
     * ``early`` - XFetch's beta for probabilistic early refresh (0: off).
     * ``jitter`` - spread of every TTL written, as a fraction (``None``: the cache's).
+    * ``bloom`` - the Bloom filter the call's identifier must pass before any lookup.
+    * ``bloom_reject`` - raised (instead of returning ``None``) for a certain miss.
     """
 
     name: str
@@ -78,3 +85,5 @@ class Policy:
     on_lock_timeout: OnLockTimeout = "load"
     early: float = 0.0
     jitter: float | None = None
+    bloom: str | None = None
+    bloom_reject: type[Exception] | None = None

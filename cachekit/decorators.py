@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast, overlo
 
 from cachekit.aside import cached_read, refresh
 from cachekit.context import Policy
+from cachekit.exceptions import ConfigurationError
 from cachekit.keys import KeyBuilder
 from cachekit.raw import invalidate
 
@@ -47,12 +48,21 @@ class _CachedFunction(Generic[P, R]):
         func: Callable[P, Any],
         policy: Policy,
         builder: KeyBuilder,
+        gate: Callable[[tuple[Any, ...], dict[str, Any]], object] | None = None,
     ) -> None:
         functools.update_wrapper(cast(Any, self), func)
         self._bound = bound
         self._func = func
         self._policy = policy
         self._builder = builder
+        self._gate = gate
+
+    def _read(self, b: Binding, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The read flow of one call (with its Bloom gate item, when it has one)."""
+        logical = self._builder.build(args, kwargs)
+        if self._gate is None:
+            return cached_read(b.ctx, self._policy, logical)
+        return cached_read(b.ctx, self._policy, logical, self._gate(args, kwargs))
 
     def key(self, *args: P.args, **kwargs: P.kwargs) -> str:
         """The logical cache key of a call with these arguments (no I/O).
@@ -82,7 +92,7 @@ class AsyncCachedFunction(_CachedFunction[P, R]):
     async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """The cached result, loading and storing it on a miss."""
         b = self._bound()
-        flow = cached_read(b.ctx, self._policy, self._builder.build(args, kwargs))
+        flow = self._read(b, args, kwargs)
         result: R = await b.aio.drive(flow, lambda: self._func(*args, **kwargs))
         return result
 
@@ -114,7 +124,7 @@ class SyncCachedFunction(_CachedFunction[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """The cached result, loading and storing it on a miss."""
         b = self._bound()
-        flow = cached_read(b.ctx, self._policy, self._builder.build(args, kwargs))
+        flow = self._read(b, args, kwargs)
         result: R = b.sync.drive(flow, lambda: self._func(*args, **kwargs))
         return result
 
@@ -143,12 +153,20 @@ class Decorator:
         fast = decorate(slow_function)
     """
 
-    __slots__ = ("_bound", "_key", "_policy")
+    __slots__ = ("_bloom_key", "_bound", "_key", "_policy")
 
-    def __init__(self, bound: Callable[[], Binding], *, key: str | None, policy: Policy) -> None:
+    def __init__(
+        self,
+        bound: Callable[[], Binding],
+        *,
+        key: str | None,
+        policy: Policy,
+        bloom_key: str | None = None,
+    ) -> None:
         self._bound = bound
         self._key = key
         self._policy = policy
+        self._bloom_key = bloom_key
 
     @overload
     def __call__(  # type: ignore[overload-overlap]  # the async overload must win
@@ -163,6 +181,20 @@ class Decorator:
     ) -> AsyncCachedFunction[P, Any] | SyncCachedFunction[P, Any]:
         builder = KeyBuilder.for_function(func, self._key)
         policy = replace(self._policy, name=f"{func.__module__}.{func.__qualname__}")
+        gate = None if policy.bloom is None else _gate(func, self._bloom_key)
         if inspect.iscoroutinefunction(func):
-            return AsyncCachedFunction(self._bound, func, policy, builder)
-        return SyncCachedFunction(self._bound, func, policy, builder)
+            return AsyncCachedFunction(self._bound, func, policy, builder, gate)
+        return SyncCachedFunction(self._bound, func, policy, builder, gate)
+
+
+def _gate(
+    func: Callable[..., Any], template: str | None
+) -> Callable[[tuple[Any, ...], dict[str, Any]], object]:
+    """What a call offers the Bloom filter: ``bloom_key``, else its first argument."""
+    if template is not None:
+        return KeyBuilder.for_function(func, template).build
+    names = list(inspect.signature(func).parameters)
+    if not names:
+        raise ConfigurationError(f"{func.__qualname__} has no argument for its Bloom filter")
+    first = inspect.signature(func).parameters[names[0]]
+    return lambda args, kwargs: args[0] if args else kwargs.get(first.name, first.default)

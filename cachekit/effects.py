@@ -7,6 +7,7 @@ effects too; the ones here are the face's own business:
 
 * :data:`LOAD` - call the wrapped function; the result is sent back.
 * :class:`Watch` - start collecting wake-ups for a key; a handle is sent back.
+* :class:`Listen` - make sure this process listens to the cache's channel.
 * :class:`Wait` - wait on a handle until woken or a timeout; whether it was woken.
 * :class:`Hold` - keep a lease alive (a watchdog) until the flow ends.
 * :class:`Join` - run a sub-flow as this process's single flight for a key.
@@ -37,6 +38,7 @@ __all__ = [
     "Flow",
     "Hold",
     "Join",
+    "Listen",
     "Spawn",
     "Wait",
     "Watch",
@@ -74,6 +76,11 @@ class Watch:
 
 
 @dataclass(slots=True)
+class Listen:
+    """Start the cache's one subscription if it is not running yet."""
+
+
+@dataclass(slots=True)
 class Wait:
     """Wait on a :class:`Watch` handle for at most ``timeout`` seconds."""
 
@@ -106,6 +113,6 @@ class Spawn:
     flow: Generator[Any, Any, Any]
 
 
-Effect: TypeAlias = Op[Any] | Literal[_Signal.LOAD] | Watch | Wait | Hold | Join | Spawn
+Effect: TypeAlias = Op[Any] | Literal[_Signal.LOAD] | Watch | Listen | Wait | Hold | Join | Spawn
 Flow: TypeAlias = Generator[Effect, Any, T]
-CONTROL: Final = frozenset({Watch, Wait, Hold, Join, Spawn})
+CONTROL: Final = frozenset({Watch, Listen, Wait, Hold, Join, Spawn})

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from cachekit.backends.base import AsyncBackend, SyncBackend
-from cachekit.effects import CONTROL, LOAD, Effect, Flow, Hold, Join, Spawn, Wait, Watch
+from cachekit.effects import CONTROL, LOAD, Effect, Flow, Hold, Join, Listen, Spawn, Wait, Watch
 from cachekit.exceptions import BackendError
 from cachekit.notify import READY_WAIT, AsyncWaiter, Listener, SyncWaiter, Waiters
 from cachekit.singleflight import AsyncFlights, SyncFlights
@@ -158,9 +158,10 @@ class SyncFace(_Shared):
         if isinstance(effect, Hold):
             held.append(self.hold(effect.key, effect.token, effect.ttl))
             return None
+        if isinstance(effect, Listen):
+            return self._listen()
         if isinstance(effect, Watch):
-            if self.listener is not None and self.listener.ensure_started():
-                self.listener.ready.wait(READY_WAIT)
+            self._listen()
             waiter = SyncWaiter()
             self.waiters.add(effect.key, waiter)
             watched.append((effect.key, waiter))
@@ -174,6 +175,10 @@ class SyncFace(_Shared):
                 self._pool = ThreadPoolExecutor(4, thread_name_prefix="cachekit-rebuild")
             self._pool.submit(self._background, effect.key, effect.flow, load)
         return None
+
+    def _listen(self) -> None:
+        if self.listener is not None and self.listener.ensure_started():
+            self.listener.ready.wait(READY_WAIT)  # once: the first waiters must not miss
 
     def _background(self, key: str, flow: Flow[Any], load: Callable[[], Any]) -> None:
         quiet_for: object = None
@@ -257,9 +262,10 @@ class AsyncFace(_Shared):
         if isinstance(effect, Hold):
             held.append(self.hold(effect.key, effect.token, effect.ttl))
             return None
+        if isinstance(effect, Listen):
+            return await self._listen()
         if isinstance(effect, Watch):
-            if self.listener is not None and self.listener.ensure_started():
-                await asyncio.to_thread(self.listener.ready.wait, READY_WAIT)
+            await self._listen()
             waiter = AsyncWaiter()
             self.waiters.add(effect.key, waiter)
             watched.append((effect.key, waiter))
@@ -274,6 +280,10 @@ class AsyncFace(_Shared):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return None
+
+    async def _listen(self) -> None:
+        if self.listener is not None and self.listener.ensure_started():
+            await asyncio.to_thread(self.listener.ready.wait, READY_WAIT)
 
     async def _background(
         self, key: str, flow: Flow[Any], load: Callable[[], Awaitable[Any]]

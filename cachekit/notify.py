@@ -48,9 +48,18 @@ __all__ = [
     "ThreadListener",
     "Waiter",
     "Waiters",
+    "topic_message",
 ]
 
 logger = logging.getLogger("cachekit")
+_TOPIC = "\x00"  # no key starts with NUL: a message that does is for a topic
+
+
+def topic_message(topic: str, body: str) -> str:
+    """A channel message for the handlers of ``topic`` rather than for key waiters."""
+    return f"{_TOPIC}{topic} {body}"
+
+
 READY_WAIT = 1.0  # seconds a first waiter gives the subscription to come up
 _POLL = 0.5  # how often a listener checks whether it was stopped
 _BACKOFF_MAX = 1.0
@@ -115,11 +124,18 @@ class Waiters:
         waiters.notify("shop:{product:5}")
     """
 
-    __slots__ = ("_by_key", "_lock")
+    __slots__ = ("_by_key", "_lock", "_topics")
 
     def __init__(self) -> None:
         self._by_key: dict[str, set[Waiter]] = {}
+        self._topics: dict[str, list[Callable[[str | None], None]]] = {}
         self._lock = threading.Lock()
+
+    def subscribe(self, topic: str, handler: Callable[[str | None], None]) -> None:
+        """Call ``handler(body)`` for every :func:`topic_message` on ``topic``, and
+        ``handler(None)`` after a reconnect (messages may have been missed)."""
+        with self._lock:
+            self._topics.setdefault(topic, []).append(handler)
 
     def add(self, key: str, waiter: Waiter) -> None:
         """Start waking ``waiter`` for ``key``."""
@@ -136,18 +152,28 @@ class Waiters:
                     del self._by_key[key]
 
     def notify(self, key: str) -> None:
-        """Wake everyone waiting on ``key``."""
+        """Wake everyone waiting on ``key`` (or hand a topic message to its handlers)."""
+        if key.startswith(_TOPIC):
+            topic, _, body = key[len(_TOPIC) :].partition(" ")
+            with self._lock:
+                handlers = tuple(self._topics.get(topic, ()))
+            for handler in handlers:
+                handler(body)
+            return
         with self._lock:
             waiting = tuple(self._by_key.get(key, ()))
         for waiter in waiting:
             waiter.wake()
 
     def notify_all(self) -> None:
-        """Wake every waiter (after a reconnect, when messages may have been missed)."""
+        """Wake every waiter and tell every topic (after a reconnect: messages were lost)."""
         with self._lock:
             waiting = [w for group in self._by_key.values() for w in group]
+            handlers = [h for group in self._topics.values() for h in group]
         for waiter in waiting:
             waiter.wake()
+        for handler in handlers:
+            handler(None)
 
     def on_message(self, channel: str, message: str) -> None:
         """A subscriber callback for the memory backend's publish."""

@@ -29,6 +29,8 @@ COUNTERS: Final = (
     "fallbacks",
     "stale_sets_refused",
     "rebuilds",
+    "bloom_missing",
+    "bloom_over_capacity",
     "invalid_payloads",
     "unserializable",
     "write_errors",

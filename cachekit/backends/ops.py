@@ -31,6 +31,7 @@ __all__ = [
     "Incr",
     "Op",
     "Ping",
+    "Publish",
     "Script",
     "Set",
     "SetMany",
@@ -362,6 +363,24 @@ class Ttl(Op[float | None]):
 
     def apply(self, store: Store) -> float | None:
         return store.remaining(self.key)
+
+
+@dataclass(slots=True)
+class Publish(Op[int]):
+    """``PUBLISH channel message``: how many subscribers got it (memory: in-process)."""
+
+    channel: str
+    message: str
+
+    def command(self) -> Command:
+        return ("PUBLISH", self.channel, self.message)
+
+    def parse(self, reply: Any) -> int:
+        return int(reply)
+
+    def apply(self, store: Store) -> int:
+        store.publish(self.channel, self.message)
+        return 1
 
 
 @dataclass(slots=True)
