@@ -17,7 +17,7 @@ from cachekit.bloomfilter import Bloom, SyncBloom
 from cachekit.effects import MISSING
 from cachekit.lock import Lock, SyncLock
 
-from .cache import Cache, SyncCache
+from .cache import Cache
 from .decorators import AsyncCachedFunction, Decorator, SyncCachedFunction
 from .exceptions import (
     BackendError,
@@ -34,6 +34,7 @@ from .exceptions import (
 )
 from .serializers import JsonSerializer, MsgpackSerializer, PickleSerializer, Serializer
 from .signing import Keyring
+from .sync import SyncCache
 
 __version__ = "0.1.0"
 

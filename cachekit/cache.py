@@ -24,53 +24,30 @@ from cachekit.binding import Binding, Settings, bind
 from cachekit.bloom import BloomState, Geometry
 from cachekit.bloomfilter import Bloom
 from cachekit.clock import SYSTEM_CLOCK, Clock
+from cachekit.config import seconds_or_zero, spread, to_seconds
 from cachekit.context import OnLockTimeout, Policy
 from cachekit.decorators import Decorator
 from cachekit.exceptions import ConfigurationError, NotConfigured
 from cachekit.keys import KeySpace
-from cachekit.lock import Lock, SyncLock
+from cachekit.lock import Lock
 from cachekit.raw import delete, get, get_many, invalidate, set_many, set_value
 from cachekit.serializers import Serializer
 from cachekit.stats import LogOnce, Stats
+from cachekit.sync import SyncCache
 
 if TYPE_CHECKING:
     import redis
     import redis.asyncio
 
-__all__ = ["Cache", "SyncCache", "to_seconds"]
+__all__ = ["Cache"]
 
 logger = logging.getLogger("cachekit")
-
-
-def to_seconds(ttl: float | timedelta | None, *, name: str = "ttl") -> float | None:
-    """``ttl`` as positive seconds (``None`` passes through); rejects zero and negatives.
-
-    Usage::
-
-        to_seconds(timedelta(minutes=5))   # 300.0
-    """
-    if ttl is None:
-        return None
-    seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else float(ttl)
-    if not seconds > 0:
-        raise ConfigurationError(f"{name} must be positive, got {ttl!r}")
-    return seconds
 
 
 _UNCONFIGURED = (
     "this Cache was used before it was configured: call cache.configure('redis://...') "
     "at startup (or build it with Cache.from_url(...) or Cache(client=..., sync_client=...))"
 )
-
-
-def _spread(jitter: float) -> float:
-    if not 0 <= jitter < 1:
-        raise ConfigurationError(f"jitter must be in [0, 1), got {jitter!r}")
-    return float(jitter)
-
-
-def _seconds_or_zero(value: float | timedelta, name: str) -> float:
-    return to_seconds(value, name=name) or 0.0 if value else 0.0
 
 
 class Cache:
@@ -119,7 +96,7 @@ class Cache:
             default_ttl=to_seconds(default_ttl, name="default_ttl") or 300.0,
             clock=clock,
             random=rng or random.Random(),
-            jitter=_spread(jitter),
+            jitter=spread(jitter),
             stats=self._stats,
             log=LogOnce(logger),
             blooms={},
@@ -250,15 +227,15 @@ class Cache:
         policy = Policy(
             name="",
             ttl=to_seconds(ttl),
-            null_ttl=_seconds_or_zero(null_ttl, "null_ttl"),
+            null_ttl=seconds_or_zero(null_ttl, "null_ttl"),
             serializer=serializer,
-            stale=_seconds_or_zero(stale, "stale"),
+            stale=seconds_or_zero(stale, "stale"),
             lock=lock,
             lock_ttl=to_seconds(lock_ttl, name="lock_ttl") or 5.0,
-            lock_wait=_seconds_or_zero(lock_wait, "lock_wait"),
+            lock_wait=seconds_or_zero(lock_wait, "lock_wait"),
             on_lock_timeout=on_lock_timeout,
             early=early,
-            jitter=None if jitter is None else _spread(jitter),
+            jitter=spread(jitter),
             bloom=bloom,
             bloom_reject=bloom_reject,
         )
@@ -291,8 +268,7 @@ class Cache:
         :class:`~cachekit.exceptions.BackendError`.
         """
         b = self._bound()
-        spread = None if jitter is None else _spread(jitter)
-        await b.aio.drive(set_value(b.ctx, key, value, to_seconds(ttl), spread))
+        await b.aio.drive(set_value(b.ctx, key, value, to_seconds(ttl), spread(jitter)))
 
     async def set_many(
         self,
@@ -303,8 +279,7 @@ class Cache:
     ) -> None:
         """Store every item of ``values`` in one round trip."""
         b = self._bound()
-        spread = None if jitter is None else _spread(jitter)
-        await b.aio.drive(set_many(b.ctx, values, to_seconds(ttl), spread))
+        await b.aio.drive(set_many(b.ctx, values, to_seconds(ttl), spread(jitter)))
 
     async def delete(self, key: str) -> bool:
         """Remove ``key``; whether it existed."""
@@ -394,92 +369,3 @@ class Cache:
         if self._binding is None:
             return f"<Cache prefix={self._prefix!r} unconfigured>"
         return f"<Cache prefix={self._binding.ctx.keyspace.prefix!r} configured>"
-
-
-class SyncCache:
-    """The blocking twin of :class:`Cache`'s I/O methods, at ``cache.sync``.
-
-    Usage::
-
-        cache.sync.set("k", 1, ttl=60)
-        cache.sync.get("k")      # 1
-    """
-
-    __slots__ = ("_cache",)
-
-    def __init__(self, cache: Cache) -> None:
-        self._cache = cache
-
-    def get(self, key: str, default: Any = None) -> Any:
-        """The fresh value under ``key``, else ``default``; fails open (a miss)."""
-        b = self._cache._bound()
-        return b.sync.drive(get(b.ctx, key, default))
-
-    def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
-        """``{key: value}`` for the given keys that hold fresh values; fails open."""
-        b = self._cache._bound()
-        return b.sync.drive(get_many(b.ctx, keys))
-
-    def set(
-        self,
-        key: str,
-        value: Any,
-        ttl: float | timedelta | None = None,
-        *,
-        jitter: float | None = None,
-    ) -> None:
-        """Store ``value`` under ``key`` for ``ttl`` (default: the cache's default TTL)."""
-        b = self._cache._bound()
-        spread = None if jitter is None else _spread(jitter)
-        b.sync.drive(set_value(b.ctx, key, value, to_seconds(ttl), spread))
-
-    def set_many(
-        self,
-        values: Mapping[str, Any],
-        ttl: float | timedelta | None = None,
-        *,
-        jitter: float | None = None,
-    ) -> None:
-        """Store every item of ``values`` in one round trip."""
-        b = self._cache._bound()
-        spread = None if jitter is None else _spread(jitter)
-        b.sync.drive(set_many(b.ctx, values, to_seconds(ttl), spread))
-
-    def delete(self, key: str) -> bool:
-        """Remove ``key``; whether it existed."""
-        b = self._cache._bound()
-        return b.sync.drive(delete(b.ctx, key))
-
-    def invalidate(self, key: str) -> None:
-        """Make ``key`` a miss everywhere and void any load in flight for it."""
-        b = self._cache._bound()
-        b.sync.drive(invalidate(b.ctx, key))
-
-    def lock(
-        self, name: str, *, ttl: float = 10.0, wait: float = 5.0, fail_open: bool = False
-    ) -> SyncLock:
-        """The blocking twin of :meth:`Cache.lock`.
-
-        Usage::
-
-            with cache.sync.lock("report:42", ttl=10, wait=5) as lock: ...
-        """
-        b = self._cache._bound()
-        return SyncLock(b.sync, b.ctx, name, ttl, wait, fail_open)
-
-    def close(self) -> None:
-        """Close the sync face's connections (``await cache.close()`` closes both)."""
-        binding = self._cache._binding
-        if binding is not None:
-            binding.close_sync()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -15,12 +15,23 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from datetime import timedelta
+from typing import Any, Final, Literal, overload
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from .exceptions import ConfigurationError
 
-__all__ = ["REDIS_DEFAULTS", "SCHEMES", "URL_OPTIONS", "Target", "UrlOption", "parse_url"]
+__all__ = [
+    "REDIS_DEFAULTS",
+    "SCHEMES",
+    "URL_OPTIONS",
+    "Target",
+    "UrlOption",
+    "parse_url",
+    "seconds_or_zero",
+    "spread",
+    "to_seconds",
+]
 
 Scope = Literal["cache", "redis"]
 
@@ -144,3 +155,36 @@ def _redact(url: str) -> str:
         netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
         return urlunsplit(parts._replace(netloc=netloc))
     return url
+
+
+def to_seconds(ttl: float | timedelta | None, *, name: str = "ttl") -> float | None:
+    """``ttl`` as positive seconds (``None`` passes through); rejects zero and negatives.
+
+    Usage::
+
+        to_seconds(timedelta(minutes=5))   # 300.0
+    """
+    if ttl is None:
+        return None
+    seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else float(ttl)
+    if not seconds > 0:
+        raise ConfigurationError(f"{name} must be positive, got {ttl!r}")
+    return seconds
+
+
+@overload
+def spread(jitter: float) -> float: ...
+@overload
+def spread(jitter: None) -> None: ...
+def spread(jitter: float | None) -> float | None:
+    """A jitter fraction, checked: ``0 <= jitter < 1`` (``None`` passes through)."""
+    if jitter is None:
+        return None
+    if not 0 <= jitter < 1:
+        raise ConfigurationError(f"jitter must be in [0, 1), got {jitter!r}")
+    return float(jitter)
+
+
+def seconds_or_zero(value: float | timedelta, name: str) -> float:
+    """Like :func:`to_seconds`, with 0 (or a zero timedelta) meaning "off"."""
+    return to_seconds(value, name=name) or 0.0 if value else 0.0

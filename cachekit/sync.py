@@ -1,0 +1,110 @@
+"""The blocking twin of :class:`~cachekit.Cache`'s I/O methods, at ``cache.sync``.
+
+Usage::
+
+    cache.sync.set("k", 1, ttl=60)
+    cache.sync.get("k")      # 1
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import timedelta
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+from cachekit.config import spread, to_seconds
+from cachekit.lock import SyncLock
+from cachekit.raw import delete, get, get_many, invalidate, set_many, set_value
+
+if TYPE_CHECKING:
+    from cachekit.cache import Cache
+
+__all__ = ["SyncCache"]
+
+
+class SyncCache:
+    """The blocking twin of :class:`Cache`'s I/O methods, at ``cache.sync``.
+
+    Usage::
+
+        cache.sync.set("k", 1, ttl=60)
+        cache.sync.get("k")      # 1
+    """
+
+    __slots__ = ("_cache",)
+
+    def __init__(self, cache: Cache) -> None:
+        self._cache = cache
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The fresh value under ``key``, else ``default``; fails open (a miss)."""
+        b = self._cache._bound()
+        return b.sync.drive(get(b.ctx, key, default))
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """``{key: value}`` for the given keys that hold fresh values; fails open."""
+        b = self._cache._bound()
+        return b.sync.drive(get_many(b.ctx, keys))
+
+    def set(
+        self,
+        key: str,
+        value: Any,
+        ttl: float | timedelta | None = None,
+        *,
+        jitter: float | None = None,
+    ) -> None:
+        """Store ``value`` under ``key`` for ``ttl`` (default: the cache's default TTL)."""
+        b = self._cache._bound()
+        b.sync.drive(set_value(b.ctx, key, value, to_seconds(ttl), spread(jitter)))
+
+    def set_many(
+        self,
+        values: Mapping[str, Any],
+        ttl: float | timedelta | None = None,
+        *,
+        jitter: float | None = None,
+    ) -> None:
+        """Store every item of ``values`` in one round trip."""
+        b = self._cache._bound()
+        b.sync.drive(set_many(b.ctx, values, to_seconds(ttl), spread(jitter)))
+
+    def delete(self, key: str) -> bool:
+        """Remove ``key``; whether it existed."""
+        b = self._cache._bound()
+        return b.sync.drive(delete(b.ctx, key))
+
+    def invalidate(self, key: str) -> None:
+        """Make ``key`` a miss everywhere and void any load in flight for it."""
+        b = self._cache._bound()
+        b.sync.drive(invalidate(b.ctx, key))
+
+    def lock(
+        self, name: str, *, ttl: float = 10.0, wait: float = 5.0, fail_open: bool = False
+    ) -> SyncLock:
+        """The blocking twin of :meth:`Cache.lock`.
+
+        Usage::
+
+            with cache.sync.lock("report:42", ttl=10, wait=5) as lock: ...
+        """
+        b = self._cache._bound()
+        return SyncLock(b.sync, b.ctx, name, ttl, wait, fail_open)
+
+    def close(self) -> None:
+        """Close the sync face's connections (``await cache.close()`` closes both)."""
+        binding = self._cache._binding
+        if binding is not None:
+            binding.close_sync()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
