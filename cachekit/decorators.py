@@ -18,9 +18,10 @@ Usage::
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast, overload
 
@@ -108,6 +109,27 @@ class AsyncCachedFunction(_CachedFunction[P, R]):
         result: R = await b.aio.drive(flow, lambda: self._func(*args, **kwargs))
         return result
 
+    async def warm(self, calls: Iterable[Any], *, concurrency: int = 8) -> int:
+        """Preload many entries (their TTLs jittered, so they do not expire together).
+
+        Each item of ``calls`` is one call's arguments: a tuple (positional), a dict
+        (keywords) or a single value. Returns how many were loaded.
+
+        Usage::
+
+            await get_product.warm(range(1, 1001))
+        """
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(call: Any) -> None:
+            args, kwargs = _arguments(call)
+            async with gate:
+                await self.refresh(*args, **kwargs)
+
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(one(call)) for call in calls]
+        return len(tasks)
+
 
 class SyncCachedFunction(_CachedFunction[P, R]):
     """A ``def`` function behind the cache; its methods block.
@@ -139,6 +161,31 @@ class SyncCachedFunction(_CachedFunction[P, R]):
         flow = refresh(b.ctx, self._policy, self._builder.build(args, kwargs))
         result: R = b.sync.drive(flow, lambda: self._func(*args, **kwargs))
         return result
+
+    def warm(self, calls: Iterable[Any]) -> int:
+        """Preload many entries (their TTLs jittered, so they do not expire together).
+
+        Each item of ``calls`` is one call's arguments: a tuple (positional), a dict
+        (keywords) or a single value. Returns how many were loaded.
+
+        Usage::
+
+            get_product.warm(range(1, 1001))
+        """
+        count = 0
+        for call in calls:
+            args, kwargs = _arguments(call)
+            self.refresh(*args, **kwargs)
+            count += 1
+        return count
+
+
+def _arguments(call: Any) -> tuple[Any, Any]:
+    if isinstance(call, tuple):
+        return call, {}
+    if isinstance(call, dict):
+        return (), call
+    return (call,), {}
 
 
 class Decorator:

@@ -127,3 +127,28 @@ async def test_null_markers_on_redis(redis_cache: Cache) -> None:
         assert await missing(1) is None
     assert loads == 1
     assert redis_cache.stats()["null_hits"] == 4
+
+
+async def test_warm_preloads_with_spread_expiries() -> None:
+    cache = Cache.from_url("memory://", clock=FakeClock(), rng=random.Random(5))
+    loads: list[int] = []
+
+    @cache.cached(ttl=60, key="item:{n}")
+    async def item(n: int) -> int:
+        loads.append(n)
+        return n * 10
+
+    @cache.cached(ttl=60, key="sync:{n}")
+    def sync_item(n: int, scale: int = 1) -> int:
+        loads.append(-n)
+        return n * scale
+
+    assert await item.warm(range(200)) == 200
+    assert sync_item.warm([(1,), {"n": 2, "scale": 3}, 4]) == 3
+    assert sorted(loads) == sorted([*range(200), -1, -2, -4])
+    assert await item(7) == 70  # served from the warmed entry
+    assert sync_item(2, scale=3) == 6
+    assert len(loads) == 203
+    expiries = {_remaining(cache, f"item:{n}") for n in range(200)}
+    assert len(expiries) == 200
+    assert max(expiries) - min(expiries) > 6
