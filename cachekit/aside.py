@@ -33,7 +33,7 @@ from typing import Any
 
 from cachekit.backends.leases import Fill, Release, TakeLease
 from cachekit.backends.ops import Delete, Get, Set
-from cachekit.bloom import bloom_contains
+from cachekit.bloomflow import bloom_contains
 from cachekit.context import Context, Policy, new_token
 from cachekit.effects import LOAD, Flow, Hold, Join, Spawn, Wait, Watch
 from cachekit.envelope import Envelope, InvalidPayload, decode, encode

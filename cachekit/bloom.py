@@ -14,11 +14,15 @@ platform's byte order, is never used.
   other processes' adds arrive as notifications on the cache's channel, and every
   ``check_interval`` (1 s) one small GET re-checks the filter's descriptor, so another
   process's rebuild or a lost notification is caught within that bound.
-* Filters cannot delete: ``rebuild(items)`` writes a new generation of parts and then
-  swaps the descriptor, atomically for readers.
+* Filters cannot delete: ``rebuild(items)`` announces a new generation (from then on
+  every add also goes to it), builds the bitmap locally, ORs it into Redis and swaps the
+  descriptor, atomically for readers; of two overlapping rebuilds the later one wins.
 * A filter with no descriptor in Redis (never built, or lost to a restart or flush) is
   *missing*: ``contains`` answers "maybe" (a real identifier is never rejected), the state
   shows in :meth:`info`, and ``on_missing(name)`` is called so you can rebuild it.
+
+The flows that do the I/O are in :mod:`cachekit.bloomflow`; the public objects in
+:mod:`cachekit.bloomfilter`.
 
 Usage::
 
@@ -33,25 +37,19 @@ from __future__ import annotations
 import hashlib
 import math
 import threading
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from cachekit.backends.bitmaps import SetBits
-from cachekit.backends.ops import Delete, Get, Publish, Set
 from cachekit.context import Context
-from cachekit.effects import Flow, Listen
-from cachekit.exceptions import BackendError, ConfigurationError
-from cachekit.notify import topic_message
+from cachekit.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
     from bitarray import bitarray
 
-__all__ = ["PART_BITS", "BloomState", "Geometry", "bloom_contains", "offsets"]
+__all__ = ["PART_BITS", "BloomKeys", "BloomState", "Geometry", "empty_bits", "offsets"]
 
 PART_BITS = 2**32  # Redis strings hold at most 512 MiB
 Progress = Callable[[int], None]
@@ -101,10 +99,39 @@ def offsets(geometry: Geometry, item: object) -> list[int]:
     return [i * size + (h1 + i * h2) % size for i in range(geometry.k)]
 
 
+@dataclass(frozen=True, slots=True)
+class BloomKeys:
+    """The Redis keys of one filter; one hash tag, so one Cluster slot."""
+
+    base: str
+    parts: int
+
+    @property
+    def descriptor(self) -> str:
+        return self.base
+
+    @property
+    def generations(self) -> str:
+        return self.base + ":generations"
+
+    @property
+    def scratch(self) -> str:
+        return self.base + ":scratch"
+
+    def count(self, generation: int) -> str:
+        return f"{self.base}:g{generation}:count"
+
+    def of(self, generation: int) -> list[str]:
+        """The part keys of ``generation`` (none for generation 0: no live bitmap)."""
+        return [f"{self.base}:g{generation}:{i}" for i in range(self.parts)] if generation else []
+
+
 class BloomState:
     """One filter's mirror in this process, shared by its async and sync faces.
 
-    ``generation`` is ``None`` until loaded; ``missing`` means Redis has no descriptor.
+    ``generation`` is the live generation mirrored (``None``: not loaded, or missing);
+    ``next`` the one being rebuilt (0: none). While the mirror loads, add notifications
+    are kept in ``pending`` and applied after the swap, so none is lost.
     """
 
     def __init__(
@@ -125,27 +152,25 @@ class BloomState:
         shape = (self.mirror.num_slices, self.mirror.bits_per_slice)
         if shape != (geometry.k, geometry.bits_per_slice):  # pybloom-live changed formulas
             raise ConfigurationError("pybloom-live's geometry differs from cachekit's")
-        self.mirror.bitarray = _empty(geometry.bits)
+        self.mirror.bitarray = empty_bits(geometry.bits)
         self.generation: int | None = None
+        self.next = 0
         self.missing = False
-        self.stale = True  # reload at the next check (set by reconnects and "reload")
+        self.stale = True  # reload at the next check
+        self.reloads = 0  # reload requests seen (a load clears "stale" only if none came)
+        self.loading = False
+        self.pending: list[tuple[str, str]] = []
         self.checked_at = -math.inf
         self.lock = threading.Lock()
 
-    def keys(self, ctx: Context, generation: int) -> tuple[str, str, list[str]]:
-        """``(descriptor, count, parts)`` keys; one hash tag, so one Cluster slot."""
-        base = ctx.keyspace.namespaced("bloom", self.name)
-        parts = math.ceil(self.geometry.bits / PART_BITS)
-        return (
-            base,
-            f"{base}:g{generation}:count",
-            [f"{base}:g{generation}:{i}" for i in range(parts)],
-        )
+    @property
+    def topic(self) -> str:
+        return f"bloom:{self.name}"
 
-    def locate(self, ctx: Context, generation: int, bits: Iterable[int]) -> list[tuple[str, int]]:
-        """``(part key, offset in part)`` of each bit."""
-        parts = self.keys(ctx, generation)[2]
-        return [(parts[bit // PART_BITS], bit % PART_BITS) for bit in bits]
+    def keys(self, ctx: Context) -> BloomKeys:
+        return BloomKeys(
+            ctx.keyspace.namespaced("bloom", self.name), math.ceil(self.geometry.bits / PART_BITS)
+        )
 
     def has(self, bits: Iterable[int]) -> bool:
         array = self.mirror.bitarray
@@ -158,206 +183,26 @@ class BloomState:
 
     def on_message(self, body: str | None) -> None:
         """A notification: another process's bits, a reload, or a reconnect (``None``)."""
-        if body is None or body == "reload":
-            self.stale = True
-            return
-        generation, _, bits = body.partition(":")
         with self.lock:
-            if self.generation is not None and generation == str(self.generation):
+            if body is None or body == "reload":
+                self.reloads += 1
+                self.stale = True
+                return
+            generation, _, bits = body.partition(":")
+            if self.loading:
+                self.pending.append((generation, bits))
+            elif self.generation is not None and generation == str(self.generation):
                 self.set_local(int(bit) for bit in bits.split(","))
 
-    def descriptor(self, generation: int) -> bytes:
-        return orjson.dumps({**asdict(self.geometry), "generation": generation})
+    def descriptor(self, generation: int, building: int = 0) -> bytes:
+        fields = {**asdict(self.geometry), "generation": generation, "next": building}
+        return orjson.dumps(fields)
 
 
-def _empty(bits: int) -> bitarray:
+def empty_bits(bits: int) -> bitarray:
+    """A zeroed bitmap in Redis's bit order (each byte's top bit first)."""
     from bitarray import bitarray
 
-    array = bitarray(bits, endian="big")  # Redis numbers bits from each byte's top bit
+    array = bitarray(bits, endian="big")
     array.setall(False)
     return array
-
-
-def bloom_sync(ctx: Context, state: BloomState) -> Flow[None]:
-    """Re-check the descriptor if due, and (re)load the mirror when it changed."""
-    now = time.monotonic()
-    if not state.stale and now - state.checked_at < state.check_interval:
-        return
-    if state.generation is None:
-        yield Listen()  # other processes' adds arrive on the cache's channel
-    state.checked_at = now
-    meta_key = state.keys(ctx, 0)[0]
-    try:
-        raw = yield Get(meta_key)
-    except BackendError:
-        return  # keep what we have; a missing mirror answers "maybe"
-    was_missing = state.missing
-    meta = _parse_descriptor(raw)
-    if meta is None or not _same_geometry(meta, state.geometry):
-        state.missing, state.generation = True, None
-        if not was_missing:
-            ctx.log.warning(
-                ("bloom", state.name),
-                "cachekit: Bloom filter %r is missing in "
-                "Redis; answering 'maybe' until it is rebuilt",
-                state.name,
-            )
-            ctx.stats.incr("bloom_missing")
-            if state.on_missing is not None:
-                state.on_missing(state.name)
-        return
-    generation = int(meta["generation"])
-    if generation == state.generation and not state.stale:
-        state.missing = False
-        return
-    array = _empty(state.geometry.bits)
-    for index, part in enumerate(state.keys(ctx, generation)[2]):
-        try:
-            data = yield Get(part)
-        except BackendError:
-            return
-        if data:
-            chunk = _empty(0)
-            chunk.frombytes(data)
-            start = index * PART_BITS
-            size = min(len(chunk), state.geometry.bits - start)
-            array[start : start + size] = chunk[:size]
-    with state.lock:
-        state.mirror.bitarray = array
-        state.generation, state.missing, state.stale = generation, False, False
-
-
-def _parse_descriptor(raw: bytes | None) -> dict[str, Any] | None:
-    if raw is None:
-        return None
-    try:
-        meta = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    return meta if isinstance(meta, dict) and isinstance(meta.get("generation"), int) else None
-
-
-def _same_geometry(meta: dict[str, Any], geometry: Geometry) -> bool:
-    return bool(
-        meta.get("k") == geometry.k and meta.get("bits_per_slice") == geometry.bits_per_slice
-    )
-
-
-def bloom_contains(ctx: Context, state: BloomState, item: object) -> Flow[bool]:
-    """``False`` only when ``item`` was certainly never added; "maybe" when missing."""
-    yield from bloom_sync(ctx, state)
-    if state.missing or state.generation is None:
-        return True
-    return state.has(offsets(state.geometry, item))
-
-
-def bloom_add(ctx: Context, state: BloomState, items: Iterable[object]) -> Flow[int]:
-    """Add ``items`` in one pipelined round trip; announce the bits; how many were new."""
-    yield from bloom_sync(ctx, state)
-    generation = state.generation or 1  # a missing filter: bits go to where it will be
-    bits: list[int] = []
-    added = 0
-    for item in items:
-        item_bits = offsets(state.geometry, item)
-        added += not state.has(item_bits)
-        bits.extend(item_bits)
-    if not bits:
-        return 0
-    _, count_key, _ = state.keys(ctx, generation)
-    body = f"{generation}:" + ",".join(map(str, bits))
-    count = yield SetBits(
-        state.locate(ctx, generation, bits),
-        count_key,
-        added,
-        ctx.channel,
-        topic_message(f"bloom:{state.name}", body),
-    )
-    with state.lock:
-        state.set_local(bits)
-    _check_capacity(ctx, state, count)
-    return added
-
-
-def _check_capacity(ctx: Context, state: BloomState, count: int) -> None:
-    if count > state.geometry.capacity:
-        ctx.stats.incr("bloom_over_capacity")
-        ctx.log.warning(
-            ("bloom-full", state.name),
-            "cachekit: Bloom filter %r holds %d items, over its capacity %d: its "
-            "false-positive rate is now above %g; rebuild it larger",
-            state.name,
-            count,
-            state.geometry.capacity,
-            state.geometry.error_rate,
-        )
-
-
-def _batches(items: Iterable[object], size: int) -> Iterator[list[object]]:
-    iterator = iter(items)
-    while batch := list(islice(iterator, size)):
-        yield batch
-
-
-def bloom_fill(
-    ctx: Context,
-    state: BloomState,
-    items: Iterable[object],
-    *,
-    rebuild: bool,
-    batch: int,
-    progress: Progress | None,
-) -> Flow[int]:
-    """``warm`` (add to the current filter) or ``rebuild`` (a new generation, then swap).
-
-    Batches are pipelined and not announced bit by bit: one "reload" at the end.
-    """
-    yield from bloom_sync(ctx, state)
-    current = state.generation
-    generation = (current or 0) + 1 if rebuild or current is None else current
-    meta_key, count_key, parts = state.keys(ctx, generation)
-    if generation != current:
-        yield Delete([*parts, count_key])  # leftovers of an interrupted rebuild
-    done = count = 0
-    for chunk in _batches(items, batch):
-        bits = [bit for item in chunk for bit in offsets(state.geometry, item)]
-        count = yield SetBits(state.locate(ctx, generation, bits), count_key, len(chunk))
-        done += len(chunk)
-        if progress is not None:
-            progress(done)
-    if generation != current:
-        # The swap: readers see the old generation until this one write.
-        yield Set(meta_key, state.descriptor(generation), None)
-        if current is not None:
-            _, old_count, old_parts = state.keys(ctx, current)
-            yield Delete([*old_parts, old_count])
-    yield Publish(ctx.channel, topic_message(f"bloom:{state.name}", "reload"))
-    state.stale = True
-    yield from bloom_sync(ctx, state)
-    _check_capacity(ctx, state, count)
-    return done
-
-
-def bloom_info(ctx: Context, state: BloomState) -> Flow[dict[str, Any]]:
-    """Geometry, count, size and the expected false-positive rate, plus the state."""
-    yield from bloom_sync(ctx, state)
-    count = 0
-    if state.generation is not None:
-        try:
-            raw = yield Get(state.keys(ctx, state.generation)[1])
-            count = int(raw or 0)
-        except BackendError:
-            pass
-    geometry = state.geometry
-    return {
-        "name": state.name,
-        "state": "missing" if state.missing else "ready",
-        "generation": state.generation,
-        "capacity": geometry.capacity,
-        "error_rate": geometry.error_rate,
-        "count": count,
-        "hashes": geometry.k,
-        "bits": geometry.bits,
-        "size_bytes": math.ceil(geometry.bits / 8),
-        "parts": len(state.keys(ctx, 0)[2]),
-        "expected_false_positive_rate": geometry.false_positive_rate(count),
-    }

@@ -17,13 +17,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from cachekit.bloom import (
-    BloomState,
+from cachekit.bloom import BloomState
+from cachekit.bloomflow import (
     Progress,
     bloom_add,
     bloom_contains,
-    bloom_fill,
     bloom_info,
+    bloom_rebuild,
+    bloom_warm,
 )
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ class Bloom:
     ) -> int:
         """Add many items in pipelined batches (``progress(done)`` after each); the count."""
         b = self._bound()
-        flow = bloom_fill(b.ctx, self.state, items, rebuild=False, batch=batch, progress=progress)
+        flow = bloom_warm(b.ctx, self.state, items, batch, progress)
         return await b.aio.drive(flow)
 
     async def rebuild(
@@ -78,7 +79,7 @@ class Bloom:
     ) -> int:
         """Build a new filter from ``items`` and swap it in atomically; the count."""
         b = self._bound()
-        flow = bloom_fill(b.ctx, self.state, items, rebuild=True, batch=batch, progress=progress)
+        flow = bloom_rebuild(b.ctx, self.state, items, batch, progress)
         return await b.aio.drive(flow)
 
     async def info(self) -> dict[str, Any]:
@@ -121,7 +122,7 @@ class SyncBloom:
     ) -> int:
         """Add many items in pipelined batches (``progress(done)`` after each); the count."""
         b = self._bound()
-        flow = bloom_fill(b.ctx, self.state, items, rebuild=False, batch=batch, progress=progress)
+        flow = bloom_warm(b.ctx, self.state, items, batch, progress)
         return b.sync.drive(flow)
 
     def rebuild(
@@ -129,7 +130,7 @@ class SyncBloom:
     ) -> int:
         """Build a new filter from ``items`` and swap it in atomically; the count."""
         b = self._bound()
-        flow = bloom_fill(b.ctx, self.state, items, rebuild=True, batch=batch, progress=progress)
+        flow = bloom_rebuild(b.ctx, self.state, items, batch, progress)
         return b.sync.drive(flow)
 
     def info(self) -> dict[str, Any]:

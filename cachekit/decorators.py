@@ -239,7 +239,7 @@ def _gate(
 ) -> Callable[[tuple[Any, ...], dict[str, Any]], object]:
     """What a call offers the Bloom filter: ``bloom_key``, else its first argument."""
     if template is not None:
-        return KeyBuilder.for_function(func, template).build
+        return KeyBuilder.for_function(func, template, escape_values=False).build
     names = list(inspect.signature(func).parameters)
     if not names:
         raise ConfigurationError(f"{func.__qualname__} has no argument for its Bloom filter")

@@ -231,7 +231,7 @@ class KeyBuilder:
         KeyBuilder.for_function(f, "page:{n}").build((2,), {})   # 'page:2'
     """
 
-    __slots__ = ("_binder", "_fast", "_head", "_name", "_parts", "_positional_count")
+    __slots__ = ("_binder", "_escape", "_fast", "_head", "_name", "_parts", "_positional_count")
 
     def __init__(
         self,
@@ -239,7 +239,9 @@ class KeyBuilder:
         parts: tuple[_Part, ...] | None,
         name: str,
         fast: tuple[str, tuple[int, ...]] | None = None,
+        escape_values: bool = True,
     ) -> None:
+        self._escape: Callable[[object], str] = escape if escape_values else str
         self._binder = binder
         self._parts = parts
         self._name = name
@@ -249,8 +251,14 @@ class KeyBuilder:
         self._head = fast[0][:-2] if fast is not None and single else None
 
     @classmethod
-    def for_function(cls, func: Callable[..., Any], template: str | None) -> KeyBuilder:
-        """Compile ``template`` against ``func``'s signature; errors surface here, once."""
+    def for_function(
+        cls, func: Callable[..., Any], template: str | None, *, escape_values: bool = True
+    ) -> KeyBuilder:
+        """Compile ``template`` against ``func``'s signature; errors surface here, once.
+
+        ``escape_values=False`` renders values as they are: for identifiers handed to a
+        Bloom filter, never for Redis keys.
+        """
         signature = inspect.signature(func)
         name = f"{func.__module__}.{func.__qualname__}"
         if template is None:
@@ -271,7 +279,8 @@ class KeyBuilder:
                     f"{name}{signature} (attributes allowed, no conversions or indexing)"
                 )
             parts.append((literal, _field_getter(field), spec or ""))
-        return cls(_Binder(signature), tuple(parts), name, _fast_form(parts, signature))
+        fast = _fast_form(parts, signature)
+        return cls(_Binder(signature), tuple(parts), name, fast, escape_values)
 
     def build(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
         """The logical key for a call with ``args`` and ``kwargs``."""
@@ -280,8 +289,8 @@ class KeyBuilder:
             # The hot case: every parameter passed positionally to a "{name}" template.
             fmt, indexes = fast
             if self._head is not None:  # "product:{id}": one concatenation
-                return self._head + escape(args[indexes[0]])
-            return fmt.format(*[escape(args[i]) for i in indexes])
+                return self._head + self._escape(args[indexes[0]])
+            return fmt.format(*[self._escape(args[i]) for i in indexes])
         values = self._binder.bind(args, kwargs)
         if self._parts is None:
             return self._default_key(values)
@@ -291,7 +300,7 @@ class KeyBuilder:
             if getter is not None:
                 try:
                     value = getter(values)
-                    out.append(escape(format(value, spec) if spec else value))
+                    out.append(self._escape(format(value, spec) if spec else value))
                 except (AttributeError, ValueError, TypeError) as exc:
                     raise KeyTemplateError(f"key of {self._name}: {exc}") from exc
         return "".join(out)
