@@ -69,6 +69,12 @@ class Geometry:
         """Total bits (m)."""
         return self.k * self.bits_per_slice
 
+    def estimate(self, set_bits: int) -> int:
+        """Distinct items from the number of set bits (Swamidass & Baldi's estimator)."""
+        if set_bits >= self.bits:
+            return self.capacity * 10  # saturated: anything is "present"
+        return round(-self.bits / self.k * math.log(1.0 - set_bits / self.bits))
+
     def false_positive_rate(self, count: int) -> float:
         """The expected false-positive rate with ``count`` items: ``(1 - e^(-kn/m))^k``."""
         return (1.0 - math.exp(-self.k * count / self.bits)) ** self.k

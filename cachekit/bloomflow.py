@@ -54,25 +54,28 @@ def bloom_sync(ctx: Context, state: BloomState, *, report: bool = True) -> Flow[
             state.missing = False
             return
         with state.lock:
+            if state.loading:
+                return  # one load per process: meanwhile the old mirror answers
             state.loading, state.pending, reloads = True, [], state.reloads
         try:
             array = yield from _load(keys, generation, state.geometry)
             again = _generations((yield Get(keys.descriptor)), state.geometry)
-        except BackendError:
+            if again is None or again[0] != generation:
+                continue  # swapped while we read the parts: read the new ones
             with state.lock:
-                state.loading = False
+                for gen, bits in state.pending:
+                    if gen == str(generation):
+                        for bit in bits.split(","):
+                            array[int(bit)] = 1
+                state.mirror.bitarray, state.generation = array, generation
+                state.missing = False
+                state.stale = state.reloads != reloads  # a reload asked for meanwhile: again
             return
-        if again is None or again[0] != generation:
-            continue  # swapped while we read the parts: read the new ones
-        with state.lock:
-            for gen, bits in state.pending:
-                if gen == str(generation):
-                    for bit in bits.split(","):
-                        array[int(bit)] = 1
-            state.mirror.bitarray, state.generation = array, generation
-            state.missing, state.loading, state.pending = False, False, []
-            state.stale = state.reloads != reloads  # a reload asked for meanwhile: again
-        return
+        except BackendError:
+            return
+        finally:
+            with state.lock:
+                state.loading, state.pending = False, []
 
 
 def _generations(raw: bytes | None, geometry: Geometry) -> tuple[int, int] | None:
@@ -144,6 +147,14 @@ def bloom_add(ctx: Context, state: BloomState, items: Iterable[object]) -> Flow[
     keys = state.keys(ctx)
     for _ in range(_RETRIES):
         live, building = state.generation or 0, state.next
+        if not live and not building:  # not mirrored (yet): ask the descriptor itself
+            try:
+                live, building = _generations((yield Get(keys.descriptor)), state.geometry) or (
+                    0,
+                    0,
+                )
+            except BackendError:
+                live = building = 0
         if not live and not building:
             ctx.log.warning(
                 ("bloom-add", state.name),
@@ -164,7 +175,8 @@ def bloom_add(ctx: Context, state: BloomState, items: Iterable[object]) -> Flow[
         )
         if count >= 0:
             with state.lock:
-                state.set_local(bits)
+                if state.generation == live:
+                    state.set_local(bits)
             _check_capacity(ctx, state, count)
             return added
         state.stale = True  # the descriptor moved on: follow it and try again
@@ -253,13 +265,14 @@ def bloom_rebuild(
 def bloom_info(ctx: Context, state: BloomState) -> Flow[dict[str, Any]]:
     """Geometry, count, size and the expected false-positive rate, plus the state."""
     yield from bloom_sync(ctx, state)
-    count = 0
+    added = 0
     if state.generation is not None:
         try:
-            count = int((yield Get(state.keys(ctx).count(state.generation))) or 0)
+            added = int((yield Get(state.keys(ctx).count(state.generation))) or 0)
         except BackendError:
-            count = 0  # info is best effort; the state below still says what we know
+            added = 0  # info is best effort; the state below still says what we know
     geometry = state.geometry
+    count = geometry.estimate(state.mirror.bitarray.count()) if state.generation else 0
     return {
         "name": state.name,
         "state": "missing" if state.missing else "ready",
@@ -268,6 +281,7 @@ def bloom_info(ctx: Context, state: BloomState) -> Flow[dict[str, Any]]:
         "capacity": geometry.capacity,
         "error_rate": geometry.error_rate,
         "count": count,
+        "adds_counted": added,
         "hashes": geometry.k,
         "bits": geometry.bits,
         "size_bytes": -(-geometry.bits // 8),
