@@ -120,9 +120,9 @@ class BloomKeys:
     def generations(self) -> str:
         return self.base + ":generations"
 
-    @property
-    def scratch(self) -> str:
-        return self.base + ":scratch"
+    def scratch(self, generation: int) -> str:
+        """A temporary key of one rebuild (so concurrent rebuilds never share one)."""
+        return f"{self.base}:g{generation}:scratch"
 
     def count(self, generation: int) -> str:
         return f"{self.base}:g{generation}:count"
@@ -130,6 +130,10 @@ class BloomKeys:
     def of(self, generation: int) -> list[str]:
         """The part keys of ``generation`` (none for generation 0: no live bitmap)."""
         return [f"{self.base}:g{generation}:{i}" for i in range(self.parts)] if generation else []
+
+    def all_of(self, generation: int) -> list[str]:
+        """Every key of ``generation``: parts, count and scratch."""
+        return [*self.of(generation), self.count(generation), self.scratch(generation)]
 
 
 class BloomState:
@@ -195,9 +199,9 @@ class BloomState:
                 self.stale = True
                 return
             generation, _, bits = body.partition(":")
-            if self.loading:
+            if self.loading:  # replayed onto the bitmap being loaded, once it is in
                 self.pending.append((generation, bits))
-            elif self.generation is not None and generation == str(self.generation):
+            if self.generation is not None and generation == str(self.generation):
                 self.set_local(int(bit) for bit in bits.split(","))
 
     def descriptor(self, generation: int, building: int = 0) -> bytes:

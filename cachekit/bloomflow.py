@@ -17,7 +17,13 @@ from typing import Any
 
 import orjson
 
-from cachekit.backends.bitmaps import AddBits, BeginRebuild, MergeBits, SwapGeneration
+from cachekit.backends.bitmaps import (
+    AbortRebuild,
+    AddBits,
+    BeginRebuild,
+    MergeBits,
+    SwapGeneration,
+)
 from cachekit.backends.ops import Delete, Get
 from cachekit.bloom import PART_BITS, BloomKeys, BloomState, Geometry, empty_bits, offsets
 from cachekit.context import Context
@@ -179,8 +185,16 @@ def bloom_add(ctx: Context, state: BloomState, items: Iterable[object]) -> Flow[
                     state.set_local(bits)
             _check_capacity(ctx, state, count)
             return added
-        state.stale = True  # the descriptor moved on: follow it and try again
-        yield from bloom_sync(ctx, state)
+        # The descriptor moved on. Only a new "next"? Follow it; a swap: reload the mirror.
+        try:
+            now = _generations((yield Get(keys.descriptor)), state.geometry)
+        except BackendError:
+            return added
+        if now is not None and now[0] == state.generation:
+            state.next = now[1]
+        else:
+            state.stale = True
+            yield from bloom_sync(ctx, state)
     return added
 
 
@@ -226,40 +240,62 @@ def bloom_rebuild(
     """Build a new generation from ``items`` and swap it in atomically; the item count.
 
     Announced first, so adds made while ``items`` is read also land in it; built locally
-    and ORed into Redis one part per command; swapped only if no later rebuild began.
+    and ORed into Redis one part per command; swapped only if no later rebuild began. A
+    rebuild that fails withdraws its generation and deletes what it wrote.
     """
     yield from bloom_sync(ctx, state, report=False)
     keys = state.keys(ctx)
-    building = yield BeginRebuild(keys.descriptor, keys.generations, state.descriptor(0))
+    building, superseded = yield BeginRebuild(
+        keys.descriptor, keys.generations, state.descriptor(0)
+    )
     state.next = building
-    array = empty_bits(state.geometry.bits)
+    if superseded and superseded != state.generation:
+        yield Delete(keys.all_of(superseded))  # a rebuild that died, or that will now lose
+    try:
+        array, done, distinct = _build(state.geometry, items, batch, progress)
+        parts = [
+            (key, array[i * PART_BITS : (i + 1) * PART_BITS].tobytes())
+            for i, key in enumerate(keys.of(building))
+        ]
+        yield MergeBits(parts, keys.scratch(building), keys.count(building), distinct)
+        replaced = yield SwapGeneration(
+            keys.descriptor,
+            building,
+            state.descriptor(building),
+            ctx.channel,
+            topic_message(state.topic, "reload"),
+        )
+    except GeneratorExit:
+        raise
+    except BaseException:
+        yield AbortRebuild(keys.descriptor, building)
+        yield Delete(keys.all_of(building))
+        raise
+    # A later rebuild won (drop ours), or ours won (drop the generation it replaced).
+    if replaced != 0:
+        yield Delete(keys.all_of(building if replaced < 0 else replaced))
+    state.stale = True
+    yield from bloom_sync(ctx, state, report=False)
+    _check_capacity(ctx, state, distinct)
+    return done
+
+
+def _build(
+    geometry: Geometry, items: Iterable[object], batch: int, progress: Progress | None
+) -> tuple[Any, int, int]:
+    """The bitmap of ``items``, how many there were, and how many set a new bit."""
+    array = empty_bits(geometry.bits)
     done = distinct = 0
     for chunk in _batches(items, batch):
         for item in chunk:
-            item_bits = offsets(state.geometry, item)
+            item_bits = offsets(geometry, item)
             distinct += not all(array[bit] for bit in item_bits)
             for bit in item_bits:
                 array[bit] = 1
         done += len(chunk)
         if progress is not None:
             progress(done)
-    parts = [
-        (key, array[i * PART_BITS : (i + 1) * PART_BITS].tobytes())
-        for i, key in enumerate(keys.of(building))
-    ]
-    yield MergeBits(parts, keys.scratch, keys.count(building), distinct)
-    replaced = yield SwapGeneration(
-        keys.descriptor, building, ctx.channel, topic_message(state.topic, "reload")
-    )
-    stale = [*keys.of(building), keys.count(building)] if replaced < 0 else []
-    if replaced > 0:
-        stale = [*keys.of(replaced), keys.count(replaced)]
-    if stale:  # a later rebuild won (drop ours), or ours won (drop the one it replaced)
-        yield Delete(stale)
-    state.stale = True
-    yield from bloom_sync(ctx, state, report=False)
-    _check_capacity(ctx, state, distinct)
-    return done
+    return array, done, distinct
 
 
 def bloom_info(ctx: Context, state: BloomState) -> Flow[dict[str, Any]]:

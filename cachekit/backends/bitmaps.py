@@ -24,7 +24,7 @@ import orjson
 
 from cachekit.backends.ops import Command, Op, Script, Store
 
-__all__ = ["AddBits", "BeginRebuild", "MergeBits", "SwapGeneration"]
+__all__ = ["AbortRebuild", "AddBits", "BeginRebuild", "MergeBits", "SwapGeneration"]
 
 
 def _or_bit(data: bytearray, offset: int) -> None:
@@ -166,25 +166,31 @@ _BEGIN_REBUILD = Script(
     """
 -- KEYS[1] descriptor, KEYS[2] generation counter
 -- ARGV[1] the descriptor to create if there is none (generation 0)
--- Picks a generation above every one in use, announces it as 'next', returns it.
+-- Picks a generation above every one in use and announces it as 'next'. Returns it and
+-- the 'next' it replaced (a rebuild that died or will now lose: its keys can go).
 local raw = redis.call('GET', KEYS[1])
 local meta = raw and cjson.decode(raw) or cjson.decode(ARGV[1])
 local building = redis.call('INCR', KEYS[2])
-local floor = math.max(meta['generation'] or 0, meta['next'] or 0)
+local previous = meta['next'] or 0
+local floor = math.max(meta['generation'] or 0, previous)
 if building <= floor then
   building = floor + 1
   redis.call('SET', KEYS[2], building)
 end
 meta['next'] = building
 redis.call('SET', KEYS[1], cjson.encode(meta))
-return building
+return {building, previous}
 """
 )
 
 
 @dataclass(slots=True)
-class BeginRebuild(Op[int]):
-    """Pick and announce a new generation: from now on adds also go to it."""
+class BeginRebuild(Op[tuple[int, int]]):
+    """Pick and announce a new generation: from now on adds also go to it.
+
+    Returns ``(building, previous)``: the new generation and the one it superseded as
+    ``next`` (0 for none).
+    """
 
     descriptor: str
     counter: str
@@ -196,33 +202,32 @@ class BeginRebuild(Op[int]):
     def script_call(self) -> tuple[Sequence[str], Sequence[Any]]:
         return (self.descriptor, self.counter), (self.empty,)
 
-    def parse(self, reply: Any) -> int:
-        return int(reply)
+    def parse(self, reply: Any) -> tuple[int, int]:
+        return int(reply[0]), int(reply[1])
 
-    def apply(self, store: Store) -> int:
+    def apply(self, store: Store) -> tuple[int, int]:
         meta = orjson.loads(store.read(self.descriptor) or self.empty)
-        floor = max(int(meta.get("generation", 0)), int(meta.get("next", 0)))
+        previous = int(meta.get("next", 0))
+        floor = max(int(meta.get("generation", 0)), previous)
         building = max(_incr(store, self.counter, 1), floor + 1)
         store.write(self.counter, b"%d" % building, None)
         meta["next"] = building
         store.write(self.descriptor, orjson.dumps(meta), None)
-        return building
+        return building, previous
 
 
 _SWAP = Script(
     """
--- KEYS[1] descriptor; ARGV[1] the generation built, ARGV[2] channel, ARGV[3] message.
+-- KEYS[1] descriptor; ARGV[1] the generation built, ARGV[2] its whole descriptor (its
+-- geometry may differ from the old one's), ARGV[3] channel, ARGV[4] message.
 -- Swaps only if no later rebuild took over; returns the replaced generation, or -1.
 local raw = redis.call('GET', KEYS[1])
 if not raw then return -1 end
 local meta = cjson.decode(raw)
 if (meta['next'] or 0) ~= tonumber(ARGV[1]) then return -1 end
-local old = meta['generation']
-meta['generation'] = tonumber(ARGV[1])
-meta['next'] = 0
-redis.call('SET', KEYS[1], cjson.encode(meta))
-redis.call('PUBLISH', ARGV[2], ARGV[3])
-return old
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return meta['generation']
 """
 )
 
@@ -233,6 +238,7 @@ class SwapGeneration(Op[int]):
 
     descriptor: str
     built: int
+    replacement: bytes  # the new descriptor: generation ``built``, no next, its geometry
     channel: str
     message: str
 
@@ -240,7 +246,7 @@ class SwapGeneration(Op[int]):
     script = _SWAP
 
     def script_call(self) -> tuple[Sequence[str], Sequence[Any]]:
-        return (self.descriptor,), (self.built, self.channel, self.message)
+        return (self.descriptor,), (self.built, self.replacement, self.channel, self.message)
 
     def parse(self, reply: Any) -> int:
         return int(reply)
@@ -252,8 +258,49 @@ class SwapGeneration(Op[int]):
         meta = orjson.loads(raw)
         if int(meta.get("next", 0)) != self.built:
             return -1
-        old = int(meta["generation"])
-        meta["generation"], meta["next"] = self.built, 0
-        store.write(self.descriptor, orjson.dumps(meta), None)
+        store.write(self.descriptor, self.replacement, None)
         store.publish(self.channel, self.message)
-        return old
+        return int(meta["generation"])
+
+
+_ABORT = Script(
+    """
+-- KEYS[1] descriptor; ARGV[1] the generation whose rebuild failed.
+-- Withdraws it as 'next' (if it still is), so adds stop writing into it.
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local meta = cjson.decode(raw)
+if (meta['next'] or 0) ~= tonumber(ARGV[1]) then return 0 end
+meta['next'] = 0
+redis.call('SET', KEYS[1], cjson.encode(meta))
+return 1
+"""
+)
+
+
+@dataclass(slots=True)
+class AbortRebuild(Op[bool]):
+    """Withdraw generation ``building`` as ``next`` after its rebuild failed."""
+
+    descriptor: str
+    building: int
+
+    kind = "script"
+    script = _ABORT
+
+    def script_call(self) -> tuple[Sequence[str], Sequence[Any]]:
+        return (self.descriptor,), (self.building,)
+
+    def parse(self, reply: Any) -> bool:
+        return bool(reply)
+
+    def apply(self, store: Store) -> bool:
+        raw = store.read(self.descriptor)
+        if raw is None:
+            return False
+        meta = orjson.loads(raw)
+        if int(meta.get("next", 0)) != self.building:
+            return False
+        meta["next"] = 0
+        store.write(self.descriptor, orjson.dumps(meta), None)
+        return True
