@@ -60,10 +60,9 @@ class _CachedFunction(Generic[P, R]):
 
     def _read(self, b: Binding, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """The read flow of one call (with its Bloom gate item, when it has one)."""
-        logical = self._builder.build(args, kwargs)
-        if self._gate is None:
-            return cached_read(b.ctx, self._policy, logical)
-        return cached_read(b.ctx, self._policy, logical, self._gate(args, kwargs))
+        gate = self._gate
+        item = None if gate is None else gate(args, kwargs)
+        return cached_read(b.ctx, self._policy, self._builder.build(args, kwargs), item)
 
     def key(self, *args: P.args, **kwargs: P.kwargs) -> str:
         """The logical cache key of a call with these arguments (no I/O).
