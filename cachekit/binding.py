@@ -51,6 +51,7 @@ class Settings:
     clock: Clock
     random: random.Random
     jitter: float
+    double_delete: float
     stats: Stats
     log: LogOnce
     blooms: dict[str, BloomState]
@@ -147,6 +148,7 @@ def bind(
         clock=settings.clock,
         random=settings.random,
         jitter=settings.jitter,
+        double_delete=settings.double_delete,
         blooms=settings.blooms,
         stats=settings.stats,
         log=settings.log,

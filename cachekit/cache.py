@@ -70,6 +70,8 @@ class Cache:
     * **clock** - where time is read; a ``FakeClock`` in tests.
     * **rng** - the random source of jitter and early refresh; seeded in tests.
     * **jitter** - every TTL written is spread by this fraction, ± (default 0.1).
+    * **double_delete** - seconds after an invalidation to delete the key once more, for
+      replicas that lag (default 0: off).
 
     Injected clients are used as they are: give them short timeouts yourself (URLs get
     cachekit's defaults, see :data:`cachekit.config.REDIS_DEFAULTS`).
@@ -86,6 +88,7 @@ class Cache:
         clock: Clock = SYSTEM_CLOCK,
         rng: random.Random | None = None,
         jitter: float = 0.1,
+        double_delete: float = 0.0,
     ) -> None:
         KeySpace(prefix)  # validate now, not at first use
         self._prefix = prefix
@@ -97,6 +100,7 @@ class Cache:
             clock=clock,
             random=rng or random.Random(),
             jitter=spread(jitter),
+            double_delete=seconds_or_zero(double_delete, "double_delete"),
             stats=self._stats,
             log=LogOnce(logger),
             blooms={},
@@ -120,7 +124,7 @@ class Cache:
             cache = Cache.from_url("redis://localhost:6379/0?socket_timeout=0.2&prefix=shop")
             cache = Cache.from_url("memory://")
         """
-        names = ("clock", "default_ttl", "rng", "jitter")
+        names = ("clock", "default_ttl", "rng", "jitter", "double_delete")
         own = {k: options.pop(k) for k in names if k in options}
         if isinstance(options.get("serializer"), str | None):
             return cls(**own).configure(url, **options)
@@ -286,22 +290,24 @@ class Cache:
         b = self._bound()
         return await b.aio.drive(delete(b.ctx, key))
 
-    async def invalidate(self, key: str) -> None:
+    async def invalidate(self, key: str, *, double_delete: float | None = None) -> None:
         """Make ``key`` a miss everywhere and void any load in flight for it.
 
         The write-path call after a database commit: unlike :meth:`delete` it also voids
         the rebuild lease, so a load that began before the commit cannot write its old
         value back (counted as ``stale_sets_refused``), and it wakes the key's waiters.
+        It never raises for Redis being down: the delete is retried in the background.
+        ``double_delete`` seconds later it is repeated (default: the cache's setting).
         """
         b = self._bound()
-        await b.aio.drive(invalidate(b.ctx, key))
+        await b.aio.drive(invalidate(b.ctx, key, double_delete))
 
     def bloom(
         self,
         name: str,
         *,
-        capacity: int = 1_000_000,
-        error_rate: float = 0.001,
+        capacity: int | None = None,
+        error_rate: float | None = None,
         on_missing: Callable[[str], None] | None = None,
         check_interval: float = 1.0,
     ) -> Bloom:
@@ -309,7 +315,8 @@ class Cache:
 
         **Parameters:**
 
-        * **capacity**, **error_rate** - the geometry; every process must agree on them.
+        * **capacity**, **error_rate** - the geometry (default 1,000,000 and 0.001); every
+          process must agree on them. Without them, an already declared filter is returned.
         * **on_missing** - called with the name when the filter is found missing in Redis
           (never built, or lost to a restart or flush): rebuild it from your database.
         * **check_interval** - seconds between checks that the shared filter is unchanged.
@@ -319,8 +326,10 @@ class Cache:
             products = cache.bloom("products", capacity=1_000_000, error_rate=0.001)
             await products.rebuild(product_ids)
         """
-        geometry = Geometry.of(capacity, error_rate)
         existing = self._blooms.get(name)
+        if existing is not None and capacity is None and error_rate is None:
+            return existing  # a lookup: cache.bloom("products")
+        geometry = Geometry.of(capacity or 1_000_000, error_rate or 0.001)
         if existing is not None:
             if existing.geometry != geometry:
                 raise ConfigurationError(

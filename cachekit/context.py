@@ -47,6 +47,7 @@ class Context:
     log: LogOnce
     random: random.Random = field(default_factory=random.Random)
     jitter: float = 0.1
+    double_delete: float = 0.0
     blooms: Mapping[str, BloomState] = field(default_factory=dict)
 
     @property

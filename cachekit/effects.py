@@ -12,6 +12,7 @@ effects too; the ones here are the face's own business:
 * :class:`Hold` - keep a lease alive (a watchdog) until the flow ends.
 * :class:`Join` - run a sub-flow as this process's single flight for a key.
 * :class:`Spawn` - run a sub-flow in the background, at most one per key per process.
+* :class:`Later` - run a backend operation later (retried with backoff if it fails).
 
 Usage::
 
@@ -38,6 +39,7 @@ __all__ = [
     "Flow",
     "Hold",
     "Join",
+    "Later",
     "Listen",
     "Spawn",
     "Wait",
@@ -113,6 +115,16 @@ class Spawn:
     flow: Generator[Any, Any, Any]
 
 
-Effect: TypeAlias = Op[Any] | Literal[_Signal.LOAD] | Watch | Listen | Wait | Hold | Join | Spawn
+@dataclass(slots=True)
+class Later:
+    """Run ``op`` in ``delay`` seconds, off the caller's path; retried if it fails."""
+
+    op: Op[Any]
+    delay: float
+
+
+Effect: TypeAlias = (
+    Op[Any] | Literal[_Signal.LOAD] | Watch | Listen | Wait | Hold | Join | Spawn | Later
+)
 Flow: TypeAlias = Generator[Effect, Any, T]
-CONTROL: Final = frozenset({Watch, Listen, Wait, Hold, Join, Spawn})
+CONTROL: Final = frozenset({Watch, Listen, Wait, Hold, Join, Spawn, Later})

@@ -23,7 +23,20 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from cachekit.backends.base import AsyncBackend, SyncBackend
-from cachekit.effects import CONTROL, LOAD, Effect, Flow, Hold, Join, Listen, Spawn, Wait, Watch
+from cachekit.deferred import AsyncDeferred, SyncDeferred
+from cachekit.effects import (
+    CONTROL,
+    LOAD,
+    Effect,
+    Flow,
+    Hold,
+    Join,
+    Later,
+    Listen,
+    Spawn,
+    Wait,
+    Watch,
+)
 from cachekit.exceptions import BackendError
 from cachekit.notify import READY_WAIT, AsyncWaiter, Listener, SyncWaiter, Waiters
 from cachekit.singleflight import AsyncFlights, SyncFlights
@@ -109,6 +122,7 @@ class SyncFace(_Shared):
         super().__init__(waiters, listener, stats, log, background)
         self.backend = backend
         self.flights = SyncFlights(stats)
+        self.deferred = SyncDeferred(backend, stats, log)
         self._pool: ThreadPoolExecutor | None = None
 
     def hold(self, key: str, token: bytes, ttl: float) -> SyncWatchdog:
@@ -158,6 +172,8 @@ class SyncFace(_Shared):
         if isinstance(effect, Hold):
             held.append(self.hold(effect.key, effect.token, effect.ttl))
             return None
+        if isinstance(effect, Later):
+            return self.deferred.schedule(effect.op, effect.delay)
         if isinstance(effect, Listen):
             return self._listen()
         if isinstance(effect, Watch):
@@ -195,6 +211,7 @@ class SyncFace(_Shared):
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+        self.deferred.close()
         self.backend.close()
 
 
@@ -213,6 +230,7 @@ class AsyncFace(_Shared):
         super().__init__(waiters, listener, stats, log, background)
         self.backend = backend
         self.flights = AsyncFlights(stats)
+        self.deferred = AsyncDeferred(backend, stats, log)
         self._tasks: set[asyncio.Task[None]] = set()
 
     def hold(self, key: str, token: bytes, ttl: float) -> AsyncWatchdog:
@@ -262,6 +280,8 @@ class AsyncFace(_Shared):
         if isinstance(effect, Hold):
             held.append(self.hold(effect.key, effect.token, effect.ttl))
             return None
+        if isinstance(effect, Later):
+            return self.deferred.schedule(effect.op, effect.delay)
         if isinstance(effect, Listen):
             return await self._listen()
         if isinstance(effect, Watch):
@@ -302,4 +322,5 @@ class AsyncFace(_Shared):
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.deferred.close()
         await self.backend.close()

@@ -15,9 +15,10 @@ from typing import Any
 
 from cachekit.aside import decode_or_none, lease_key, read_envelope, read_failed
 from cachekit.backends.leases import Invalidate
-from cachekit.backends.ops import Delete, GetMany, Set, SetMany
+from cachekit.backends.ops import Delete, GetMany, Op, Set, SetMany
 from cachekit.context import Context
-from cachekit.effects import MISSING, Flow
+from cachekit.deferred import BACKOFF
+from cachekit.effects import MISSING, Flow, Later
 from cachekit.envelope import Envelope, encode
 from cachekit.exceptions import BackendError
 from cachekit.jitter import jittered
@@ -94,7 +95,25 @@ def delete(ctx: Context, logical: str) -> Flow[bool]:
     return bool(removed)
 
 
-def invalidate(ctx: Context, logical: str) -> Flow[None]:
-    """Remove the entry and void its lease, so a load in flight cannot write back."""
+def invalidate(ctx: Context, logical: str, double_delete: float | None = None) -> Flow[None]:
+    """Remove the entry and void its lease, so a load in flight cannot write back.
+
+    Never fails its caller: when Redis cannot be reached the delete is retried later
+    (counted as ``deferred_retries``). ``double_delete`` seconds later it runs again, for
+    replicas that lag and readers that refilled from one (default: the cache's, 0: off).
+    """
     key = ctx.keyspace.value(logical)
-    yield Invalidate([key, lease_key(key)], ctx.channel)
+    yield from deferrable(ctx, Invalidate([key, lease_key(key)], ctx.channel))
+    delay = ctx.double_delete if double_delete is None else double_delete
+    if delay > 0:
+        yield Later(Invalidate([key, lease_key(key)], ctx.channel), delay)
+
+
+def deferrable(ctx: Context, op: Op[Any]) -> Flow[None]:
+    """Run ``op`` now; if the backend fails, hand it to the retry queue instead of raising."""
+    try:
+        yield op
+    except BackendError as exc:
+        ctx.stats.incr("write_errors")
+        ctx.log.warning(("deferred", type(exc)), "cachekit: write queued for retry (%s)", exc)
+        yield Later(op, BACKOFF[0])

@@ -75,10 +75,11 @@ class SyncCache:
         b = self._cache._bound()
         return b.sync.drive(delete(b.ctx, key))
 
-    def invalidate(self, key: str) -> None:
-        """Make ``key`` a miss everywhere and void any load in flight for it."""
+    def invalidate(self, key: str, *, double_delete: float | None = None) -> None:
+        """Make ``key`` a miss everywhere and void any load in flight for it; never raises
+        for Redis being down (the delete is retried in the background)."""
         b = self._cache._bound()
-        b.sync.drive(invalidate(b.ctx, key))
+        b.sync.drive(invalidate(b.ctx, key, double_delete))
 
     def lock(
         self, name: str, *, ttl: float = 10.0, wait: float = 5.0, fail_open: bool = False
