@@ -28,11 +28,14 @@ Usage::
 
 from __future__ import annotations
 
+import hashlib
 import math
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 from cachekit.backends.leases import Fill, Release, TakeLease
 from cachekit.backends.ops import Delete, Get, Set
+from cachekit.backends.tags import ReadTagged
 from cachekit.bloomflow import bloom_contains
 from cachekit.context import Context, Policy, new_token
 from cachekit.effects import LOAD, Flow, Hold, Join, Spawn, Wait, Watch
@@ -73,32 +76,65 @@ def read_envelope(ctx: Context, key: str, serializer: Serializer) -> Flow[Envelo
     return None if raw is None else decode_or_none(ctx, key, raw, serializer)
 
 
-def cached_read(ctx: Context, policy: Policy, logical: str, gate: object = None) -> Flow[Any]:
-    """A decorated call: Bloom gate, then hit, stale hit, or the single-flight miss path."""
+class Target(NamedTuple):
+    """Where a call's value lives and how it is checked: key, serializer, tag stamp."""
+
+    key: str
+    serializer: Serializer
+    stamp: int = 0  # 0: untagged; else a digest of the call's tag versions when it read
+
+
+def cached_read(
+    ctx: Context, policy: Policy, logical: str, gate: object = None, tags: Sequence[str] = ()
+) -> Flow[Any]:
+    """A decorated call: Bloom gate, then hit, stale hit, or the single-flight miss path.
+
+    ``tags`` are the call's rendered tags: the entry is valid only while none of them has
+    been invalidated since it was written (its stamp matches the tags' current versions).
+    """
     if policy.bloom is not None and not (yield from _admitted(ctx, policy, policy.bloom, gate)):
         return None
     key = ctx.keyspace.value(logical)
     serializer = policy.serializer or ctx.serializer
+    stamp = 0
     try:
-        raw = yield Get(key)
+        if tags:
+            raw, stamp = yield from _read_tagged(ctx, key, tags)
+        else:
+            raw = yield Get(key)
     except BackendError as exc:
         read_failed(ctx, exc)
         # Redis is failing: no lease or write to attempt; the flight alone guards the source.
         return (yield Join(key, _load_only(ctx)))
     envelope = None if raw is None else decode_or_none(ctx, key, raw, serializer)
-    if envelope is not None:
+    if envelope is not None and envelope.stamp == stamp:
         now = ctx.clock.time()
         if envelope.is_fresh(now):
             if policy.early and _refresh_early(ctx, policy, envelope, now):
-                yield Spawn(key, _rebuild(ctx, policy, key, serializer, envelope))
+                yield Spawn(key, _rebuild(ctx, policy, Target(key, serializer, stamp), envelope))
             ctx.stats.incr("null_hits" if envelope.is_null else "hits")
             return envelope.value
         if now < envelope.expires + policy.stale:
             ctx.stats.incr("stale_hits")
-            yield Spawn(key, _rebuild(ctx, policy, key, serializer, envelope))
+            yield Spawn(key, _rebuild(ctx, policy, Target(key, serializer, stamp), envelope))
             return envelope.value
+    else:
+        envelope = None  # a tag it carried was invalidated: not even stale
     ctx.stats.incr("misses")
-    return (yield Join(key, _miss(ctx, policy, key, serializer, envelope)))
+    return (yield Join(key, _miss(ctx, policy, Target(key, serializer, stamp), envelope)))
+
+
+def _read_tagged(ctx: Context, key: str, tags: Sequence[str]) -> Flow[tuple[bytes | None, int]]:
+    """The value and the stamp of the tags' current versions, in one round trip."""
+    tag_keys = [ctx.keyspace.namespaced("tag", tag) for tag in tags]
+    raw, versions = yield ReadTagged(key, tag_keys, [new_token() for _ in tags])
+    return raw, tag_stamp(versions)
+
+
+def tag_stamp(versions: Sequence[bytes]) -> int:
+    """A nonzero 64-bit digest of tag versions, stored in (and compared with) an envelope."""
+    digest = hashlib.blake2b(b"\0".join(versions), digest_size=8).digest()
+    return int.from_bytes(digest, "big") or 1
 
 
 def _admitted(ctx: Context, policy: Policy, name: str, item: object) -> Flow[bool]:
@@ -116,14 +152,18 @@ def _admitted(ctx: Context, policy: Policy, name: str, item: object) -> Flow[boo
     return False
 
 
-def refresh(ctx: Context, policy: Policy, logical: str) -> Flow[Any]:
+def refresh(ctx: Context, policy: Policy, logical: str, tags: Sequence[str] = ()) -> Flow[Any]:
     """Load now and overwrite the entry; voids fills from loads that began earlier."""
     key = ctx.keyspace.value(logical)
+    stamp = 0
     try:
         yield Delete([lease_key(key)])
+        if tags:
+            _, stamp = yield from _read_tagged(ctx, key, tags)
     except BackendError as exc:
         read_failed(ctx, exc)
-    return (yield from _load_and_store(ctx, policy, key, policy.serializer or ctx.serializer))
+    target = Target(key, policy.serializer or ctx.serializer, stamp)
+    return (yield from _load_and_store(ctx, policy, target))
 
 
 def lease_key(key: str) -> str:
@@ -131,8 +171,14 @@ def lease_key(key: str) -> str:
     return key + ":lease"  # same hash tag as the value: one Cluster slot
 
 
-def _fresh(ctx: Context, key: str, raw: bytes | None, serializer: Serializer) -> Envelope | None:
-    envelope = None if raw is None else decode_or_none(ctx, key, raw, serializer)
+def _valid(ctx: Context, target: Target, raw: bytes | None) -> Envelope | None:
+    """The envelope in ``raw`` if it decodes and carries the target's tag stamp."""
+    envelope = None if raw is None else decode_or_none(ctx, target.key, raw, target.serializer)
+    return envelope if envelope is not None and envelope.stamp == target.stamp else None
+
+
+def _fresh(ctx: Context, target: Target, raw: bytes | None) -> Envelope | None:
+    envelope = _valid(ctx, target, raw)
     return envelope if envelope is not None and envelope.is_fresh(ctx.clock.time()) else None
 
 
@@ -144,12 +190,11 @@ def _refresh_early(ctx: Context, policy: Policy, envelope: Envelope, now: float)
     return now - envelope.load_time * policy.early * math.log(u) >= envelope.expires
 
 
-def _miss(
-    ctx: Context, policy: Policy, key: str, serializer: Serializer, seen: Envelope | None
-) -> Flow[Any]:
+def _miss(ctx: Context, policy: Policy, target: Target, seen: Envelope | None) -> Flow[Any]:
     """This process's flight for a missing key: lease, load and fill, or wait for one."""
     if not policy.lock:
-        return (yield from _load_and_store(ctx, policy, key, serializer))
+        return (yield from _load_and_store(ctx, policy, target))
+    key = target.key
     lease, token = lease_key(key), new_token()
     handle = yield Watch(key)  # before looking: a fill from now on wakes us
     deadline = ctx.clock.monotonic() + policy.lock_wait
@@ -159,14 +204,14 @@ def _miss(
             got = yield TakeLease(lease, token, policy.lock_ttl, key)
         except BackendError as exc:
             read_failed(ctx, exc)  # no lease to be had: the flight alone guards the source
-            return (yield from _load_and_store(ctx, policy, key, serializer))
+            return (yield from _load_and_store(ctx, policy, target))
         if got.acquired:
             # Someone may have filled the key between our miss and our lease.
-            fresh = _fresh(ctx, key, got.value, serializer)
+            fresh = _fresh(ctx, target, got.value)
             if fresh is not None:
                 yield from _release(ctx, key, (lease, token))
                 return fresh.value
-            return (yield from _load_and_store(ctx, policy, key, serializer, (lease, token)))
+            return (yield from _load_and_store(ctx, policy, target, (lease, token)))
         if not waited:
             ctx.stats.incr("lock_waits")
             waited = True
@@ -174,7 +219,11 @@ def _miss(
         if remaining <= 0:
             break
         yield Wait(handle, min(remaining, got.remaining + _LEASE_MARGIN))
-        envelope = yield from read_envelope(ctx, key, serializer)
+        try:
+            envelope = _valid(ctx, target, (yield Get(key)))
+        except BackendError as exc:
+            read_failed(ctx, exc)
+            envelope = None
         if envelope is not None:
             if envelope.is_fresh(ctx.clock.time()):
                 return envelope.value
@@ -189,13 +238,12 @@ def _miss(
     return (yield from _load_only(ctx))  # serve the caller, but leave the fill to the holder
 
 
-def _rebuild(
-    ctx: Context, policy: Policy, key: str, serializer: Serializer, seen: Envelope
-) -> Flow[float]:
+def _rebuild(ctx: Context, policy: Policy, target: Target, seen: Envelope) -> Flow[float]:
     """A background rebuild of ``seen``: one per key across the fleet, never failing callers.
 
     Returns how long this process need not try again (another holder's lease), or 0.
     """
+    key = target.key
     lease, token = lease_key(key), new_token()
     try:
         got = yield TakeLease(lease, token, policy.lock_ttl, key)
@@ -205,14 +253,14 @@ def _rebuild(
     if not got.acquired:
         remaining: float = got.remaining  # another process is rebuilding it
         return remaining
-    current = None if got.value is None else decode_or_none(ctx, key, got.value, serializer)
+    current = _valid(ctx, target, got.value)
     if current is not None and current.created > seen.created:
         # Rebuilt by another process between our read and our lease: nothing to do.
         yield from _release(ctx, key, (lease, token))
         return 0.0
     ctx.stats.incr("rebuilds")
     try:
-        yield from _load_and_store(ctx, policy, key, serializer, (lease, token))
+        yield from _load_and_store(ctx, policy, target, (lease, token))
     except Exception as exc:  # stale-if-error: the old value keeps being served
         ctx.log.warning(
             ("rebuild", policy.name), "cachekit: background rebuild of %s failed: %r", key, exc
@@ -237,12 +285,9 @@ def _load(ctx: Context) -> Flow[tuple[Any, float]]:
 
 
 def _load_and_store(
-    ctx: Context,
-    policy: Policy,
-    key: str,
-    serializer: Serializer,
-    lease: tuple[str, bytes] | None = None,
+    ctx: Context, policy: Policy, target: Target, lease: tuple[str, bytes] | None = None
 ) -> Flow[Any]:
+    key = target.key
     if lease is not None:
         # A load slower than the lease must not lose it: renew until the flow ends.
         yield Hold(lease[0], lease[1], policy.lock_ttl)
@@ -252,7 +297,7 @@ def _load_and_store(
         if lease is not None:
             yield from _release(ctx, key, lease)  # let a waiter try its own load
         raise
-    entry = _entry(ctx, policy, key, serializer, value, load_time)
+    entry = _entry(ctx, policy, target, value, load_time)
     try:
         if entry is None:
             if lease is not None:
@@ -268,7 +313,7 @@ def _load_and_store(
 
 
 def _entry(
-    ctx: Context, policy: Policy, key: str, serializer: Serializer, value: Any, load_time: float
+    ctx: Context, policy: Policy, target: Target, value: Any, load_time: float
 ) -> tuple[bytes, float] | None:
     """``(envelope bytes, physical TTL)`` to store, or ``None`` when nothing is stored."""
     if value is None and policy.null_ttl <= 0:
@@ -279,13 +324,14 @@ def _entry(
     now = ctx.clock.time()
     try:
         data = encode(
-            key,
+            target.key,
             value,
-            serializer,
+            target.serializer,
             created=now,
             expires=now + ttl,
             load_time=load_time,
             null=value is None,
+            stamp=target.stamp,
         )
     except SerializationError as exc:
         ctx.stats.incr("unserializable")

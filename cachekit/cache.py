@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -30,7 +30,15 @@ from cachekit.decorators import Decorator
 from cachekit.exceptions import ConfigurationError, NotConfigured
 from cachekit.keys import KeySpace
 from cachekit.lock import Lock
-from cachekit.raw import delete, get, get_many, invalidate, set_many, set_value
+from cachekit.raw import (
+    delete,
+    get,
+    get_many,
+    invalidate,
+    invalidate_tags,
+    set_many,
+    set_value,
+)
 from cachekit.serializers import Serializer
 from cachekit.stats import LogOnce, Stats
 from cachekit.sync import SyncCache
@@ -189,6 +197,7 @@ class Cache:
         bloom: str | None = None,
         bloom_key: str | None = None,
         bloom_reject: type[Exception] | None = None,
+        tags: Sequence[str] = (),
         serializer: Serializer | None = None,
     ) -> Decorator:
         """Cache-aside decorator for ``def`` and ``async def`` functions.
@@ -214,6 +223,9 @@ class Cache:
         * **bloom** - a Bloom filter (see :meth:`bloom`) the call's identifier must pass:
           a certain miss returns ``None`` (or raises ``bloom_reject``) with no Redis GET
           and no load. The identifier is the first argument, or ``bloom_key`` (a template).
+        * **tags** - templates like ``key`` (``["catalog", "shop:{shop_id}"]``):
+          ``cache.invalidate_tags("catalog")`` makes every entry carrying the tag a miss,
+          in O(1). A tagged read costs one pipelined round trip (value and tag versions).
         * **serializer** - this function's format; default: the cache's.
 
         Usage::
@@ -242,6 +254,7 @@ class Cache:
             jitter=spread(jitter),
             bloom=bloom,
             bloom_reject=bloom_reject,
+            tags=tuple(tags),
         )
         return Decorator(self._bound, key=key, policy=policy, bloom_key=bloom_key)
 
@@ -342,6 +355,18 @@ class Cache:
         if self._binding is not None:
             self._binding.adopt(state)
         return bloom
+
+    async def invalidate_tags(self, *tags: str) -> None:
+        """Make every entry carrying any of ``tags`` a miss, everywhere, in O(1).
+
+        Never raises for Redis being down: the change is retried in the background.
+
+        Usage::
+
+            await cache.invalidate_tags("catalog")
+        """
+        b = self._bound()
+        await b.aio.drive(invalidate_tags(b.ctx, tags))
 
     def lock(
         self, name: str, *, ttl: float = 10.0, wait: float = 5.0, fail_open: bool = False

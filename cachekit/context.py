@@ -73,6 +73,7 @@ class Policy:
     * ``jitter`` - spread of every TTL written, as a fraction (``None``: the cache's).
     * ``bloom`` - the Bloom filter the call's identifier must pass before any lookup.
     * ``bloom_reject`` - raised (instead of returning ``None``) for a certain miss.
+    * ``tags`` - tag templates; ``cache.invalidate_tags(tag)`` makes the entries a miss.
     """
 
     name: str
@@ -88,3 +89,4 @@ class Policy:
     jitter: float | None = None
     bloom: str | None = None
     bloom_reject: type[Exception] | None = None
+    tags: tuple[str, ...] = ()

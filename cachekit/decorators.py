@@ -50,6 +50,7 @@ class _CachedFunction(Generic[P, R]):
         policy: Policy,
         builder: KeyBuilder,
         gate: Callable[[tuple[Any, ...], dict[str, Any]], object] | None = None,
+        tags: tuple[KeyBuilder, ...] = (),
     ) -> None:
         functools.update_wrapper(cast(Any, self), func)
         self._bound = bound
@@ -57,12 +58,24 @@ class _CachedFunction(Generic[P, R]):
         self._policy = policy
         self._builder = builder
         self._gate = gate
+        self._tags = tags
 
     def _read(self, b: Binding, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """The read flow of one call (with its Bloom gate item, when it has one)."""
+        """The read flow of one call (with its Bloom gate item and tags, when it has them)."""
         gate = self._gate
         item = None if gate is None else gate(args, kwargs)
-        return cached_read(b.ctx, self._policy, self._builder.build(args, kwargs), item)
+        logical = self._builder.build(args, kwargs)
+        tags = tuple(tag.build(args, kwargs) for tag in self._tags) if self._tags else ()
+        return cached_read(b.ctx, self._policy, logical, item, tags)
+
+    def tags(self, *args: Any, **kwargs: Any) -> tuple[str, ...]:
+        """The rendered tags of a call with these arguments (no I/O).
+
+        Usage::
+
+            catalog_page.tags(3)     # ('catalog', 'page:3')
+        """
+        return tuple(tag.build(args, kwargs) for tag in self._tags) if self._tags else ()
 
     def key(self, *args: P.args, **kwargs: P.kwargs) -> str:
         """The logical cache key of a call with these arguments (no I/O).
@@ -104,7 +117,7 @@ class AsyncCachedFunction(_CachedFunction[P, R]):
     async def refresh(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Load now, overwrite the entry and return the new result."""
         b = self._bound()
-        flow = refresh(b.ctx, self._policy, self._builder.build(args, kwargs))
+        flow = refresh(b.ctx, self._policy, self.key(*args, **kwargs), self.tags(*args, **kwargs))
         result: R = await b.aio.drive(flow, lambda: self._func(*args, **kwargs))
         return result
 
@@ -157,7 +170,7 @@ class SyncCachedFunction(_CachedFunction[P, R]):
     def refresh(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Load now, overwrite the entry and return the new result."""
         b = self._bound()
-        flow = refresh(b.ctx, self._policy, self._builder.build(args, kwargs))
+        flow = refresh(b.ctx, self._policy, self.key(*args, **kwargs), self.tags(*args, **kwargs))
         result: R = b.sync.drive(flow, lambda: self._func(*args, **kwargs))
         return result
 
@@ -228,9 +241,10 @@ class Decorator:
         builder = KeyBuilder.for_function(func, self._key)
         policy = replace(self._policy, name=f"{func.__module__}.{func.__qualname__}")
         gate = None if policy.bloom is None else _gate(func, self._bloom_key)
+        tags = tuple(KeyBuilder.for_function(func, tag) for tag in policy.tags)
         if inspect.iscoroutinefunction(func):
-            return AsyncCachedFunction(self._bound, func, policy, builder, gate)
-        return SyncCachedFunction(self._bound, func, policy, builder, gate)
+            return AsyncCachedFunction(self._bound, func, policy, builder, gate, tags)
+        return SyncCachedFunction(self._bound, func, policy, builder, gate, tags)
 
 
 def _gate(

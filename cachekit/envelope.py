@@ -5,7 +5,7 @@ Layout (big-endian), then the optional MAC, then the serializer's payload::
     magic "ck" | version u8 | flags u8 | serializer code u8 | crc32(key) u32
     | payload length u32 | created f64 | logical expiry f64 (0 = none) | load duration f32
     [ | HMAC-SHA256 over (key, header, payload) ]  when the serializer carries a keyring
-    | payload  (empty for a null marker)
+    | payload  (empty for a null marker; starts with a u64 tag stamp when flagged)
 
 The payload length catches truncation even where a cut payload would still parse (``123``
 of ``12345``). The crc32 of the storage key catches a value read under the wrong key (a
@@ -38,6 +38,8 @@ MAGIC: Final = b"ck"
 VERSION: Final = 1
 _FLAG_NULL: Final = 0x01
 _FLAG_SIGNED: Final = 0x02
+_FLAG_STAMPED: Final = 0x04
+_STAMP = struct.Struct(">Q")
 HEADER: Final = struct.Struct(">2sBBBIIddf")
 HEADER_SIZE: Final = HEADER.size
 
@@ -56,6 +58,7 @@ class Envelope(NamedTuple):
     * **expires** - wall-clock time its logical (fresh) life ends; ``0.0`` for never.
     * **load_time** - seconds the loader took to produce it (for early refresh).
     * **is_null** - it records that the source had nothing (``None``).
+    * **stamp** - the digest of its tags' versions when it was loaded (0: untagged).
 
     Usage::
 
@@ -67,6 +70,7 @@ class Envelope(NamedTuple):
     expires: float
     load_time: float
     is_null: bool
+    stamp: int = 0
 
     def is_fresh(self, now: float) -> bool:
         """Whether the entry is within its logical lifetime at ``now``."""
@@ -82,6 +86,7 @@ def encode(
     expires: float,
     load_time: float = 0.0,
     null: bool = False,
+    stamp: int = 0,
 ) -> bytes:
     """The envelope bytes for ``value`` stored under ``key``.
 
@@ -95,8 +100,11 @@ def encode(
             payload = serializer.dumps(value)
         except Exception as exc:  # each serializer fails its own way (PicklingError, ...)
             raise SerializationError(f"cannot encode {type(value).__name__}: {exc}") from exc
+    if stamp:
+        payload = _STAMP.pack(stamp) + payload
     keyring = serializer.keyring
     flags = (_FLAG_NULL if null else 0) | (_FLAG_SIGNED if keyring is not None else 0)
+    flags |= _FLAG_STAMPED if stamp else 0
     key_bytes = key.encode()
     header = HEADER.pack(
         MAGIC,
@@ -150,12 +158,18 @@ def decode(key: str, data: bytes, serializer: Serializer) -> Envelope:
         mac, payload = view[HEADER_SIZE : HEADER_SIZE + MAC_SIZE], view[HEADER_SIZE + MAC_SIZE :]
         if not keyring.verify(mac, key_bytes, view[:HEADER_SIZE], payload):
             raise InvalidPayload("signature does not verify")
+    stamp = 0
+    if flags & _FLAG_STAMPED:
+        if len(payload) < _STAMP.size:
+            raise InvalidPayload("stamp flagged but missing")
+        (stamp,) = _STAMP.unpack_from(payload)
+        payload = payload[_STAMP.size :]
     if flags & _FLAG_NULL:
         if payload:
             raise InvalidPayload("null marker with a payload")
-        return Envelope(None, created, expires, load_time, True)
+        return Envelope(None, created, expires, load_time, True, stamp)
     try:
         value = serializer.loads(payload)
     except Exception as exc:  # any decoder failure on foreign bytes is just a bad payload
         raise InvalidPayload(f"payload does not decode: {type(exc).__name__}") from exc
-    return Envelope(value, created, expires, load_time, False)
+    return Envelope(value, created, expires, load_time, False, stamp)

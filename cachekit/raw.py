@@ -16,14 +16,24 @@ from typing import Any
 from cachekit.aside import decode_or_none, lease_key, read_envelope, read_failed
 from cachekit.backends.leases import Invalidate
 from cachekit.backends.ops import Delete, GetMany, Op, Set, SetMany
-from cachekit.context import Context
+from cachekit.backends.tags import RetireTags
+from cachekit.context import Context, new_token
 from cachekit.deferred import BACKOFF
 from cachekit.effects import MISSING, Flow, Later
 from cachekit.envelope import Envelope, encode
 from cachekit.exceptions import BackendError
 from cachekit.jitter import jittered
 
-__all__ = ["delete", "get", "get_many", "invalidate", "set_many", "set_value"]
+__all__ = [
+    "deferrable",
+    "delete",
+    "get",
+    "get_many",
+    "invalidate",
+    "invalidate_tags",
+    "set_many",
+    "set_value",
+]
 
 
 def get(ctx: Context, logical: str, default: Any) -> Flow[Any]:
@@ -107,6 +117,13 @@ def invalidate(ctx: Context, logical: str, double_delete: float | None = None) -
     delay = ctx.double_delete if double_delete is None else double_delete
     if delay > 0:
         yield Later(Invalidate([key, lease_key(key)], ctx.channel), delay)
+
+
+def invalidate_tags(ctx: Context, tags: Iterable[str]) -> Flow[None]:
+    """Make every entry carrying one of ``tags`` a miss; never fails its caller."""
+    tag_keys = [ctx.keyspace.namespaced("tag", tag) for tag in tags]
+    if tag_keys:
+        yield from deferrable(ctx, RetireTags(tag_keys, [new_token() for _ in tag_keys]))
 
 
 def deferrable(ctx: Context, op: Op[Any]) -> Flow[None]:

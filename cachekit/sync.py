@@ -15,7 +15,15 @@ from typing import TYPE_CHECKING, Any, Self
 
 from cachekit.config import spread, to_seconds
 from cachekit.lock import SyncLock
-from cachekit.raw import delete, get, get_many, invalidate, set_many, set_value
+from cachekit.raw import (
+    delete,
+    get,
+    get_many,
+    invalidate,
+    invalidate_tags,
+    set_many,
+    set_value,
+)
 
 if TYPE_CHECKING:
     from cachekit.cache import Cache
@@ -80,6 +88,11 @@ class SyncCache:
         for Redis being down (the delete is retried in the background)."""
         b = self._cache._bound()
         b.sync.drive(invalidate(b.ctx, key, double_delete))
+
+    def invalidate_tags(self, *tags: str) -> None:
+        """Make every entry carrying any of ``tags`` a miss, everywhere, in O(1)."""
+        b = self._cache._bound()
+        b.sync.drive(invalidate_tags(b.ctx, tags))
 
     def lock(
         self, name: str, *, ttl: float = 10.0, wait: float = 5.0, fail_open: bool = False

@@ -59,6 +59,11 @@ def translate_error(exc: BaseException) -> BackendError:
     return BackendError(f"{type(exc).__name__}: {exc}")
 
 
+def _reply_options(command: tuple[Any, ...]) -> dict[str, Any]:
+    # redis-py parses SET replies to True/False unless told that GET was asked for.
+    return {"get": True} if command[0] == "SET" and "GET" in command[3:] else {}
+
+
 def _check_client(client: Any) -> None:
     kwargs = client.connection_pool.connection_kwargs
     if kwargs.get("decode_responses"):
@@ -102,7 +107,7 @@ class RedisBackend:
             with self.client.pipeline(transaction=False) as pipe:
                 queue: Callable[..., Any] = pipe.execute_command
                 for command in op.pipeline():
-                    queue(*command)
+                    queue(*command, **_reply_options(command))
                 return op.parse(pipe.execute())
         except _TRANSLATED as exc:
             raise translate_error(exc) from exc
@@ -145,7 +150,7 @@ class AsyncRedisBackend:
                 return op.parse(reply)
             async with self.client.pipeline(transaction=False) as pipe:
                 for command in op.pipeline():
-                    pipe.execute_command(*command)
+                    pipe.execute_command(*command, **_reply_options(command))
                 return op.parse(await pipe.execute())
         except _TRANSLATED as exc:
             raise translate_error(exc) from exc
