@@ -26,6 +26,7 @@ from cachekit.bloomfilter import Bloom
 from cachekit.clock import SYSTEM_CLOCK, Clock
 from cachekit.config import seconds_or_zero, spread, to_seconds
 from cachekit.context import OnLockTimeout, Policy
+from cachekit.contrib import set_default_cache
 from cachekit.decorators import Decorator
 from cachekit.exceptions import ConfigurationError, NotConfigured
 from cachekit.keys import KeySpace
@@ -159,6 +160,7 @@ class Cache:
         self._binding = bind(
             self._settings, url=url, options=options, client=client, sync_client=sync_client
         )
+        set_default_cache(self)  # integrations given no cache use the latest configured one
         return self
 
     def _bound(self) -> Binding:
