@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from cachekit.backends.leases import Fill, Release, TakeLease
-from cachekit.backends.ops import Delete, Get, Set
+from cachekit.backends.ops import Delete, Get
 from cachekit.backends.tags import ReadTagged
 from cachekit.bloomflow import bloom_contains
 from cachekit.context import Context, Policy, new_token
@@ -163,7 +163,7 @@ def refresh(ctx: Context, policy: Policy, logical: str, tags: Sequence[str] = ()
     except BackendError as exc:
         read_failed(ctx, exc)
     target = Target(key, policy.serializer or ctx.serializer, stamp)
-    return (yield from _load_and_store(ctx, policy, target))
+    return (yield from _load_maybe_store(ctx, policy, target))
 
 
 def lease_key(key: str) -> str:
@@ -193,7 +193,7 @@ def _refresh_early(ctx: Context, policy: Policy, envelope: Envelope, now: float)
 def _miss(ctx: Context, policy: Policy, target: Target, seen: Envelope | None) -> Flow[Any]:
     """This process's flight for a missing key: lease, load and fill, or wait for one."""
     if not policy.lock:
-        return (yield from _load_and_store(ctx, policy, target))
+        return (yield from _load_maybe_store(ctx, policy, target))
     key = target.key
     lease, token = lease_key(key), new_token()
     handle = yield Watch(key)  # before looking: a fill from now on wakes us
@@ -204,7 +204,7 @@ def _miss(ctx: Context, policy: Policy, target: Target, seen: Envelope | None) -
             got = yield TakeLease(lease, token, policy.lock_ttl, key)
         except BackendError as exc:
             read_failed(ctx, exc)  # no lease to be had: the flight alone guards the source
-            return (yield from _load_and_store(ctx, policy, target))
+            return (yield from _load_only(ctx))  # and without a lease, nothing is stored
         if got.acquired:
             # Someone may have filled the key between our miss and our lease.
             fresh = _fresh(ctx, target, got.value)
@@ -268,6 +268,23 @@ def _rebuild(ctx: Context, policy: Policy, target: Target, seen: Envelope) -> Fl
     return 0.0
 
 
+def _load_maybe_store(ctx: Context, policy: Policy, target: Target) -> Flow[Any]:
+    """Load without waiting for anyone; store only under a lease taken without waiting.
+
+    Every write of a loaded value is checked against a lease, so no path can write back a
+    value read before an invalidation (no stale sets, whatever the options).
+    """
+    lease, token = lease_key(target.key), new_token()
+    try:
+        got = yield TakeLease(lease, token, policy.lock_ttl, target.key)
+    except BackendError as exc:
+        read_failed(ctx, exc)
+        got = None
+    if got is None or not got.acquired:
+        return (yield from _load_only(ctx))  # another process loads (and stores) it
+    return (yield from _load_and_store(ctx, policy, target, (lease, token)))
+
+
 def _load_only(ctx: Context) -> Flow[Any]:
     value, _ = yield from _load(ctx)
     return value
@@ -285,25 +302,21 @@ def _load(ctx: Context) -> Flow[tuple[Any, float]]:
 
 
 def _load_and_store(
-    ctx: Context, policy: Policy, target: Target, lease: tuple[str, bytes] | None = None
+    ctx: Context, policy: Policy, target: Target, lease: tuple[str, bytes]
 ) -> Flow[Any]:
     key = target.key
-    if lease is not None:
-        # A load slower than the lease must not lose it: renew until the flow ends.
-        yield Hold(lease[0], lease[1], policy.lock_ttl)
+    # A load slower than the lease must not lose it: renew until the flow ends.
+    yield Hold(lease[0], lease[1], policy.lock_ttl)
     try:
         value, load_time = yield from _load(ctx)
     except Exception:
-        if lease is not None:
-            yield from _release(ctx, key, lease)  # let a waiter try its own load
+        yield from _release(ctx, key, lease)  # let a waiter try its own load
         raise
     entry = _entry(ctx, policy, target, value, load_time)
     try:
         if entry is None:
-            if lease is not None:
-                yield from _release(ctx, key, lease)
-        elif lease is None:
-            yield Set(key, *entry, nx=value is None)  # a null marker never overwrites data
+            yield from _release(ctx, key, lease)
+        # A null marker never overwrites data (NX); any fill needs the lease still ours.
         elif not (yield Fill(key, *entry, lease[0], lease[1], ctx.channel, nx=value is None)):
             ctx.stats.incr("stale_sets_refused")  # invalidated (or lapsed) while loading
     except BackendError as exc:

@@ -6,7 +6,9 @@ worker thread) or :class:`AsyncDeferred` (timer callbacks and tasks on the loop)
 retries it with backoff (1 s, 5 s, 30 s, then every 60 s, at most ``attempts`` times).
 The same machinery runs ``double_delete``: the second delete of a key some time after the
 first, for replicas that lag. Both are bounded (``limit`` operations pending; beyond it new
-work is dropped, counted and logged once) and both are finished or cancelled by ``close``.
+work is dropped, counted and logged once). ``close`` runs what is still pending once, at
+once (a second delete scheduled for 0.5 s later still happens when the app stops sooner),
+and counts what fails then as dropped.
 
 Usage::
 
@@ -117,13 +119,16 @@ class SyncDeferred(_Policy):
             return len(self._heap)
 
     def close(self) -> None:
-        """Stop; what is still pending is dropped (and counted)."""
+        """Stop; run what is still pending once, now (what fails is counted as dropped)."""
         with self._wake:
             self._closed = True
-            dropped, self._heap = len(self._heap), []
+            pending, self._heap = [op for *_, op in self._heap], []
             self._wake.notify()
-        if dropped:
-            self.stats.incr("deferred_dropped", dropped)
+        for op in pending:
+            try:
+                self._backend.run(op)
+            except BackendError:
+                self.stats.incr("deferred_dropped")
 
 
 class AsyncDeferred(_Policy):
@@ -140,7 +145,7 @@ class AsyncDeferred(_Policy):
     ) -> None:
         super().__init__(stats, log, limit, attempts)
         self._backend = backend
-        self._timers: set[asyncio.TimerHandle] = set()
+        self._timers: dict[asyncio.TimerHandle, Op[Any]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def schedule(self, op: Op[Any], delay: float, attempt: int = 0) -> None:
@@ -152,13 +157,13 @@ class AsyncDeferred(_Policy):
 
         def due() -> None:
             if timer is not None:
-                self._timers.discard(timer)
+                self._timers.pop(timer, None)
             task = loop.create_task(self._attempt(op, attempt))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
         timer = loop.call_later(delay, due)
-        self._timers.add(timer)
+        self._timers[timer] = op
 
     async def _attempt(self, op: Op[Any], attempt: int) -> None:
         try:
@@ -174,14 +179,14 @@ class AsyncDeferred(_Policy):
         return len(self._timers) + len(self._tasks)
 
     async def close(self) -> None:
-        """Cancel what is pending (counted as dropped) and wait for running attempts."""
-        dropped = len(self._timers)
-        for timer in self._timers:
-            timer.cancel()
+        """Run what is still waiting once, now; wait for running attempts; count failures."""
+        waiting = list(self._timers.items())
         self._timers.clear()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if dropped + len(tasks):
-            self.stats.incr("deferred_dropped", dropped + len(tasks))
+        for timer, _ in waiting:
+            timer.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for _, op in waiting:
+            try:
+                await self._backend.run(op)
+            except BackendError:
+                self.stats.incr("deferred_dropped")

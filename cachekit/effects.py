@@ -13,6 +13,7 @@ effects too; the ones here are the face's own business:
 * :class:`Join` - run a sub-flow as this process's single flight for a key.
 * :class:`Spawn` - run a sub-flow in the background, at most one per key per process.
 * :class:`Later` - run a backend operation later (retried with backoff if it fails).
+* :class:`Forget` - detach this process's running flight of a key (all keys: ``None``).
 
 Usage::
 
@@ -37,6 +38,7 @@ __all__ = [
     "MISSING",
     "Effect",
     "Flow",
+    "Forget",
     "Hold",
     "Join",
     "Later",
@@ -116,6 +118,13 @@ class Spawn:
 
 
 @dataclass(slots=True)
+class Forget:
+    """New callers of ``key`` (every key, for ``None``) must not join a running flight."""
+
+    key: str | None
+
+
+@dataclass(slots=True)
 class Later:
     """Run ``op`` in ``delay`` seconds, off the caller's path; retried if it fails."""
 
@@ -124,7 +133,7 @@ class Later:
 
 
 Effect: TypeAlias = (
-    Op[Any] | Literal[_Signal.LOAD] | Watch | Listen | Wait | Hold | Join | Spawn | Later
+    Op[Any] | Literal[_Signal.LOAD] | Watch | Listen | Wait | Hold | Join | Spawn | Later | Forget
 )
 Flow: TypeAlias = Generator[Effect, Any, T]
-CONTROL: Final = frozenset({Watch, Listen, Wait, Hold, Join, Spawn, Later})
+CONTROL: Final = frozenset({Watch, Listen, Wait, Hold, Join, Spawn, Later, Forget})

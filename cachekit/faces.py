@@ -29,6 +29,7 @@ from cachekit.effects import (
     LOAD,
     Effect,
     Flow,
+    Forget,
     Hold,
     Join,
     Later,
@@ -174,6 +175,8 @@ class SyncFace(_Shared):
             return None
         if isinstance(effect, Later):
             return self.deferred.schedule(effect.op, effect.delay)
+        if isinstance(effect, Forget):
+            return self.flights.forget(effect.key)
         if isinstance(effect, Listen):
             return self._listen()
         if isinstance(effect, Watch):
@@ -282,6 +285,8 @@ class AsyncFace(_Shared):
             return None
         if isinstance(effect, Later):
             return self.deferred.schedule(effect.op, effect.delay)
+        if isinstance(effect, Forget):
+            return self.flights.forget(effect.key)
         if isinstance(effect, Listen):
             return await self._listen()
         if isinstance(effect, Watch):

@@ -19,7 +19,7 @@ from cachekit.backends.ops import Delete, GetMany, Op, Set, SetMany
 from cachekit.backends.tags import RetireTags
 from cachekit.context import Context, new_token
 from cachekit.deferred import BACKOFF
-from cachekit.effects import MISSING, Flow, Later
+from cachekit.effects import MISSING, Flow, Forget, Later
 from cachekit.envelope import Envelope, encode
 from cachekit.exceptions import BackendError
 from cachekit.jitter import jittered
@@ -114,6 +114,7 @@ def invalidate(ctx: Context, logical: str, double_delete: float | None = None) -
     """
     key = ctx.keyspace.value(logical)
     yield from deferrable(ctx, Invalidate([key, lease_key(key)], ctx.channel))
+    yield Forget(key)  # a read after this returns must not join a load begun before it
     delay = ctx.double_delete if double_delete is None else double_delete
     if delay > 0:
         yield Later(Invalidate([key, lease_key(key)], ctx.channel), delay)
@@ -124,6 +125,7 @@ def invalidate_tags(ctx: Context, tags: Iterable[str]) -> Flow[None]:
     tag_keys = [ctx.keyspace.namespaced("tag", tag) for tag in tags]
     if tag_keys:
         yield from deferrable(ctx, RetireTags(tag_keys, [new_token() for _ in tag_keys]))
+        yield Forget(None)  # which keys carry the tags is unknown here: detach every flight
 
 
 def deferrable(ctx: Context, op: Op[Any]) -> Flow[None]:

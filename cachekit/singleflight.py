@@ -6,6 +6,10 @@ under the lease, as groupcache's ``load`` re-checks inside the flight); follower
 its result or its exception, counted as ``coalesced``. A follower of a leader that was
 cancelled does not inherit the cancellation: it runs the flight again itself.
 
+:meth:`forget` detaches a key's running flight, as Go's ``singleflight.Forget`` does: an
+invalidation calls it, so a read that starts after ``invalidate()`` returned never joins a
+load that began before it (read-your-writes within a process).
+
 Usage::
 
     value = flights.run("shop:{product:5}", lambda: load_product(5))
@@ -72,8 +76,17 @@ class SyncFlights:
             raise
         finally:
             with self._lock:
-                del self._calls[key]
+                if self._calls.get(key) is call:
+                    del self._calls[key]
             call.done.set()
+
+    def forget(self, key: str | None) -> None:
+        """New callers of ``key`` (of every key, for ``None``) start a new flight."""
+        with self._lock:
+            if key is None:
+                self._calls.clear()
+            else:
+                self._calls.pop(key, None)
 
 
 class _Cancelled(Exception):
@@ -120,6 +133,12 @@ class AsyncFlights:
             future.set_result(value)
             return value
         finally:
-            del self._calls[slot]
+            if self._calls.get(slot) is future:
+                del self._calls[slot]
             if future.done() and not future.cancelled():
                 future.exception()  # mark retrieved: followers may be none
+
+    def forget(self, key: str | None) -> None:
+        """New callers of ``key`` (of every key, for ``None``) start a new flight."""
+        for slot in [s for s in self._calls if key is None or s[1] == key]:
+            del self._calls[slot]

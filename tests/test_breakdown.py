@@ -300,10 +300,8 @@ async def test_invalidate_during_a_load_refuses_its_write_back(
     assert (stats["loads"], stats["hits"], stats["stale_sets_refused"]) == (2, 1, 1)
 
 
-async def test_without_the_lease_the_old_value_is_cached_after_invalidate(
-    memory_cache: Cache,
-) -> None:
-    """The failure mode the lease prevents: lock=False writes the old row back."""
+async def test_lock_false_still_never_writes_the_old_value_back(memory_cache: Cache) -> None:
+    """lock=False only stops callers from waiting on others' loads: writes stay leased."""
     row = Row("old")
     loader = GatedLoader(row)
 
@@ -318,9 +316,30 @@ async def test_without_the_lease_the_old_value_is_cached_after_invalidate(
     loader.release.set()
 
     assert await first == "old"
-    assert memory_cache.stats()["stale_sets_refused"] == 0
-    assert await read_row(1) == "old"  # stale: the invalidation was lost
-    assert row.reads == 1
+    assert memory_cache.stats()["stale_sets_refused"] == 1
+    assert await read_row(1) == "new"  # the invalidation stands
+    assert row.reads == 2
+
+
+async def test_a_read_after_invalidate_never_joins_a_load_begun_before_it(
+    memory_cache: Cache,
+) -> None:
+    """Read-your-writes in one process: invalidate() detaches the key's running flight."""
+    row = Row("old")
+    loader = GatedLoader(row)
+
+    @memory_cache.cached(ttl=60, key="row:{rid}")
+    async def read_row(rid: int) -> str:
+        return await loader() if row.reads == 0 else row.read()
+
+    first = asyncio.create_task(read_row(1))
+    await loader.started.wait()  # a load of the old row is in flight
+    row.value = "new"
+    await read_row.invalidate(1)  # the write path, after the commit
+    assert await read_row(1) == "new"  # a new flight, not the old one
+    loader.release.set()
+    assert await first == "old"
+    assert await read_row(1) == "new"
 
 
 def test_invalidate_during_a_sync_load_refuses_its_write_back(memory_cache: Cache) -> None:
