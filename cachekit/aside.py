@@ -121,7 +121,26 @@ def cached_read(
     else:
         envelope = None  # a tag it carried was invalidated: not even stale
     ctx.stats.incr("misses")
-    return (yield Join(key, _miss(ctx, policy, Target(key, serializer, stamp), envelope)))
+    flow = _miss(ctx, policy, Target(key, serializer, stamp), envelope)
+    return _unwrap((yield Join(key, flow, _shareable)))
+
+
+class Stale(NamedTuple):
+    """A load whose write-back was refused: an invalidation came while it ran.
+
+    Its own caller, who asked before the invalidation, may have the value; a caller who
+    merely joined the flight may have asked after it, so it loads again.
+    """
+
+    value: Any
+
+
+def _shareable(outcome: Any) -> bool:
+    return not isinstance(outcome, Stale)
+
+
+def _unwrap(outcome: Any) -> Any:
+    return outcome.value if isinstance(outcome, Stale) else outcome
 
 
 def _read_tagged(ctx: Context, key: str, tags: Sequence[str]) -> Flow[tuple[bytes | None, int]]:
@@ -163,7 +182,7 @@ def refresh(ctx: Context, policy: Policy, logical: str, tags: Sequence[str] = ()
     except BackendError as exc:
         read_failed(ctx, exc)
     target = Target(key, policy.serializer or ctx.serializer, stamp)
-    return (yield from _load_maybe_store(ctx, policy, target))
+    return _unwrap((yield from _load_maybe_store(ctx, policy, target)))
 
 
 def lease_key(key: str) -> str:
@@ -319,6 +338,7 @@ def _load_and_store(
         # A null marker never overwrites data (NX); any fill needs the lease still ours.
         elif not (yield Fill(key, *entry, lease[0], lease[1], ctx.channel, nx=value is None)):
             ctx.stats.incr("stale_sets_refused")  # invalidated (or lapsed) while loading
+            return Stale(value)
     except BackendError as exc:
         ctx.stats.incr("write_errors")
         ctx.log.warning(("write", type(exc)), "cachekit: cache write skipped (%s)", exc)

@@ -26,7 +26,7 @@ Usage::
 from __future__ import annotations
 
 import enum
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeAlias, TypeVar
 
@@ -103,10 +103,15 @@ class Hold:
 
 @dataclass(slots=True)
 class Join:
-    """Run ``flow`` once per process for ``key``; concurrent joiners share its outcome."""
+    """Run ``flow`` once per process for ``key``; concurrent joiners share its outcome.
+
+    A joiner takes the outcome only if ``reuse`` (when given) accepts it; else it runs
+    its own ``flow``.
+    """
 
     key: str
     flow: Generator[Any, Any, Any]
+    reuse: Callable[[Any], bool] | None = None
 
 
 @dataclass(slots=True)

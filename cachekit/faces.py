@@ -167,7 +167,7 @@ class SyncFace(_Shared):
         held: list[SyncWatchdog],
     ) -> Any:
         if isinstance(effect, Join):
-            return self.flights.run(effect.key, lambda: self.drive(effect.flow, load))
+            return self.flights.run(effect.key, lambda: self.drive(effect.flow, load), effect.reuse)
         if isinstance(effect, Wait):
             return effect.handle.wait(effect.timeout)
         if isinstance(effect, Hold):
@@ -277,7 +277,9 @@ class AsyncFace(_Shared):
         held: list[AsyncWatchdog],
     ) -> Any:
         if isinstance(effect, Join):
-            return await self.flights.run(effect.key, lambda: self.drive(effect.flow, load))
+            return await self.flights.run(
+                effect.key, lambda: self.drive(effect.flow, load), effect.reuse
+            )
         if isinstance(effect, Wait):
             return await effect.handle.wait(effect.timeout)
         if isinstance(effect, Hold):

@@ -27,6 +27,7 @@ from cachekit.stats import Stats
 __all__ = ["AsyncFlights", "SyncFlights"]
 
 T = TypeVar("T")
+Reuse = Callable[[Any], bool]
 
 
 class _Call:
@@ -54,20 +55,26 @@ class SyncFlights:
         self._lock = threading.Lock()
         self._stats = stats
 
-    def run(self, key: str, fn: Callable[[], T]) -> T:
-        """``fn()``, unless a flight for ``key`` is running: then its outcome."""
-        with self._lock:
-            call = self._calls.get(key)
-            leader = call is None
-            if call is None:
-                call = self._calls[key] = _Call()
-        if not leader:
+    def run(self, key: str, fn: Callable[[], T], reuse: Reuse | None = None) -> T:
+        """``fn()``, unless a flight for ``key`` is running: then its outcome.
+
+        A joined outcome that ``reuse`` rejects is not taken: the caller flies again.
+        """
+        while True:
+            with self._lock:
+                call = self._calls.get(key)
+                leader = call is None
+                if call is None:
+                    call = self._calls[key] = _Call()
+            if leader:
+                break
             self._stats.incr("coalesced")
             call.done.wait()
             if call.error is not None:
                 raise call.error
-            result: T = call.result
-            return result
+            if reuse is None or reuse(call.result):
+                result: T = call.result
+                return result
         try:
             call.result = fn()
             return call.result  # type: ignore[no-any-return]
@@ -108,8 +115,11 @@ class AsyncFlights:
         self._calls: dict[tuple[int, str], asyncio.Future[Any]] = {}
         self._stats = stats
 
-    async def run(self, key: str, fn: Callable[[], Awaitable[T]]) -> T:
-        """``await fn()``, unless a flight for ``key`` is running: then its outcome."""
+    async def run(self, key: str, fn: Callable[[], Awaitable[T]], reuse: Reuse | None = None) -> T:
+        """``await fn()``, unless a flight for ``key`` is running: then its outcome.
+
+        A joined outcome that ``reuse`` rejects is not taken: the caller flies again.
+        """
         loop = asyncio.get_running_loop()
         slot = (id(loop), key)
         while (future := self._calls.get(slot)) is not None:
@@ -117,9 +127,10 @@ class AsyncFlights:
             try:
                 # shield: a cancelled follower must not cancel the leader's future.
                 result: T = await asyncio.shield(future)
-                return result
             except _Cancelled:
                 continue  # the leader was cancelled: lead a new flight (or join one)
+            if reuse is None or reuse(result):
+                return result
         future = self._calls[slot] = loop.create_future()
         try:
             value = await fn()
