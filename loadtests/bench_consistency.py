@@ -114,9 +114,8 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from multiprocessing.context import SpawnContext, SpawnProcess
+from multiprocessing.context import SpawnContext
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal
 
 import redis
@@ -126,6 +125,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session, registry
 from support import (
+    Fleet,
+    WorkerError,
+    WorkerTimeout,
     delete_run_keys,
     environment,
     error_summary,
@@ -134,6 +136,7 @@ from support import (
     redact,
     redis_server,
     text_table,
+    until,
 )
 
 KEY = "row:{rid}"  # the decorated loader's key template
@@ -470,95 +473,6 @@ def worker_main(spec: WorkerSpec, conn: Connection) -> None:
 # --------------------------------------------------------------------------- coordinator
 
 
-class RunTimeout(Exception):
-    """A contender ran out of time."""
-
-
-class WorkerError(Exception):
-    """A worker failed or died."""
-
-
-class Fleet:
-    """The worker processes of one contender, each with a pipe to the coordinator."""
-
-    def __init__(self, ctx: SpawnContext, contender: Contender, settings: Settings) -> None:
-        self.ctx = ctx
-        self.contender = contender
-        self.settings = settings
-        self.processes: list[SpawnProcess] = []
-        self.conns: list[Connection] = []
-
-    def __enter__(self) -> Fleet:
-        try:
-            for index in range(self.settings.workers):
-                ours, theirs = self.ctx.Pipe(duplex=True)
-                spec = WorkerSpec(self.contender, self.settings, index)
-                process = self.ctx.Process(
-                    target=worker_main,
-                    args=(spec, theirs),
-                    name=f"consistency-{self.contender.slug}-{index}",
-                    daemon=True,
-                )
-                process.start()
-                theirs.close()
-                self.processes.append(process)
-                self.conns.append(ours)
-        except BaseException:
-            self.shutdown()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.shutdown()
-
-    def collect(self, expected: str, until: float) -> list[dict[str, Any]]:
-        """Every worker's next message, which must be ``expected``, by ``until`` (monotonic)."""
-        replies = []
-        for index, conn in enumerate(self.conns):
-            if not conn.poll(max(0.0, until - time.monotonic())):
-                raise RunTimeout(f"worker {index} did not answer in time (waiting: {expected})")
-            try:
-                kind, payload = conn.recv()
-            except EOFError:
-                code = self.processes[index].exitcode
-                raise WorkerError(f"worker {index} died (exit code {code})") from None
-            if kind == "error":
-                raise WorkerError(f"worker {index} failed:\n{payload}")
-            if kind != expected:
-                raise WorkerError(f"worker {index} said {kind!r}, expected {expected!r}")
-            replies.append(payload)
-        return replies
-
-    def broadcast(self, message: tuple[Any, ...]) -> None:
-        for conn in self.conns:
-            conn.send(message)
-
-    def shutdown(self) -> None:
-        """Tell every worker to stop, then make sure it has (terminating stragglers)."""
-        for conn in self.conns:
-            with suppress(Exception):
-                conn.send(("stop",))
-        grace = time.monotonic() + 10.0
-        for process in self.processes:
-            process.join(max(0.0, grace - time.monotonic()))
-        for process in self.processes:
-            if process.is_alive():
-                process.terminate()
-                process.join(2.0)
-            if process.is_alive():
-                process.kill()
-                process.join(2.0)
-        for conn in self.conns:
-            conn.close()
-        self.processes.clear()
-        self.conns.clear()
-
-
 @dataclass
 class Outcome:
     """A contender's figures (or why there are none)."""
@@ -720,15 +634,16 @@ def run_contender(ctx: SpawnContext, contender: Contender, s: Settings, db: Data
     outcome = Outcome(contender)
     try:
         db.reset()
-        with Fleet(ctx, contender, s) as fleet:
-            fleet.collect("ready", time.monotonic() + s.timeout + 60)
+        specs = [WorkerSpec(contender, s, index) for index in range(s.workers)]
+        with Fleet(ctx, worker_main, specs, f"consistency-{contender.slug}", grace=10.0) as fleet:
+            fleet.collect("ready", until(time.monotonic() + s.timeout + 60))
             start = time.time() + s.lead
             fleet.broadcast(("run", start, start + s.seconds))
             limit = s.lead + s.seconds + 2 * s.timeout + s.double_delete + SETTLE + 30
-            results = fleet.collect("result", time.monotonic() + limit)
+            results = fleet.collect("result", until(time.monotonic() + limit))
         analyse(outcome, results, s)
         outcome.left_stale, outcome.cached_rows = left_stale(s, contender, db.engine, db.table)
-    except (RunTimeout, WorkerError, redis.RedisError, sa.exc.SQLAlchemyError, OSError) as exc:
+    except (WorkerTimeout, WorkerError, redis.RedisError, sa.exc.SQLAlchemyError, OSError) as exc:
         outcome.error = f"{type(exc).__name__}: {exc}"
     outcome.seconds = time.monotonic() - began
     return outcome

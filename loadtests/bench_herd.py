@@ -90,9 +90,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from multiprocessing.context import SpawnContext, SpawnProcess
+from multiprocessing.context import SpawnContext
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal
 
 import orjson
@@ -100,6 +99,9 @@ import redis
 import redis.asyncio
 import redis.utils
 from support import (
+    Fleet,
+    WorkerError,
+    WorkerTimeout,
     delete_run_keys,
     environment,
     error_summary,
@@ -457,10 +459,6 @@ class ScenarioTimeout(Exception):
     """The scenario ran out of time."""
 
 
-class WorkerError(Exception):
-    """A worker failed or died."""
-
-
 class Deadline:
     """The time left for one scenario."""
 
@@ -475,94 +473,21 @@ class Deadline:
         return left
 
 
-class Fleet:
-    """The worker processes of one contender, each with a pipe to the coordinator."""
+class HerdFleet(Fleet):
+    """A contender's workers, answering within the scenario's deadline."""
 
     def __init__(
         self, ctx: SpawnContext, contender: Contender, settings: Settings, deadline: Deadline
     ) -> None:
-        self.ctx = ctx
+        specs = [WorkerSpec(contender, settings, index) for index in range(settings.workers)]
+        super().__init__(ctx, worker_main, specs, f"herd-{contender.slug}")
         self.contender = contender
         self.settings = settings
         self.deadline = deadline
-        self.processes: list[SpawnProcess] = []
-        self.conns: list[Connection] = []
 
-    def __enter__(self) -> Fleet:
-        try:
-            for index in range(self.settings.workers):
-                ours, theirs = self.ctx.Pipe(duplex=True)
-                spec = WorkerSpec(self.contender, self.settings, index)
-                process = self.ctx.Process(
-                    target=worker_main,
-                    args=(spec, theirs),
-                    name=f"herd-{self.contender.slug}-{index}",
-                    daemon=True,
-                )
-                process.start()
-                theirs.close()
-                self.processes.append(process)
-                self.conns.append(ours)
-            self.collect("ready")
-        except BaseException:
-            self.shutdown()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.shutdown()
-
-    def reply(self, index: int, expected: str) -> dict[str, Any]:
-        """The next message of worker ``index``, which must be ``expected``."""
-        conn = self.conns[index]
-        if not conn.poll(self.deadline.remaining()):
-            raise ScenarioTimeout(f"worker {index} did not answer in time (waiting: {expected})")
-        try:
-            kind, payload = conn.recv()
-        except EOFError:
-            code = self.processes[index].exitcode
-            raise WorkerError(f"worker {index} died (exit code {code})") from None
-        if kind == "error":
-            raise WorkerError(f"worker {index} failed:\n{payload}")
-        if kind != expected:
-            raise WorkerError(f"worker {index} said {kind!r}, expected {expected!r}")
-        result: dict[str, Any] = payload
-        return result
-
-    def collect(self, expected: str) -> list[dict[str, Any]]:
-        return [self.reply(i, expected) for i in range(len(self.conns))]
-
-    def send(self, index: int, message: tuple[Any, ...]) -> None:
-        self.conns[index].send(message)
-
-    def broadcast(self, message: tuple[Any, ...]) -> None:
-        for conn in self.conns:
-            conn.send(message)
-
-    def shutdown(self) -> None:
-        """Ask every worker to stop, then make sure it has (terminating stragglers)."""
-        for conn in self.conns:
-            with suppress(Exception):
-                conn.send(("stop",))
-        grace = time.monotonic() + 5.0
-        for process in self.processes:
-            process.join(max(0.0, grace - time.monotonic()))
-        for process in self.processes:
-            if process.is_alive():
-                process.terminate()
-                process.join(2.0)
-            if process.is_alive():
-                process.kill()
-                process.join(2.0)
-        for conn in self.conns:
-            conn.close()
-        self.processes.clear()
-        self.conns.clear()
+    def start(self) -> None:
+        super().start()
+        self.collect("ready", self.deadline.remaining)
 
 
 @dataclass
@@ -633,7 +558,7 @@ def command_counts(info: dict[str, Any], loads: int) -> dict[str, int]:
 
 
 def run_herd(
-    fleet: Fleet,
+    fleet: HerdFleet,
     admin: redis.Redis,
     phase: Literal["cold", "stale", "hit"],
     func: str,
@@ -647,7 +572,7 @@ def run_herd(
     admin.config_resetstat()
     start = time.monotonic() + s.lead_ms / 1000
     fleet.broadcast(("herd", func, item, start))
-    results = fleet.collect("result")
+    results = fleet.collect("result", fleet.deadline.remaining)
     info = admin.info("commandstats")
     loads = int(admin.get(counter) or 0) - loads_before
     lags = [r["release_lag_ms"] for r in results]
@@ -678,26 +603,26 @@ def run_herd(
     )
 
 
-def cold_herds(fleet: Fleet, admin: redis.Redis) -> list[Herd]:
+def cold_herds(fleet: HerdFleet, admin: redis.Redis) -> list[Herd]:
     """Scenario 1: ``--repeats`` herds, each on a key nobody has loaded."""
     return [
         run_herd(fleet, admin, "cold", "main", f"cold-{r}") for r in range(fleet.settings.repeats)
     ]
 
 
-def stale_herds(fleet: Fleet, admin: redis.Redis) -> list[Herd]:
+def stale_herds(fleet: HerdFleet, admin: redis.Redis) -> list[Herd]:
     """Scenario 2: per repeat, a herd on a logically expired key and a hit herd.
 
     The order alternates from repeat to repeat (the first herd after an idle spell tends
     to be slower), so neither kind of herd always goes first.
     """
     fleet.send(0, ("prime", "hot", "hot"))
-    fleet.reply(0, "primed")
+    fleet.reply(0, "primed", fleet.deadline.remaining)
     herds = []
     for r in range(fleet.settings.repeats):
         item = f"stale-{r}"
         fleet.send(0, ("prime", "main", item))
-        primed = fleet.reply(0, "primed")
+        primed = fleet.reply(0, "primed", fleet.deadline.remaining)
         time.sleep(max(0.0, primed["at"] + STALE_TTL + 0.1 - time.time()))
         if r % 2:
             herds.append(run_herd(fleet, admin, "hit", "hot", "hot"))
@@ -851,12 +776,12 @@ def run_contender(
     outcome = Outcome(contender)
     try:
         deadline.remaining()
-        with Fleet(ctx, contender, s, deadline) as fleet:
+        with HerdFleet(ctx, contender, s, deadline) as fleet:
             if contender.scenario == "cold":
                 outcome.herds = cold_herds(fleet, admin)
             else:
                 outcome.herds = stale_herds(fleet, admin)
-    except (ScenarioTimeout, WorkerError, redis.RedisError, OSError) as exc:
+    except (ScenarioTimeout, WorkerTimeout, WorkerError, redis.RedisError, OSError) as exc:
         outcome.error = f"{type(exc).__name__}: {exc}"
     outcome.seconds = time.monotonic() - began
     return outcome

@@ -28,11 +28,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from importlib.metadata import PackageNotFoundError, version
+from multiprocessing.connection import Connection
+from multiprocessing.context import SpawnContext, SpawnProcess
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -291,3 +294,120 @@ def markdown_table(table: list[dict[str, str]], text_columns: Collection[str]) -
             cells = [r.get(c, "") for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- worker fleets
+
+
+class WorkerTimeout(Exception):
+    """A worker did not answer in time."""
+
+
+class WorkerError(Exception):
+    """A worker failed, died, or said something unexpected."""
+
+
+class Fleet:
+    """Worker processes, each with a pipe to the coordinator; a context manager.
+
+    ``target(spec, conn)`` runs in each process, one ``spec`` per worker. Messages are
+    ``(kind, payload)`` tuples; a worker that fails sends ``("error", traceback)``.
+    """
+
+    def __init__(
+        self,
+        ctx: SpawnContext,
+        target: Callable[[Any, Connection], None],
+        specs: Sequence[Any],
+        name: str,
+        *,
+        grace: float = 5.0,
+    ) -> None:
+        self.ctx = ctx
+        self.target = target
+        self.specs = specs
+        self.name = name
+        self.grace = grace
+        self.processes: list[SpawnProcess] = []
+        self.conns: list[Connection] = []
+
+    def start(self) -> None:
+        """Spawn one process per spec (``__enter__`` does it, cleaning up on failure)."""
+        for index, spec in enumerate(self.specs):
+            ours, theirs = self.ctx.Pipe(duplex=True)
+            process = self.ctx.Process(
+                target=self.target, args=(spec, theirs), name=f"{self.name}-{index}", daemon=True
+            )
+            process.start()
+            theirs.close()
+            self.processes.append(process)
+            self.conns.append(ours)
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.shutdown()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.shutdown()
+
+    def reply(self, index: int, expected: str, remaining: Callable[[], float]) -> dict[str, Any]:
+        """Worker ``index``'s next message, which must be ``expected``, within ``remaining()`` s."""
+        conn = self.conns[index]
+        if not conn.poll(max(0.0, remaining())):
+            raise WorkerTimeout(f"worker {index} did not answer in time (waiting: {expected})")
+        try:
+            kind, payload = conn.recv()
+        except EOFError:
+            code = self.processes[index].exitcode
+            raise WorkerError(f"worker {index} died (exit code {code})") from None
+        if kind == "error":
+            raise WorkerError(f"worker {index} failed:\n{payload}")
+        if kind != expected:
+            raise WorkerError(f"worker {index} said {kind!r}, expected {expected!r}")
+        result: dict[str, Any] = payload
+        return result
+
+    def collect(self, expected: str, remaining: Callable[[], float]) -> list[dict[str, Any]]:
+        """Every worker's next message (see :meth:`reply`)."""
+        return [self.reply(i, expected, remaining) for i in range(len(self.conns))]
+
+    def send(self, index: int, message: tuple[Any, ...]) -> None:
+        self.conns[index].send(message)
+
+    def broadcast(self, message: tuple[Any, ...]) -> None:
+        for conn in self.conns:
+            conn.send(message)
+
+    def shutdown(self) -> None:
+        """Ask every worker to stop, then make sure it has (terminating stragglers)."""
+        for conn in self.conns:
+            with suppress(Exception):
+                conn.send(("stop",))
+        grace = time.monotonic() + self.grace
+        for process in self.processes:
+            process.join(max(0.0, grace - time.monotonic()))
+        for process in self.processes:
+            if process.is_alive():
+                process.terminate()
+                process.join(2.0)
+            if process.is_alive():
+                process.kill()
+                process.join(2.0)
+        for conn in self.conns:
+            conn.close()
+        self.processes.clear()
+        self.conns.clear()
+
+
+def until(deadline: float) -> Callable[[], float]:
+    """Seconds left before ``deadline``, a ``time.monotonic()`` instant (for :class:`Fleet`)."""
+    return lambda: deadline - time.monotonic()
