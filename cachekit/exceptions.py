@@ -13,6 +13,11 @@ The hierarchy::
       x LockError
         - LockTimeout           the wait for a lock ran out
         - LockNotOwnedError     the lock was lost or released by someone else
+      x SessionError            a session cannot be stored (not JSON, too large)
+      x CartError
+        - InvalidCartInput      (also a ValueError) a bad owner, SKU or quantity, or a
+                                limit reached: nothing was changed (a 4xx)
+        - CartUnavailable       the cart's database failed: nothing was changed (a 503)
 
 Errors of the layer below (redis-py, OSError) are translated in exactly one place,
 :func:`cachekit.backends.redis.translate_errors`, and always chained with ``from``.
@@ -32,13 +37,17 @@ __all__ = [
     "BackendTimeout",
     "BackendUnavailable",
     "CacheKitError",
+    "CartError",
+    "CartUnavailable",
     "ConfigurationError",
+    "InvalidCartInput",
     "KeyTemplateError",
     "LockError",
     "LockNotOwnedError",
     "LockTimeout",
     "NotConfigured",
     "SerializationError",
+    "SessionError",
 ]
 
 
@@ -96,3 +105,33 @@ class LockTimeout(LockError):
 
 class LockNotOwnedError(LockError):
     """The lock being released or extended is no longer held by this owner."""
+
+
+class SessionError(CacheKitError):
+    """A session's data cannot be stored: a value is not JSON, or the record is too large."""
+
+
+class CartError(CacheKitError):
+    """Base class of the cart errors."""
+
+
+class InvalidCartInput(CartError, ValueError):
+    """An owner, SKU or quantity is invalid, or a cart limit was reached; nothing changed.
+
+    Usage::
+
+        try:
+            await cart.add(owner, sku, qty)
+        except InvalidCartInput as exc:
+            return JSONResponse({"error": str(exc)}, status_code=422)
+    """
+
+
+class CartUnavailable(CartError):
+    """The cart's database could not be reached or failed; nothing was changed.
+
+    Usage::
+
+        except CartUnavailable:
+            return JSONResponse({"error": "try again"}, status_code=503)
+    """

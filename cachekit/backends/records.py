@@ -1,0 +1,280 @@
+"""Operations on hash records: server-side sessions and carts, each one atomic Lua script.
+
+A *session record* is a Redis hash: ``@sid`` (the id it was issued for), ``@deadline``
+(the absolute end of its life, server time in ms) and one ``d:<name>`` field per session
+key holding that value's JSON. Its TTL is the idle timeout, capped by the deadline, and
+both are computed from the server's clock, so no client clock can stretch a session.
+
+A *cart record* is a Redis hash of ``sku -> quantity`` plus ``@version``, the version of
+the SQL cart it mirrors. It is only ever replaced whole by a newer version
+(:class:`StoreCart`), so a slow writer can never put an older cart back.
+
+The memory backend keeps a hash as the JSON of its fields (values as latin-1 text, which
+round-trips any bytes).
+
+Usage::
+
+    fields = backend.run(TouchSession("p:session:{id}", idle=1800))
+    backend.run(StoreCart("p:cart:{alice}", version=7, items={"SKU-1": 2}, ttl=86400))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
+
+import orjson
+
+from cachekit.backends.ops import Op, Script, Store, ms
+
+__all__ = [
+    "DEADLINE",
+    "SID",
+    "VERSION",
+    "CartRecord",
+    "ReadCart",
+    "SaveSession",
+    "StoreCart",
+    "TouchSession",
+]
+
+SID = "@sid"
+DEADLINE = "@deadline"
+VERSION = "@version"
+
+
+def _hash_read(store: Store, key: str) -> dict[str, bytes] | None:
+    raw = store.read(key)
+    if raw is None:
+        return None
+    return {name: value.encode("latin-1") for name, value in orjson.loads(raw).items()}
+
+
+def _hash_write(store: Store, key: str, fields: Mapping[str, bytes], ttl: float) -> None:
+    packed = {name: value.decode("latin-1") for name, value in fields.items()}
+    store.write(key, orjson.dumps(packed), ttl)
+
+
+def _pairs(reply: Sequence[bytes]) -> dict[str, bytes]:
+    return {reply[i].decode(): reply[i + 1] for i in range(0, len(reply), 2)}
+
+
+def _now_ms(store: Store) -> int:
+    return int(store.now() * 1000)
+
+
+_TOUCH = Script(
+    """
+-- KEYS[1] the session record; ARGV[1] the idle timeout in ms.
+-- The whole record, its idle TTL restarted (capped by its deadline); nil when absent or over.
+local deadline = tonumber(redis.call('HGET', KEYS[1], '@deadline'))
+if not deadline then return false end
+local t = redis.call('TIME')
+local left = deadline - (t[1] * 1000 + math.floor(t[2] / 1000))
+if left <= 0 then
+  redis.call('DEL', KEYS[1])
+  return false
+end
+redis.call('PEXPIRE', KEYS[1], math.min(tonumber(ARGV[1]), left))
+return redis.call('HGETALL', KEYS[1])
+"""
+)
+
+
+@dataclass(slots=True)
+class TouchSession(Op[dict[str, bytes] | None]):
+    """Read a session record and restart its idle timeout; ``None`` when gone or over."""
+
+    key: str
+    idle: float
+
+    kind = "script"
+    script = _TOUCH
+
+    def script_call(self) -> tuple[Sequence[str], Sequence[Any]]:
+        return [self.key], [ms(self.idle)]
+
+    def parse(self, reply: Any) -> dict[str, bytes] | None:
+        return None if reply is None else _pairs(reply)
+
+    def apply(self, store: Store) -> dict[str, bytes] | None:
+        fields = _hash_read(store, self.key)
+        if fields is None or DEADLINE not in fields:
+            return None
+        left = int(fields[DEADLINE]) - _now_ms(store)
+        if left <= 0:
+            store.remove(self.key)
+            return None
+        store.expire(self.key, min(ms(self.idle), left) / 1000)
+        return fields
+
+
+_SAVE = Script(
+    """
+-- KEYS[1] the session record
+-- ARGV[1] 'new' (create; refused if the key exists) or 'update' (refused if it does not)
+-- ARGV[2] idle timeout ms, ARGV[3] absolute lifetime ms (for 'new'), ARGV[4] the sid,
+-- ARGV[5] n: then n field/value pairs to set, then the fields to delete.
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local deadline
+if ARGV[1] == 'new' then
+  if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+  deadline = now + tonumber(ARGV[3])
+  redis.call('HSET', KEYS[1], '@sid', ARGV[4], '@deadline', deadline)
+else
+  -- Gone (logout, regeneration, expiry): an update never brings a session back.
+  deadline = tonumber(redis.call('HGET', KEYS[1], '@deadline'))
+  if not deadline then return 0 end
+end
+local left = deadline - now
+if left <= 0 then
+  redis.call('DEL', KEYS[1])
+  return 0
+end
+local n = tonumber(ARGV[5])
+for i = 6, 5 + 2 * n, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 6 + 2 * n, #ARGV do redis.call('HDEL', KEYS[1], ARGV[i]) end
+redis.call('PEXPIRE', KEYS[1], math.min(tonumber(ARGV[2]), left))
+return 1
+"""
+)
+
+Saved = Literal["saved", "gone", "taken"]
+
+
+@dataclass(slots=True)
+class SaveSession(Op[Saved]):
+    """Create a session record, or change some fields of a live one.
+
+    ``"saved"``; ``"gone"`` when an update found no live record (it is not recreated);
+    ``"taken"`` when a create found the key in use (it is left alone).
+    """
+
+    key: str
+    sid: str
+    create: bool
+    idle: float
+    lifetime: float
+    changed: Mapping[str, bytes]
+    removed: Sequence[str]
+
+    kind = "script"
+    script = _SAVE
+
+    def script_call(self) -> tuple[Sequence[str], Sequence[Any]]:
+        args: list[Any] = [
+            "new" if self.create else "update",
+            ms(self.idle),
+            ms(self.lifetime),
+            self.sid,
+            len(self.changed),
+        ]
+        for name, value in self.changed.items():
+            args += (name, value)
+        args += self.removed
+        return [self.key], args
+
+    def parse(self, reply: Any) -> Saved:
+        return _SAVED[int(reply)]
+
+    def apply(self, store: Store) -> Saved:
+        now = _now_ms(store)
+        fields = _hash_read(store, self.key)
+        if self.create:
+            if fields is not None:
+                return "taken"
+            fields = {SID: self.sid.encode(), DEADLINE: b"%d" % (now + ms(self.lifetime))}
+        elif fields is None or DEADLINE not in fields:
+            return "gone"
+        left = int(fields[DEADLINE]) - now
+        if left <= 0:
+            store.remove(self.key)
+            return "gone"
+        fields.update(self.changed)
+        for name in self.removed:
+            fields.pop(name, None)
+        _hash_write(store, self.key, fields, min(ms(self.idle), left) / 1000)
+        return "saved"
+
+
+_SAVED: dict[int, Saved] = {1: "saved", 0: "gone", -1: "taken"}
+
+
+class CartRecord(NamedTuple):
+    """A cart as Redis holds it: the SQL version it mirrors and ``sku -> quantity``."""
+
+    version: int
+    items: dict[str, int]
+
+
+@dataclass(slots=True)
+class ReadCart(Op[CartRecord | None]):
+    """``HGETALL cart``: the cart record, ``None`` when Redis does not hold it."""
+
+    key: str
+
+    def command(self) -> tuple[Any, ...]:
+        return ("HGETALL", self.key)
+
+    def parse(self, reply: Any) -> CartRecord | None:
+        fields = {name.decode(): value for name, value in reply.items()}  # redis-py: a dict
+        return _cart(fields) if fields else None
+
+    def apply(self, store: Store) -> CartRecord | None:
+        fields = _hash_read(store, self.key)
+        return None if fields is None else _cart(fields)
+
+
+def _cart(fields: dict[str, bytes]) -> CartRecord | None:
+    version = fields.pop(VERSION, None)
+    if version is None:
+        return None  # not written by StoreCart: ignore it, the next store replaces it
+    return CartRecord(int(version), {sku: int(qty) for sku, qty in fields.items()})
+
+
+_STORE_CART = Script(
+    """
+-- KEYS[1] the cart record; ARGV[1] the version, ARGV[2] TTL ms, then sku/quantity pairs.
+-- Replaces the record only with a newer version: an older cart never comes back.
+local current = tonumber(redis.call('HGET', KEYS[1], '@version'))
+if current and current >= tonumber(ARGV[1]) then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], '@version', ARGV[1])
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+)
+
+
+@dataclass(slots=True)
+class StoreCart(Op[bool]):
+    """Replace the cart record with ``items`` at ``version``, unless it holds a newer one."""
+
+    key: str
+    version: int
+    items: Mapping[str, int]
+    ttl: float
+
+    kind = "script"
+    script = _STORE_CART
+
+    def script_call(self) -> tuple[Sequence[str], Sequence[Any]]:
+        args: list[Any] = [self.version, ms(self.ttl)]
+        for sku, qty in self.items.items():
+            args += (sku, qty)
+        return [self.key], args
+
+    def parse(self, reply: Any) -> bool:
+        return bool(reply)
+
+    def apply(self, store: Store) -> bool:
+        fields = _hash_read(store, self.key)
+        if fields is not None and VERSION in fields and int(fields[VERSION]) >= self.version:
+            return False
+        record = {VERSION: b"%d" % self.version}
+        record.update({sku: b"%d" % qty for sku, qty in self.items.items()})
+        _hash_write(store, self.key, record, self.ttl)
+        return True
