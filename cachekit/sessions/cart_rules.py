@@ -14,11 +14,24 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
+
+import orjson
 
 from cachekit.exceptions import InvalidCartInput
 
-__all__ = ["Add", "CartLimits", "Change", "Clear", "Remove", "SetQuantity", "merge_into"]
+__all__ = [
+    "MAX_LINE_BYTES",
+    "Add",
+    "CartLimits",
+    "Change",
+    "Clear",
+    "Remove",
+    "SetQuantity",
+    "merge_into",
+]
+
+MAX_LINE_BYTES = 1024
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -69,6 +82,31 @@ class CartLimits:
         if type(qty) is not int or not 1 <= qty <= self.max_quantity:
             raise InvalidCartInput(f"a quantity is a whole number from 1 to {self.max_quantity}")
         return qty
+
+    def line(
+        self, body: bytes, *, sku: str | None = None, max_bytes: int = MAX_LINE_BYTES
+    ) -> tuple[str, int]:
+        """``(sku, qty)`` from a JSON request body such as ``{"sku": "A-1", "qty": 2}``.
+
+        ``sku`` comes from the URL instead when given (then the body is ``{"qty": 2}``).
+        Anything else - a body above ``max_bytes`` (checked before parsing), not JSON,
+        nested deeper than orjson's limit, not an object, other keys, a bad SKU or
+        quantity - raises :class:`InvalidCartInput` before any I/O.
+
+        Usage::
+
+            sku, qty = cart.limits.line(await request.body())
+        """
+        if len(body) > max_bytes:
+            raise InvalidCartInput(f"a cart request body is at most {max_bytes} bytes")
+        try:
+            data: Any = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise InvalidCartInput("a cart request body is a JSON object") from None
+        expected = {"qty"} if sku is not None else {"sku", "qty"}
+        if type(data) is not dict or set(data) != expected:
+            raise InvalidCartInput(f"a cart request body has exactly the keys {sorted(expected)}")
+        return self.sku(data["sku"] if sku is None else sku), self.quantity(data["qty"])
 
 
 class Change(Protocol):
