@@ -37,6 +37,8 @@ COUNTERS: Final = (
     "invalid_payloads",
     "unserializable",
     "write_errors",
+    "http_bypasses",
+    "http_uncacheable",
 )
 
 

@@ -121,7 +121,7 @@ class CartTables:
     def _items(self, conn: Connection, owner: str) -> dict[str, int]:
         c = self.items.c
         rows = conn.execute(select(c.sku, c.qty).where(c.owner == owner).order_by(c.sku))
-        return dict(rows.all())  # rows, not the result: a Result has keys() and would be read as a mapping
+        return dict(rows.all())  # a list of rows: dict() would read a Result as a mapping
 
     def _write(
         self, conn: Connection, owner: str, before: dict[str, int], after: dict[str, int]

@@ -1,0 +1,298 @@
+"""What the response cache stores, and the keys it stores it under.
+
+Three kinds of key live in the cache's ``http`` namespaces, which no user key can reach
+(:meth:`~cachekit.keys.KeySpace.namespaced`):
+
+* a **record** per URL (scheme, host, raw path, normalized query): the header names the
+  app's ``Vary`` nominated, or a hit-for-miss marker for a URL whose last response could
+  not be stored;
+* an **entry** per variant: the URL plus the values of those headers in the request;
+* two **generations**: one per decoded path and one for everything. Records and entries
+  carry a stamp of both as they were when read; an unsafe request or :func:`purge`
+  replaces a generation, so every entry of that path (any query, any variant) stops
+  matching at once, with no scan (the mechanism of :mod:`cachekit.backends.tags`).
+
+Every stored value is a :mod:`cachekit.envelope` written for its exact key, and an entry
+also holds the URL and header values it was stored for: a read serves it only when they
+equal the request's (R10), whatever the key hashing did.
+
+Usage::
+
+    target = Target.of(keyspace, "https", "shop.test", b"/p", b"b=2&a=1", "/p")
+    key = target.variant_key(vary_values(("accept-encoding",), headers, DEFAULT_ENCODINGS))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+
+from cachekit.envelope import Envelope, InvalidPayload, decode, encode
+from cachekit.keys import KeySpace
+from cachekit.middleware.directives import Headers, accept_encoding_key, header, normalize_query
+
+__all__ = [
+    "CODEC",
+    "Entry",
+    "Record",
+    "Target",
+    "VaryValues",
+    "content_etag",
+    "decode_entry",
+    "decode_record",
+    "encode_entry",
+    "encode_record",
+    "vary_values",
+]
+
+VaryValues = tuple[tuple[str, str | None], ...]
+_LENGTH = struct.Struct(">I")
+
+
+def _digest(*parts: bytes) -> str:
+    """128 bits of BLAKE2b over length-prefixed parts (injective: no two splits collide)."""
+    h = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        h.update(_LENGTH.pack(len(part)))
+        h.update(part)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """The keys of one request URL.
+
+    * ``url`` - ``scheme://host/raw-path?normalized-query``, latin-1 text (any bytes fit).
+    * ``path`` - the decoded path, which invalidation names.
+    * ``record`` - the URL's record key.
+    * ``generations`` - the path's generation key and the cache-wide one.
+    """
+
+    url: str
+    path: str
+    record: str
+    generations: tuple[str, str]
+    keyspace: KeySpace
+
+    @classmethod
+    def of(
+        cls,
+        keyspace: KeySpace,
+        scheme: str,
+        host: bytes,
+        raw_path: bytes,
+        query: bytes,
+        path: str,
+        extra: bytes = b"",
+    ) -> Target:
+        """The keys of a request for ``scheme://host raw_path ? query``.
+
+        ``extra`` is keyed too: the values of the headers configured as ``key_headers``.
+        """
+        url = b"%s://%s%s?%s%s" % (
+            scheme.encode("latin-1", "replace"),
+            host.lower(),
+            raw_path,
+            normalize_query(query),
+            extra,
+        )
+        return cls(
+            url=url.decode("latin-1"),
+            path=path,
+            record=keyspace.namespaced("http", "u" + _digest(url)),
+            generations=path_generations(keyspace, path),
+            keyspace=keyspace,
+        )
+
+    def variant_key(self, values: VaryValues) -> str:
+        """The entry key of the variant whose nominated request headers hold ``values``."""
+        parts = [self.url.encode("latin-1")]
+        for name, value in values:
+            parts.append(name.encode("latin-1"))
+            # An absent header and an empty one are different variants.
+            parts.append(b"\x00" if value is None else b"=" + value.encode("latin-1"))
+        return self.keyspace.namespaced("http", "v" + _digest(*parts))
+
+
+def path_generations(keyspace: KeySpace, path: str) -> tuple[str, str]:
+    """The generation keys stamped into every entry of ``path``: the path's, and all's."""
+    encoded = path.encode("utf-8", "surrogatepass")
+    return keyspace.namespaced("http-gen", "p" + _digest(encoded)), keyspace.namespaced(
+        "http-gen", "all"
+    )
+
+
+def vary_values(names: Sequence[str], headers: Headers, encodings: Collection[str]) -> VaryValues:
+    """The request's values of the ``Vary`` header ``names``, normalized for the key.
+
+    ``Accept-Encoding`` is reduced to the codings the app may produce (one variant per
+    coding); other values only have their whitespace collapsed. Case is kept: header
+    values such as ``Authorization`` are case-sensitive.
+    """
+    out: list[tuple[str, str | None]] = []
+    for name in names:
+        raw = header(headers, name.encode("latin-1"))
+        if name == "accept-encoding":
+            out.append((name, accept_encoding_key(raw, encodings)))
+        elif raw is None:
+            out.append((name, None))
+        else:
+            out.append((name, " ".join(raw.split())))
+    return tuple(out)
+
+
+def content_etag(body: bytes) -> str:
+    """A strong ETag from the body's hash: the same in every process and after restarts."""
+    return '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A URL's record: the ``Vary`` names of its entries, or a hit-for-miss marker."""
+
+    vary: tuple[str, ...] = ()
+    uncacheable: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Entry:
+    """One stored response and the request it answers.
+
+    * ``status``, ``headers``, ``body`` - the response, minus hop-by-hop headers (and it
+      never has ``Set-Cookie``: such responses are not stored).
+    * ``etag`` - the app's ``ETag``, else :func:`content_etag`.
+    * ``url``, ``vary`` - the request it was stored for; served only to equal ones.
+    * ``shared_authorized`` - it may answer requests carrying ``Authorization``.
+    * ``created``, ``expires`` - wall-clock times it was stored and stops being fresh.
+    * ``stale_while_revalidate``, ``stale_if_error`` - seconds after ``expires`` in which
+      it is served while one refresh runs, or while the app fails.
+    """
+
+    status: int
+    headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes
+    etag: str
+    url: str
+    vary: VaryValues
+    shared_authorized: bool
+    created: float = 0.0
+    expires: float = 0.0
+    stale_while_revalidate: float = 0.0
+    stale_if_error: float = 0.0
+
+    def matches(self, url: str, values: VaryValues) -> bool:
+        """Whether this entry was stored for a request equal to this one (R10)."""
+        return self.url == url and self.vary == values
+
+    @property
+    def vary_names(self) -> tuple[str, ...]:
+        """The header names this entry's variant depends on."""
+        return tuple(name for name, _ in self.vary)
+
+    def lifetime(self) -> float:
+        """Seconds it must stay in Redis: fresh life plus the longer stale window."""
+        return max(self.expires - self.created, 0.0) + max(
+            self.stale_while_revalidate, self.stale_if_error
+        )
+
+
+class _Codec:
+    """The envelope payload of records and entries: JSON metadata, then the raw body.
+
+    A body is never base64'd or escaped: ``len(meta) | meta | body``.
+    """
+
+    __slots__ = ()
+    code = 72  # "H": a value written by anything else is a miss
+    keyring = None
+
+    def dumps(self, value: Any) -> bytes:
+        if isinstance(value, Record):
+            meta = orjson.dumps({"r": list(value.vary), "x": value.uncacheable})
+            return _LENGTH.pack(len(meta)) + meta
+        entry: Entry = value
+        meta = orjson.dumps(
+            {
+                "s": entry.status,
+                "h": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in entry.headers],
+                "e": entry.etag,
+                "u": entry.url,
+                "v": [list(pair) for pair in entry.vary],
+                "a": entry.shared_authorized,
+                "w": entry.stale_while_revalidate,
+                "i": entry.stale_if_error,
+            }
+        )
+        return _LENGTH.pack(len(meta)) + meta + entry.body
+
+    def loads(self, data: bytes | memoryview) -> Any:
+        (size,) = _LENGTH.unpack_from(data)
+        meta = orjson.loads(data[_LENGTH.size : _LENGTH.size + size])
+        if "r" in meta:
+            return Record(tuple(meta["r"]), bool(meta["x"]))
+        return Entry(
+            status=int(meta["s"]),
+            headers=tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in meta["h"]),
+            body=bytes(data[_LENGTH.size + size :]),
+            etag=meta["e"],
+            url=meta["u"],
+            vary=tuple((name, value) for name, value in meta["v"]),
+            shared_authorized=bool(meta["a"]),
+            stale_while_revalidate=float(meta["w"]),
+            stale_if_error=float(meta["i"]),
+        )
+
+
+CODEC: Final = _Codec()
+
+
+def encode_record(key: str, record: Record, *, now: float, stamp: int) -> bytes:
+    """The envelope bytes of ``record`` stored at ``key``."""
+    return encode(key, record, CODEC, created=now, expires=0.0, stamp=stamp)
+
+
+def encode_entry(key: str, entry: Entry, *, stamp: int) -> bytes:
+    """The envelope bytes of ``entry`` stored at ``key``."""
+    return encode(key, entry, CODEC, created=entry.created, expires=entry.expires, stamp=stamp)
+
+
+def _envelope(key: str, raw: bytes, stamp: int) -> Envelope | None:
+    try:
+        envelope = decode(key, raw, CODEC)
+    except (InvalidPayload, KeyError, TypeError, ValueError, struct.error):
+        return None
+    return envelope if envelope.stamp == stamp else None
+
+
+def decode_record(key: str, raw: bytes | None, stamp: int) -> Record | None:
+    """The record in ``raw`` if it is intact and of the current generations."""
+    envelope = None if raw is None else _envelope(key, raw, stamp)
+    if envelope is None or not isinstance(envelope.value, Record):
+        return None
+    return envelope.value
+
+
+def decode_entry(key: str, raw: bytes | None, stamp: int) -> Entry | None:
+    """The entry in ``raw`` if it is intact and of the current generations."""
+    envelope = None if raw is None else _envelope(key, raw, stamp)
+    if envelope is None or not isinstance(envelope.value, Entry):
+        return None
+    entry: Entry = envelope.value
+    return Entry(
+        status=entry.status,
+        headers=entry.headers,
+        body=entry.body,
+        etag=entry.etag,
+        url=entry.url,
+        vary=entry.vary,
+        shared_authorized=entry.shared_authorized,
+        created=envelope.created,
+        expires=envelope.expires,
+        stale_while_revalidate=entry.stale_while_revalidate,
+        stale_if_error=entry.stale_if_error,
+    )

@@ -1,0 +1,397 @@
+"""One request through the response cache: :class:`Responder` decides, serves or records.
+
+The middleware makes one :class:`Responder` per HTTP request and forgets it afterwards;
+all state of a request lives here, none on the middleware (as Starlette's GZip
+middleware does it). The order of business:
+
+1. unsafe methods go to the app and, on a non-error status, invalidate their path before
+   the response leaves (RFC 9111 section 4.4);
+2. requests the cache must not answer or learn from (credential cookies, ``Range``,
+   unkeyed override headers such as ``X-Forwarded-Host``) go to the app: ``BYPASS``;
+3. otherwise the lookup flow decides: a stored response (``HIT`` or ``STALE``, with
+   ``Age``, a 304 for a matching ``If-None-Match``, no body for HEAD), or the app
+   (``MISS``), whose response is stored if the rules allow.
+
+Nothing the cache does can change a status: every cache failure ends in the app's own
+answer, and the app's own exceptions propagate unchanged.
+
+Usage::
+
+    await Responder(middleware_state, scope, receive, send).run()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import unquote, urlsplit
+
+from cachekit.binding import Binding
+from cachekit.effects import Flow, Spawn
+from cachekit.middleware.capture import (
+    Answer,
+    Capture,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    not_modified,
+    with_headers,
+)
+from cachekit.middleware.directives import (
+    Exchange,
+    Headers,
+    etag_matches,
+    header,
+    parse_cache_control,
+    refusal,
+)
+from cachekit.middleware.entry import Entry, Target
+from cachekit.middleware.flow import (
+    Ask,
+    Direct,
+    Hit,
+    Lead,
+    give_up,
+    invalidate,
+    lookup,
+    refresh,
+    store,
+)
+from cachekit.middleware.options import UNSAFE_EXEMPT, Options, RouteOptions, route_options
+from cachekit.middleware.storing import build_entry, collect
+from cachekit.stats import LogOnce
+
+__all__ = ["Responder", "State"]
+
+logger = logging.getLogger("cachekit")
+_log = LogOnce(logger)
+_CONDITIONAL: Final = frozenset(
+    {b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since", b"if-range"}
+)
+# Refusals caused by the request, not by what the app answers for the URL: not remembered.
+_REQUEST_REFUSALS: Final = frozenset({"not-stored", "request-no-store", "authorization"})
+_GUESSES_MAX: Final = 4096
+_REFRESH_TIMEOUT: Final = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    """What every responder of one middleware shares: app, cache, options, key guesses."""
+
+    app: Callable[[Scope, Receive, Send], Awaitable[None]]
+    bound: Callable[[], Binding]
+    options: Options
+    guesses: MutableMapping[str, str]  # URL record key -> the variant key seen last
+
+
+def _cache_failed(what: str, exc: BaseException) -> None:
+    _log.warning(("http", what, type(exc)), "cachekit: response cache %s failed: %r", what, exc)
+
+
+class Responder:
+    """The cache's handling of one HTTP request (see the module docstring)."""
+
+    def __init__(self, state: State, scope: Scope, receive: Receive, send: Send) -> None:
+        self.state = state
+        self.options = state.options
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.headers: Headers = scope.get("headers") or []
+
+    async def run(self) -> None:
+        method = self.scope.get("method", "GET")
+        if method not in UNSAFE_EXEMPT:
+            await self._unsafe()
+            return
+        if method not in ("GET", "HEAD") or self._must_bypass():
+            await self._bypass()
+            return
+        try:
+            binding = self.state.bound()
+            target = self._target(binding)
+            outcome = await binding.aio.drive(
+                lookup(binding.ctx, self.options.flow, self._ask(target))
+            )
+        except Exception as exc:  # the cache must never fail a request: serve it uncached
+            _cache_failed("lookup", exc)
+            await self._bypass()
+            return
+        if isinstance(outcome, Hit):
+            self._remember(target, outcome.key)
+            await self._serve(binding, outcome.entry, stale=outcome.stale)
+            if outcome.refresh:
+                await self._spawn_refresh(binding, target, outcome)
+            return
+        await self._run_app(binding, target, outcome)
+
+    # ---------------------------------------------------------------- the request
+
+    def _must_bypass(self) -> bool:
+        options = self.options
+        for name, value in self.headers:
+            lowered = name.lower()
+            if lowered in options.bypass_headers or lowered == b"range":
+                return True
+            if lowered == b"cookie" and self._credential_cookie(value):
+                return True
+        return False
+
+    def _credential_cookie(self, value: bytes) -> bool:
+        names = self.options.credential_cookies
+        if names == "*":
+            return bool(value.strip())
+        for pair in value.decode("latin-1").split(";"):
+            if pair.partition("=")[0].strip() in names:
+                return True
+        return False
+
+    def _request_cc(self) -> dict[str, str | None]:
+        return parse_cache_control(header(self.headers, b"cache-control"))
+
+    def _target(self, binding: Binding) -> Target:
+        scope = self.scope
+        host = header(self.headers, b"host")
+        if host is None:
+            server = scope.get("server") or ("", None)
+            host = f"{server[0]}:{server[1]}" if server[1] else str(server[0])
+        path = str(scope.get("path", "/"))
+        raw_path = scope.get("raw_path") or path.encode("utf-8", "surrogateescape")
+        extra = b"".join(
+            b"\n%s=%s"
+            % (
+                name.encode("latin-1"),
+                (header(self.headers, name.encode("latin-1")) or "").encode("latin-1"),
+            )
+            for name in self.options.key_headers
+        )
+        return Target.of(
+            binding.ctx.keyspace,
+            str(scope.get("scheme", "http")),
+            host.encode("latin-1"),
+            bytes(raw_path),
+            bytes(scope.get("query_string", b"")),
+            path,
+            extra,
+        )
+
+    def _ask(self, target: Target) -> Ask:
+        cc = self._request_cc()
+        pragma = (header(self.headers, b"pragma") or "").lower()
+        reload = self.options.client_refresh and ("no-cache" in cc or "no-cache" in pragma)
+        get = self.scope.get("method") == "GET"
+        return Ask(
+            target=target,
+            headers=self.headers,
+            authorized=header(self.headers, b"authorization") is not None,
+            # HEAD and no-store requests never store, so they must not lead either.
+            coalesce=get and self.options.coalesce and "no-store" not in cc,
+            guess=self.state.guesses.get(target.record),
+            reload=reload,
+        )
+
+    def _remember(self, target: Target, key: str) -> None:
+        guesses = self.state.guesses
+        if len(guesses) >= _GUESSES_MAX:
+            guesses.clear()  # a hint only: losing it costs one extra GET per URL
+        guesses[target.record] = key
+
+    # ---------------------------------------------------------------- answers
+
+    async def _bypass(self) -> None:
+        async def send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = with_headers(message, [(b"x-cache", b"BYPASS")], frozenset({b"x-cache"}))
+            await self.send(message)
+
+        await self.state.app(self.scope, self.receive, send)
+
+    async def _serve(self, binding: Binding, entry: Entry, *, stale: bool) -> None:
+        await self._send_entry(self.send, binding, entry, stale=stale)
+
+    async def _send_entry(self, send: Send, binding: Binding, entry: Entry, *, stale: bool) -> None:
+        age = max(0, int(binding.ctx.clock.time() - entry.created))
+        extra = [(b"x-cache", b"STALE" if stale else b"HIT"), (b"age", b"%d" % age)]
+        if etag_matches(header(self.headers, b"if-none-match"), entry.etag):
+            await send(not_modified(entry.headers, extra))
+            await send({"type": "http.response.body", "body": b""})
+            return
+        start = {"type": "http.response.start", "status": entry.status, "headers": entry.headers}
+        await send(with_headers(start, extra))
+        body = b"" if self.scope.get("method") == "HEAD" else entry.body
+        await send({"type": "http.response.body", "body": body})
+
+    async def _run_app(self, binding: Binding, target: Target, outcome: Lead | Direct) -> None:
+        ctx, options = binding.ctx, self.options
+        lead = outcome if isinstance(outcome, Lead) else None
+        storing = lead is not None or (isinstance(outcome, Direct) and outcome.store)
+        storing = (
+            storing and self.scope.get("method") == "GET" and "no-store" not in self._request_cc()
+        )
+        stamp = outcome.stamp
+        scope = self.scope
+        if storing and any(name.lower() in _CONDITIONAL for name, _ in self.headers):
+            # The app must answer in full so there is something to store; we answer the
+            # client's condition ourselves.
+            headers = [(k, v) for k, v in self.headers if k.lower() not in _CONDITIONAL]
+            scope = {**self.scope, "headers": headers}
+        gave_up = False
+
+        async def release(remember: bool) -> None:
+            nonlocal gave_up
+            if not gave_up:
+                gave_up = True
+                try:
+                    await binding.aio.drive(
+                        give_up(ctx, options.flow, target, stamp, lead, remember)
+                    )
+                except Exception as exc:
+                    _cache_failed("release", exc)
+
+        def decide(status: int, headers: Headers) -> str | None:
+            route = route_options(scope)
+            if (route is not None and not route.enabled) or (options.only_marked and route is None):
+                return "route"
+            if not storing:
+                return "not-stored"
+            exchange = Exchange(
+                authorized=header(self.headers, b"authorization") is not None,
+                shareable_authorized=options.share_authorized
+                or (route is not None and route.share_authorized),
+                statuses=options.statuses,
+                max_body_size=options.max_body_size,
+            )
+            return refusal(status, headers, exchange)
+
+        async def refused(reason: str) -> None:
+            await release(remember=storing and reason not in _REQUEST_REFUSALS)
+
+        seen = outcome.seen
+        fallback = None
+        if seen is not None and ctx.clock.time() < seen.expires + seen.stale_if_error:
+            stale_entry = seen
+
+            async def fallback_send(send: Send) -> None:
+                ctx.stats.incr("stale_hits")
+                await self._send_entry(send, binding, stale_entry, stale=True)
+
+            fallback = fallback_send
+        capture = Capture(
+            self.send,
+            decide=decide,
+            on_refusal=refused,
+            max_body_size=options.max_body_size,
+            x_cache=b"BYPASS" if isinstance(outcome, Direct) and outcome.failed else b"MISS",
+            if_none_match=header(self.headers, b"if-none-match") if storing else None,
+            fallback=fallback,
+        )
+        try:
+            await self.state.app(scope, self.receive, capture.send)
+        except Exception:
+            await release(remember=False)
+            if capture.replaced:
+                return
+            if fallback is not None and not capture.started:
+                await fallback(self.send)  # stale-if-error: the app failed, the copy did not
+                return
+            raise
+        await capture.finish()
+        if gave_up or not capture.storable:
+            return
+        if not capture.complete:
+            await release(remember=False)  # an aborted body is never stored
+            return
+        try:
+            built = build_entry(
+                options,
+                capture.answer(),
+                self.headers,
+                target,
+                route_options(scope),
+                ctx.clock.time(),
+            )
+            if isinstance(built, bool):
+                await release(remember=built)
+                return
+            key, entry = built
+            await binding.aio.drive(store(ctx, target, key, entry, stamp, lead))
+            self._remember(target, key)
+        except Exception as exc:
+            _cache_failed("store", exc)
+            await release(remember=False)
+
+    # ---------------------------------------------------------------- refresh
+
+    async def _spawn_refresh(self, binding: Binding, target: Target, hit: Hit) -> None:
+        """Start one background refresh of ``hit`` (stale-while-revalidate)."""
+        options, ctx = self.options, binding.ctx
+        headers = [(k, v) for k, v in self.headers if k.lower() not in _CONDITIONAL]
+        scope: Scope = {**self.scope, "method": "GET", "headers": headers}
+        app = self.state.app
+        request_headers = self.headers
+
+        async def load() -> tuple[Answer | None, RouteOptions | None]:
+            answer = await asyncio.wait_for(
+                collect(app, scope, options.max_body_size), _REFRESH_TIMEOUT
+            )
+            return answer, route_options(scope)
+
+        def build(result: Any) -> tuple[str, Entry] | bool:
+            answer, route = result
+            if answer is None:
+                return True  # too large
+            if (route is not None and not route.enabled) or (options.only_marked and route is None):
+                return True
+            exchange = Exchange(statuses=options.statuses, max_body_size=options.max_body_size)
+            if answer.status >= 500:
+                return False  # stale-if-error: keep serving what we have
+            if refusal(answer.status, answer.headers, exchange) is not None:
+                return True
+            return build_entry(options, answer, request_headers, target, route, ctx.clock.time())
+
+        def spawn() -> Flow[None]:
+            yield Spawn(
+                hit.key, refresh(ctx, options.flow, target, hit, options.flow.lock_ttl, build)
+            )
+
+        try:
+            await binding.aio.drive(spawn(), load)
+        except Exception as exc:
+            _cache_failed("refresh", exc)
+
+    # ---------------------------------------------------------------- unsafe methods
+
+    async def _unsafe(self) -> None:
+        done = False
+
+        async def send(message: Message) -> None:
+            nonlocal done
+            if message["type"] == "http.response.start" and not done:
+                done = True
+                if int(message["status"]) < 400:
+                    await self._invalidate(message.get("headers", ()))
+                message = with_headers(message, [(b"x-cache", b"BYPASS")], frozenset({b"x-cache"}))
+            await self.send(message)
+
+        await self.state.app(self.scope, self.receive, send)
+
+    async def _invalidate(self, response_headers: Headers) -> None:
+        """Invalidate the request's path, and ``Location``/``Content-Location`` on this host."""
+        paths = [str(self.scope.get("path", "/"))]
+        host = (header(self.headers, b"host") or "").lower()
+        for name in (b"location", b"content-location"):
+            value = header(response_headers, name)
+            if value:
+                parts = urlsplit(value)
+                same_host = not parts.netloc or parts.netloc.lower() == host
+                if parts.path.startswith("/") and same_host:
+                    paths.append(unquote(parts.path))
+        try:
+            binding = self.state.bound()
+            await binding.aio.drive(invalidate(binding.ctx, self.options.flow, paths))
+        except Exception as exc:
+            _cache_failed("invalidation", exc)

@@ -1,0 +1,113 @@
+"""From what the app answered to what is stored: :func:`build_entry` and :func:`collect`.
+
+Usage::
+
+    answer = await collect(app, scope, max_body_size=1 << 20)
+    built = build_entry(options, answer, request_headers, target, route, now)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+from cachekit.middleware.capture import Answer, Message, Receive, Scope, Send
+from cachekit.middleware.directives import (
+    HOP_BY_HOP,
+    Headers,
+    freshness,
+    header,
+    parse_cache_control,
+    parse_vary,
+    stale_windows,
+)
+from cachekit.middleware.entry import Entry, Target, content_etag, vary_values
+from cachekit.middleware.options import Options, RouteOptions
+
+__all__ = ["build_entry", "collect"]
+
+_NOT_REPLAYED: Final = HOP_BY_HOP | {b"set-cookie", b"x-cache", b"age"}
+
+
+def build_entry(
+    options: Options,
+    answer: Answer,
+    request_headers: Headers,
+    target: Target,
+    route: RouteOptions | None,
+    now: float,
+) -> tuple[str, Entry] | bool:
+    """``(entry key, entry)`` for a complete, storable answer; ``True`` when it has no life.
+
+    (``True``: remember the URL as hit-for-miss, as for any uncacheable answer.)
+    """
+    cc = parse_cache_control(header(answer.headers, b"cache-control"))
+    default = route.ttl if route is not None and route.ttl is not None else options.ttl
+    ttl = freshness(cc, answer.headers, default, now)
+    swr, sie = stale_windows(cc, options.stale_while_revalidate, options.stale_if_error)
+    if ttl <= 0 and swr <= 0 and sie <= 0:
+        return True
+    names = parse_vary(header(answer.headers, b"vary"))
+    values = vary_values(names, request_headers, options.flow.encodings)
+    connection = {
+        name.strip().lower().encode("latin-1")
+        for name in (header(answer.headers, b"connection") or "").split(",")
+    }
+    kept = [(k, v) for k, v in answer.headers if k.lower() not in _NOT_REPLAYED | connection]
+    etag = header(answer.headers, b"etag")
+    if etag is None:
+        etag = content_etag(answer.body)
+        kept.append((b"etag", etag.encode("latin-1")))
+    entry = Entry(
+        status=answer.status,
+        headers=tuple(kept),
+        body=answer.body,
+        etag=etag,
+        url=target.url,
+        vary=values,
+        shared_authorized="public" in cc or "s-maxage" in cc,
+        created=now,
+        expires=now + ttl,
+        stale_while_revalidate=swr,
+        stale_if_error=sie,
+    )
+    return target.variant_key(values), entry
+
+
+async def collect(
+    app: Callable[[Scope, Receive, Send], Awaitable[None]], scope: Scope, max_body_size: int
+) -> Answer | None:
+    """Run the app on a synthetic request; its complete answer, or ``None`` if too large."""
+    start: Message = {}
+    parts: list[bytes] = []
+    size = 0
+    complete = False
+    sent_request = False
+
+    async def receive() -> Message:
+        nonlocal sent_request
+        if not sent_request:
+            sent_request = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await asyncio.Event().wait()  # no disconnect ever comes; the timeout bounds the run
+        raise AssertionError("unreachable")
+
+    async def send(message: Message) -> None:
+        nonlocal size, complete
+        if message["type"] == "http.response.start":
+            start.update(message)
+        elif message["type"] == "http.response.body":
+            body = message.get("body", b"")
+            size += len(body)
+            if size <= max_body_size:
+                parts.append(body)
+            complete = not message.get("more_body", False)
+
+    await app(scope, receive, send)
+    if not start or not complete:
+        raise RuntimeError("the app did not complete its response")
+    if size > max_body_size:
+        return None
+    headers = tuple((bytes(k), bytes(v)) for k, v in start.get("headers", ()))
+    return Answer(int(start["status"]), headers, b"".join(parts))

