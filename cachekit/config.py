@@ -157,6 +157,12 @@ def _redact(url: str) -> str:
     return url
 
 
+@overload
+def to_seconds(ttl: float | timedelta, *, name: str = ...) -> float: ...
+@overload
+def to_seconds(ttl: None, *, name: str = ...) -> None: ...
+@overload
+def to_seconds(ttl: float | timedelta | None, *, name: str = ...) -> float | None: ...
 def to_seconds(ttl: float | timedelta | None, *, name: str = "ttl") -> float | None:
     """``ttl`` as positive seconds (``None`` passes through); rejects zero and negatives.
 

@@ -15,7 +15,7 @@ round-trips any bytes).
 Usage::
 
     fields = backend.run(TouchSession("p:session:{id}", idle=1800))
-    backend.run(StoreCart("p:cart:{alice}", version=7, items={"SKU-1": 2}, ttl=86400))
+    backend.run(StoreCart("p:cart:{alice}", "p:cart:{alice}:fill", 7, {"SKU-1": 2}, 86400))
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from typing import Any, Literal, NamedTuple
 import orjson
 
 from cachekit.backends.ops import Op, Script, Store, ms
+from cachekit.exceptions import SerializationError
 
 __all__ = [
     "DEADLINE",
@@ -209,40 +210,68 @@ class CartRecord(NamedTuple):
     items: dict[str, int]
 
 
+_READ_CART = Script(
+    """
+-- KEYS[1] the cart record, KEYS[2] its fill lease; ARGV[1] a token, ARGV[2] the lease ms.
+-- The record; on a miss, also take the fill lease that any store of a change voids.
+local fields = redis.call('HGETALL', KEYS[1])
+if #fields == 0 then redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2]) end
+return fields
+"""
+)
+
+
 @dataclass(slots=True)
 class ReadCart(Op[CartRecord | None]):
-    """``HGETALL cart``: the cart record, ``None`` when Redis does not hold it."""
+    """The cart record; ``None`` on a miss, having leased the refill to ``token``.
+
+    Raises :class:`~cachekit.exceptions.SerializationError` for a record that is not a cart.
+    """
 
     key: str
+    lease: str
+    token: bytes
+    lease_ttl: float
 
-    def command(self) -> tuple[Any, ...]:
-        return ("HGETALL", self.key)
+    kind = "script"
+    script = _READ_CART
+
+    def script_call(self) -> tuple[Sequence[str], Sequence[Any]]:
+        return [self.key, self.lease], [self.token, ms(self.lease_ttl)]
 
     def parse(self, reply: Any) -> CartRecord | None:
-        fields = {name.decode(): value for name, value in reply.items()}  # redis-py: a dict
-        return _cart(fields) if fields else None
+        return _cart(_pairs(reply)) if reply else None
 
     def apply(self, store: Store) -> CartRecord | None:
         fields = _hash_read(store, self.key)
-        return None if fields is None else _cart(fields)
+        if fields is None:
+            store.write(self.lease, self.token, self.lease_ttl)
+            return None
+        return _cart(fields)
 
 
-def _cart(fields: dict[str, bytes]) -> CartRecord | None:
-    version = fields.pop(VERSION, None)
-    if version is None:
-        return None  # not written by StoreCart: ignore it, the next store replaces it
-    return CartRecord(int(version), {sku: int(qty) for sku, qty in fields.items()})
+def _cart(fields: dict[str, bytes]) -> CartRecord:
+    try:
+        version = int(fields.pop(VERSION))
+        return CartRecord(version, {sku: int(qty) for sku, qty in fields.items()})
+    except (KeyError, ValueError):
+        raise SerializationError("a cart record that is not one") from None
 
 
 _STORE_CART = Script(
     """
--- KEYS[1] the cart record; ARGV[1] the version, ARGV[2] TTL ms, then sku/quantity pairs.
--- Replaces the record only with a newer version: an older cart never comes back.
+-- KEYS[1] the cart record, KEYS[2] its fill lease
+-- ARGV[1] the version, ARGV[2] TTL ms, ARGV[3] the refill's lease token ('' for a change),
+-- then sku/quantity pairs.
+-- Replaces the record only with a newer version: an older cart never comes back. A
+-- refill also needs its lease: a change stored since (which voids it) may have been
+-- evicted again, and the version alone could not tell.
+if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[3] then return 0 end
 local current = tonumber(redis.call('HGET', KEYS[1], '@version'))
 if current and current >= tonumber(ARGV[1]) then return 0 end
-redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('HSET', KEYS[1], '@version', ARGV[1])
-for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 """
@@ -251,29 +280,39 @@ return 1
 
 @dataclass(slots=True)
 class StoreCart(Op[bool]):
-    """Replace the cart record with ``items`` at ``version``, unless it holds a newer one."""
+    """Replace the cart record with ``items`` at ``version``, unless it holds a newer one.
+
+    A refill after a miss passes the ``token`` its :class:`ReadCart` leased and is refused
+    once the lease is gone; a change passes none and voids the lease.
+    """
 
     key: str
+    lease: str
     version: int
     items: Mapping[str, int]
     ttl: float
+    token: bytes = b""
 
     kind = "script"
     script = _STORE_CART
 
     def script_call(self) -> tuple[Sequence[str], Sequence[Any]]:
-        args: list[Any] = [self.version, ms(self.ttl)]
+        args: list[Any] = [self.version, ms(self.ttl), self.token]
         for sku, qty in self.items.items():
             args += (sku, qty)
-        return [self.key], args
+        return [self.key, self.lease], args
 
     def parse(self, reply: Any) -> bool:
         return bool(reply)
 
     def apply(self, store: Store) -> bool:
-        fields = _hash_read(store, self.key)
-        if fields is not None and VERSION in fields and int(fields[VERSION]) >= self.version:
+        if self.token and store.read(self.lease) != self.token:
             return False
+        fields = _hash_read(store, self.key)
+        current = None if fields is None else fields.get(VERSION, b"")
+        if current is not None and current.isdigit() and int(current) >= self.version:
+            return False
+        store.remove(self.lease)
         record = {VERSION: b"%d" % self.version}
         record.update({sku: b"%d" % qty for sku, qty in self.items.items()})
         _hash_write(store, self.key, record, self.ttl)

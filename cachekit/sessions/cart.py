@@ -23,6 +23,7 @@ Usage::
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
@@ -35,9 +36,9 @@ from cachekit.aside import read_failed
 from cachekit.backends.ops import Delete
 from cachekit.backends.records import CartRecord, ReadCart, StoreCart
 from cachekit.config import to_seconds
-from cachekit.context import Context
+from cachekit.context import Context, new_token
 from cachekit.effects import LOAD, Flow
-from cachekit.exceptions import BackendError
+from cachekit.exceptions import BackendError, SerializationError
 from cachekit.keys import escape
 from cachekit.raw import deferrable
 from cachekit.sessions.cart_rules import Add, CartLimits, Change, Clear, Remove, SetQuantity
@@ -52,12 +53,19 @@ Items = dict[str, int]
 R = TypeVar("R")
 
 
+FILL_LEASE = 10.0  # seconds a reader that missed may take to read SQL and refill
+
+
+def _lease(key: str) -> str:
+    return key + ":fill"  # the record's hash tag: one Cluster slot for both
+
+
 def _stored(ctx: Context, keys: list[str], ttl: float) -> Flow[Sequence[CartRecord]]:
     """Commit in SQL (the face's load), then replace the Redis copies."""
     records: Sequence[CartRecord] = yield LOAD  # the transaction: committed, or raised
     for key, record in zip(keys, records, strict=True):
         try:
-            yield StoreCart(key, record.version, record.items, ttl)
+            yield StoreCart(key, _lease(key), record.version, record.items, ttl)
         except BackendError:
             # The commit stands; a copy Redis may still hold is now old: delete it, now
             # or (Redis being down) in the background until it is gone.
@@ -67,22 +75,33 @@ def _stored(ctx: Context, keys: list[str], ttl: float) -> Flow[Sequence[CartReco
 
 def _read(ctx: Context, key: str, ttl: float) -> Flow[Items]:
     """Redis first; on a miss the committed cart from SQL (the face's load), refilled."""
+    token = new_token()
     try:
-        cached: CartRecord | None = yield ReadCart(key)
+        cached: CartRecord | None = yield ReadCart(key, _lease(key), token, FILL_LEASE)
     except BackendError as exc:
         read_failed(ctx, exc)
-        record: CartRecord = yield LOAD
-        return record.items
+        return (yield from _from_sql())
+    except SerializationError as exc:
+        ctx.stats.incr("invalid_payloads")
+        ctx.log.warning(("cart", str(exc)), "cachekit: ignored %s", exc)
+        with suppress(BackendError):
+            yield Delete([key])  # the next read misses and refills it
+        return (yield from _from_sql())
     if cached is not None:
         ctx.stats.incr("hits")
         return cached.items
     ctx.stats.incr("misses")
-    record = yield LOAD
+    record: CartRecord = yield LOAD
     try:
-        # Refused when a change landed meanwhile: its newer copy stays.
-        yield StoreCart(key, record.version, record.items, ttl)
+        # Refused when a change was stored meanwhile (even if evicted again since).
+        yield StoreCart(key, _lease(key), record.version, record.items, ttl, token)
     except BackendError as exc:
         read_failed(ctx, exc)
+    return record.items
+
+
+def _from_sql() -> Flow[Items]:
+    record: CartRecord = yield LOAD
     return record.items
 
 
@@ -124,7 +143,7 @@ class CartStore:
     ) -> None:
         self.cache = cache
         self.limits = limits or CartLimits()
-        self.ttl = to_seconds(ttl, name="ttl") or 86_400.0
+        self.ttl = to_seconds(ttl, name="ttl")
         self.metadata = metadata if metadata is not None else MetaData()
         self.tables = CartTables(self.metadata, self.limits)
         self.sql = CartSql(engine)
@@ -262,5 +281,6 @@ class SyncCartStore:
         return self._drive(self._store._merge(source, target))
 
     def _drive(self, plan: _Plan[R]) -> R:
+        self._store.sql.require_sync()  # on every call, not only when a read misses
         b = self._store.cache._bound()
         return b.sync.drive(plan.flow, lambda: self._store.sql.run(plan.body))

@@ -45,6 +45,8 @@ class CartLimits:
     * **sku_pattern** - a regular expression a whole SKU must match (default: a letter or
       digit, then up to 63 letters, digits, ``.``, ``_`` or ``-``).
     * **max_owner_chars** - the longest owner id (default 128).
+    * **max_sku_chars** - the longest SKU (default 64), whatever the pattern allows; also
+      the width of the SKU column.
 
     Usage::
 
@@ -55,10 +57,12 @@ class CartLimits:
     max_skus: int = 200
     sku_pattern: str = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
     max_owner_chars: int = 128
+    max_sku_chars: int = 64
     _sku: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.max_quantity < 1 or self.max_skus < 1 or self.max_owner_chars < 1:
+        sizes = (self.max_quantity, self.max_skus, self.max_owner_chars, self.max_sku_chars)
+        if min(sizes) < 1:
             raise ValueError("cart limits must be at least 1")
         object.__setattr__(self, "_sku", re.compile(self.sku_pattern))
 
@@ -73,7 +77,7 @@ class CartLimits:
     def sku(self, sku: object) -> str:
         """``sku`` if it matches :attr:`sku_pattern`."""
         # The length test first: a megabyte of SKU never reaches the regex engine.
-        if type(sku) is not str or len(sku) > 256 or not self._sku.fullmatch(sku):
+        if type(sku) is not str or len(sku) > self.max_sku_chars or not self._sku.fullmatch(sku):
             raise InvalidCartInput("invalid SKU")
         return sku
 
@@ -172,8 +176,8 @@ def merge_into(
 ) -> dict[str, int]:
     """``target`` with ``source`` added: quantities summed, never failing a login.
 
-    A sum above ``max_quantity`` is capped at it; SKUs that find no room once the target
-    holds ``max_skus`` are left out (in the source's order).
+    A sum above ``max_quantity`` is capped at it; once the target holds ``max_skus``, the
+    source's remaining SKUs (taken in SKU order) are left out.
 
     Usage::
 

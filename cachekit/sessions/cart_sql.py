@@ -38,11 +38,11 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cachekit.backends.records import CartRecord
-from cachekit.exceptions import CartUnavailable, ConfigurationError
+from cachekit.exceptions import CartError, CartUnavailable, ConfigurationError, InvalidCartInput
 from cachekit.sessions.cart_rules import CartLimits, Change, merge_into
 
 __all__ = ["CartSql", "CartTables"]
@@ -67,7 +67,7 @@ class CartTables:
             "cart_items",
             metadata,
             Column("owner", String(owner_chars), primary_key=True),
-            Column("sku", String(255), primary_key=True),
+            Column("sku", String(limits.max_sku_chars), primary_key=True),
             Column("qty", Integer, nullable=False),
             CheckConstraint("qty > 0", name="cart_items_qty_positive"),
         )
@@ -164,11 +164,7 @@ class CartSql:
 
     def run(self, body: Callable[[Connection], T]) -> T:
         """Run ``body`` in one transaction of a sync engine, committed on return."""
-        engine = self.engine
-        if not isinstance(engine, Engine):
-            raise ConfigurationError(
-                "cart.sync needs a synchronous Engine; with an AsyncEngine use the async methods"
-            )
+        engine = self.require_sync()
         for attempt in range(_ATTEMPTS):
             try:
                 with engine.begin() as conn:
@@ -176,8 +172,16 @@ class CartSql:
             except IntegrityError as exc:
                 _raise_on_last(attempt, exc)
             except SQLAlchemyError as exc:
-                raise _unavailable(exc) from exc
+                raise _translate(exc) from exc
         raise AssertionError("unreachable")
+
+    def require_sync(self) -> Engine:
+        """The engine, if it is a synchronous one (what ``cart.sync`` needs)."""
+        if not isinstance(self.engine, Engine):
+            raise ConfigurationError(
+                "cart.sync needs a synchronous Engine; with an AsyncEngine use the async methods"
+            )
+        return self.engine
 
     async def arun(self, body: Callable[[Connection], T]) -> T:
         """Run ``body`` in one transaction, without blocking the event loop."""
@@ -191,7 +195,7 @@ class CartSql:
             except IntegrityError as exc:
                 _raise_on_last(attempt, exc)
             except SQLAlchemyError as exc:
-                raise _unavailable(exc) from exc
+                raise _translate(exc) from exc
         raise AssertionError("unreachable")
 
 
@@ -202,3 +206,11 @@ def _raise_on_last(attempt: int, exc: IntegrityError) -> None:
 
 def _unavailable(exc: SQLAlchemyError) -> CartUnavailable:
     return CartUnavailable(f"the cart database failed, nothing was changed: {type(exc).__name__}")
+
+
+def _translate(exc: SQLAlchemyError) -> CartError:
+    # The database refusing a value (too long for its column, say) is bad input, not an
+    # outage: a 4xx for the client, not a 503.
+    if isinstance(exc, DataError):
+        return InvalidCartInput("the cart database refused a value, nothing was changed")
+    return _unavailable(exc)

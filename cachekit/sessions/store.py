@@ -211,8 +211,8 @@ class RedisSessionStore:
     ) -> None:
         idle = to_seconds(idle_timeout, name="idle_timeout")
         lifetime = to_seconds(absolute_timeout, name="absolute_timeout")
-        if idle is None or lifetime is None or max_bytes < 1:
-            raise ConfigurationError("session timeouts and max_bytes must be positive")
+        if max_bytes < 1:
+            raise ConfigurationError("max_bytes must be positive")
         self.cache = cache
         self.config = _Config(idle, lifetime, max_bytes)
         self.sync = SyncSessionStore(self)
