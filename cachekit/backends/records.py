@@ -58,7 +58,10 @@ def _hash_write(store: Store, key: str, fields: Mapping[str, bytes], ttl: float)
 
 
 def _pairs(reply: Sequence[bytes]) -> dict[str, bytes]:
-    return {reply[i].decode(): reply[i + 1] for i in range(0, len(reply), 2)}
+    try:
+        return {reply[i].decode(): reply[i + 1] for i in range(0, len(reply), 2)}
+    except UnicodeDecodeError:
+        raise SerializationError("a record whose field names are not UTF-8") from None
 
 
 def _now_ms(store: Store) -> int:
@@ -85,7 +88,10 @@ return redis.call('HGETALL', KEYS[1])
 
 @dataclass(slots=True)
 class TouchSession(Op[dict[str, bytes] | None]):
-    """Read a session record and restart its idle timeout; ``None`` when gone or over."""
+    """Read a session record and restart its idle timeout; ``None`` when gone or over.
+
+    Raises :class:`~cachekit.exceptions.SerializationError` for field names not in UTF-8.
+    """
 
     key: str
     idle: float

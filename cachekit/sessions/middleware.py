@@ -82,6 +82,8 @@ class SessionMiddleware:
             raise ConfigurationError("same_site must be 'lax', 'strict' or 'none'")
         if same_site == "none" and https_only is not True:
             raise ConfigurationError("same_site='none' needs https_only=True")
+        if max_age is not None and (type(max_age) is not int or max_age < 1):
+            raise ConfigurationError("max_age is a positive number of seconds, or None")
         for name, value in (("path", path), ("domain", domain or "")):
             if any(c in value for c in ";,\r\n") or not value.isprintable():
                 raise ConfigurationError(f"invalid cookie {name} {value!r}")
@@ -161,10 +163,15 @@ class _Responder:
                 log.warning(("session-save", type(exc)), "cachekit: session not saved (%s)", exc)
         headers = MutableHeaders(scope=message)
         headers.add_vary_header("Cookie")
-        now, before = session.id, session.client_sid
-        if now != before and (now is not None or before is not None):
-            headers.append("set-cookie", self.middleware.cookie(self.scope, now))
-            headers["cache-control"] = "no-store"
+        now = session.id
+        if now is not None and now != session.client_sid:
+            self._set_cookie(headers, now)
+        elif now is None and session.ended and session.cookie_sid is not None:
+            self._set_cookie(headers, None)
+
+    def _set_cookie(self, headers: MutableHeaders, sid: str | None) -> None:
+        headers.append("set-cookie", self.middleware.cookie(self.scope, sid))
+        headers["cache-control"] = "no-store"  # no shared cache may replay a session cookie
 
 
 def _session(conn: Any) -> Session:

@@ -37,7 +37,7 @@ class Session(MutableMapping[str, Any]):
         request.session.clear()                 # logout: record deleted, cookie expired
     """
 
-    __slots__ = ("_data", "_failed", "_record", "_sid", "_store", "client_sid")
+    __slots__ = ("_cleared", "_data", "_failed", "_record", "_sid", "_store", "client_sid")
 
     def __init__(self, store: RedisSessionStore, sid: str | None) -> None:
         self._store = store
@@ -45,6 +45,7 @@ class Session(MutableMapping[str, Any]):
         self._data: dict[str, Any] | None = None
         self._record: SessionRecord | None = None
         self._failed = False
+        self._cleared = False
         self.client_sid: str | None = None  # the id whose record the client's cookie named
 
     @property
@@ -56,6 +57,19 @@ class Session(MutableMapping[str, Any]):
     def accessed(self) -> bool:
         """Whether the record was loaded (the response then varies by cookie)."""
         return self._data is not None
+
+    @property
+    def ended(self) -> bool:
+        """Whether this request ended the session: it emptied one that was there, or cleared.
+
+        Only then is the cookie expired; a save that finds the record already gone (a
+        logout or login in another tab got there first) leaves the cookie alone.
+        """
+        return (
+            self._data is not None
+            and not self._data
+            and (self._cleared or self.client_sid is not None)
+        )
 
     @property
     def available(self) -> bool:
@@ -112,9 +126,23 @@ class Session(MutableMapping[str, Any]):
 
     async def commit(self) -> None:
         """Save what changed (the middleware calls this as the response starts)."""
-        if self._data is None or self._failed:
+        if self._data is None:
+            return
+        if self._failed:
+            if self._cleared and self._sid is not None:
+                await self._store.delete(self._sid)  # a logout still ends it, if it can
             return
         self._record = await self._store.save(self._record, self._data)
+
+    @property
+    def cookie_sid(self) -> str | None:
+        """The well-formed id the request's cookie carried, issued by us or not."""
+        return self._sid
+
+    def clear(self) -> None:
+        """Remove every key: the session ends (record deleted, cookie expired)."""
+        self._cleared = True
+        self._loaded().clear()
 
     def __getitem__(self, key: str) -> Any:
         return self._loaded()[key]

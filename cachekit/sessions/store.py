@@ -37,7 +37,8 @@ from cachekit.backends.records import SID, SaveSession, TouchSession
 from cachekit.config import to_seconds
 from cachekit.context import Context
 from cachekit.effects import Flow
-from cachekit.exceptions import ConfigurationError, SessionError
+from cachekit.exceptions import ConfigurationError, SerializationError, SessionError
+from cachekit.raw import deferrable
 
 if TYPE_CHECKING:
     from cachekit.cache import Cache
@@ -96,10 +97,14 @@ def _encode(data: Mapping[str, Any], max_bytes: int) -> dict[str, bytes]:
         if type(name) is not str:
             raise SessionError(f"session keys are strings, got {type(name).__name__}")
         try:
+            size += len(name.encode())
+        except UnicodeEncodeError:
+            raise SessionError(f"session key {name!r} is not valid Unicode") from None
+        try:
             encoded[name] = raw = orjson.dumps(value)
         except orjson.JSONEncodeError as exc:
             raise SessionError(f"session value {name!r} is not JSON: {exc}") from exc
-        size += len(name) + len(raw)
+        size += len(raw)
     if size > max_bytes:
         raise SessionError(f"the session holds {size} bytes, more than max_bytes={max_bytes}")
     return encoded
@@ -133,7 +138,11 @@ def _invalid(ctx: Context, what: str) -> None:
 def _load(ctx: Context, config: _Config, sid: str) -> Flow[SessionRecord | None]:
     if not is_session_id(sid):
         return None  # never reaches a key
-    fields = yield TouchSession(_key(ctx, sid), config.idle)
+    try:
+        fields = yield TouchSession(_key(ctx, sid), config.idle)
+    except SerializationError as exc:
+        _invalid(ctx, str(exc))
+        return None
     return _decode(ctx, sid, fields)
 
 
@@ -179,7 +188,9 @@ def _regenerate(
 ) -> Flow[SessionRecord | None]:
     fresh = yield from _create(ctx, config, data, _encode(data, config.max_bytes))
     if record is not None:
-        yield Delete([_key(ctx, record.sid)])
+        # Retried in the background if Redis fails now: the old record holds only what
+        # the session held before the privilege change, nothing an attacker could gain.
+        yield from deferrable(ctx, Delete([_key(ctx, record.sid)]))
     return fresh
 
 
