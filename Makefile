@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast lint format typecheck check bench clean
+.PHONY: install test test-fast lint format typecheck check bench bench-cart bench-http clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,12 @@ check: lint typecheck test
 
 bench: $(STAMP)  ## the hit-path benchmark; see README "Benchmarks"
 	$(BIN)/python loadtests/bench_hitpath.py $(BENCH_ARGS)
+
+bench-cart: $(STAMP)  ## cart get/add vs a SQL-only cart, and the cost of a session read
+	$(BIN)/python loadtests/bench_cart.py $(BENCH_ARGS)
+
+bench-http: $(STAMP)  ## the response cache under uvicorn + wrk (apt-get install wrk)
+	$(BIN)/python loadtests/bench_response_cache.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
