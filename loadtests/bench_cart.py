@@ -354,8 +354,13 @@ async def verify(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--requests", type=int, default=400, help="per contender per round")
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--requests", type=int, default=200, help="per contender per round")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=1,
+        help="clients at once (the load generator shares the event loop: above ~4 it measures httpx)",
+    )
     parser.add_argument(
         "--db-latency-ms", type=float, default=float(os.environ.get("DB_LATENCY_MS", "5"))
     )
