@@ -359,7 +359,7 @@ def main() -> None:
         "--concurrency",
         type=int,
         default=1,
-        help="clients at once (the load generator shares the event loop: above ~4 it measures httpx)",
+        help="clients at once (the load generator shares the loop: above ~4 it measures itself)",
     )
     parser.add_argument(
         "--db-latency-ms", type=float, default=float(os.environ.get("DB_LATENCY_MS", "5"))
