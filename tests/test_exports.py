@@ -33,3 +33,16 @@ def test_the_contract_names_are_importable() -> None:
             if n != "__version__" and n != "MISSING"
         )
     )
+
+
+def test_the_sessions_and_middleware_packages_export_their_contract_names() -> None:
+    """The names DESIGN.md's contract imports from the two web packages exist and are listed."""
+    import cachekit.middleware
+    import cachekit.sessions
+
+    for name in ("SessionMiddleware", "RedisSessionStore", "CartStore", "regenerate_session"):
+        assert name in cachekit.sessions.__all__
+        assert getattr(cachekit.sessions, name).__doc__
+    assert "ResponseCacheMiddleware" in cachekit.middleware.__all__
+    for package in (cachekit.sessions, cachekit.middleware):
+        assert all(getattr(package, name).__doc__ for name in package.__all__)
