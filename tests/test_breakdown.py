@@ -15,8 +15,6 @@ import functools
 import json
 import math
 import random
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -29,6 +27,7 @@ import redis
 
 from cachekit import Cache, LockTimeout
 from cachekit.testing import FakeClock
+from tests.fleet import run_fleet
 from tests.servers import PrivateServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -174,34 +173,10 @@ def run_workers(
     before_go: Callable[[], None] = lambda: None,
 ) -> list[dict[str, Any]]:
     """Start ``processes`` workers, release them together, return their reports."""
-    command = [sys.executable, "-m", "tests.herd_worker", mode, json.dumps(cfg)]
-    procs = [
-        subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        for _ in range(processes)
-    ]
-    try:
-        deadline = time.monotonic() + 30
-        while raw_redis.llen(cfg["ready"]) < processes:
-            for proc in procs:
-                if proc.poll() is not None:
-                    _, err = proc.communicate()
-                    pytest.fail(f"worker exited early ({proc.returncode}): {err.decode()}")
-            if time.monotonic() > deadline:
-                pytest.fail("workers did not get ready in 30 s")
-            time.sleep(0.01)
-        before_go()
-        raw_redis.rpush(cfg["go"], *["go"] * processes)
-        reports = []
-        for proc in procs:
-            out, err = proc.communicate(timeout=60)
-            assert proc.returncode == 0, err.decode()
-            reports.append(json.loads(out.decode().strip().splitlines()[-1]))
-        return reports
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    argvs = [[mode, json.dumps(cfg)]] * processes
+    return run_fleet(
+        "tests.herd_worker", argvs, raw_redis, ready=cfg["ready"], go=cfg["go"], before_go=before_go
+    )
 
 
 def worker_config(redis_url: str, prefix: str, **extra: Any) -> dict[str, Any]:

@@ -15,10 +15,7 @@ import asyncio
 import inspect
 import json
 import random
-import subprocess
-import sys
 import threading
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import timedelta
@@ -54,6 +51,7 @@ from cachekit.exceptions import CartUnavailable, ConfigurationError, InvalidCart
 from cachekit.sessions import CartLimits, CartStore, SyncCartStore
 from cachekit.sessions.cart_rules import Add, merge_into
 from cachekit.testing import FakeClock
+from tests.fleet import run_fleet
 from tests.servers import PrivateServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -1304,36 +1302,8 @@ def test_concurrent_adds_and_sets_across_four_processes(
         }
         for w in range(processes)
     ]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "tests.cart_worker", json.dumps(cfg)],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        for cfg in configs
-    ]
-    try:
-        deadline = time.monotonic() + 30
-        while int(raw_redis.llen(ready)) < processes:
-            for proc in procs:
-                if proc.poll() is not None:
-                    _, err = proc.communicate()
-                    pytest.fail(f"worker exited early ({proc.returncode}): {err.decode()}")
-            if time.monotonic() > deadline:
-                pytest.fail("workers did not get ready in 30 s")
-            time.sleep(0.01)
-        raw_redis.rpush(go, *["go"] * processes)
-        reports = []
-        for proc in procs:
-            out, err = proc.communicate(timeout=60)
-            assert proc.returncode == 0, err.decode()
-            reports.append(json.loads(out.decode().strip().splitlines()[-1]))
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    argvs = [[json.dumps(cfg)] for cfg in configs]
+    reports = run_fleet("tests.cart_worker", argvs, raw_redis, ready=ready, go=go)
     assert len({r["pid"] for r in reports}) == processes
     final = cart.sync.get(owner)
     bump_values = [cart_["N"] for r in reports for cart_ in r["bumps"]]

@@ -24,8 +24,6 @@ import pickle
 import random
 import secrets
 import string
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -62,6 +60,7 @@ from cachekit.sessions import (
     regenerate_session,
 )
 from cachekit.testing import FakeClock
+from tests.fleet import run_fleet
 from tests.servers import PrivateServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -1673,38 +1672,8 @@ def run_workers(
     after_go: Callable[[], None] = lambda: None,
 ) -> list[dict[str, Any]]:
     """Start one worker per config, release them together, return their reports."""
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "tests.session_worker", mode, json.dumps(cfg)],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        for cfg in cfgs
-    ]
-    try:
-        deadline = time.monotonic() + 30
-        while raw.llen(ready) < len(procs):
-            for proc in procs:
-                if proc.poll() is not None:
-                    _, err = proc.communicate()
-                    pytest.fail(f"worker exited early ({proc.returncode}): {err.decode()}")
-            if time.monotonic() > deadline:
-                pytest.fail("workers did not get ready in 30 s")
-            time.sleep(0.01)
-        raw.rpush(go, *["go"] * len(procs))
-        after_go()
-        reports = []
-        for proc in procs:
-            out, err = proc.communicate(timeout=60)
-            assert proc.returncode == 0, err.decode()
-            reports.append(json.loads(out.decode().strip().splitlines()[-1]))
-        return reports
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    argvs = [[mode, json.dumps(cfg)] for cfg in cfgs]
+    return run_fleet("tests.session_worker", argvs, raw, ready=ready, go=go, after_go=after_go)
 
 
 @pytest.fixture
