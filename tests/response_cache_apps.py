@@ -35,6 +35,7 @@ class Shop:
         self.delay = 0.0
         self.fail = False
         self.version = 0
+        self.called = asyncio.Event()  # set by every route's first line
 
     def routes(self) -> list[Route]:
         return [
@@ -54,6 +55,7 @@ class Shop:
         ]
 
     def _count(self, request: Request) -> int:
+        self.called.set()
         self.calls[request.url.path] += 1
         return self.calls[request.url.path]
 

@@ -136,7 +136,7 @@ def test_keys_separate_hosts_schemes_queries_and_variants() -> None:
     others = [target("https", b"a.test", b"x=1"), target("http", b"b.test", b"x=1")]
     others.append(target("http", b"a.test", b"x=2"))
     assert len({base.record, *(t.record for t in others)}) == 4
-    assert base.generations == others[0].generations  # invalidation is per path
+    assert base.generation == others[0].generation  # invalidation is per path
     headers = [(b"accept-encoding", b"gzip")]
     gzip = base.variant_key(vary_values(("accept-encoding",), headers, ("gzip",)))
     plain = base.variant_key(vary_values(("accept-encoding",), [], ("gzip",)))

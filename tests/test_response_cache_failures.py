@@ -35,6 +35,7 @@ async def test_redis_down_means_bypass_and_the_app_answers(private_redis: Privat
     stats = cache.stats()
     assert stats["fallbacks"] >= 3
     assert stats["write_errors"] >= 1  # the POST's invalidation, queued for retry
+    assert stats["http_bypasses"] == 4  # the GETs and the HEAD; the POST wrote through
 
 
 @pytest.mark.slow
@@ -59,10 +60,12 @@ async def test_a_stalled_redis_is_bypassed_within_its_timeout(
 
 async def test_an_unconfigured_cache_bypasses() -> None:
     shop = Shop()
-    async with client_for(build_app(shop, Cache())) as client:
+    cache = Cache()
+    async with client_for(build_app(shop, cache)) as client:
         response = await client.get("/page")
     assert response.status_code == 200
     assert response.headers["x-cache"] == "BYPASS"
+    assert cache.stats()["http_bypasses"] == 1
 
 
 async def _call(app: Any, method: str, path: str, query: bytes) -> list[dict[str, Any]]:

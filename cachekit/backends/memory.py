@@ -100,6 +100,10 @@ class MemoryStore:
         """The store clock's wall time."""
         return self._clock.time()
 
+    def live_keys(self) -> list[str]:
+        """Every live key."""
+        return [key for key in list(self._data) if self.read(key) is not None]
+
     def clear(self) -> None:
         """Drop everything (like FLUSHDB)."""
         with self.lock:

@@ -76,6 +76,10 @@ class Store(Protocol):
         """The store's wall-clock time (Redis scripts read ``TIME``)."""
         ...
 
+    def live_keys(self) -> list[str]:
+        """Every live key (``SCAN``'s meaning: a whole pass)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Script:

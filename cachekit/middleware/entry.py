@@ -1,17 +1,19 @@
 """What the response cache stores, and the keys it stores it under.
 
-Three kinds of key live in the cache's ``http`` namespaces, which no user key can reach
-(:meth:`~cachekit.keys.KeySpace.namespaced`):
+Every key of one decoded path lives under that path's **home**,
+``<prefix>:http:{p<digest of the path>}``, whose braces are a Redis Cluster hash tag: a
+path's keys share one slot, so one Lua script may read any of them (a hit is one
+EVALSHA, :class:`~cachekit.backends.responses.ReadResponse`). Under the home:
 
-* a **record** per URL (scheme, host, raw path, normalized query): the header names the
-  app's ``Vary`` nominated, or a hit-for-miss marker for a URL whose last response could
-  not be stored;
-* an **entry** per variant: the URL plus the values of those headers in the request;
-* two **generations**: one per decoded path and one for everything. Records and entries
-  carry a stamp of both as they were when read; an unsafe request or :func:`purge`
-  replaces a generation, so every entry of that path (any query, any variant) stops
-  matching at once, with no scan (the mechanism of :mod:`cachekit.backends.tags`).
+* ``:g`` - the path's **generation**, a random token. Records and entries carry a stamp
+  of it as it was when read; an unsafe request or :func:`purge` replaces it, so every
+  entry of that path (any host, query or variant) stops matching at once, with no scan;
+* ``:u<digest>`` - a **record** per URL (scheme, host, raw path, normalized query): the
+  header names the app's ``Vary`` nominated, or a hit-for-miss marker for a URL whose
+  last response could not be stored;
+* ``:v<digest>`` - an **entry** per variant: the URL plus the values of those headers.
 
+No user key can reach the ``http`` namespace (:meth:`~cachekit.keys.KeySpace.namespaced`).
 Every stored value is a :mod:`cachekit.envelope` written for its exact key, and an entry
 also holds the URL and header values it was stored for: a read serves it only when they
 equal the request's (R10), whatever the key hashing did.
@@ -27,17 +29,18 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 import orjson
 
-from cachekit.envelope import Envelope, InvalidPayload, decode, encode
+from cachekit.envelope import InvalidPayload, decode, encode
 from cachekit.keys import KeySpace
 from cachekit.middleware.directives import Headers, accept_encoding_key, header, normalize_query
 
 __all__ = [
     "CODEC",
+    "GENERATION_SUFFIX",
     "Entry",
     "Record",
     "Target",
@@ -47,6 +50,8 @@ __all__ = [
     "decode_record",
     "encode_entry",
     "encode_record",
+    "http_pattern",
+    "path_home",
     "vary_values",
 ]
 
@@ -69,15 +74,16 @@ class Target:
 
     * ``url`` - ``scheme://host/raw-path?normalized-query``, latin-1 text (any bytes fit).
     * ``path`` - the decoded path, which invalidation names.
+    * ``home`` - the head of every key of the path (one hash tag: one Cluster slot).
     * ``record`` - the URL's record key.
-    * ``generations`` - the path's generation key and the cache-wide one.
+    * ``generation`` - the path's generation key.
     """
 
     url: str
     path: str
+    home: str
     record: str
-    generations: tuple[str, str]
-    keyspace: KeySpace
+    generation: str
 
     @classmethod
     def of(
@@ -101,12 +107,13 @@ class Target:
             normalize_query(query),
             extra,
         )
+        home = path_home(keyspace, path)
         return cls(
             url=url.decode("latin-1"),
             path=path,
-            record=keyspace.namespaced("http", "u" + _digest(url)),
-            generations=path_generations(keyspace, path),
-            keyspace=keyspace,
+            home=home,
+            record=home + ":u" + _digest(url),
+            generation=home + GENERATION_SUFFIX,
         )
 
     def variant_key(self, values: VaryValues) -> str:
@@ -116,15 +123,24 @@ class Target:
             parts.append(name.encode("latin-1"))
             # An absent header and an empty one are different variants.
             parts.append(b"\x00" if value is None else b"=" + value.encode("latin-1"))
-        return self.keyspace.namespaced("http", "v" + _digest(*parts))
+        return self.home + ":v" + _digest(*parts)
 
 
-def path_generations(keyspace: KeySpace, path: str) -> tuple[str, str]:
-    """The generation keys stamped into every entry of ``path``: the path's, and all's."""
-    encoded = path.encode("utf-8", "surrogatepass")
-    return keyspace.namespaced("http-gen", "p" + _digest(encoded)), keyspace.namespaced(
-        "http-gen", "all"
-    )
+GENERATION_SUFFIX: Final = ":g"
+
+
+def path_home(keyspace: KeySpace, path: str) -> str:
+    """The head of every key of decoded ``path``: ``<prefix>:http:{p<digest>}``."""
+    return keyspace.namespaced("http", "p" + _digest(path.encode("utf-8", "surrogatepass")))
+
+
+def http_pattern(keyspace: KeySpace) -> str:
+    """A SCAN pattern matching every key of the response cache, and nothing else.
+
+    The tag's exact shape (``p`` and 32 hex digits) is spelled out, so that the values of
+    a cache whose prefix is ours plus ``:http`` are not matched.
+    """
+    return keyspace.namespaced("http", "p" + "?" * 32) + ":*"
 
 
 def vary_values(names: Sequence[str], headers: Headers, encodings: Collection[str]) -> VaryValues:
@@ -261,38 +277,64 @@ def encode_entry(key: str, entry: Entry, *, stamp: int) -> bytes:
     return encode(key, entry, CODEC, created=entry.created, expires=entry.expires, stamp=stamp)
 
 
-def _envelope(key: str, raw: bytes, stamp: int) -> Envelope | None:
+class _Memo:
+    """What the bytes last read at each key decoded to, so a steady hit decodes nothing.
+
+    Decoding depends on nothing but the key and the bytes (the stamp is compared after),
+    so bytes equal to the last ones read at a key decode to the same value: a hit then
+    skips the envelope checks, the JSON and the dataclasses, a sixth of its CPU. Comparing
+    bytes is a ``memcmp``. Bounded by the bytes it holds; a value larger than a tenth of
+    that is decoded every time. Thread-safe: one dict operation at a time, immutable items.
+    """
+
+    __slots__ = ("_budget", "_held", "_items")
+
+    def __init__(self, budget: int) -> None:
+        self._budget = budget
+        self._held = 0
+        self._items: dict[str, tuple[bytes, int, Record | Entry | None]] = {}
+
+    def decoded(self, key: str, raw: bytes) -> tuple[int, Record | Entry | None]:
+        """``(stamp, value)`` of ``raw`` read at ``key``; ``value`` is ``None`` if invalid."""
+        item = self._items.get(key)
+        if item is not None and item[0] == raw:
+            return item[1], item[2]
+        stamp, value = _decode(key, raw)
+        if len(raw) * 10 <= self._budget:
+            if self._held + len(raw) > self._budget:
+                self._items, self._held = {}, 0
+            self._items[key] = (raw, stamp, value)
+            self._held += len(raw)
+        return stamp, value
+
+
+_MEMO: Final = _Memo(32 << 20)
+
+
+def _decode(key: str, raw: bytes) -> tuple[int, Record | Entry | None]:
     try:
         envelope = decode(key, raw, CODEC)
     except (InvalidPayload, KeyError, TypeError, ValueError, struct.error):
-        return None
-    return envelope if envelope.stamp == stamp else None
+        return 0, None
+    value = envelope.value
+    if isinstance(value, Entry):  # its times live in the envelope
+        value = replace(value, created=envelope.created, expires=envelope.expires)
+    elif not isinstance(value, Record):
+        return 0, None
+    return envelope.stamp, value
 
 
 def decode_record(key: str, raw: bytes | None, stamp: int) -> Record | None:
-    """The record in ``raw`` if it is intact and of the current generations."""
-    envelope = None if raw is None else _envelope(key, raw, stamp)
-    if envelope is None or not isinstance(envelope.value, Record):
+    """The record in ``raw`` if it is intact and of the current generation."""
+    if raw is None:
         return None
-    return envelope.value
+    found, value = _MEMO.decoded(key, raw)
+    return value if found == stamp and isinstance(value, Record) else None
 
 
 def decode_entry(key: str, raw: bytes | None, stamp: int) -> Entry | None:
-    """The entry in ``raw`` if it is intact and of the current generations."""
-    envelope = None if raw is None else _envelope(key, raw, stamp)
-    if envelope is None or not isinstance(envelope.value, Entry):
+    """The entry in ``raw`` if it is intact and of the current generation."""
+    if raw is None:
         return None
-    entry: Entry = envelope.value
-    return Entry(
-        status=entry.status,
-        headers=entry.headers,
-        body=entry.body,
-        etag=entry.etag,
-        url=entry.url,
-        vary=entry.vary,
-        shared_authorized=entry.shared_authorized,
-        created=envelope.created,
-        expires=envelope.expires,
-        stale_while_revalidate=entry.stale_while_revalidate,
-        stale_if_error=entry.stale_if_error,
-    )
+    found, value = _MEMO.decoded(key, raw)
+    return value if found == stamp and isinstance(value, Entry) else None

@@ -1,7 +1,7 @@
 """The response cache's decisions as sans-I/O flows, driven by the cache's async face.
 
-:func:`lookup` reads a URL's record, generations and variant in one pipelined round
-trip and decides: serve it (:class:`Hit`), run the app and store the response
+:func:`lookup` reads a path's generation, a URL's record and a variant in one script (one
+round trip) and decides: serve it (:class:`Hit`), run the app and store the response
 (:class:`Lead`, holding the variant's lease), or run the app without waiting
 (:class:`Direct`). Concurrent misses of one key reuse :mod:`cachekit.aside`'s machinery:
 an in-process :class:`~cachekit.effects.Join` so a process's waiters share one wait,
@@ -10,8 +10,8 @@ the fill's notification (:class:`~cachekit.effects.Watch`/:class:`~cachekit.effe
 the wait is bounded, and a waiter that times out runs the app itself.
 
 :func:`store`, :func:`give_up` and :func:`refresh` write what the app answered; every
-entry is stamped with the generations read before the app ran, so one invalidated
-meanwhile is never served (no stale set). :func:`invalidate` replaces generations.
+entry is stamped with the generation read before the app ran, so one invalidated
+meanwhile is never served (no stale set; :mod:`cachekit.middleware.invalidation`).
 
 Usage::
 
@@ -20,30 +20,29 @@ Usage::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from cachekit.aside import lease_key, read_failed, tag_stamp
 from cachekit.backends.leases import Fill, Release, TakeLease
 from cachekit.backends.ops import Get, Set
-from cachekit.backends.responses import ReadResponse, RenewGenerations
+from cachekit.backends.responses import ReadResponse
 from cachekit.context import Context, new_token
-from cachekit.effects import LOAD, Flow, Forget, Hold, Join, Wait, Watch
+from cachekit.effects import LOAD, Flow, Hold, Join, Wait, Watch
 from cachekit.exceptions import BackendError
 from cachekit.middleware.directives import Headers
 from cachekit.middleware.entry import (
     Entry,
     Record,
     Target,
+    VaryValues,
     decode_entry,
     decode_record,
     encode_entry,
     encode_record,
-    path_generations,
     vary_values,
 )
-from cachekit.raw import deferrable
 
 __all__ = [
     "Ask",
@@ -52,7 +51,6 @@ __all__ = [
     "Lead",
     "Settings",
     "give_up",
-    "invalidate",
     "lookup",
     "refresh",
     "store",
@@ -74,13 +72,17 @@ class Settings:
 
 @dataclass(frozen=True, slots=True)
 class Ask:
-    """One request as the lookup sees it; ``guess`` is the variant key to prefetch."""
+    """One request as the lookup sees it; ``guess`` is the variant to prefetch.
+
+    ``guess`` is ``(vary values, entry key)`` of the variant this URL served last here:
+    when the request has the same values, the key needs no hashing.
+    """
 
     target: Target
     headers: Headers
     authorized: bool
     coalesce: bool
-    guess: str | None = None
+    guess: tuple[VaryValues, str] | None = None
     reload: bool = False  # the client asked for a fresh answer and the app allows it
 
 
@@ -129,20 +131,23 @@ class _Probe:
 
 def _probe(ctx: Context, settings: Settings, ask: Ask) -> Flow[_Probe]:
     target = ask.target
-    raw_record, versions, raw_guess = yield ReadResponse(
+    generation, raw_record, raw_guess = yield ReadResponse(
+        target.generation,
         target.record,
-        target.generations,
-        [new_token() for _ in target.generations],
+        new_token(),
         settings.generation_ttl,
-        ask.guess,
+        None if ask.guess is None else ask.guess[1],
     )
-    stamp = tag_stamp(versions)
+    stamp = tag_stamp((generation,))
     record = decode_record(target.record, raw_record, stamp)
     if record is None or record.uncacheable:
         return _Probe(stamp, record, target.record, None)
     values = vary_values(record.vary, ask.headers, settings.encodings)
-    key = target.variant_key(values)
-    raw = raw_guess if key == ask.guess else (yield Get(key))
+    if ask.guess is not None and ask.guess[0] == values:
+        key, raw = ask.guess[1], raw_guess
+    else:
+        key = target.variant_key(values)
+        raw = yield Get(key)
     entry = decode_entry(key, raw, stamp)
     if entry is not None and not entry.matches(target.url, values):
         ctx.stats.incr("invalid_payloads")  # stored for another request: never served (R10)
@@ -287,6 +292,8 @@ def give_up(
     A hit-for-miss record lets later requests go straight to the app for a while instead
     of queueing behind a lease for a response that will not be stored.
     """
+    if remember:
+        ctx.stats.incr("http_uncacheable")
     try:
         if remember and settings.hit_for_miss > 0:
             marker = encode_record(
@@ -361,19 +368,3 @@ def refresh(
     entry_key, entry = built
     yield from store(ctx, target, entry_key, entry, hit.stamp, lead)
     return 0.0
-
-
-def invalidate(ctx: Context, settings: Settings, paths: Iterable[str] | None) -> Flow[None]:
-    """Make every stored response of ``paths`` (``None``: of every path) a miss, in O(1).
-
-    Never raises: when Redis cannot be reached the change is retried in the background.
-    """
-    keyspace = ctx.keyspace
-    if paths is None:
-        keys = [path_generations(keyspace, "/")[1]]
-    else:
-        keys = sorted({path_generations(keyspace, path)[0] for path in paths})
-    if keys:
-        tokens = [new_token() for _ in keys]
-        yield from deferrable(ctx, RenewGenerations(keys, tokens, settings.generation_ttl))
-        yield Forget(None)  # which flights belong to these paths is unknown: detach them all

@@ -27,7 +27,6 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import unquote, urlsplit
 
 from cachekit.binding import Binding
 from cachekit.effects import Flow, Spawn
@@ -49,21 +48,12 @@ from cachekit.middleware.directives import (
     parse_cache_control,
     refusal,
 )
-from cachekit.middleware.entry import Entry, Target
-from cachekit.middleware.flow import (
-    Ask,
-    Direct,
-    Hit,
-    Lead,
-    give_up,
-    invalidate,
-    lookup,
-    refresh,
-    store,
-)
+from cachekit.middleware.entry import Entry, Target, VaryValues
+from cachekit.middleware.flow import Ask, Direct, Hit, Lead, give_up, lookup, refresh, store
+from cachekit.middleware.invalidation import write_through
 from cachekit.middleware.options import UNSAFE_EXEMPT, Options, RouteOptions, route_options
 from cachekit.middleware.storing import build_entry, collect
-from cachekit.stats import LogOnce
+from cachekit.stats import LogOnce, Stats
 
 __all__ = ["Responder", "State"]
 
@@ -74,8 +64,15 @@ _CONDITIONAL: Final = frozenset(
 )
 # Refusals caused by the request, not by what the app answers for the URL: not remembered.
 _REQUEST_REFUSALS: Final = frozenset({"not-stored", "request-no-store", "authorization"})
-_GUESSES_MAX: Final = 4096
 _REFRESH_TIMEOUT: Final = 60.0
+_MEMO_MAX: Final = 4096
+_MEMO_URL_MAX: Final = 2048
+
+
+def _bounded_put(memo: MutableMapping[Any, Any], key: Any, value: Any) -> None:
+    if len(memo) >= _MEMO_MAX:
+        memo.clear()  # a hint only: losing it costs a digest or one extra GET per URL
+    memo[key] = value
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +81,10 @@ class State:
 
     app: Callable[[Scope, Receive, Send], Awaitable[None]]
     bound: Callable[[], Binding]
+    stats: Stats  # the cache's, reachable even while it is not configured
     options: Options
-    guesses: MutableMapping[str, str]  # URL record key -> the variant key seen last
+    guesses: MutableMapping[str, tuple[VaryValues, str]]  # URL record key -> its last variant
+    targets: MutableMapping[tuple[Any, ...], Target]  # request URL parts -> its keys
 
 
 def _cache_failed(what: str, exc: BaseException) -> None:
@@ -102,11 +101,19 @@ class Responder:
         self.receive = receive
         self.send = send
         self.headers: Headers = scope.get("headers") or []
+        self.seen: dict[bytes, list[bytes]] = {}  # by lower-case name, filled by _must_bypass
 
     async def run(self) -> None:
         method = self.scope.get("method", "GET")
         if method not in UNSAFE_EXEMPT:
-            await self._unsafe()
+            await write_through(
+                self.state.app,
+                self.state.bound,
+                self.options.flow,
+                self.scope,
+                self.receive,
+                self.send,
+            )
             return
         if method not in ("GET", "HEAD") or self._must_bypass():
             await self._bypass()
@@ -122,7 +129,7 @@ class Responder:
             await self._bypass()
             return
         if isinstance(outcome, Hit):
-            self._remember(target, outcome.key)
+            self._remember(target, outcome.entry, outcome.key)
             await self._serve(binding, outcome.entry, stale=outcome.stale)
             if outcome.refresh:
                 await self._spawn_refresh(binding, target, outcome)
@@ -132,14 +139,21 @@ class Responder:
     # ---------------------------------------------------------------- the request
 
     def _must_bypass(self) -> bool:
-        options = self.options
+        """Whether the cache must stay out of this request; also indexes its headers."""
+        options, seen = self.options, self.seen
         for name, value in self.headers:
             lowered = name.lower()
             if lowered in options.bypass_headers or lowered == b"range":
                 return True
             if lowered == b"cookie" and self._credential_cookie(value):
                 return True
+            seen.setdefault(lowered, []).append(value)
         return False
+
+    def _header(self, name: bytes) -> str | None:
+        """:func:`~cachekit.middleware.directives.header` from the index (GET and HEAD)."""
+        values = self.seen.get(name)
+        return None if values is None else b", ".join(values).decode("latin-1")
 
     def _credential_cookie(self, value: bytes) -> bool:
         names = self.options.credential_cookies
@@ -155,54 +169,60 @@ class Responder:
 
     def _target(self, binding: Binding) -> Target:
         scope = self.scope
-        host = header(self.headers, b"host")
+        host = self._header(b"host")
         if host is None:
             server = scope.get("server") or ("", None)
             host = f"{server[0]}:{server[1]}" if server[1] else str(server[0])
         path = str(scope.get("path", "/"))
-        raw_path = scope.get("raw_path") or path.encode("utf-8", "surrogateescape")
+        raw_path = bytes(scope.get("raw_path") or path.encode("utf-8", "surrogateescape"))
         extra = b"".join(
             b"\n%s=%s"
             % (
                 name.encode("latin-1"),
-                (header(self.headers, name.encode("latin-1")) or "").encode("latin-1"),
+                (self._header(name.encode("latin-1")) or "").encode("latin-1"),
             )
             for name in self.options.key_headers
         )
-        return Target.of(
-            binding.ctx.keyspace,
-            str(scope.get("scheme", "http")),
-            host.encode("latin-1"),
-            bytes(raw_path),
-            bytes(scope.get("query_string", b"")),
-            path,
-            extra,
-        )
+        keyspace, query = binding.ctx.keyspace, bytes(scope.get("query_string", b""))
+        scheme = str(scope.get("scheme", "http"))
+        # The keys are digests, so a URL seen recently reuses its Target; long URLs are
+        # not remembered, which bounds the memo's memory.
+        memo_key = (keyspace.prefix, scheme, host, raw_path, query, path, extra)
+        target = self.state.targets.get(memo_key)
+        if target is None:
+            target = Target.of(
+                keyspace, scheme, host.encode("latin-1"), raw_path, query, path, extra
+            )
+            if len(target.url) <= _MEMO_URL_MAX:
+                _bounded_put(self.state.targets, memo_key, target)
+        return target
 
     def _ask(self, target: Target) -> Ask:
-        cc = self._request_cc()
-        pragma = (header(self.headers, b"pragma") or "").lower()
+        cc = parse_cache_control(self._header(b"cache-control"))
+        pragma = (self._header(b"pragma") or "").lower()
         reload = self.options.client_refresh and ("no-cache" in cc or "no-cache" in pragma)
         get = self.scope.get("method") == "GET"
         return Ask(
             target=target,
             headers=self.headers,
-            authorized=header(self.headers, b"authorization") is not None,
+            authorized=self._header(b"authorization") is not None,
             # HEAD and no-store requests never store, so they must not lead either.
             coalesce=get and self.options.coalesce and "no-store" not in cc,
-            guess=self.state.guesses.get(target.record),
+            # Unknown: the variant of a response without Vary, the most common kind.
+            guess=self.state.guesses.get(target.record) or ((), target.variant_key(())),
             reload=reload,
         )
 
-    def _remember(self, target: Target, key: str) -> None:
-        guesses = self.state.guesses
-        if len(guesses) >= _GUESSES_MAX:
-            guesses.clear()  # a hint only: losing it costs one extra GET per URL
-        guesses[target.record] = key
+    def _remember(self, target: Target, entry: Entry, key: str) -> None:
+        guess = self.state.guesses.get(target.record)
+        if guess is None or guess[1] != key:
+            _bounded_put(self.state.guesses, target.record, (entry.vary, key))
 
     # ---------------------------------------------------------------- answers
 
     async def _bypass(self) -> None:
+        self.state.stats.incr("http_bypasses")
+
         async def send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message = with_headers(message, [(b"x-cache", b"BYPASS")], frozenset({b"x-cache"}))
@@ -216,12 +236,12 @@ class Responder:
     async def _send_entry(self, send: Send, binding: Binding, entry: Entry, *, stale: bool) -> None:
         age = max(0, int(binding.ctx.clock.time() - entry.created))
         extra = [(b"x-cache", b"STALE" if stale else b"HIT"), (b"age", b"%d" % age)]
-        if etag_matches(header(self.headers, b"if-none-match"), entry.etag):
+        if etag_matches(self._header(b"if-none-match"), entry.etag):
             await send(not_modified(entry.headers, extra))
             await send({"type": "http.response.body", "body": b""})
             return
-        start = {"type": "http.response.start", "status": entry.status, "headers": entry.headers}
-        await send(with_headers(start, extra))
+        headers = [*entry.headers, *extra]
+        await send({"type": "http.response.start", "status": entry.status, "headers": headers})
         body = b"" if self.scope.get("method") == "HEAD" else entry.body
         await send({"type": "http.response.body", "body": body})
 
@@ -233,6 +253,9 @@ class Responder:
             storing and self.scope.get("method") == "GET" and "no-store" not in self._request_cc()
         )
         stamp = outcome.stamp
+        failed = isinstance(outcome, Direct) and outcome.failed
+        if failed:
+            self.state.stats.incr("http_bypasses")  # Redis failed: the cache was not consulted
         scope = self.scope
         if storing and any(name.lower() in _CONDITIONAL for name, _ in self.headers):
             # The app must answer in full so there is something to store; we answer the
@@ -285,7 +308,7 @@ class Responder:
             decide=decide,
             on_refusal=refused,
             max_body_size=options.max_body_size,
-            x_cache=b"BYPASS" if isinstance(outcome, Direct) and outcome.failed else b"MISS",
+            x_cache=b"BYPASS" if failed else b"MISS",
             if_none_match=header(self.headers, b"if-none-match") if storing else None,
             fallback=fallback,
         )
@@ -319,7 +342,7 @@ class Responder:
                 return
             key, entry = built
             await binding.aio.drive(store(ctx, target, key, entry, stamp, lead))
-            self._remember(target, key)
+            self._remember(target, entry, key)
         except Exception as exc:
             _cache_failed("store", exc)
             await release(remember=False)
@@ -362,36 +385,3 @@ class Responder:
             await binding.aio.drive(spawn(), load)
         except Exception as exc:
             _cache_failed("refresh", exc)
-
-    # ---------------------------------------------------------------- unsafe methods
-
-    async def _unsafe(self) -> None:
-        done = False
-
-        async def send(message: Message) -> None:
-            nonlocal done
-            if message["type"] == "http.response.start" and not done:
-                done = True
-                if int(message["status"]) < 400:
-                    await self._invalidate(message.get("headers", ()))
-                message = with_headers(message, [(b"x-cache", b"BYPASS")], frozenset({b"x-cache"}))
-            await self.send(message)
-
-        await self.state.app(self.scope, self.receive, send)
-
-    async def _invalidate(self, response_headers: Headers) -> None:
-        """Invalidate the request's path, and ``Location``/``Content-Location`` on this host."""
-        paths = [str(self.scope.get("path", "/"))]
-        host = (header(self.headers, b"host") or "").lower()
-        for name in (b"location", b"content-location"):
-            value = header(response_headers, name)
-            if value:
-                parts = urlsplit(value)
-                same_host = not parts.netloc or parts.netloc.lower() == host
-                if parts.path.startswith("/") and same_host:
-                    paths.append(unquote(parts.path))
-        try:
-            binding = self.state.bound()
-            await binding.aio.drive(invalidate(binding.ctx, self.options.flow, paths))
-        except Exception as exc:
-            _cache_failed("invalidation", exc)

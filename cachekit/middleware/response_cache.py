@@ -11,7 +11,7 @@ Usage::
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterable
+from collections.abc import Collection
 from datetime import timedelta
 from typing import Literal
 
@@ -20,7 +20,8 @@ from cachekit.config import seconds_or_zero, to_seconds
 from cachekit.exceptions import ConfigurationError
 from cachekit.middleware.capture import Receive, Scope, Send
 from cachekit.middleware.directives import DEFAULT_BYPASS_HEADERS, DEFAULT_ENCODINGS, lower_names
-from cachekit.middleware.flow import Settings, invalidate
+from cachekit.middleware.flow import Settings
+from cachekit.middleware.invalidation import invalidate, purge_all
 from cachekit.middleware.options import Options
 from cachekit.middleware.responder import Responder, State
 from cachekit.middleware.types import ASGIApp
@@ -139,9 +140,10 @@ class ResponseCacheMiddleware:
         )
         if not math.isfinite(self.options.ttl):
             raise ConfigurationError("ttl must be finite")
-        # A hint of which variant each URL served last (one GET per hit instead of two);
-        # state shared by all requests, but never a source of truth: every read is checked.
-        self._state = State(app, cache._bound, self.options, {})
+        # Hints shared by all requests, never a source of truth (every read is checked):
+        # which variant each URL served last (one GET per hit instead of two), and the
+        # keys of recent URLs (no digests per hit).
+        self._state = State(app, cache._bound, cache._stats, self.options, {}, {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -153,8 +155,11 @@ class ResponseCacheMiddleware:
 async def purge(cache: Cache, *paths: str) -> None:
     """Make the stored responses of ``paths`` (all of them, when none is given) a miss.
 
-    Every variant and every query string of each path, on every host, in O(1) per path.
-    Never raises for Redis being down: the change is retried in the background.
+    With paths: every variant and every query string of each path, on every host, in
+    O(1) per path; never raises for Redis being down (the change is retried in the
+    background). With none: every key of the response cache is removed, a SCAN batch at
+    a time; this raises :class:`~cachekit.exceptions.BackendError` if Redis fails
+    meanwhile (call it again: it is idempotent).
 
     Usage::
 
@@ -162,6 +167,9 @@ async def purge(cache: Cache, *paths: str) -> None:
         await purge(cache)                      # everything the response cache stored
     """
     binding = cache._bound()
+    if not paths:
+        await binding.aio.drive(purge_all(binding.ctx))
+        return
     settings = Settings(
         lock_ttl=10.0,
         lock_wait=0.0,
@@ -169,5 +177,4 @@ async def purge(cache: Cache, *paths: str) -> None:
         generation_ttl=GENERATION_TTL,
         encodings=DEFAULT_ENCODINGS,
     )
-    targets: Iterable[str] | None = paths or None
-    await binding.aio.drive(invalidate(binding.ctx, settings, targets))
+    await binding.aio.drive(invalidate(binding.ctx, settings, paths))
