@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ import redis
 import redis.asyncio
 
 from cachekit import Cache
+from tests.fleet import run_fleet
 from tests.response_cache_apps import client_for
 from tests.response_cache_worker import build_app
 
@@ -44,37 +43,22 @@ def _config(redis_url: str, prefix: str, **extra: Any) -> dict[str, Any]:
 
 def _fleet(mode: str, cfg: dict[str, Any], raw: redis.Redis) -> list[dict[str, Any]]:
     """Start the workers, release them together, return their reports."""
-    command = [sys.executable, "-m", "tests.response_cache_worker", mode, json.dumps(cfg)]
-    procs = [
-        subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        for _ in range(PROCESSES)
-    ]
-    try:
-        deadline = time.monotonic() + 30
-        while raw.llen(cfg["ready"]) < PROCESSES:
-            for proc in procs:
-                if proc.poll() is not None:
-                    _, err = proc.communicate()
-                    pytest.fail(f"worker exited early ({proc.returncode}): {err.decode()}")
-            if time.monotonic() > deadline:
-                pytest.fail("workers did not get ready in 30 s")
-            time.sleep(0.01)
-        raw.rpush(cfg["go"], *["go"] * PROCESSES)
+
+    def release_the_refresh() -> None:
         if mode == "stale":
             for _ in range(PROCESSES):  # every caller has been answered: now refresh
                 assert raw.blpop([cfg["done"]], timeout=30) is not None
             raw.rpush(cfg["release"], "go")
-        reports = []
-        for proc in procs:
-            out, err = proc.communicate(timeout=60)
-            assert proc.returncode == 0, err.decode()
-            reports.append(json.loads(out.decode().strip().splitlines()[-1]))
-        return reports
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+
+    argvs = [[mode, json.dumps(cfg)]] * PROCESSES
+    return run_fleet(
+        "tests.response_cache_worker",
+        argvs,
+        raw,
+        ready=cfg["ready"],
+        go=cfg["go"],
+        after_go=release_the_refresh,
+    )
 
 
 def _responses(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
