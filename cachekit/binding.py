@@ -11,12 +11,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from cachekit.backends.base import AsyncBackend, SyncBackend
+from cachekit.backends.guard import AsyncGuardedBackend, GuardedBackend
 from cachekit.backends.memory import AsyncMemoryBackend, MemoryBackend, MemoryStore
 from cachekit.backends.ops import Op
+from cachekit.breaker import Breaker
 from cachekit.clock import Clock
-from cachekit.config import parse_url
+from cachekit.config import REDIS_DEFAULTS, parse_url
 from cachekit.context import Context
 from cachekit.exceptions import ConfigurationError, NotConfigured
 from cachekit.faces import AsyncFace, SyncFace
@@ -52,6 +55,7 @@ class Settings:
     random: random.Random
     jitter: float
     double_delete: float
+    guard: Mapping[str, Any]  # deadline, breaker_failures, breaker_cooldown
     stats: Stats
     log: LogOnce
     blooms: dict[str, BloomState]
@@ -66,6 +70,7 @@ class Binding:
     aio: AsyncFace
     listener: Listener | None
     waiters: Waiters
+    breaker: Breaker | None = None
 
     def adopt(self, bloom: BloomState) -> None:
         """Have ``bloom``'s mirror follow this binding's notifications (and reload)."""
@@ -116,6 +121,7 @@ def bind(
     listener: Listener | None = None
     sync_backend: SyncBackend
     async_backend: AsyncBackend
+    guard = dict(settings.guard)
     if url is not None:
         target = parse_url(url, options)
         own = target.scoped("cache")
@@ -129,9 +135,12 @@ def bind(
         else:
             from cachekit.backends.redis import connect
 
-            redis_sync, redis_async = connect(target.url, target.scoped("redis"))
+            redis_options = target.scoped("redis")
+            redis_sync, redis_async = connect(target.url, redis_options)
             sync_backend, async_backend = redis_sync, redis_async
             sync_client = redis_sync.client
+            guard |= target.scoped("guard")
+            guard["slots"] = redis_options.get("max_connections", REDIS_DEFAULTS["max_connections"])
     elif client is None and sync_client is None:
         raise ConfigurationError("configure() takes a URL or clients, exactly one of them")
     elif options:
@@ -141,6 +150,19 @@ def bind(
 
         sync_backend = RedisBackend(sync_client) if sync_client else _NoSyncBackend()
         async_backend = AsyncRedisBackend(client) if client else _NoAsyncBackend()
+        guard["slots"] = _pool_slots(sync_client or client)
+    breaker = None
+    if "slots" in guard:  # a Redis endpoint: guard both faces with one shared breaker
+        breaker = Breaker(
+            failures=guard["breaker_failures"],
+            cooldown=guard["breaker_cooldown"],
+            clock=settings.clock,
+            on_transition=settings.stats.incr,
+            name=_endpoint(url, sync_client or client),
+        )
+        budget = {"deadline": guard["deadline"], "slots": guard["slots"]}
+        sync_backend = GuardedBackend(sync_backend, breaker, settings.stats, **budget)
+        async_backend = AsyncGuardedBackend(async_backend, breaker, settings.stats, **budget)
     ctx = Context(
         keyspace=KeySpace(prefix),
         serializer=serializer or JsonSerializer(),
@@ -162,8 +184,28 @@ def bind(
         listener = TaskListener(lambda: async_redis, ctx.channel, waiters, settings.log)
     faces = (waiters, listener, settings.stats, settings.log)
     binding = Binding(
-        ctx, SyncFace(sync_backend, *faces), AsyncFace(async_backend, *faces), listener, waiters
+        ctx,
+        SyncFace(sync_backend, *faces),
+        AsyncFace(async_backend, *faces),
+        listener,
+        waiters,
+        breaker,
     )
     for bloom in settings.blooms.values():
         binding.adopt(bloom)
     return binding
+
+
+def _pool_slots(client: redis.Redis | redis.asyncio.Redis | None) -> int:
+    """Operations an injected client's pool can run at once, its listener's connection aside."""
+    size = getattr(getattr(client, "connection_pool", None), "max_connections", 64)
+    return max(1, min(int(size), 2**16) - 1)
+
+
+def _endpoint(url: str | None, client: redis.Redis | redis.asyncio.Redis | None) -> str:
+    """How logs name the endpoint: host and port, never a password."""
+    if url is not None:
+        parts = urlsplit(url)
+        return f"{parts.hostname or parts.path}:{parts.port or ''}".rstrip(":")
+    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
+    return f"{kwargs.get('host', kwargs.get('path', 'redis'))}:{kwargs.get('port', '')}".rstrip(":")

@@ -20,9 +20,11 @@ from datetime import timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
+from cachekit.backends.guard import DEFAULT_DEADLINE
 from cachekit.binding import Binding, Settings, bind
 from cachekit.bloom import BloomState, Geometry
 from cachekit.bloomfilter import Bloom
+from cachekit.breaker import DEFAULT_COOLDOWN, DEFAULT_FAILURES, Breaker
 from cachekit.clock import SYSTEM_CLOCK, Clock
 from cachekit.config import seconds_or_zero, spread, to_seconds
 from cachekit.context import OnLockTimeout, Policy
@@ -81,6 +83,12 @@ class Cache:
     * **jitter** - every TTL written is spread by this fraction, ± (default 0.1).
     * **double_delete** - seconds after an invalidation to delete the key once more, for
       replicas that lag (default 0: off).
+    * **deadline** - seconds one Redis operation may take in all: pool wait, connect,
+      reply and retry (default 0.25). Past it the operation fails and the caller is
+      served without the cache (reads load from the source through single-flight).
+    * **breaker_failures** / **breaker_cooldown** - the circuit breaker: after this many
+      consecutive failures Redis is not called for the cool-down, then one probe decides
+      (defaults 5 and 2 s). URL options of the same names win over these.
 
     Injected clients are used as they are: give them short timeouts yourself (URLs get
     cachekit's defaults, see :data:`cachekit.config.REDIS_DEFAULTS`).
@@ -98,6 +106,9 @@ class Cache:
         rng: random.Random | None = None,
         jitter: float = 0.1,
         double_delete: float = 0.0,
+        deadline: float | timedelta = DEFAULT_DEADLINE,
+        breaker_failures: int = DEFAULT_FAILURES,
+        breaker_cooldown: float | timedelta = DEFAULT_COOLDOWN,
     ) -> None:
         KeySpace(prefix)  # validate now, not at first use
         self._prefix = prefix
@@ -110,6 +121,11 @@ class Cache:
             random=rng or random.Random(),
             jitter=spread(jitter),
             double_delete=seconds_or_zero(double_delete, "double_delete"),
+            guard={
+                "deadline": to_seconds(deadline, name="deadline"),
+                "breaker_failures": breaker_failures,
+                "breaker_cooldown": to_seconds(breaker_cooldown, name="breaker_cooldown"),
+            },
             stats=self._stats,
             log=LogOnce(logger),
             blooms={},
@@ -134,6 +150,7 @@ class Cache:
             cache = Cache.from_url("memory://")
         """
         names = ("clock", "default_ttl", "rng", "jitter", "double_delete")
+        # deadline and breaker_* are URL options too: from_url passes them with the URL.
         own = {k: options.pop(k) for k in names if k in options}
         if isinstance(options.get("serializer"), str | None):
             return cls(**own).configure(url, **options)
@@ -168,6 +185,16 @@ class Cache:
         if binding is None:
             raise NotConfigured(self._why_unbound)
         return binding
+
+    @property
+    def breaker(self) -> Breaker | None:
+        """The circuit breaker of the configured Redis endpoint (``None`` for memory://).
+
+        Usage::
+
+            cache.breaker.state if cache.breaker else "closed"   # 'closed' | 'open' | ...
+        """
+        return self._bound().breaker
 
     @property
     def configured(self) -> bool:

@@ -33,7 +33,7 @@ __all__ = [
     "to_seconds",
 ]
 
-Scope = Literal["cache", "redis"]
+Scope = Literal["cache", "redis", "guard"]
 
 
 def _positive(cast: Callable[[str], float]) -> Callable[[str], float]:
@@ -67,6 +67,15 @@ class UrlOption:
 URL_OPTIONS: Final[Mapping[str, UrlOption]] = {
     "prefix": UrlOption(str, "cache", "first segment of every key (default 'cachekit')"),
     "serializer": UrlOption(_choice("json", "msgpack"), "cache", "value format (default json)"),
+    "deadline": UrlOption(
+        _positive(float), "guard", "seconds one operation may take, retries included (0.25)"
+    ),
+    "breaker_failures": UrlOption(
+        _positive(int), "guard", "consecutive failures that open the circuit breaker (5)"
+    ),
+    "breaker_cooldown": UrlOption(
+        _positive(float), "guard", "seconds the open breaker keeps Redis uncalled (2)"
+    ),
     "socket_timeout": UrlOption(_positive(float), "redis", "seconds to wait for a reply"),
     "socket_connect_timeout": UrlOption(_positive(float), "redis", "seconds to connect"),
     "pool_timeout": UrlOption(_positive(float), "redis", "seconds to wait for a free connection"),
@@ -79,7 +88,8 @@ URL_OPTIONS: Final[Mapping[str, UrlOption]] = {
 }
 
 # The cache owns its time budget: short timeouts, no retry chain (redis-py's default
-# retries take 4-10 s against a dead or hung server), and a bounded pool.
+# retries take 4-10 s against a dead or hung server), and a bounded pool. Above these,
+# the guard's ``deadline`` bounds each operation as a whole (cachekit.backends.guard).
 REDIS_DEFAULTS: Final[Mapping[str, Any]] = {
     "socket_timeout": 0.25,
     "socket_connect_timeout": 0.25,
@@ -129,7 +139,7 @@ def parse_url(url: str, overrides: Mapping[str, Any] | None = None) -> Target:
     return Target(parts.scheme, bare, options)
 
 
-_REDIS_ONLY = frozenset(k for k, o in URL_OPTIONS.items() if o.scope == "redis")
+_REDIS_ONLY = frozenset(k for k, o in URL_OPTIONS.items() if o.scope != "cache")
 
 
 def _known(name: str) -> UrlOption:

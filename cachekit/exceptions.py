@@ -9,7 +9,8 @@ The hierarchy::
       x SerializationError      a value cannot be encoded by the chosen serializer
       x BackendError            the storage layer answered with an error
         - BackendUnavailable    it could not be reached, or did not answer in time
-          · BackendTimeout
+          · BackendTimeout      it did not answer within the time budget
+          · CircuitOpen         not called at all: its circuit breaker is open
       x LockError
         - LockTimeout           the wait for a lock ran out
         - LockNotOwnedError     the lock was lost or released by someone else
@@ -39,6 +40,7 @@ __all__ = [
     "CacheKitError",
     "CartError",
     "CartUnavailable",
+    "CircuitOpen",
     "ConfigurationError",
     "InvalidCartInput",
     "KeyTemplateError",
@@ -89,6 +91,16 @@ class BackendUnavailable(BackendError):
 
 class BackendTimeout(BackendUnavailable):
     """The backend did not answer within its time budget."""
+
+
+class CircuitOpen(BackendUnavailable):
+    """The backend was not called: its circuit breaker is open after repeated failures.
+
+    Usage::
+
+        except CircuitOpen:
+            ...   # Redis failed moments ago; cachekit retries by itself after the cool-down
+    """
 
 
 class LockError(CacheKitError):

@@ -39,6 +39,12 @@ COUNTERS: Final = (
     "write_errors",
     "http_bypasses",
     "http_uncacheable",
+    "breaker_opened",
+    "breaker_half_opened",
+    "breaker_closed",
+    "breaker_rejects",
+    "deadline_exceeded",
+    "pool_exhausted",
 )
 
 

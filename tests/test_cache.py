@@ -20,6 +20,7 @@ from cachekit import (
     NotConfigured,
     SerializationError,
 )
+from cachekit.backends.guard import AsyncGuardedBackend, GuardedBackend
 from cachekit.backends.redis import AsyncRedisBackend, RedisBackend
 from cachekit.config import REDIS_DEFAULTS, parse_url
 from cachekit.testing import FakeClock
@@ -28,9 +29,12 @@ from tests.servers import PrivateServer
 
 def _faces(cache: Cache) -> tuple[RedisBackend, AsyncRedisBackend]:
     binding = cache._bound()
-    assert isinstance(binding.sync.backend, RedisBackend)
-    assert isinstance(binding.aio.backend, AsyncRedisBackend)
-    return binding.sync.backend, binding.aio.backend
+    sync_guard, async_guard = binding.sync.backend, binding.aio.backend
+    assert isinstance(sync_guard, GuardedBackend)
+    assert isinstance(async_guard, AsyncGuardedBackend)
+    assert isinstance(sync_guard.inner, RedisBackend)
+    assert isinstance(async_guard.inner, AsyncRedisBackend)
+    return sync_guard.inner, async_guard.inner
 
 
 def test_url_options_reach_both_pools() -> None:
@@ -43,7 +47,7 @@ def test_url_options_reach_both_pools() -> None:
         assert kwargs["socket_timeout"] == 0.2
         assert kwargs["socket_connect_timeout"] == REDIS_DEFAULTS["socket_connect_timeout"]
         assert kwargs["db"] == 3
-        assert pool.max_connections == 7
+        assert pool.max_connections == 7 + 1  # the guard admits 7; one for the listener
         assert getattr(pool, "timeout", None) == REDIS_DEFAULTS["pool_timeout"]
     assert cache._bound().ctx.keyspace.prefix == "shop"
 

@@ -30,6 +30,7 @@ from redis.retry import Retry
 from cachekit.config import REDIS_DEFAULTS
 from cachekit.exceptions import BackendError, BackendTimeout, BackendUnavailable, ConfigurationError
 
+from .guard import time_left
 from .ops import Op
 
 __all__ = ["AsyncRedisBackend", "RedisBackend", "connect", "translate_error"]
@@ -160,10 +161,33 @@ class AsyncRedisBackend:
         await self.client.aclose()
 
 
+class _Budgeted:
+    """Mixin for a sync connection class: a reply is awaited only until the deadline.
+
+    ``read_response(timeout=...)`` is redis-py's own per-read override; the guard
+    (:mod:`cachekit.backends.guard`) publishes the running operation's deadline, so a reply
+    that started late in the budget is not granted a whole ``socket_timeout`` more.
+    A read that times out disconnects, so no late reply is ever read by the next command.
+    """
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        if "timeout" not in kwargs and (left := time_left()) is not None:
+            kwargs["timeout"] = max(left, 0.001)
+        return super().read_response(*args, **kwargs)  # type: ignore[misc]
+
+
+def _budgeted(pool: redis.ConnectionPool) -> redis.ConnectionPool:
+    base = pool.connection_class
+    pool.connection_class = type(f"Budgeted{base.__name__}", (_Budgeted, base), {})
+    return pool
+
+
 def _client_kwargs(options: Mapping[str, Any]) -> dict[str, Any]:
     settings = {**REDIS_DEFAULTS, **options}
-    # Keep waiting for a pooled connection inside the same budget as a reply.
     settings["timeout"] = settings.pop("pool_timeout")
+    # The guard admits at most max_connections operations at once; the extra connection
+    # is the notification listener's, so operations never queue inside redis-py's pool.
+    settings["max_connections"] += 1
     if "ssl_cert_reqs" in settings and settings["ssl_cert_reqs"] == "none":
         settings["ssl_cert_reqs"] = None
     return settings
@@ -179,8 +203,10 @@ def connect(url: str, options: Mapping[str, Any]) -> tuple[RedisBackend, AsyncRe
     # One immediate retry, on a broken connection only: a pooled connection that died with
     # a restarted server is replaced at once, while a hung server (a timeout) is never
     # waited for twice and a refused connect costs microseconds.
-    sync_pool = redis.BlockingConnectionPool.from_url(
-        url, retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)), **kwargs
+    sync_pool = _budgeted(
+        redis.BlockingConnectionPool.from_url(
+            url, retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)), **kwargs
+        )
     )
     async_pool = redis.asyncio.BlockingConnectionPool.from_url(
         url, retry=AsyncRetry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)), **kwargs

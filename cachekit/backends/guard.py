@@ -1,0 +1,199 @@
+"""The time budget and the circuit breaker around a backend's two faces.
+
+Every operation gets one deadline (default 250 ms) that covers everything it waits for:
+a free connection, the connect, the reply and the one reconnect-retry. A caller never
+waits longer, however many other callers there are: operations in flight are bounded by
+``slots`` (the pool's size), and a caller who cannot get a slot before the deadline fails
+at the deadline instead of queueing behind the pool. The async face enforces the deadline
+with ``asyncio.timeout``; the sync face publishes it in :data:`DEADLINE`, which the Redis
+connections read to bound each reply (see :mod:`cachekit.backends.redis`).
+
+The breaker (:class:`~cachekit.breaker.Breaker`) is asked before each call: while it is
+open, the call raises :class:`~cachekit.exceptions.CircuitOpen` at once, without I/O.
+Only failures to reach the server (unreachable, timed out) count against it; an error
+*answer* such as ``OOM command not allowed`` proves the server is alive, and a caller who
+got no slot never reached it.
+
+Usage::
+
+    breaker = Breaker(on_transition=stats.incr)
+    sync_backend = GuardedBackend(RedisBackend(client), breaker, stats, deadline=0.25, slots=64)
+    async_backend = AsyncGuardedBackend(AsyncRedisBackend(aclient), breaker, stats,
+                                        deadline=0.25, slots=64)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from contextvars import ContextVar
+from typing import Final, TypeVar
+
+from cachekit.breaker import Breaker
+from cachekit.exceptions import BackendError, BackendTimeout, BackendUnavailable, CircuitOpen
+from cachekit.stats import Stats
+
+from .base import AsyncBackend, SyncBackend
+from .ops import Op
+
+__all__ = ["DEADLINE", "DEFAULT_DEADLINE", "AsyncGuardedBackend", "GuardedBackend", "time_left"]
+
+T = TypeVar("T")
+
+DEFAULT_DEADLINE: Final = 0.25
+
+#: The ``time.monotonic()`` by which the operation running in this context must end.
+DEADLINE: ContextVar[float | None] = ContextVar("cachekit_deadline", default=None)
+
+
+def time_left() -> float | None:
+    """Seconds left of the running operation's budget (``None`` outside a guarded call).
+
+    Usage::
+
+        left = time_left()
+        sock.settimeout(left if left is not None else default)
+    """
+    deadline = DEADLINE.get()
+    return None if deadline is None else deadline - time.monotonic()
+
+
+class _Guard:
+    """What both faces decide alike: admission, and what an outcome means."""
+
+    __slots__ = ("breaker", "deadline", "stats")
+
+    def __init__(self, breaker: Breaker, stats: Stats, deadline: float) -> None:
+        self.breaker = breaker
+        self.stats = stats
+        self.deadline = deadline
+
+    def admit(self) -> None:
+        if not self.breaker.allow():
+            self.stats.incr("breaker_rejects")
+            raise CircuitOpen(f"circuit breaker for {self.breaker.name} is open")
+
+    def no_slot(self) -> BackendTimeout:
+        self.breaker.release()
+        self.stats.incr("pool_exhausted")
+        return BackendTimeout(f"no free connection within the {self.deadline}s budget")
+
+    def failed(self, exc: BackendError) -> None:
+        if isinstance(exc, BackendUnavailable):
+            if isinstance(exc, BackendTimeout):
+                self.stats.incr("deadline_exceeded")
+            self.breaker.failure()
+        else:
+            self.breaker.success()  # the server answered, with an error
+
+
+class GuardedBackend:
+    """A :class:`~cachekit.backends.base.SyncBackend` whose calls keep a deadline and a breaker.
+
+    Usage::
+
+        backend = GuardedBackend(RedisBackend(client), Breaker(), Stats(), deadline=0.25)
+    """
+
+    __slots__ = ("_guard", "_slots", "inner")
+
+    def __init__(
+        self,
+        inner: SyncBackend,
+        breaker: Breaker,
+        stats: Stats,
+        *,
+        deadline: float = DEFAULT_DEADLINE,
+        slots: int = 64,
+    ) -> None:
+        self.inner = inner
+        self._guard = _Guard(breaker, stats, deadline)
+        self._slots = threading.BoundedSemaphore(slots)
+
+    def run(self, op: Op[T]) -> T:
+        """Run ``op`` within the budget, unless the breaker is open."""
+        guard = self._guard
+        guard.admit()
+        budget = guard.deadline
+        if not self._slots.acquire(timeout=budget):
+            raise guard.no_slot()
+        token = DEADLINE.set(time.monotonic() + budget)
+        try:
+            reply = self.inner.run(op)
+        except BackendError as exc:
+            guard.failed(exc)
+            raise
+        finally:
+            DEADLINE.reset(token)
+            self._slots.release()
+        guard.breaker.success()
+        return reply
+
+    def close(self) -> None:
+        """Close the wrapped backend."""
+        self.inner.close()
+
+
+class AsyncGuardedBackend:
+    """An :class:`~cachekit.backends.base.AsyncBackend` whose calls keep a deadline and a breaker.
+
+    Usage::
+
+        backend = AsyncGuardedBackend(AsyncRedisBackend(client), Breaker(), Stats())
+    """
+
+    __slots__ = ("_guard", "_loop", "_semaphore", "_size", "inner")
+
+    def __init__(
+        self,
+        inner: AsyncBackend,
+        breaker: Breaker,
+        stats: Stats,
+        *,
+        deadline: float = DEFAULT_DEADLINE,
+        slots: int = 64,
+    ) -> None:
+        self.inner = inner
+        self._guard = _Guard(breaker, stats, deadline)
+        self._size = slots
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._semaphore = asyncio.Semaphore(slots)
+
+    def _slots(self) -> asyncio.Semaphore:
+        # An asyncio.Semaphore belongs to one loop; a cache reused by a new loop (tests,
+        # asyncio.run per job) gets a fresh one, as its pool does.
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._loop, self._semaphore = loop, asyncio.Semaphore(self._size)
+        return self._semaphore
+
+    async def run(self, op: Op[T]) -> T:
+        """Run ``op`` within the budget, unless the breaker is open."""
+        guard = self._guard
+        guard.admit()
+        slots = self._slots()
+        acquired = False
+        try:
+            async with asyncio.timeout(guard.deadline):
+                await slots.acquire()
+                acquired = True
+                reply = await self.inner.run(op)
+        except TimeoutError:
+            if not acquired:
+                raise guard.no_slot() from None
+            exc = BackendTimeout(f"no reply within the {guard.deadline}s budget")
+            guard.failed(exc)
+            raise exc from None
+        except BackendError as exc:
+            guard.failed(exc)
+            raise
+        finally:
+            if acquired:
+                slots.release()
+        guard.breaker.success()
+        return reply
+
+    async def close(self) -> None:
+        """Close the wrapped backend."""
+        await self.inner.close()

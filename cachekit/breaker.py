@@ -1,0 +1,185 @@
+"""A circuit breaker per Redis endpoint: stop paying timeouts to a server that is down.
+
+Closed, every call goes through and consecutive connection failures are counted; at
+``failures`` in a row the breaker opens. Open, no call is made at all for ``cooldown``
+seconds. Then it half-opens: exactly one caller is let through as a probe while the others
+are still refused; the probe's success closes the breaker, its failure opens it for another
+cool-down. Each transition is counted and logged once, never a traceback per request.
+
+The breaker is pure bookkeeping on an injectable clock; the backend guard
+(:mod:`cachekit.backends.guard`) asks it before each call and reports each outcome.
+
+Usage::
+
+    breaker = Breaker(failures=5, cooldown=2.0)
+    if breaker.allow():
+        try:
+            reply = call_redis()
+        except BackendUnavailable:
+            breaker.failure()
+        else:
+            breaker.success()
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Final, Literal
+
+from cachekit.clock import SYSTEM_CLOCK, Clock
+from cachekit.exceptions import ConfigurationError
+
+__all__ = ["DEFAULT_COOLDOWN", "DEFAULT_FAILURES", "Breaker", "State"]
+
+State = Literal["closed", "open", "half_open"]
+
+DEFAULT_FAILURES: Final = 5
+DEFAULT_COOLDOWN: Final = 2.0
+
+logger = logging.getLogger("cachekit")
+
+# The counter each transition bumps (names in cachekit.stats.COUNTERS).
+_COUNTER: Final[dict[State, str]] = {
+    "open": "breaker_opened",
+    "half_open": "breaker_half_opened",
+    "closed": "breaker_closed",
+}
+
+
+class Breaker:
+    """Closed / open / half-open state of one endpoint, safe across threads and tasks.
+
+    **Parameters:**
+
+    * **failures** - consecutive failures that open the breaker (default 5).
+    * **cooldown** - seconds it stays open before one probe is let through (default 2).
+    * **clock** - where ``monotonic()`` is read; a ``FakeClock`` in tests.
+    * **on_transition** - called with the counter name of each transition (the cache's
+      ``Stats.incr``); ``None`` to count nothing.
+    * **name** - how log lines name the endpoint.
+
+    Usage::
+
+        breaker = Breaker(failures=5, cooldown=2.0, clock=FakeClock())
+        breaker.state     # 'closed'
+    """
+
+    __slots__ = (
+        "_clock",
+        "_cooldown",
+        "_failures",
+        "_lock",
+        "_notify",
+        "_opened_at",
+        "_probing",
+        "_state",
+        "_streak",
+        "name",
+    )
+
+    def __init__(
+        self,
+        *,
+        failures: int = DEFAULT_FAILURES,
+        cooldown: float = DEFAULT_COOLDOWN,
+        clock: Clock = SYSTEM_CLOCK,
+        on_transition: Callable[[str], None] | None = None,
+        name: str = "redis",
+    ) -> None:
+        if failures < 1:
+            raise ConfigurationError(f"breaker failures must be at least 1, got {failures!r}")
+        if not cooldown > 0:
+            raise ConfigurationError(f"breaker cooldown must be positive, got {cooldown!r}")
+        self._failures = failures
+        self._cooldown = float(cooldown)
+        self._clock = clock
+        self._notify = on_transition
+        self.name = name
+        self._lock = threading.Lock()
+        self._state: State = "closed"
+        self._streak = 0
+        self._opened_at = 0.0
+        self._probing = False
+
+    @property
+    def state(self) -> State:
+        """``'closed'``, ``'open'`` or ``'half_open'`` (an open breaker past its cool-down
+        reads as ``'open'`` until a caller asks to go through)."""
+        return self._state
+
+    def allow(self) -> bool:
+        """Whether a call may go to the endpoint now; ``True`` obliges a report.
+
+        A caller that gets ``True`` must later call :meth:`success` or :meth:`failure`
+        (or :meth:`release` when the call never reached the endpoint).
+        """
+        if self._state == "closed":  # the hot path: one attribute read, no lock
+            return True
+        return self._admit()
+
+    def _admit(self) -> bool:
+        with self._lock:
+            if self._state == "closed":
+                return True
+            if self._state == "open":
+                if self._clock.monotonic() - self._opened_at < self._cooldown:
+                    return False
+                self._move("half_open")
+            if self._probing:
+                return False  # one probe at a time; the others keep failing fast
+            self._probing = True
+            return True
+
+    def success(self) -> None:
+        """The endpoint answered: reset the failure streak; a successful probe closes."""
+        if self._state == "closed" and not self._streak:
+            return
+        with self._lock:
+            self._streak = 0
+            if self._state == "half_open":
+                self._probing = False
+                self._move("closed")
+
+    def failure(self) -> None:
+        """The endpoint failed (unreachable or timed out): maybe open the breaker."""
+        with self._lock:
+            if self._state == "half_open":
+                self._probing = False
+                self._open()
+                return
+            if self._state == "open":
+                return  # a call that started before the breaker opened
+            self._streak += 1
+            if self._streak >= self._failures:
+                self._open()
+
+    def release(self) -> None:
+        """A call that was allowed never reached the endpoint (say, no pool slot in time)."""
+        with self._lock:
+            if self._state == "half_open":
+                self._probing = False
+
+    def _open(self) -> None:
+        self._streak = 0
+        self._opened_at = self._clock.monotonic()
+        self._move("open")
+
+    def _move(self, state: State) -> None:
+        self._state = state
+        if state == "open":
+            logger.warning(
+                "cachekit: circuit breaker for %s opened: Redis is not called for %.1fs",
+                self.name,
+                self._cooldown,
+            )
+        elif state == "closed":
+            logger.warning("cachekit: circuit breaker for %s closed: Redis is back", self.name)
+        else:
+            logger.info("cachekit: circuit breaker for %s half-open: one probe", self.name)
+        if self._notify is not None:
+            self._notify(_COUNTER[state])
+
+    def __repr__(self) -> str:
+        return f"<Breaker {self.name} {self._state}>"
