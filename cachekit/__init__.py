@@ -15,6 +15,7 @@ Usage::
 
 from cachekit.bloomfilter import Bloom, SyncBloom
 from cachekit.effects import MISSING
+from cachekit.local import LocalCache
 from cachekit.lock import Lock, SyncLock
 
 from .cache import Cache
@@ -61,6 +62,7 @@ __all__ = [
     "JsonSerializer",
     "KeyTemplateError",
     "Keyring",
+    "LocalCache",
     "Lock",
     "LockError",
     "LockNotOwnedError",

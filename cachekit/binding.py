@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from cachekit.backends.base import AsyncBackend, SyncBackend
 from cachekit.backends.guard import AsyncGuardedBackend, GuardedBackend
 from cachekit.backends.memory import AsyncMemoryBackend, MemoryBackend, MemoryStore
+from cachekit.backends.near import AsyncNearBackend, NearBackend
 from cachekit.backends.ops import Op
 from cachekit.breaker import Breaker
 from cachekit.clock import Clock
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     import redis.asyncio
 
     from cachekit.bloom import BloomState
+    from cachekit.local import LocalCache
 
 __all__ = ["Binding", "Settings", "bind"]
 
@@ -56,6 +58,7 @@ class Settings:
     jitter: float
     double_delete: float
     guard: Mapping[str, Any]  # deadline, breaker_failures, breaker_cooldown
+    local: LocalCache | None
     stats: Stats
     log: LogOnce
     blooms: dict[str, BloomState]
@@ -71,6 +74,7 @@ class Binding:
     listener: Listener | None
     waiters: Waiters
     breaker: Breaker | None = None
+    local: LocalCache | None = None
 
     def adopt(self, bloom: BloomState) -> None:
         """Have ``bloom``'s mirror follow this binding's notifications (and reload)."""
@@ -81,12 +85,16 @@ class Binding:
         """Stop listening and close the sync face (finishing its rebuilds)."""
         if self.listener is not None:
             self.listener.stop()
+        if self.local is not None:
+            self.local.close()
         self.sync.close()
 
     async def close(self) -> None:
         """Close both faces, waiting for the listener without blocking the loop."""
         if self.listener is not None:
             await self.listener.aclose()
+        if self.local is not None:
+            await self.local.aclose()
         self.sync.close()
         await self.aio.close()
 
@@ -163,6 +171,12 @@ def bind(
         budget = {"deadline": guard["deadline"], "slots": guard["slots"]}
         sync_backend = GuardedBackend(sync_backend, breaker, settings.stats, **budget)
         async_backend = AsyncGuardedBackend(async_backend, breaker, settings.stats, **budget)
+    local = settings.local
+    if local is not None and breaker is not None:  # memory:// is local already
+        # Outermost, so a local hit costs neither the deadline nor the breaker.
+        local.start(sync_client or client, prefix)
+        sync_backend = NearBackend(sync_backend, local)
+        async_backend = AsyncNearBackend(async_backend, local)
     ctx = Context(
         keyspace=KeySpace(prefix),
         serializer=serializer or JsonSerializer(),
@@ -190,6 +204,7 @@ def bind(
         listener,
         waiters,
         breaker,
+        local if breaker is not None else None,
     )
     for bloom in settings.blooms.values():
         binding.adopt(bloom)

@@ -32,6 +32,7 @@ from cachekit.contrib import set_default_cache
 from cachekit.decorators import Decorator
 from cachekit.exceptions import ConfigurationError, NotConfigured
 from cachekit.keys import KeySpace
+from cachekit.local import LOCAL_COUNTERS, LocalCache
 from cachekit.lock import Lock
 from cachekit.raw import (
     delete,
@@ -89,6 +90,9 @@ class Cache:
     * **breaker_failures** / **breaker_cooldown** - the circuit breaker: after this many
       consecutive failures Redis is not called for the cool-down, then one probe decides
       (defaults 5 and 2 s). URL options of the same names win over these.
+    * **local** - a :class:`~cachekit.local.LocalCache`: a bounded in-process layer in
+      front of Redis, invalidated by the server (CLIENT TRACKING, else pub/sub); Redis
+      standalone URLs and clients only.
 
     Injected clients are used as they are: give them short timeouts yourself (URLs get
     cachekit's defaults, see :data:`cachekit.config.REDIS_DEFAULTS`).
@@ -109,6 +113,7 @@ class Cache:
         deadline: float | timedelta = DEFAULT_DEADLINE,
         breaker_failures: int = DEFAULT_FAILURES,
         breaker_cooldown: float | timedelta = DEFAULT_COOLDOWN,
+        local: LocalCache | None = None,
     ) -> None:
         KeySpace(prefix)  # validate now, not at first use
         self._prefix = prefix
@@ -126,6 +131,7 @@ class Cache:
                 "breaker_failures": breaker_failures,
                 "breaker_cooldown": to_seconds(breaker_cooldown, name="breaker_cooldown"),
             },
+            local=local,
             stats=self._stats,
             log=LogOnce(logger),
             blooms={},
@@ -149,7 +155,7 @@ class Cache:
             cache = Cache.from_url("redis://localhost:6379/0?socket_timeout=0.2&prefix=shop")
             cache = Cache.from_url("memory://")
         """
-        names = ("clock", "default_ttl", "rng", "jitter", "double_delete")
+        names = ("clock", "default_ttl", "rng", "jitter", "double_delete", "local")
         # deadline and breaker_* are URL options too: from_url passes them with the URL.
         own = {k: options.pop(k) for k in names if k in options}
         if isinstance(options.get("serializer"), str | None):
@@ -208,7 +214,10 @@ class Cache:
 
             s = cache.stats(); ratio = s["hits"] / max(1, s["hits"] + s["misses"])
         """
-        return self._stats.snapshot()
+        counts = self._stats.snapshot()
+        local = self._settings.local
+        counts.update(local.stats() if local is not None else dict.fromkeys(LOCAL_COUNTERS, 0))
+        return counts
 
     def cached(
         self,

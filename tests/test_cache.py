@@ -235,16 +235,20 @@ async def test_caching_resumes_after_a_restart(private_redis: PrivateServer) -> 
 @pytest.mark.slow
 async def test_a_hung_server_costs_a_bounded_wait(private_redis: PrivateServer) -> None:
     """SIGSTOP: the socket accepts but nothing answers; reads still fail open."""
-    cache = Cache.from_url(private_redis.url)
+    cache = Cache.from_url(private_redis.url, breaker_cooldown=0.2)
     await cache.set("k", 1)
     private_redis.pause()
     try:
         results = await asyncio.gather(*(cache.get("k", "miss") for _ in range(20)))
         assert results == ["miss"] * 20
         assert cache.sync.get("k", "miss") == "miss"
+        assert cache.breaker is not None and cache.breaker.state == "open"
     finally:
         private_redis.resume()
+    # The breaker keeps Redis uncalled for its cool-down; then one probe closes it.
+    await asyncio.sleep(0.25)
     assert await cache.get("k") == 1
+    assert cache.breaker.state == "closed"
     await cache.close()
 
 
