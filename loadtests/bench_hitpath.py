@@ -72,6 +72,7 @@ import redis.utils
 from support import answers, delete_run_keys, environment, redact
 
 from cachekit import Cache
+from cachekit.backends.guard import AsyncGuardedBackend, GuardedBackend
 from cachekit.backends.redis import AsyncRedisBackend, RedisBackend, connect
 from cachekit.envelope import HEADER_SIZE, MAGIC
 
@@ -259,7 +260,9 @@ async def bench_async(
     from cashews import cache as cashews_cache
 
     cache = Cache(client=client, prefix=f"{settings.run}:ck-async")
-    backend = cache._bound().aio.backend
+    guard = cache._bound().aio.backend
+    assert isinstance(guard, AsyncGuardedBackend)  # the deadline and breaker are measured too
+    backend = guard.inner
     assert isinstance(backend, AsyncRedisBackend)
     assert backend.client is client
 
@@ -317,7 +320,9 @@ def bench_sync(client: redis.Redis, admin: redis.Redis, settings: Settings) -> l
     from dogpile.cache import make_region
 
     cache = Cache(sync_client=client, prefix=f"{settings.run}:ck-sync")
-    backend = cache._bound().sync.backend
+    guard = cache._bound().sync.backend
+    assert isinstance(guard, GuardedBackend)
+    backend = guard.inner
     assert isinstance(backend, RedisBackend)
     assert backend.client is client
 
