@@ -5,6 +5,7 @@ Each integration lives in its own module and imports its library only there, so
 
 * :mod:`cachekit.contrib.sqlalchemy` - invalidate cache entries after a database commit,
   and add new rows to Bloom filters.
+* :mod:`cachekit.contrib.prometheus` - export ``cache.stats()`` as Prometheus counters.
 
 An integration that is not given a cache explicitly uses the *default cache*: the one most
 recently passed to :func:`set_default_cache` in this process. This module imports nothing
