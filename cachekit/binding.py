@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     import redis
     import redis.asyncio
 
+    from cachekit.backends.cluster import ClusterBackend
     from cachekit.bloom import BloomState
     from cachekit.local import LocalCache
 
@@ -127,6 +128,7 @@ def bind(
     prefix, serializer = settings.prefix, settings.serializer
     waiters = Waiters()
     listener: Listener | None = None
+    cluster: ClusterBackend | None = None  # Cluster notifies on sharded channels
     sync_backend: SyncBackend
     async_backend: AsyncBackend
     guard = dict(settings.guard)
@@ -140,6 +142,21 @@ def bind(
             store = MemoryStore(clock=settings.clock)
             store.subscribers.append(waiters.on_message)
             sync_backend, async_backend = MemoryBackend(store), AsyncMemoryBackend(store)
+        elif target.scheme == "redis+cluster":
+            from cachekit.backends.cluster import connect_cluster
+
+            if settings.local is not None:  # its invalidation channel needs one server
+                raise ConfigurationError(
+                    "a near cache (local=) does not support redis+cluster:// yet: its "
+                    "entries would miss other processes' invalidations"
+                )
+            redis_options = target.scoped("redis")
+            cluster, async_backend = connect_cluster(target.url, redis_options)
+            sync_backend = cluster
+            guard |= target.scoped("guard")
+            # Each node's pool holds max_connections (+1 for the listener): whatever
+            # nodes the admitted operations go to, none waits for a connection.
+            guard["slots"] = redis_options.get("max_connections", REDIS_DEFAULTS["max_connections"])
         else:
             from cachekit.backends.redis import connect
 
@@ -190,7 +207,13 @@ def bind(
         log=settings.log,
     )
     # One subscription per process serves both faces: the sync client's if there is one.
-    if sync_client is not None:
+    if cluster is not None:
+        from cachekit.sharded_notify import ShardedListener
+
+        listener = ShardedListener(
+            cluster.connect, ctx.channel, waiters, settings.log, ctx.keyspace
+        )
+    elif sync_client is not None:
         sync_redis = sync_client
         listener = ThreadListener(lambda: sync_redis, ctx.channel, waiters, settings.log)
     elif client is not None:
@@ -221,6 +244,8 @@ def _endpoint(url: str | None, client: redis.Redis | redis.asyncio.Redis | None)
     """How logs name the endpoint: host and port, never a password."""
     if url is not None:
         parts = urlsplit(url)
+        if "," in parts.netloc:  # Cluster or Sentinel: the addresses, no password
+            return parts.netloc.rpartition("@")[2]
         return f"{parts.hostname or parts.path}:{parts.port or ''}".rstrip(":")
     kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
     return f"{kwargs.get('host', kwargs.get('path', 'redis'))}:{kwargs.get('port', '')}".rstrip(":")

@@ -145,7 +145,9 @@ class Cache:
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> Cache:
-        """A configured cache for ``redis://``, ``rediss://``, ``unix://`` or ``memory://``.
+        """A configured cache for ``redis://``, ``rediss://``, ``unix://``, ``memory://``,
+        ``redis+cluster://`` (Redis Cluster) or ``redis+sentinel://`` (a Sentinel-managed
+        primary); the URL forms are listed in :mod:`cachekit.config`.
 
         ``options`` are those of :data:`cachekit.config.URL_OPTIONS` (they win over the
         query string) plus ``clock``, ``rng``, ``jitter``, ``default_ttl`` and a serializer.
@@ -153,6 +155,8 @@ class Cache:
         Usage::
 
             cache = Cache.from_url("redis://localhost:6379/0?socket_timeout=0.2&prefix=shop")
+            cache = Cache.from_url("redis+cluster://10.0.0.1:7000,10.0.0.2:7000")
+            cache = Cache.from_url("redis+sentinel://10.0.0.5:26379,10.0.0.6:26379/shop/0")
             cache = Cache.from_url("memory://")
         """
         names = ("clock", "default_ttl", "rng", "jitter", "double_delete", "local")

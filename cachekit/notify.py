@@ -5,7 +5,9 @@ the cache's channel (``<prefix>:notify``). Each process keeps *one* subscription
 (a :class:`ThreadListener` on the sync client, or a :class:`TaskListener` on the async
 client when only that was given) and hands each message to :class:`Waiters`, which wakes
 the threads and coroutines waiting on that key. The memory backend calls
-:meth:`Waiters.notify` directly.
+:meth:`Waiters.notify` directly. On Redis Cluster the changes go out on sharded channels,
+one per hash tag, and a :class:`~cachekit.sharded_notify.ShardedListener` subscribes to
+just those that someone waits on (it follows :meth:`Waiters.on_change`).
 
 A waiter registers *before* it looks at the state it waits on, so an event between its
 look and its wait is never lost; and every wait is also bounded (by the holder's lease,
@@ -30,7 +32,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from cachekit.stats import LogOnce
@@ -56,7 +58,12 @@ _TOPIC = "\x00"  # no key starts with NUL: a message that does is for a topic
 
 
 def topic_message(topic: str, body: str) -> str:
-    """A channel message for the handlers of ``topic`` rather than for key waiters."""
+    """A channel message for the handlers of ``topic`` rather than for key waiters.
+
+    A topic is named ``<namespace>:<name>``; on Cluster it is announced in the slot of
+    ``KeySpace.namespaced(namespace, name)`` (Bloom filter ``products``: topic
+    ``bloom:products``, keys ``<prefix>:bloom:{products}...``).
+    """
     return f"{_TOPIC}{topic} {body}"
 
 
@@ -124,32 +131,52 @@ class Waiters:
         waiters.notify("shop:{product:5}")
     """
 
-    __slots__ = ("_by_key", "_lock", "_topics")
+    __slots__ = ("_by_key", "_changed", "_lock", "_topics")
 
     def __init__(self) -> None:
         self._by_key: dict[str, set[Waiter]] = {}
         self._topics: dict[str, list[Callable[[str | None], None]]] = {}
         self._lock = threading.Lock()
+        self._changed: Callable[[], None] | None = None
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` whenever a key gains its first waiter or loses its last, or
+        a topic gains a handler: for a listener that subscribes per key (Cluster)."""
+        self._changed = callback
+
+    def watched(self) -> tuple[list[str], list[str]]:
+        """A snapshot: the keys someone waits on, and the topics someone follows."""
+        with self._lock:
+            return list(self._by_key), list(self._topics)
 
     def subscribe(self, topic: str, handler: Callable[[str | None], None]) -> None:
         """Call ``handler(body)`` for every :func:`topic_message` on ``topic``, and
         ``handler(None)`` after a reconnect (messages may have been missed)."""
         with self._lock:
             self._topics.setdefault(topic, []).append(handler)
+        if self._changed is not None:
+            self._changed()
 
     def add(self, key: str, waiter: Waiter) -> None:
         """Start waking ``waiter`` for ``key``."""
         with self._lock:
+            first = key not in self._by_key
             self._by_key.setdefault(key, set()).add(waiter)
+        if first and self._changed is not None:
+            self._changed()
 
     def discard(self, key: str, waiter: Waiter) -> None:
         """Stop waking ``waiter`` for ``key``."""
         with self._lock:
             waiting = self._by_key.get(key)
+            last = False
             if waiting is not None:
                 waiting.discard(waiter)
                 if not waiting:
                     del self._by_key[key]
+                    last = True
+        if last and self._changed is not None:
+            self._changed()
 
     def notify(self, key: str) -> None:
         """Wake everyone waiting on ``key`` (or hand a topic message to its handlers)."""
@@ -167,9 +194,19 @@ class Waiters:
 
     def notify_all(self) -> None:
         """Wake every waiter and tell every topic (after a reconnect: messages were lost)."""
+        self.notify_lost(None, None)
+
+    def notify_lost(self, keys: Iterable[str] | None, topics: Iterable[str] | None) -> None:
+        """Wake the waiters of ``keys`` and tell the handlers of ``topics`` that messages
+        may have been missed (``None``: all of them)."""
         with self._lock:
-            waiting = [w for group in self._by_key.values() for w in group]
-            handlers = [h for group in self._topics.values() for h in group]
+            by_key, by_topic = self._by_key, self._topics
+            chosen = by_key.values() if keys is None else [by_key.get(k, ()) for k in keys]
+            waiting = [w for group in chosen for w in group]
+            followed = (
+                by_topic.values() if topics is None else [by_topic.get(t, []) for t in topics]
+            )
+            handlers = [h for group in followed for h in group]
         for waiter in waiting:
             waiter.wake()
         for handler in handlers:

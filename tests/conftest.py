@@ -20,7 +20,7 @@ import redis
 
 from cachekit import Cache
 from cachekit.testing import FakeClock
-from tests.servers import PrivateServer
+from tests.servers import PrivateCluster, PrivateSentinel, PrivateServer
 
 
 def _answers(host: str, port: int) -> bool:
@@ -54,6 +54,26 @@ def private_redis() -> Iterator[PrivateServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def private_cluster() -> Iterator[PrivateCluster]:
+    """A Redis Cluster of this module's own: 3 primaries, each with a replica."""
+    cluster = PrivateCluster(masters=3, replicas_per_master=1).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def private_sentinel() -> Iterator[PrivateSentinel]:
+    """A Sentinel group of this module's own: a primary, its replica and 3 Sentinels."""
+    group = PrivateSentinel(sentinels=3).start()
+    try:
+        yield group
+    finally:
+        group.stop()
 
 
 @pytest.fixture

@@ -1,7 +1,9 @@
-"""One contract, four runners: the memory and Redis backends, each through both faces.
+"""One contract, eight runners: memory, Redis, Redis Cluster and Sentinel, both faces each.
 
 Whatever a Redis face does with an operation, the memory backend must do too; the flow
-above them relies on nothing else.
+above them relies on nothing else. The Cluster and Sentinel runners (slow: they start
+servers of this module's own) check that keys on many slots, the scans of every primary
+and the sharded announcements keep the same contract.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Any, TypeVar
 
 import pytest
 
+from cachekit.backends.base import AsyncBackend, SyncBackend
+from cachekit.backends.cluster import connect_cluster
 from cachekit.backends.leases import Acquire, Fill, Invalidate, Leased, Release, TakeLease
 from cachekit.backends.memory import AsyncMemoryBackend, MemoryBackend, MemoryStore
 from cachekit.backends.ops import (
@@ -30,20 +34,37 @@ from cachekit.backends.ops import (
     Ttl,
 )
 from cachekit.backends.redis import connect
+from cachekit.backends.responses import ScanKeys, UnlinkEach
+from cachekit.backends.tags import ReadTagged, RetireTags
+from tests.servers import PrivateCluster, PrivateSentinel
 
 T = TypeVar("T")
 Run = Callable[[Op[T]], Awaitable[T]]
 
 
-@pytest.fixture(params=["memory-sync", "memory-async", "redis-sync", "redis-async"])
+SCALE_OUT = [
+    pytest.param(name, marks=pytest.mark.slow)
+    for name in ("cluster-sync", "cluster-async", "sentinel-sync", "sentinel-async")
+]
+
+
+@pytest.fixture(params=["memory-sync", "memory-async", "redis-sync", "redis-async", *SCALE_OUT])
 async def run(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[Run[Any]]:
     """Runs an op on one backend face; sync faces are wrapped to look the same."""
     kind, face = request.param.split("-")
+    sync_backend: SyncBackend
+    async_backend: AsyncBackend
     if kind == "memory":
         store = MemoryStore()
         sync_backend, async_backend = MemoryBackend(store), AsyncMemoryBackend(store)
+    elif kind == "cluster":
+        cluster: PrivateCluster = request.getfixturevalue("private_cluster")
+        sync_backend, async_backend = connect_cluster(cluster.url, {})
+    elif kind == "sentinel":
+        group: PrivateSentinel = request.getfixturevalue("private_sentinel")
+        sync_backend, async_backend = connect(group.url, {})
     else:
-        sync_backend, async_backend = connect(redis_url, {})  # type: ignore[assignment]
+        sync_backend, async_backend = connect(redis_url, {})
 
     async def run_sync(op: Op[Any]) -> Any:
         return sync_backend.run(op)
@@ -228,3 +249,30 @@ async def test_acquire_fences_rise(run: Run[Any], key: Callable[[str], str]) -> 
     assert len(set(fences)) == 5
     assert fences[0] > 1_000_000_000_000_000  # seeded from the clock in microseconds
     assert (await run(Acquire(key("plain"), b"t", 10))).fence == 1
+
+
+async def test_scan_finds_every_key_once_and_ends_at_zero(
+    run: Run[Any], key: Callable[[str], str], prefix: str
+) -> None:
+    names = [key(f"k{n}") for n in range(60)]  # many hash tags: every primary of a Cluster
+    await run(SetMany([(name, b"1", 30) for name in names]))
+    cursor, found, rounds = 0, [], 0
+    while True:
+        cursor, keys = await run(ScanKeys(cursor, f"{prefix}:*", count=10))
+        found += keys
+        rounds += 1
+        if cursor == 0:
+            break
+        assert rounds < 1000
+    assert set(found) == set(names)
+    await run(UnlinkEach(found))
+    assert await run(GetMany(names)) == [None] * len(names)
+
+
+async def test_tag_versions_on_many_slots(run: Run[Any], key: Callable[[str], str]) -> None:
+    tags = [key("tag-a"), key("tag-b")]
+    raw, versions = await run(ReadTagged(key("v"), tags, [b"a1", b"b1"]))
+    assert (raw, versions) == (None, [b"a1", b"b1"])
+    await run(RetireTags(tags[:1], [b"a2"]))
+    await run(Set(key("v"), b"data", 10))
+    assert await run(ReadTagged(key("v"), tags, [b"x", b"y"])) == (b"data", [b"a2", b"b1"])

@@ -8,8 +8,8 @@ on a product it created itself. Carts persist in SQL, so each test logs in as a 
 its own.
 
 The slow test runs ``make demo`` into a fresh virtualenv with nothing configured (embedded
-Valkey, a fresh SQLite file, 10,000 products), waits for the printed URL, fetches the catalog, stops the demo
-and checks that its Valkey server is gone.
+Valkey, a fresh SQLite file, 10,000 products), waits for the printed URL, fetches the
+catalog, stops the demo and checks that its Valkey server is gone.
 """
 
 from __future__ import annotations

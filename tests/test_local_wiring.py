@@ -38,8 +38,15 @@ async def test_hits_are_served_locally_on_both_faces(redis_url: str, prefix: str
     try:
         assert local.wait_ready(2.0)
         assert await product(1) == {"i": 1}  # load, store (the write drops any copy)
-        assert await product(1) == {"i": 1}  # from Redis, now kept locally
+        # The server's invalidation of our own fill may still be in flight and void the
+        # next read's copy; a later read keeps one.
+        for _ in range(100):
+            assert await product(1) == {"i": 1}
+            if cache.stats()["local_hits"]:
+                break
+            await asyncio.sleep(0.01)
         before = cache.stats()["local_hits"]
+        assert before >= 1
         assert await product(1) == {"i": 1}
         assert cache.sync.get(product.key(1)) == {"i": 1}
         assert cache.stats()["local_hits"] == before + 2

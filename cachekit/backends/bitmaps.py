@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from cachekit.backends.ops import Command, Op, Script, Store
+from cachekit.backends.shards import announcement, on_shards
 
 __all__ = ["AbortRebuild", "AddBits", "BeginRebuild", "MergeBits", "SwapGeneration"]
 
@@ -55,7 +56,8 @@ _ADD_BITS = Script(
 -- KEYS[4..] the live generation's parts, then the next generation's parts (if any)
 -- ARGV[1] live generation, ARGV[2] next generation (0: none), ARGV[3] items new,
 -- ARGV[4] channel, ARGV[5] message, ARGV[6] parts per generation,
--- ARGV[7..] pairs: part index (0-based), bit offset in that part
+-- ARGV[7] PUBLISH (SPUBLISH on Cluster, with a shard's channel in ARGV[4]),
+-- ARGV[8..] pairs: part index (0-based), bit offset in that part
 local raw = redis.call('GET', KEYS[1])
 if not raw then return -1 end
 local meta = cjson.decode(raw)
@@ -64,7 +66,7 @@ if meta['generation'] ~= live or (meta['next'] or 0) ~= nxt then return -1 end
 local parts = tonumber(ARGV[6])
 local next_base = 4
 if live > 0 then next_base = 4 + parts end
-for i = 7, #ARGV, 2 do
+for i = 8, #ARGV, 2 do
   local index = tonumber(ARGV[i])
   if live > 0 then redis.call('SETBIT', KEYS[4 + index], ARGV[i + 1], 1) end
   if nxt > 0 then redis.call('SETBIT', KEYS[next_base + index], ARGV[i + 1], 1) end
@@ -72,7 +74,7 @@ end
 local count = 0
 if live > 0 then count = redis.call('INCRBY', KEYS[2], ARGV[3]) end
 if nxt > 0 then redis.call('INCRBY', KEYS[3], ARGV[3]) end
-redis.call('PUBLISH', ARGV[4], ARGV[5])
+redis.call(ARGV[7], ARGV[4], ARGV[5])
 return count
 """
 )
@@ -94,6 +96,7 @@ class AddBits(Op[int]):
     added: int
     channel: str
     message: str
+    sharded: bool = False
 
     kind = "script"
     script = _ADD_BITS
@@ -102,11 +105,15 @@ class AddBits(Op[int]):
         return len(self.parts) // ((self.live > 0) + (self.next > 0) or 1)
 
     def script_call(self) -> tuple[Sequence[str], Sequence[Any]]:
-        args: list[Any] = [self.live, self.next, self.added, self.channel, self.message]
-        args.append(self._per_generation())
+        command, channel = announcement(self.channel, self.descriptor, self.sharded)
+        args: list[Any] = [self.live, self.next, self.added, channel, self.message]
+        args += (self._per_generation(), command)
         for index, offset in self.bits:
             args += (index, offset)
         return (self.descriptor, *self.counts, *self.parts), args
+
+    def for_cluster(self) -> Op[int]:
+        return on_shards(self)
 
     def parse(self, reply: Any) -> int:
         return int(reply)
@@ -219,14 +226,15 @@ class BeginRebuild(Op[tuple[int, int]]):
 _SWAP = Script(
     """
 -- KEYS[1] descriptor; ARGV[1] the generation built, ARGV[2] its whole descriptor (its
--- geometry may differ from the old one's), ARGV[3] channel, ARGV[4] message.
+-- geometry may differ from the old one's), ARGV[3] channel, ARGV[4] message, ARGV[5]
+-- PUBLISH (SPUBLISH on Cluster, with a shard's channel in ARGV[3]).
 -- Swaps only if no later rebuild took over; returns the replaced generation, or -1.
 local raw = redis.call('GET', KEYS[1])
 if not raw then return -1 end
 local meta = cjson.decode(raw)
 if (meta['next'] or 0) ~= tonumber(ARGV[1]) then return -1 end
 redis.call('SET', KEYS[1], ARGV[2])
-redis.call('PUBLISH', ARGV[3], ARGV[4])
+redis.call(ARGV[5], ARGV[3], ARGV[4])
 return meta['generation']
 """
 )
@@ -241,12 +249,17 @@ class SwapGeneration(Op[int]):
     replacement: bytes  # the new descriptor: generation ``built``, no next, its geometry
     channel: str
     message: str
+    sharded: bool = False
 
     kind = "script"
     script = _SWAP
 
     def script_call(self) -> tuple[Sequence[str], Sequence[Any]]:
-        return (self.descriptor,), (self.built, self.replacement, self.channel, self.message)
+        command, channel = announcement(self.channel, self.descriptor, self.sharded)
+        return (self.descriptor,), (self.built, self.replacement, channel, self.message, command)
+
+    def for_cluster(self) -> Op[int]:
+        return on_shards(self)
 
     def parse(self, reply: Any) -> int:
         return int(reply)

@@ -4,7 +4,9 @@ A lease (or lock) key holds a random token and always has a TTL. Whoever holds t
 may fill the value it guards (:class:`Fill`, refused once the lease is gone: no stale
 set), release it (:class:`Release`) or extend it. Every fill, release and invalidation
 publishes the key it changed on the cache's notification channel, so waiters wake on the
-event instead of polling. All keys of one script share a hash tag, hence one Cluster slot.
+event instead of polling. All keys of one script share a hash tag, hence one Cluster slot,
+and on Cluster the announcement goes by ``SPUBLISH`` to that slot's shard channel
+(:mod:`cachekit.backends.shards`): the scripts take the command and channel as arguments.
 
 Usage::
 
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from cachekit.backends.ops import Op, Script, Store, ms
+from cachekit.backends.shards import announcement, on_shards
 
 __all__ = ["Acquire", "Acquired", "Fill", "Invalidate", "Leased", "Release", "TakeLease"]
 
@@ -148,13 +151,14 @@ class TakeLease(Op[Leased]):
 _FILL = Script(
     """
 -- KEYS[1] the value key, KEYS[2] its lease key
--- ARGV[1] the lease token, ARGV[2] the value, ARGV[3] its TTL in ms, ARGV[4] the channel,
--- ARGV[5] '1' to write only if the value key is absent (null markers never overwrite data)
+-- ARGV[1] the lease token, ARGV[2] the value, ARGV[3] its TTL in ms,
+-- ARGV[4] '1' to write only if the value key is absent (null markers never overwrite data),
+-- ARGV[5] and ARGV[6] announce it: PUBLISH and the channel (SPUBLISH, a shard's, on Cluster)
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
-if ARGV[5] == '1' then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3], 'NX')
+if ARGV[4] == '1' then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3], 'NX')
 else redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
 redis.call('DEL', KEYS[2])
-redis.call('PUBLISH', ARGV[4], KEYS[1])
+redis.call(ARGV[5], ARGV[6], KEYS[1])
 return 1
 """
 )
@@ -175,13 +179,18 @@ class Fill(Op[bool]):
     token: bytes
     channel: str
     nx: bool = False
+    sharded: bool = False
 
     kind = "script"
     script = _FILL
 
     def script_call(self) -> tuple[Sequence[str], Sequence[Any]]:
-        args = (self.token, self.value, ms(self.ttl), self.channel, "1" if self.nx else "0")
+        announce = announcement(self.channel, self.key, self.sharded)
+        args = (self.token, self.value, ms(self.ttl), "1" if self.nx else "0", *announce)
         return (self.key, self.lease), args
+
+    def for_cluster(self) -> Op[bool]:
+        return on_shards(self)
 
     def parse(self, reply: Any) -> bool:
         return bool(reply)
@@ -198,10 +207,11 @@ class Fill(Op[bool]):
 
 _RELEASE = Script(
     """
--- KEYS[1] the lock or lease key; ARGV[1] our token, ARGV[2] the channel, ARGV[3] the message
+-- KEYS[1] the lock or lease key; ARGV[1] our token
+-- ARGV[2] PUBLISH (SPUBLISH on Cluster), ARGV[3] the channel, ARGV[4] the message
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', ARGV[2], ARGV[3])
+redis.call(ARGV[2], ARGV[3], ARGV[4])
 return 1
 """
 )
@@ -214,13 +224,22 @@ class Release(Op[bool]):
     key: str
     token: bytes
     channel: str
-    message: str | None = None
+    message: str | None = None  # a key of the same hash tag
+    sharded: bool = False
 
     kind = "script"
     script = _RELEASE
 
     def script_call(self) -> tuple[Sequence[str], Sequence[Any]]:
-        return (self.key,), (self.token, self.channel, self.message or self.key)
+        message = self.message or self.key
+        return (self.key,), (
+            self.token,
+            *announcement(self.channel, message, self.sharded),
+            message,
+        )
+
+    def for_cluster(self) -> Op[bool]:
+        return on_shards(self)
 
     def parse(self, reply: Any) -> bool:
         return bool(reply)
@@ -236,9 +255,10 @@ class Release(Op[bool]):
 _INVALIDATE = Script(
     """
 -- KEYS: the value key, then the keys that go with it (its lease)
--- ARGV[1] the channel; the value key is announced so waiters re-check it
+-- ARGV[1] PUBLISH (SPUBLISH on Cluster), ARGV[2] the channel; the value key is announced
+-- so waiters re-check it
 local removed = redis.call('UNLINK', unpack(KEYS))
-redis.call('PUBLISH', ARGV[1], KEYS[1])
+redis.call(ARGV[1], ARGV[2], KEYS[1])
 return removed
 """
 )
@@ -250,12 +270,16 @@ class Invalidate(Op[int]):
 
     keys: Sequence[str]
     channel: str
+    sharded: bool = False
 
     kind = "script"
     script = _INVALIDATE
 
     def script_call(self) -> tuple[Sequence[str], Sequence[Any]]:
-        return self.keys, (self.channel,)
+        return self.keys, announcement(self.channel, self.keys[0], self.sharded)
+
+    def for_cluster(self) -> Op[int]:
+        return on_shards(self)
 
     def parse(self, reply: Any) -> int:
         return int(reply)

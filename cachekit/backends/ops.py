@@ -6,6 +6,9 @@ pipeline of :attr:`Op.commands`, or the Lua :attr:`Op.script`) and hands the rep
 every operation atomic there as a Lua script is in Redis. Keeping both meanings side by
 side is what keeps the two backends' semantics equal; the contract suite checks it.
 
+On Redis Cluster a face runs :meth:`Op.for_cluster` instead: scripts that announce a
+change then ``SPUBLISH`` it in their own slot (:mod:`.shards`).
+
 Usage::
 
     raw = sync_backend.run(Get("p:{k}"))
@@ -117,6 +120,10 @@ class Op(ABC, Generic[T]):
         """``(KEYS, ARGV)`` for :attr:`script`, for ``kind == "script"``."""
         raise TypeError(f"{type(self).__name__} is not a script")
 
+    def for_cluster(self) -> Op[T]:
+        """This operation as Redis Cluster must run it (most are unchanged: ``self``)."""
+        return self
+
     @abstractmethod
     def parse(self, reply: Any) -> T:
         """The result from the Redis reply (a list of replies for a pipeline)."""
@@ -151,7 +158,7 @@ class Get(Op[bytes | None]):
 
 @dataclass(slots=True)
 class GetMany(Op[list[bytes | None]]):
-    """``MGET keys...`` (all keys must share a slot on Cluster)."""
+    """``MGET keys...`` (a Cluster face splits it by key)."""
 
     keys: Sequence[str]
 

@@ -3,6 +3,8 @@
 :func:`connect` builds both faces from a URL with cachekit's time budget (short socket
 and connect timeouts, no retry chain, a bounded pool whose wait is bounded too);
 :class:`RedisBackend` and :class:`AsyncRedisBackend` wrap clients you built yourself.
+A ``redis+sentinel://`` URL gets the same faces over Sentinel-managed clients
+(:mod:`.sentinel`); Redis Cluster has faces of its own (:mod:`.cluster`).
 Every redis-py or socket error leaves this module as a
 :class:`~cachekit.exceptions.BackendError` through :func:`translate_error`, the one place
 that maps them.
@@ -22,8 +24,14 @@ import redis
 import redis.asyncio
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
+from redis.exceptions import (
+    ClusterDownError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
@@ -33,17 +41,32 @@ from cachekit.exceptions import BackendError, BackendTimeout, BackendUnavailable
 from .guard import time_left
 from .ops import Op
 
-__all__ = ["AsyncRedisBackend", "RedisBackend", "connect", "translate_error"]
+__all__ = [
+    "REDIS_ERRORS",
+    "AsyncRedisBackend",
+    "RedisBackend",
+    "budgeted",
+    "client_kwargs",
+    "connect",
+    "reply_options",
+    "translate_error",
+]
 
 T = TypeVar("T")
 
-# Most specific first: the first match wins.
+# Most specific first: the first match wins. A Cluster that is down or failing over, or
+# whose nodes cannot be reached, is unavailable (these are error replies or client
+# errors in redis-py, but no answer to the operation).
 _ERROR_MAP: tuple[tuple[tuple[type[BaseException], ...], type[BackendError]], ...] = (
     ((RedisTimeoutError, TimeoutError, asyncio.TimeoutError), BackendTimeout),
-    ((RedisConnectionError, OSError), BackendUnavailable),
+    (
+        (RedisConnectionError, OSError, ClusterDownError, TryAgainError, RedisClusterException),
+        BackendUnavailable,
+    ),
     ((RedisError,), BackendError),
 )
-_TRANSLATED = (RedisError, OSError)
+#: What :func:`translate_error` translates: everything redis-py or a socket raises.
+REDIS_ERRORS = (RedisError, OSError, RedisClusterException)
 
 
 def translate_error(exc: BaseException) -> BackendError:
@@ -60,7 +83,13 @@ def translate_error(exc: BaseException) -> BackendError:
     return BackendError(f"{type(exc).__name__}: {exc}")
 
 
-def _reply_options(command: tuple[Any, ...]) -> dict[str, Any]:
+def reply_options(command: tuple[Any, ...]) -> dict[str, Any]:
+    """Options for queuing ``command`` in a pipeline, so its reply parses as sent.
+
+    Usage::
+
+        pipe.execute_command(*command, **reply_options(command))
+    """
     # redis-py parses SET replies to True/False unless told that GET was asked for.
     return {"get": True} if command[0] == "SET" and "GET" in command[3:] else {}
 
@@ -108,9 +137,9 @@ class RedisBackend:
             with self.client.pipeline(transaction=False) as pipe:
                 queue: Callable[..., Any] = pipe.execute_command
                 for command in op.pipeline():
-                    queue(*command, **_reply_options(command))
+                    queue(*command, **reply_options(command))
                 return op.parse(pipe.execute())
-        except _TRANSLATED as exc:
+        except REDIS_ERRORS as exc:
             raise translate_error(exc) from exc
 
     def close(self) -> None:
@@ -151,9 +180,9 @@ class AsyncRedisBackend:
                 return op.parse(reply)
             async with self.client.pipeline(transaction=False) as pipe:
                 for command in op.pipeline():
-                    pipe.execute_command(*command, **_reply_options(command))
+                    pipe.execute_command(*command, **reply_options(command))
                 return op.parse(await pipe.execute())
-        except _TRANSLATED as exc:
+        except REDIS_ERRORS as exc:
             raise translate_error(exc) from exc
 
     async def close(self) -> None:
@@ -176,13 +205,28 @@ class _Budgeted:
         return super().read_response(*args, **kwargs)  # type: ignore[misc]
 
 
+def budgeted(base: type[redis.Connection]) -> type[redis.Connection]:
+    """``base`` (a sync connection class) with replies awaited only until the deadline.
+
+    Usage::
+
+        pool.connection_class = budgeted(pool.connection_class)
+    """
+    return type(f"Budgeted{base.__name__}", (_Budgeted, base), {})
+
+
 def _budgeted(pool: redis.ConnectionPool) -> redis.ConnectionPool:
-    base = pool.connection_class
-    pool.connection_class = type(f"Budgeted{base.__name__}", (_Budgeted, base), {})
+    pool.connection_class = budgeted(pool.connection_class)
     return pool
 
 
-def _client_kwargs(options: Mapping[str, Any]) -> dict[str, Any]:
+def client_kwargs(options: Mapping[str, Any]) -> dict[str, Any]:
+    """redis-py keyword arguments for cachekit's ``options`` over its defaults.
+
+    Usage::
+
+        pool = redis.BlockingConnectionPool.from_url(url, **client_kwargs({"db": 2}))
+    """
     settings = {**REDIS_DEFAULTS, **options}
     settings["timeout"] = settings.pop("pool_timeout")
     # The guard admits at most max_connections operations at once; the extra connection
@@ -194,12 +238,23 @@ def _client_kwargs(options: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def connect(url: str, options: Mapping[str, Any]) -> tuple[RedisBackend, AsyncRedisBackend]:
-    """Both faces for ``url`` (``redis://``, ``rediss://`` or ``unix://``), no I/O yet.
+    """Both faces for ``url`` (``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://``).
 
-    ``options`` are the ``redis``-scoped options of :data:`cachekit.config.URL_OPTIONS`;
-    anything not given takes :data:`cachekit.config.REDIS_DEFAULTS`.
+    No I/O yet. ``options`` are the ``redis``-scoped options of
+    :data:`cachekit.config.URL_OPTIONS`; anything not given takes
+    :data:`cachekit.config.REDIS_DEFAULTS`. ``redis+cluster://`` needs
+    :func:`cachekit.backends.cluster.connect_cluster` (``Cache.from_url`` picks it).
     """
-    kwargs = _client_kwargs(options)
+    if url.startswith("redis+sentinel:"):
+        from .sentinel import connect_sentinel
+
+        return connect_sentinel(url, options)
+    if url.startswith("redis+cluster:"):
+        raise ConfigurationError(
+            "a redis+cluster:// URL needs cluster faces: use "
+            "cachekit.backends.cluster.connect_cluster (Cache.from_url does)"
+        )
+    kwargs = client_kwargs(options)
     # One immediate retry, on a broken connection only: a pooled connection that died with
     # a restarted server is replaced at once, while a hung server (a timeout) is never
     # waited for twice and a refused connect costs microseconds.
