@@ -9,16 +9,21 @@ cool-down. Each transition is counted and logged once, never a traceback per req
 The breaker is pure bookkeeping on an injectable clock; the backend guard
 (:mod:`cachekit.backends.guard`) asks it before each call and reports each outcome.
 
+Every admission is a ticket (:data:`NORMAL` or :data:`PROBE`; :data:`REFUSED` is falsy),
+and every report carries it back: a call let through while the breaker was closed may
+report only after it has opened and half-opened (a call can outlive a cool-down), and
+such a late report must not be taken for the probe's outcome.
+
 Usage::
 
     breaker = Breaker(failures=5, cooldown=2.0)
-    if breaker.allow():
+    if ticket := breaker.allow():
         try:
             reply = call_redis()
         except BackendUnavailable:
-            breaker.failure()
+            breaker.failure(ticket)
         else:
-            breaker.success()
+            breaker.success(ticket)
 """
 
 from __future__ import annotations
@@ -31,9 +36,23 @@ from typing import Final, Literal
 from cachekit.clock import SYSTEM_CLOCK, Clock
 from cachekit.exceptions import ConfigurationError
 
-__all__ = ["DEFAULT_COOLDOWN", "DEFAULT_FAILURES", "Breaker", "State"]
+__all__ = [
+    "DEFAULT_COOLDOWN",
+    "DEFAULT_FAILURES",
+    "NORMAL",
+    "PROBE",
+    "REFUSED",
+    "Breaker",
+    "State",
+    "Ticket",
+]
 
 State = Literal["closed", "open", "half_open"]
+
+Ticket = Literal[0, 1, 2]
+REFUSED: Final[Ticket] = 0
+NORMAL: Final[Ticket] = 1
+PROBE: Final[Ticket] = 2
 
 DEFAULT_FAILURES: Final = 5
 DEFAULT_COOLDOWN: Final = 2.0
@@ -109,54 +128,60 @@ class Breaker:
         reads as ``'open'`` until a caller asks to go through)."""
         return self._state
 
-    def allow(self) -> bool:
-        """Whether a call may go to the endpoint now; ``True`` obliges a report.
+    def allow(self) -> Ticket:
+        """A ticket if a call may go to the endpoint now (:data:`REFUSED`, falsy, if not).
 
-        A caller that gets ``True`` must later call :meth:`success` or :meth:`failure`
+        A caller given a ticket must later hand it to :meth:`success` or :meth:`failure`
         (or :meth:`release` when the call never reached the endpoint).
         """
         if self._state == "closed":  # the hot path: one attribute read, no lock
-            return True
+            return NORMAL
         return self._admit()
 
-    def _admit(self) -> bool:
+    def _admit(self) -> Ticket:
         with self._lock:
             if self._state == "closed":
-                return True
+                return NORMAL
             if self._state == "open":
                 if self._clock.monotonic() - self._opened_at < self._cooldown:
-                    return False
+                    return REFUSED
                 self._move("half_open")
             if self._probing:
-                return False  # one probe at a time; the others keep failing fast
+                return REFUSED  # one probe at a time; the others keep failing fast
             self._probing = True
-            return True
+            return PROBE
 
-    def success(self) -> None:
+    def success(self, ticket: Ticket = PROBE) -> None:
         """The endpoint answered: reset the failure streak; a successful probe closes."""
         if self._state == "closed" and not self._streak:
             return
         with self._lock:
-            self._streak = 0
             if self._state == "half_open":
-                self._probing = False
-                self._move("closed")
+                if ticket == PROBE:
+                    self._probing = False
+                    self._streak = 0
+                    self._move("closed")
+            elif self._state == "closed":
+                self._streak = 0
 
-    def failure(self) -> None:
+    def failure(self, ticket: Ticket = PROBE) -> None:
         """The endpoint failed (unreachable or timed out): maybe open the breaker."""
         with self._lock:
             if self._state == "half_open":
-                self._probing = False
-                self._open()
-                return
+                if ticket == PROBE:
+                    self._probing = False
+                    self._open()
+                return  # a late report of a call let through before the opening
             if self._state == "open":
                 return  # a call that started before the breaker opened
             self._streak += 1
             if self._streak >= self._failures:
                 self._open()
 
-    def release(self) -> None:
-        """A call that was allowed never reached the endpoint (say, no pool slot in time)."""
+    def release(self, ticket: Ticket = PROBE) -> None:
+        """A call that was let through never reached the endpoint (no pool slot in time)."""
+        if ticket != PROBE:
+            return
         with self._lock:
             if self._state == "half_open":
                 self._probing = False

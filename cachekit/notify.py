@@ -67,7 +67,7 @@ def topic_message(topic: str, body: str) -> str:
     return f"{_TOPIC}{topic} {body}"
 
 
-READY_WAIT = 1.0  # seconds a first waiter gives the subscription to come up
+READY_WAIT = 0.25  # seconds a first waiter gives the subscription (a healthy one: ms)
 _POLL = 0.5  # how often a listener checks whether it was stopped
 _BACKOFF_MAX = 1.0
 

@@ -30,7 +30,7 @@ import time
 from contextvars import ContextVar
 from typing import Final, TypeVar
 
-from cachekit.breaker import Breaker
+from cachekit.breaker import Breaker, Ticket
 from cachekit.exceptions import BackendError, BackendTimeout, BackendUnavailable, CircuitOpen
 from cachekit.stats import Stats
 
@@ -42,6 +42,9 @@ __all__ = ["DEADLINE", "DEFAULT_DEADLINE", "AsyncGuardedBackend", "GuardedBacken
 T = TypeVar("T")
 
 DEFAULT_DEADLINE: Final = 0.25
+# A timeout charges the breaker only if the call had at least this share of its budget
+# left when it got a connection slot.
+_CHARGED_SHARE: Final = 0.9
 
 #: The ``time.monotonic()`` by which the operation running in this context must end.
 DEADLINE: ContextVar[float | None] = ContextVar("cachekit_deadline", default=None)
@@ -69,23 +72,32 @@ class _Guard:
         self.stats = stats
         self.deadline = deadline
 
-    def admit(self) -> None:
-        if not self.breaker.allow():
+    def admit(self) -> Ticket:
+        ticket = self.breaker.allow()
+        if not ticket:
             self.stats.incr("breaker_rejects")
             raise CircuitOpen(f"circuit breaker for {self.breaker.name} is open")
+        return ticket
 
-    def no_slot(self) -> BackendTimeout:
-        self.breaker.release()
+    def no_slot(self, ticket: Ticket) -> BackendTimeout:
+        self.breaker.release(ticket)
         self.stats.incr("pool_exhausted")
         return BackendTimeout(f"no free connection within the {self.deadline}s budget")
 
-    def failed(self, exc: BackendError) -> None:
-        if isinstance(exc, BackendUnavailable):
-            if isinstance(exc, BackendTimeout):
-                self.stats.incr("deadline_exceeded")
-            self.breaker.failure()
-        else:
-            self.breaker.success()  # the server answered, with an error
+    def failed(self, ticket: Ticket, exc: BackendError, slot_at: float, deadline: float) -> None:
+        if not isinstance(exc, BackendUnavailable):
+            self.breaker.success(ticket)  # the server answered, with an error
+            return
+        if isinstance(exc, BackendTimeout):
+            self.stats.incr("deadline_exceeded")
+            if deadline - slot_at < self.deadline * _CHARGED_SHARE:
+                # Part of the budget went to waiting for a slot: this process is congested,
+                # the server may be fine, so the breaker is not charged. A dead or hung
+                # server still opens it: the calls that found slots free time out first.
+                self.stats.incr("pool_exhausted")
+                self.breaker.release(ticket)
+                return
+        self.breaker.failure(ticket)
 
 
 class GuardedBackend:
@@ -114,20 +126,21 @@ class GuardedBackend:
     def run(self, op: Op[T]) -> T:
         """Run ``op`` within the budget, unless the breaker is open."""
         guard = self._guard
-        guard.admit()
-        budget = guard.deadline
-        if not self._slots.acquire(timeout=budget):
-            raise guard.no_slot()
-        token = DEADLINE.set(time.monotonic() + budget)
+        ticket = guard.admit()
+        deadline = time.monotonic() + guard.deadline  # the wait for a slot counts too
+        if not self._slots.acquire(timeout=guard.deadline):
+            raise guard.no_slot(ticket)
+        slot_at = time.monotonic()
+        token = DEADLINE.set(deadline)
         try:
             reply = self.inner.run(op)
         except BackendError as exc:
-            guard.failed(exc)
+            guard.failed(ticket, exc, slot_at, deadline)
             raise
         finally:
             DEADLINE.reset(token)
             self._slots.release()
-        guard.breaker.success()
+        guard.breaker.success(ticket)
         return reply
 
     def close(self) -> None:
@@ -171,27 +184,33 @@ class AsyncGuardedBackend:
     async def run(self, op: Op[T]) -> T:
         """Run ``op`` within the budget, unless the breaker is open."""
         guard = self._guard
-        guard.admit()
+        ticket = guard.admit()
         slots = self._slots()
-        acquired = False
+        deadline = time.monotonic() + guard.deadline
+        slot_at = 0.0
+        # The connections also read DEADLINE to bound each reply: redis-py may swallow a
+        # cancellation that lands as a send completes (CPython gh-86296), and the read
+        # after it must not then wait a whole socket_timeout of its own.
+        token = DEADLINE.set(deadline)
         try:
             async with asyncio.timeout(guard.deadline):
                 await slots.acquire()
-                acquired = True
+                slot_at = time.monotonic()
                 reply = await self.inner.run(op)
         except TimeoutError:
-            if not acquired:
-                raise guard.no_slot() from None
+            if not slot_at:
+                raise guard.no_slot(ticket) from None
             exc = BackendTimeout(f"no reply within the {guard.deadline}s budget")
-            guard.failed(exc)
+            guard.failed(ticket, exc, slot_at, deadline)
             raise exc from None
         except BackendError as exc:
-            guard.failed(exc)
+            guard.failed(ticket, exc, slot_at, deadline)
             raise
         finally:
-            if acquired:
+            DEADLINE.reset(token)
+            if slot_at:
                 slots.release()
-        guard.breaker.success()
+        guard.breaker.success(ticket)
         return reply
 
     async def close(self) -> None:

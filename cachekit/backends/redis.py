@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import redis
 import redis.asyncio
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.exceptions import (
@@ -215,6 +216,35 @@ def budgeted(base: type[redis.Connection]) -> type[redis.Connection]:
     return type(f"Budgeted{base.__name__}", (_Budgeted, base), {})
 
 
+class _AsyncBudgeted:
+    """For an async connection class: a reply is never awaited once the deadline passed.
+
+    The async guard enforces the deadline by cancellation, but redis-py sends with
+    ``asyncio.wait_for``, which can swallow a cancellation that lands as the send completes
+    (CPython gh-86296); the read after it would then wait a whole ``socket_timeout``. Such
+    a read starts past the deadline: it disconnects (the reply is never read by the next
+    command) and fails at once. redis-py's own ``timeout=`` argument is not used: on the
+    async face it returns ``None`` and leaves the reply pending on the connection.
+    """
+
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        left = time_left()
+        if left is not None and left <= 0:
+            await self.disconnect(nowait=True)  # type: ignore[attr-defined]
+            raise RedisTimeoutError("the operation's deadline passed before its reply")
+        return await super().read_response(*args, **kwargs)  # type: ignore[misc]
+
+
+def abudgeted(base: type[AbstractConnection]) -> type[AbstractConnection]:
+    """``base`` (an async connection class) with replies awaited only until the deadline.
+
+    Usage::
+
+        pool.connection_class = abudgeted(pool.connection_class)
+    """
+    return type(f"Budgeted{base.__name__}", (_AsyncBudgeted, base), {})
+
+
 def _budgeted(pool: redis.ConnectionPool) -> redis.ConnectionPool:
     pool.connection_class = budgeted(pool.connection_class)
     return pool
@@ -266,6 +296,7 @@ def connect(url: str, options: Mapping[str, Any]) -> tuple[RedisBackend, AsyncRe
     async_pool = redis.asyncio.BlockingConnectionPool.from_url(
         url, retry=AsyncRetry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)), **kwargs
     )
+    async_pool.connection_class = abudgeted(async_pool.connection_class)
     return (
         RedisBackend(redis.Redis.from_pool(sync_pool)),
         AsyncRedisBackend(redis.asyncio.Redis.from_pool(async_pool)),

@@ -30,7 +30,7 @@ from redis.retry import Retry
 
 from cachekit.config import parse_nodes
 
-from .redis import AsyncRedisBackend, RedisBackend, budgeted, client_kwargs
+from .redis import AsyncRedisBackend, RedisBackend, abudgeted, budgeted, client_kwargs
 
 __all__ = ["AsyncSentinelBackend", "SentinelBackend", "connect_sentinel"]
 
@@ -125,4 +125,6 @@ def connect_sentinel(
         retry=AsyncRetry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         **data,
     )
+    async_pool = async_client.connection_pool
+    async_pool.connection_class = abudgeted(async_pool.connection_class)
     return SentinelBackend(client), AsyncSentinelBackend(async_client)
