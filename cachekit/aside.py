@@ -19,7 +19,10 @@ The read path (DESIGN.md, "Read path"):
 Failure policy: reads fail open (a backend error is a miss, counted as ``fallbacks`` and
 logged once), a lease that cannot be taken because the backend fails means loading without
 it (the in-process flight still protects the database), and writes after a load never
-fail the caller.
+fail the caller. A lease refused by an error answer (out of memory) is a skipped write,
+not a failed read. A lease this flow may hold but can no longer use (a lease or fill
+request that timed out, a load that was cancelled) is released, token-checked, so the
+key's next callers need not wait for it to lapse.
 
 Usage::
 
@@ -38,13 +41,28 @@ from cachekit.backends.ops import Delete, Get
 from cachekit.backends.tags import ReadTagged
 from cachekit.bloomflow import bloom_contains
 from cachekit.context import Context, Policy, new_token
-from cachekit.effects import LOAD, Flow, Hold, Join, Spawn, Wait, Watch
+from cachekit.effects import LOAD, Flow, Hold, Join, Later, Spawn, Wait, Watch
 from cachekit.envelope import Envelope, InvalidPayload, decode, encode
-from cachekit.exceptions import BackendError, ConfigurationError, LockTimeout, SerializationError
+from cachekit.exceptions import (
+    BackendError,
+    BackendUnavailable,
+    CircuitOpen,
+    ConfigurationError,
+    LockTimeout,
+    SerializationError,
+)
 from cachekit.jitter import jittered
 from cachekit.serializers import Serializer
 
-__all__ = ["cached_read", "decode_or_none", "lease_key", "read_envelope", "read_failed", "refresh"]
+__all__ = [
+    "cached_read",
+    "decode_or_none",
+    "lease_key",
+    "read_envelope",
+    "read_failed",
+    "refresh",
+    "write_failed",
+]
 
 # Wake a little after a holder's lease lapses, so the retry finds it gone.
 _LEASE_MARGIN = 0.005
@@ -54,6 +72,12 @@ def read_failed(ctx: Context, exc: BackendError) -> None:
     """Count and log (once) a read that failed open."""
     ctx.stats.incr("fallbacks")
     ctx.log.warning(("read", type(exc)), "cachekit: cache read failed open (%s)", exc)
+
+
+def write_failed(ctx: Context, exc: BackendError) -> None:
+    """Count and log (once) a write that was skipped: the caller still gets its value."""
+    ctx.stats.incr("write_errors")
+    ctx.log.warning(("write", type(exc)), "cachekit: cache write skipped (%s)", exc)
 
 
 def decode_or_none(ctx: Context, key: str, raw: bytes, serializer: Serializer) -> Envelope | None:
@@ -222,8 +246,9 @@ def _miss(ctx: Context, policy: Policy, target: Target, seen: Envelope | None) -
         try:
             got = yield TakeLease(lease, token, policy.lock_ttl, key)
         except BackendError as exc:
-            read_failed(ctx, exc)  # no lease to be had: the flight alone guards the source
-            return (yield from _load_only(ctx))  # and without a lease, nothing is stored
+            yield from _lease_failed(ctx, key, (lease, token), exc)
+            # No lease to be had: the flight alone guards the source, and nothing is stored.
+            return (yield from _load_only(ctx))
         if got.acquired:
             # Someone may have filled the key between our miss and our lease.
             fresh = _fresh(ctx, target, got.value)
@@ -267,7 +292,7 @@ def _rebuild(ctx: Context, policy: Policy, target: Target, seen: Envelope) -> Fl
     try:
         got = yield TakeLease(lease, token, policy.lock_ttl, key)
     except BackendError as exc:
-        read_failed(ctx, exc)
+        yield from _lease_failed(ctx, key, (lease, token), exc)
         return 0.0
     if not got.acquired:
         remaining: float = got.remaining  # another process is rebuilding it
@@ -297,7 +322,7 @@ def _load_maybe_store(ctx: Context, policy: Policy, target: Target) -> Flow[Any]
     try:
         got = yield TakeLease(lease, token, policy.lock_ttl, target.key)
     except BackendError as exc:
-        read_failed(ctx, exc)
+        yield from _lease_failed(ctx, target.key, (lease, token), exc)
         got = None
     if got is None or not got.acquired:
         return (yield from _load_only(ctx))  # another process loads (and stores) it
@@ -331,6 +356,13 @@ def _load_and_store(
     except Exception:
         yield from _release(ctx, key, lease)  # let a waiter try its own load
         raise
+    except GeneratorExit:
+        raise  # closed, not driven: nothing can be yielded now; the lease lapses
+    except BaseException:
+        # Cancelled (or interrupted): release without awaiting a round trip, off the
+        # caller's path, so the key's next callers need not wait for the lease to lapse.
+        yield from _abandon(ctx, key, lease)
+        raise
     entry = _entry(ctx, policy, target, value, load_time)
     try:
         if entry is None:
@@ -340,8 +372,9 @@ def _load_and_store(
             ctx.stats.incr("stale_sets_refused")  # invalidated (or lapsed) while loading
             return Stale(value)
     except BackendError as exc:
-        ctx.stats.incr("write_errors")
-        ctx.log.warning(("write", type(exc)), "cachekit: cache write skipped (%s)", exc)
+        write_failed(ctx, exc)
+        # The fill may not have run (cut, paused server): the lease may still be ours.
+        yield from _abandon(ctx, key, lease)
     return value
 
 
@@ -385,3 +418,31 @@ def _release(ctx: Context, key: str, lease: tuple[str, bytes]) -> Flow[None]:
         yield Release(lease[0], lease[1], ctx.channel, key)
     except BackendError as exc:
         read_failed(ctx, exc)  # the lease lapses on its own
+
+
+def _lease_failed(
+    ctx: Context, key: str, lease: tuple[str, bytes], exc: BackendError
+) -> Flow[None]:
+    """Account for a :class:`TakeLease` that failed, and undo it if it may have been taken.
+
+    An error answer (e.g. out of memory) means the server refused the script: the read
+    worked, only the write it was for is skipped. Without an answer (timeout, lost
+    connection) the server may still have taken the lease after we gave up; an open
+    circuit sent nothing, so there is nothing to undo.
+    """
+    if not isinstance(exc, BackendUnavailable):
+        write_failed(ctx, exc)
+        return
+    read_failed(ctx, exc)
+    if not isinstance(exc, CircuitOpen):
+        yield from _abandon(ctx, key, lease)
+
+
+def _abandon(ctx: Context, key: str, lease: tuple[str, bytes]) -> Flow[None]:
+    """Release a lease we may hold, off the caller's path and retried until Redis answers.
+
+    The release is token-checked, so it is harmless if the lease was never (or is no
+    longer) ours. Later is scheduled at once by the face, so this is safe to yield while
+    a cancellation unwinds the flow.
+    """
+    yield Later(Release(lease[0], lease[1], ctx.channel, key), 0.0)

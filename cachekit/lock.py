@@ -36,7 +36,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
 from cachekit.backends.leases import Acquire, Release
-from cachekit.backends.ops import ExpireIfEqual
+from cachekit.backends.ops import ExpireIfEqual, Get
 from cachekit.context import Context, new_token
 from cachekit.effects import Flow, Wait, Watch
 from cachekit.exceptions import BackendError, LockError, LockNotOwnedError, LockTimeout
@@ -48,6 +48,9 @@ if TYPE_CHECKING:
 __all__ = ["Lock", "SyncLock", "acquire_flow"]
 
 _LEASE_MARGIN = 0.005
+# How much of a lease we do not count on when judging whether it may have lapsed: our
+# monotonic clock and Redis's expiry clock may run a little apart.
+_DRIFT = 0.01
 
 
 def acquire_flow(ctx: Context, lock: _LockState) -> Flow[int]:
@@ -56,8 +59,10 @@ def acquire_flow(ctx: Context, lock: _LockState) -> Flow[int]:
     deadline = ctx.clock.monotonic() + lock.wait
     waited = False
     while True:
+        sent = ctx.clock.monotonic()  # the lease starts no earlier than this
         got = yield Acquire(lock.key, lock.token, lock.ttl, lock.key + ":fence")
         if got.acquired:
+            lock.leased(sent, lock.ttl)
             fence: int = got.fence
             return fence
         remaining = deadline - ctx.clock.monotonic()
@@ -89,6 +94,11 @@ class _LockState:
         self.held = False
         self.lost = False
         self.owner: object = None
+        self.lapses_at = 0.0  # monotonic; before it the lease cannot have run out by itself
+
+    def leased(self, since: float, ttl: float) -> None:
+        """Note a lease of ``ttl`` granted no earlier than ``since`` (acquire or extend)."""
+        self.lapses_at = since + ttl * (1 - _DRIFT) - _LEASE_MARGIN
 
     def acquired(self, fence: int | None, owner: object) -> None:
         self.fencing_token, self.held, self.lost, self.owner = fence, True, False, owner
@@ -101,6 +111,16 @@ class _LockState:
 
     def failed_open(self, exc: BackendError) -> None:
         self.ctx.log.warning(("lock-open", type(exc)), "cachekit: lock failed open (%s)", exc)
+
+    def maybe_resent(self, ok: bool) -> bool:
+        """Whether a refused release may be redis-py resending one whose reply was lost.
+
+        Only while our lease cannot have lapsed by itself (and no renewal failed): then a
+        key found *absent* means the first run deleted it. The caller confirms the absence
+        (a key held by another token means an operator or failover took it: lost).
+        Watchdog renewals are not counted, so past the first lease this stays strict.
+        """
+        return not ok and not self.lost and self.ctx.clock.monotonic() < self.lapses_at
 
     def released(self, ok: bool) -> None:
         if not ok or self.lost:
@@ -150,9 +170,11 @@ class Lock(_LockState):
     async def extend(self, ttl: float | None = None) -> None:
         """Reset the lease to ``ttl`` (default: the lock's) now."""
         self.check_owner(asyncio.current_task())
+        sent = self.ctx.clock.monotonic()
         if not await self._face.backend.run(ExpireIfEqual(self.key, self.token, ttl or self.ttl)):
             self.lost = True
             raise LockNotOwnedError(f"lock {self.name!r} was lost", name=self.name)
+        self.leased(sent, ttl or self.ttl)
 
     async def release(self) -> None:
         """Give the lock back; ``LockNotOwnedError`` if it was lost meanwhile."""
@@ -165,7 +187,10 @@ class Lock(_LockState):
             self.held = False
             return
         op = Release(self.key, self.token, self.ctx.channel)
-        self.released(await self._face.backend.run(op))
+        ok = await self._face.backend.run(op)
+        if self.maybe_resent(ok):
+            ok = await self._face.backend.run(Get(self.key)) is None
+        self.released(ok)
 
     async def __aenter__(self) -> Self:
         return await self.acquire()
@@ -212,9 +237,11 @@ class SyncLock(_LockState):
     def extend(self, ttl: float | None = None) -> None:
         """Reset the lease to ``ttl`` (default: the lock's) now."""
         self.check_owner(threading.get_ident())
+        sent = self.ctx.clock.monotonic()
         if not self._face.backend.run(ExpireIfEqual(self.key, self.token, ttl or self.ttl)):
             self.lost = True
             raise LockNotOwnedError(f"lock {self.name!r} was lost", name=self.name)
+        self.leased(sent, ttl or self.ttl)
 
     def release(self) -> None:
         """Give the lock back; ``LockNotOwnedError`` if it was lost meanwhile."""
@@ -226,7 +253,10 @@ class SyncLock(_LockState):
         if self.fencing_token is None:
             self.held = False
             return
-        self.released(self._face.backend.run(Release(self.key, self.token, self.ctx.channel)))
+        ok = self._face.backend.run(Release(self.key, self.token, self.ctx.channel))
+        if self.maybe_resent(ok):
+            ok = self._face.backend.run(Get(self.key)) is None
+        self.released(ok)
 
     def __enter__(self) -> Self:
         return self.acquire()

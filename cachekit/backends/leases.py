@@ -44,8 +44,15 @@ _ACQUIRE = Script(
     """
 -- KEYS[1] the lock key, KEYS[2] its fencing counter (may be absent: no fencing)
 -- ARGV[1] our token, ARGV[2] the lease in ms
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+-- Our own token already there means this is redis-py resending a script whose reply was
+-- lost: the lock is ours, with the fence that run drew (drawing another would skip one).
+local ours = redis.call('GET', KEYS[1]) == ARGV[1]
+if ours or redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   if #KEYS < 2 then return 1 end
+  if ours then
+    local fence = redis.call('GET', KEYS[2])
+    if fence then return tonumber(fence) end
+  end
   if redis.call('EXISTS', KEYS[2]) == 0 then
     -- Seed from the server clock in microseconds, so tokens keep rising even after a
     -- restart without persistence lost the counter.
@@ -83,13 +90,18 @@ class Acquire(Op[Acquired]):
         return Acquired(False, 0, -value / 1000)
 
     def apply(self, store: Store) -> Acquired:
-        if store.read(self.key) is not None:
+        holder = store.read(self.key)
+        ours = holder == self.token  # as in the script: a resend finds our own acquisition
+        if holder is not None and not ours:
             remaining = store.remaining(self.key) or 0.001
             return Acquired(False, 0, remaining)
-        store.write(self.key, self.token, self.ttl)
+        if not ours:
+            store.write(self.key, self.token, self.ttl)
         if self.fence is None:
             return Acquired(True, 1, 0.0)
         current = store.read(self.fence)
+        if ours and current is not None:
+            return Acquired(True, int(current), 0.0)
         fence = int(current) + 1 if current is not None else int(store.now() * 1_000_000) + 1
         store.write(self.fence, b"%d" % fence, None)
         return Acquired(True, fence, 0.0)
@@ -112,7 +124,10 @@ _TAKE_LEASE = Script(
     """
 -- KEYS[1] the lease key, KEYS[2] the value key it guards
 -- ARGV[1] our token, ARGV[2] the lease in ms
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+-- Our own token already there means redis-py resent this script after its reply was
+-- lost: the lease is ours (waiting for it to lapse would stall us for a whole lease).
+if redis.call('GET', KEYS[1]) == ARGV[1]
+    or redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return {1, redis.call('GET', KEYS[2])}
 end
 return {0, redis.call('PTTL', KEYS[1])}
@@ -142,7 +157,10 @@ class TakeLease(Op[Leased]):
         return Leased(False, None, max(int(data), 1) / 1000)
 
     def apply(self, store: Store) -> Leased:
-        if store.read(self.key) is not None:
+        holder = store.read(self.key)
+        if holder == self.token:  # as in the script: a resend finds our own lease
+            return Leased(True, store.read(self.value_key), 0.0)
+        if holder is not None:
             return Leased(False, None, store.remaining(self.key) or 0.001)
         store.write(self.key, self.token, self.ttl)
         return Leased(True, store.read(self.value_key), 0.0)
