@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast lint format typecheck check bench bench-cart bench-http demo clean
+.PHONY: install test test-fast lint format typecheck check bench bench-cart bench-http bench-outage bench-near demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,12 @@ bench-cart: $(STAMP)  ## cart get/add vs a SQL-only cart, and the cost of a sess
 
 bench-http: $(STAMP)  ## the response cache under uvicorn + wrk (apt-get install wrk)
 	$(BIN)/python loadtests/bench_response_cache.py $(BENCH_ARGS)
+
+bench-outage: $(STAMP)  ## throughput, p99 and DB load before, during and after a Redis kill
+	$(BIN)/python loadtests/bench_outage.py $(BENCH_ARGS)
+
+bench-near: $(STAMP)  ## a near-cache hit against a Redis GET
+	$(BIN)/python loadtests/bench_near.py $(BENCH_ARGS)
 
 demo: $(STAMP)  ## the demo shop; prints its URL (PORT, REDIS_URL, DATABASE_URL, DB_LATENCY_MS, SEED_PRODUCTS)
 	$(BIN)/python -m demo_app
