@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast lint format typecheck check bench bench-cart bench-http bench-outage bench-near demo clean
+.PHONY: install test test-fast lint format typecheck check bench bench-cart bench-http bench-outage bench-near loadtest demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,9 @@ bench-outage: $(STAMP)  ## throughput, p99 and DB load before, during and after 
 
 bench-near: $(STAMP)  ## a near-cache hit against a Redis GET
 	$(BIN)/python loadtests/bench_near.py $(BENCH_ARGS)
+
+loadtest: $(STAMP)  ## every load-test scenario, on/off/peer; writes loadtests/results/REPORT.md
+	$(BIN)/python -m loadtests $(LOADTEST_ARGS)
 
 demo: $(STAMP)  ## the demo shop; prints its URL (PORT, REDIS_URL, DATABASE_URL, DB_LATENCY_MS, SEED_PRODUCTS)
 	$(BIN)/python -m demo_app

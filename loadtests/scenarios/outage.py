@@ -1,0 +1,226 @@
+"""Redis outage: the colleague's ``bench_outage.py``, run as it is, read from its JSON.
+
+``loadtests/bench_outage.py`` is the outage benchmark of this repository: an open-loop
+load over a few hot keys on a private server that is SIGKILLed and restarted empty, with
+cachekit (deadlines, circuit breaker, reads failing open through in-process single
+flight), a hand-written cache-aside that turns Redis errors into misses (no single
+flight, no breaker) and cashews. The suite runs it as a subprocess (``--quick`` in a quick
+run) into a temporary directory, copies the chart it drew to ``results/outage-bench.png``
+(its own ``results/outage.json`` and ``outage.png`` are left alone), keeps its JSON in
+``report.json`` and turns its per-phase table (before, during, after the outage) into
+arms: one row per contender and phase.
+
+When the script is missing, or fails, the suite's own minimal version runs instead
+(:mod:`scenarios.outage_own`) and the report says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from outcome import Arm, Context, Headline, Role, ScenarioResult, fold, number
+
+from scenarios import outage_own
+
+__all__ = ["NAME", "run"]
+
+NAME = "outage"
+BENCH = Path(__file__).resolve().parent.parent / "bench_outage.py"
+ROLES_BY_NAME: dict[str, Role] = {"cachekit": "on", "naive": "off", "cashews": "peer"}
+PHASES = ("before", "during", "after")
+HEARTBEAT = 10.0  # seconds between "still running" lines while the script is quiet
+IMAGE = "outage-bench.png"  # the chart bench_outage.py drew in this run, in results/
+
+
+def role_of(label: str) -> Role | None:
+    """The arm role of a contender label of ``bench_outage.py`` (by its first word)."""
+    return ROLES_BY_NAME.get(label.split()[0]) if label else None
+
+
+def leading_number(text: str) -> float:
+    """The number a table cell starts with (``"1,234 (x)"`` -> 1234.0); NaN if none."""
+    head = text.strip().split(" ")[0].replace(",", "") if text.strip() else ""
+    try:
+        return float(head)
+    except ValueError:
+        return math.nan
+
+
+async def run_bench(ctx: Context) -> dict[str, Any]:
+    """Run ``bench_outage.py``; its parsed JSON. Its chart is copied to :data:`IMAGE`.
+
+    It writes into a temporary directory, not into ``results/``: its own ``outage.json``
+    and ``outage.png`` there belong to its author's runs, and the suite leaves them be.
+    """
+    with tempfile.TemporaryDirectory(prefix="loadtest-outage-") as tmp:
+        data = await _run_bench(ctx, Path(tmp))
+        shutil.copyfile(Path(tmp) / "outage.png", ctx.settings.out_dir / IMAGE)
+    return data
+
+
+async def _run_bench(ctx: Context, out: Path) -> dict[str, Any]:
+    args = [sys.executable, str(BENCH), "--out-dir", str(out)]
+    if ctx.settings.quick:
+        args.append("--quick")
+    where = f"{NAME} · bench_outage.py"
+    ctx.progress.say(where, "running " + " ".join(args[1:]))
+    process = await asyncio.create_subprocess_exec(
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    began = time.monotonic()
+    assert process.stdout is not None
+    assert process.stderr is not None
+    stdout_task = asyncio.create_task(process.stdout.read())
+    stderr = process.stderr
+    while True:
+        try:
+            async with asyncio.timeout(HEARTBEAT):
+                raw = await stderr.readline()
+        except TimeoutError:
+            ctx.progress.say(where, f"still running ({time.monotonic() - began:.0f}s)")
+            continue
+        if not raw:
+            break
+        ctx.progress.say(where, raw.decode(errors="replace").rstrip())
+    stdout = await stdout_task
+    code = await process.wait()
+    if code != 0:
+        tail = stdout.decode(errors="replace").strip().splitlines()[-5:]
+        raise RuntimeError(f"bench_outage.py exited with status {code}: {' | '.join(tail)}")
+    data: dict[str, Any] = json.loads((out / "outage.json").read_text())
+    return data
+
+
+async def run(ctx: Context) -> ScenarioResult:
+    """The colleague's benchmark if it is there and works, else the suite's own version."""
+    began = time.monotonic()
+    if not BENCH.exists():
+        result = await outage_own.run(ctx)
+        result.notes.append("`bench_outage.py` was not there: this is the suite's own version.")
+        return result
+    try:
+        data = await run_bench(ctx)
+        result = from_bench(data)
+    except (RuntimeError, OSError, ValueError, KeyError, TypeError) as exc:
+        ctx.progress.say(NAME, f"bench_outage.py failed ({exc}): running the suite's own version")
+        result = await outage_own.run(ctx)
+        result.notes.append(f"`bench_outage.py` failed ({exc}); this is the suite's own version.")
+    result.seconds = time.monotonic() - began
+    return result
+
+
+def from_bench(data: dict[str, Any]) -> ScenarioResult:
+    """Arms, headline and verdict from ``outage.json``."""
+    s = data["settings"]
+    phases = s["phases_s"]
+    result = ScenarioResult(
+        NAME,
+        "Redis outage: the cache server dies under load",
+        f"`loadtests/bench_outage.py`: {s['rate']:g} calls/s (open loop) over {s['keys']} hot "
+        f"keys, a database taking {s['db_ms']:g} ms per query; each contender on a private "
+        f"server that is SIGKILLed after {phases['before']:g} s and restarted empty "
+        f"{phases['during']:g} s later, then {phases['after']:g} s more (its chart of this "
+        "run below; its JSON in `report.json`).",
+        setup=[
+            "on: cachekit `@cache.cached` with its defaults (0.25 s per Redis operation, "
+            "circuit breaker: 5 failures, 2 s cool-down; reads fail open through in-process "
+            "single flight); off: hand-written cache-aside, Redis errors caught and turned "
+            "into misses, same timeouts, no single flight, no breaker; peer: cashews "
+            "`@cache` (errors suppressed, concurrent calls coalesced per process)",
+            "one row per contender and phase; latency from each call's scheduled start; "
+            "recovered after: from the restart to the last database query",
+        ],
+        extra_columns=["calls/s", "DB queries/s", "max ms", "recovered after s"],
+        images=[IMAGE],
+    )
+    by_label = {c["contender"]: c for c in data["contenders"]}
+    bucket = s["bucket_ms"] / 1000
+    for row in data["table"]:
+        role = role_of(row.get("contender", ""))
+        if role is None or "result" in row:
+            continue
+        phase = row["phase"]
+        arm = Arm("library", role, f"{row['contender']} · {phase}")
+        timeline = by_label.get(row["contender"], {}).get("timeline", [])
+        lo, hi = {
+            "before": (-math.inf, 0.0),
+            "during": (0.0, phases["during"]),
+            "after": (phases["during"], math.inf),
+        }[phase]
+        points = [p for p in timeline if lo <= p["t"] < hi]
+        arm.requests = sum(int(p["calls"]) for p in points)
+        count = leading_number(row["errors"])
+        errors = 0 if math.isnan(count) else int(count)
+        if errors:
+            arm.errors[row["errors"].partition(" ")[2].strip("() ") or "error"] = errors
+        arm.db_queries = round(sum(p["db_per_s"] * bucket for p in points))
+        arm.loader_calls = arm.db_queries  # its loaders run one query each
+        arm.seconds = phases[phase]
+        arm.rounds = 1
+        arm.quantiles = {
+            50: leading_number(row["p50 ms"]),
+            99: leading_number(row["p99 ms"]),
+            100: leading_number(row["max ms"]),
+        }
+        for column in ("calls/s", "DB queries/s", "max ms", "recovered after s"):
+            value = leading_number(row.get(column, ""))
+            if not math.isnan(value):
+                arm.extra[column] = value
+        result.arms.append(arm)
+    for contender in data["contenders"]:
+        if contender.get("error"):
+            result.notes.append(f"{contender['contender']} failed: {contender['error']}")
+        stats = contender.get("cachekit_stats") or {}
+        role = role_of(contender["contender"])
+        for arm in result.arms:
+            if arm.role == role and arm.label.endswith("· during"):
+                arm.counters.update(stats)  # for the whole run; shown once
+    result.raw["bench_outage"] = data
+    summarize(result)
+    return result
+
+
+def summarize(result: ScenarioResult) -> None:
+    """Headline (database queries per second during the outage), verdict and notes."""
+    during = {a.role: a for a in result.arms if a.label.endswith("· during")}
+    after = {a.role: a for a in result.arms if a.label.endswith("· after")}
+    head = Headline("DB queries/s while Redis is down", "lower", digits=0)
+    for role, arm in during.items():
+        head.values[("library", role)] = float(arm.extra.get("DB queries/s", math.nan))
+    result.headline = head
+    if not {"on", "off"} <= during.keys():
+        result.verdict = "incomplete: a contender failed (see the notes)"
+        return
+    qps = {role: float(arm.extra.get("DB queries/s", math.nan)) for role, arm in during.items()}
+    errs = {role: arm.error_count for role, arm in during.items()}
+    text = (
+        f"{number(qps['on'])} database queries/s while Redis was down vs {number(qps['off'])} "
+        f"for hand-written cache-aside ({fold(qps['on'], qps['off'])})"
+        + (
+            f" and {number(qps['peer'])} for cashews"
+            + (" (it coalesces per process too)" if qps["peer"] <= qps["on"] * 1.1 else "")
+            if "peer" in qps
+            else ""
+        )
+        + f"; errors {errs['on']} / {errs['off']}"
+        + (f" / {errs['peer']}" if "peer" in errs else "")
+    )
+    result.verdict = text if qps["on"] < qps["off"] else "NOT better: " + text
+    recovered = {r: float(a.extra.get("recovered after s", math.nan)) for r, a in after.items()}
+    rivals = [v for r, v in recovered.items() if r != "on" and not math.isnan(v)]
+    if "on" in recovered and rivals and recovered["on"] > max(rivals):
+        others = ", ".join(f"{r} {v:.2f} s" for r, v in recovered.items() if r != "on")
+        result.notes.append(
+            f"cachekit took {recovered['on']:.2f} s after the restart to stop loading from "
+            f"the database ({others}): its circuit breaker, opened while Redis was dead, "
+            "tries Redis again only after its cool-down (2 s by default); until then every "
+            "read is a load (coalesced per key)."
+        )
