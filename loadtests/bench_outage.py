@@ -59,10 +59,7 @@ import json
 import logging
 import os
 import random
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
@@ -75,11 +72,10 @@ import redis
 import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redisproc import KillableServer
 from support import (
-    answers,
     environment,
     error_summary,
-    free_port,
     markdown_table,
     percentile,
     server_binary,
@@ -112,53 +108,6 @@ class Settings:
 
 
 # --------------------------------------------------------------------------- the world
-
-
-class Server:
-    """A private server that can be SIGKILLed and restarted on the same port."""
-
-    def __init__(self, binary: str) -> None:
-        self.binary = binary
-        self.port = free_port()
-        self.dir = tempfile.TemporaryDirectory(prefix="bench-outage-")
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        """Start (or restart) the server; returns once it answers PING."""
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-        args += ["--appendonly", "no", "--dir", self.dir.name]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        give_up = time.monotonic() + 10
-        while not answers(self.url):
-            if self.process.poll() is not None or time.monotonic() > give_up:
-                raise SystemExit(f"{self.binary} did not start on port {self.port}")
-            time.sleep(0.01)
-
-    def pause(self) -> None:
-        """SIGSTOP: a hung server; connections stay open, nothing answers."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGCONT)
-
-    def kill(self) -> None:
-        """SIGKILL: a crash; every connection is reset."""
-        if self.process is not None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait()
-            self.process = None
-
-    def close(self) -> None:
-        if self.process is not None:
-            self.resume()
-        self.kill()
-        self.dir.cleanup()
 
 
 class LogCounter(logging.Handler):
@@ -340,7 +289,7 @@ async def run_contender(name: str, s: Settings, logs: LogCounter) -> Run:
     """Warm, then before / kill / during / restart / after, against a server of its own."""
     run = Run(name)
     logs.records.clear()
-    server = Server(s.binary)
+    server = KillableServer(s.binary)
     db = Database(s.db_ms / 1000, s.db_pool)
     built: Built | None = None
     keys = [f"p{i}" for i in range(s.keys)]
@@ -595,7 +544,7 @@ async def bench(s: Settings) -> tuple[list[Run], dict[str, str]]:
     logs = LogCounter()
     logging.getLogger().addHandler(logs)
     logging.getLogger().setLevel(logging.WARNING)
-    probe = Server(s.binary)
+    probe = KillableServer(s.binary)
     try:
         probe.start()
         with redis.Redis.from_url(probe.url) as admin:

@@ -16,6 +16,7 @@ Usage::
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -32,8 +33,8 @@ __all__ = ["KillableServer"]
 class KillableServer:
     """One server process of ours: start, SIGKILL, start again on the same port."""
 
-    def __init__(self) -> None:
-        self.binary = server_binary("auto")
+    def __init__(self, binary: str | None = None) -> None:
+        self.binary = binary or server_binary("auto")
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="loadtest-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
@@ -67,12 +68,27 @@ class KillableServer:
         finally:
             client.close()
 
+    def pause(self) -> None:
+        """SIGSTOP: a hung server; connections stay open, nothing answers."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after :meth:`pause`."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
     def kill(self) -> None:
-        """SIGKILL, as a crash; everything it held is gone."""
+        """SIGKILL, as a crash; everything it held is gone (a paused server too)."""
         if self.process is not None:
             self.process.kill()
             self.process.wait()
             self.process = None
+
+    def close(self) -> None:
+        """Stop the server and remove its directory."""
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> Self:
         return self.start()
@@ -83,5 +99,4 @@ class KillableServer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.kill()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        self.close()

@@ -8,10 +8,8 @@ flight, no breaker) and cashews. The suite runs it as a subprocess (``--quick`` 
 run) into a temporary directory, copies the chart it drew to ``results/outage-bench.png``
 (its own ``results/outage.json`` and ``outage.png`` are left alone), keeps its JSON in
 ``report.json`` and turns its per-phase table (before, during, after the outage) into
-arms: one row per contender and phase.
-
-When the script is missing, or fails, the suite's own minimal version runs instead
-(:mod:`scenarios.outage_own`) and the report says so.
+arms: one row per contender and phase. If the script fails, the suite records the
+scenario's error in the report, as for any scenario.
 """
 
 from __future__ import annotations
@@ -27,8 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from outcome import Arm, Context, Headline, Role, ScenarioResult, fold, number
-
-from scenarios import outage_own
 
 __all__ = ["NAME", "run"]
 
@@ -100,19 +96,9 @@ async def _run_bench(ctx: Context, out: Path) -> dict[str, Any]:
 
 
 async def run(ctx: Context) -> ScenarioResult:
-    """The colleague's benchmark if it is there and works, else the suite's own version."""
+    """Run ``bench_outage.py`` and turn its table into arms."""
     began = time.monotonic()
-    if not BENCH.exists():
-        result = await outage_own.run(ctx)
-        result.notes.append("`bench_outage.py` was not there: this is the suite's own version.")
-        return result
-    try:
-        data = await run_bench(ctx)
-        result = from_bench(data)
-    except (RuntimeError, OSError, ValueError, KeyError, TypeError) as exc:
-        ctx.progress.say(NAME, f"bench_outage.py failed ({exc}): running the suite's own version")
-        result = await outage_own.run(ctx)
-        result.notes.append(f"`bench_outage.py` failed ({exc}); this is the suite's own version.")
+    result = from_bench(await run_bench(ctx))
     result.seconds = time.monotonic() - began
     return result
 
