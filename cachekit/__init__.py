@@ -37,6 +37,7 @@ from .exceptions import (
     NotConfigured,
     SerializationError,
     SessionError,
+    Uncacheable,
 )
 from .serializers import JsonSerializer, MsgpackSerializer, PickleSerializer, Serializer
 from .signing import Keyring
@@ -77,5 +78,6 @@ __all__ = [
     "SyncCache",
     "SyncCachedFunction",
     "SyncLock",
+    "Uncacheable",
     "__version__",
 ]

@@ -42,7 +42,7 @@ from cachekit.backends.tags import ReadTagged
 from cachekit.bloomflow import bloom_contains
 from cachekit.context import Context, Policy, new_token
 from cachekit.effects import LOAD, Flow, Hold, Join, Later, Spawn, Wait, Watch
-from cachekit.envelope import Envelope, InvalidPayload, decode, encode
+from cachekit.envelope import Envelope, InvalidPayload, SchemaMismatch, decode, encode
 from cachekit.exceptions import (
     BackendError,
     BackendUnavailable,
@@ -50,6 +50,7 @@ from cachekit.exceptions import (
     ConfigurationError,
     LockTimeout,
     SerializationError,
+    Uncacheable,
 )
 from cachekit.jitter import jittered
 from cachekit.serializers import Serializer
@@ -84,6 +85,10 @@ def decode_or_none(ctx: Context, key: str, raw: bytes, serializer: Serializer) -
     """The envelope in ``raw``, or ``None`` (counted, logged once) when it is invalid."""
     try:
         return decode(key, raw, serializer)
+    except SchemaMismatch as exc:  # a model changed since it was written: just a miss
+        ctx.stats.incr("schema_misses")
+        ctx.log.warning(("schema", str(exc)[:80]), "cachekit: cached value skipped: %s", exc)
+        return None
     except InvalidPayload as exc:
         ctx.stats.incr("invalid_payloads")
         ctx.log.warning(("invalid", str(exc)), "cachekit: ignored an invalid cached value: %s", exc)
@@ -400,12 +405,20 @@ def _entry(
             stamp=target.stamp,
         )
     except SerializationError as exc:
-        ctx.stats.incr("unserializable")
+        ctx.stats.incr("uncacheable")
+        reason = exc.describe(policy.name) if isinstance(exc, Uncacheable) else str(exc)
+        ctx.log.warning(("uncacheable", policy.name), "cachekit: %s; returned uncached", reason)
+        return None
+    limit = policy.max_value_size or ctx.max_value_size
+    if len(data) > limit:
+        ctx.stats.incr("oversized_values")
         ctx.log.warning(
-            ("unserializable", policy.name),
-            "cachekit: %s returned a value that cannot be cached (%s); returned uncached",
+            ("oversized", policy.name),
+            "cachekit: %s returned a value of %d bytes, over max_value_size (%d); "
+            "returned uncached",
             policy.name,
-            exc,
+            len(data),
+            limit,
         )
         return None
     stale = jittered(policy.stale, spread, ctx.random) if value is not None else 0.0

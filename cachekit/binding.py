@@ -58,6 +58,7 @@ class Settings:
     random: random.Random
     jitter: float
     double_delete: float
+    max_value_size: int
     guard: Mapping[str, Any]  # deadline, breaker_failures, breaker_cooldown
     local: LocalCache | None
     stats: Stats
@@ -202,6 +203,7 @@ def bind(
         random=settings.random,
         jitter=settings.jitter,
         double_delete=settings.double_delete,
+        max_value_size=settings.max_value_size,
         blooms=settings.blooms,
         stats=settings.stats,
         log=settings.log,

@@ -27,7 +27,7 @@ from cachekit.bloomfilter import Bloom
 from cachekit.breaker import DEFAULT_COOLDOWN, DEFAULT_FAILURES, Breaker
 from cachekit.clock import SYSTEM_CLOCK, Clock
 from cachekit.config import seconds_or_zero, spread, to_seconds
-from cachekit.context import OnLockTimeout, Policy
+from cachekit.context import DEFAULT_MAX_VALUE_SIZE, OnLockTimeout, Policy
 from cachekit.contrib import set_default_cache
 from cachekit.decorators import Decorator
 from cachekit.exceptions import ConfigurationError, NotConfigured
@@ -90,6 +90,9 @@ class Cache:
     * **breaker_failures** / **breaker_cooldown** - the circuit breaker: after this many
       consecutive failures Redis is not called for the cool-down, then one probe decides
       (defaults 5 and 2 s). URL options of the same names win over these.
+    * **max_value_size** - bytes (encoded) above which a decorated function's result is
+      returned uncached and counted (``oversized_values``), and ``set`` raises
+      :class:`~cachekit.exceptions.Uncacheable` (default 1 MiB): big values block Redis.
     * **local** - a :class:`~cachekit.local.LocalCache`: a bounded in-process layer in
       front of Redis, invalidated by the server (CLIENT TRACKING, else pub/sub); Redis
       standalone URLs and clients only.
@@ -113,9 +116,12 @@ class Cache:
         deadline: float | timedelta = DEFAULT_DEADLINE,
         breaker_failures: int = DEFAULT_FAILURES,
         breaker_cooldown: float | timedelta = DEFAULT_COOLDOWN,
+        max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
         local: LocalCache | None = None,
     ) -> None:
         KeySpace(prefix)  # validate now, not at first use
+        if max_value_size <= 0:
+            raise ConfigurationError("max_value_size must be a positive number of bytes")
         self._prefix = prefix
         self._stats = Stats()
         self._settings = Settings(
@@ -126,6 +132,7 @@ class Cache:
             random=rng or random.Random(),
             jitter=spread(jitter),
             double_delete=seconds_or_zero(double_delete, "double_delete"),
+            max_value_size=max_value_size,
             guard={
                 "deadline": to_seconds(deadline, name="deadline"),
                 "breaker_failures": breaker_failures,
@@ -159,7 +166,15 @@ class Cache:
             cache = Cache.from_url("redis+sentinel://10.0.0.5:26379,10.0.0.6:26379/shop/0")
             cache = Cache.from_url("memory://")
         """
-        names = ("clock", "default_ttl", "rng", "jitter", "double_delete", "local")
+        names = (
+            "clock",
+            "default_ttl",
+            "rng",
+            "jitter",
+            "double_delete",
+            "max_value_size",
+            "local",
+        )
         # deadline and breaker_* are URL options too: from_url passes them with the URL.
         own = {k: options.pop(k) for k in names if k in options}
         if isinstance(options.get("serializer"), str | None):
@@ -241,6 +256,7 @@ class Cache:
         bloom_reject: type[Exception] | None = None,
         tags: Sequence[str] = (),
         serializer: Serializer | None = None,
+        max_value_size: int | None = None,
     ) -> Decorator:
         """Cache-aside decorator for ``def`` and ``async def`` functions.
 
@@ -269,6 +285,15 @@ class Cache:
           ``cache.invalidate_tags("catalog")`` makes every entry carrying the tag a miss,
           in O(1). A tagged read costs one pipelined round trip (value and tag versions).
         * **serializer** - this function's format; default: the cache's.
+        * **max_value_size** - bytes above which a result is returned uncached; default:
+          the cache's (1 MiB).
+
+        The return annotation is the schema: a hit is decoded into it (dataclasses,
+        NamedTuple, TypedDict, Enum, datetimes, UUID, Decimal, tuples, sets, msgspec
+        Structs, attrs classes, Pydantic models, and containers of them), and a result
+        that would not come back equal and of the same type is returned uncached
+        (counted as ``uncacheable``, logged once with the fix). Without an annotation
+        only JSON-native results are cached.
 
         Usage::
 
@@ -297,21 +322,22 @@ class Cache:
             bloom=bloom,
             bloom_reject=bloom_reject,
             tags=tuple(tags),
+            max_value_size=max_value_size,
         )
         return Decorator(self._bound, key=key, policy=policy, bloom_key=bloom_key)
 
-    async def get(self, key: str, default: Any = None) -> Any:
+    async def get(self, key: str, default: Any = None, *, type: Any = None) -> Any:
         """The fresh value under ``key``, else ``default``; fails open (a miss).
 
         Pass ``default=MISSING`` to tell a cached ``None`` from a miss.
         """
         b = self._bound()
-        return await b.aio.drive(get(b.ctx, key, default))
+        return await b.aio.drive(get(b.ctx, key, default, type))
 
-    async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+    async def get_many(self, keys: Iterable[str], *, type: Any = None) -> dict[str, Any]:
         """``{key: value}`` for the given keys that hold fresh values; fails open."""
         b = self._bound()
-        return await b.aio.drive(get_many(b.ctx, keys))
+        return await b.aio.drive(get_many(b.ctx, keys, type))
 
     async def set(
         self,
@@ -320,6 +346,7 @@ class Cache:
         ttl: float | timedelta | None = None,
         *,
         jitter: float | None = None,
+        type: Any = None,
     ) -> None:
         """Store ``value`` under ``key`` for ``ttl`` (default: the cache's default TTL).
 
@@ -327,7 +354,7 @@ class Cache:
         :class:`~cachekit.exceptions.BackendError`.
         """
         b = self._bound()
-        await b.aio.drive(set_value(b.ctx, key, value, to_seconds(ttl), spread(jitter)))
+        await b.aio.drive(set_value(b.ctx, key, value, to_seconds(ttl), spread(jitter), type))
 
     async def set_many(
         self,
@@ -335,10 +362,11 @@ class Cache:
         ttl: float | timedelta | None = None,
         *,
         jitter: float | None = None,
+        type: Any = None,
     ) -> None:
         """Store every item of ``values`` in one round trip."""
         b = self._bound()
-        await b.aio.drive(set_many(b.ctx, values, to_seconds(ttl), spread(jitter)))
+        await b.aio.drive(set_many(b.ctx, values, to_seconds(ttl), spread(jitter), type))
 
     async def delete(self, key: str) -> bool:
         """Remove ``key``; whether it existed."""

@@ -25,7 +25,9 @@ from cachekit.stats import LogOnce, Stats
 if TYPE_CHECKING:
     from cachekit.bloom import BloomState
 
-__all__ = ["Context", "OnLockTimeout", "Policy", "new_token"]
+__all__ = ["DEFAULT_MAX_VALUE_SIZE", "Context", "OnLockTimeout", "Policy", "new_token"]
+
+DEFAULT_MAX_VALUE_SIZE = 1 << 20  # 1 MiB, like the response cache's max_body_size
 
 OnLockTimeout = Literal["load", "raise"]
 
@@ -48,6 +50,7 @@ class Context:
     random: random.Random = field(default_factory=random.Random)
     jitter: float = 0.1
     double_delete: float = 0.0
+    max_value_size: int = DEFAULT_MAX_VALUE_SIZE
     blooms: Mapping[str, BloomState] = field(default_factory=dict)
 
     @property
@@ -74,6 +77,8 @@ class Policy:
     * ``bloom`` - the Bloom filter the call's identifier must pass before any lookup.
     * ``bloom_reject`` - raised (instead of returning ``None``) for a certain miss.
     * ``tags`` - tag templates; ``cache.invalidate_tags(tag)`` makes the entries a miss.
+    * ``max_value_size`` - bytes above which a result is returned uncached (``None``: the
+      cache's).
     """
 
     name: str
@@ -90,3 +95,4 @@ class Policy:
     bloom: str | None = None
     bloom_reject: type[Exception] | None = None
     tags: tuple[str, ...] = ()
+    max_value_size: int | None = None

@@ -26,13 +26,15 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast, overload
 
 from cachekit.aside import cached_read, refresh
-from cachekit.context import Policy
+from cachekit.codecs import ReturnType, codec_for, return_type
+from cachekit.context import Context, Policy
 from cachekit.exceptions import ConfigurationError
 from cachekit.keys import KeyBuilder
 from cachekit.raw import invalidate
 
 if TYPE_CHECKING:
     from cachekit.binding import Binding
+    from cachekit.serializers import Serializer
 
 __all__ = ["AsyncCachedFunction", "Decorator", "SyncCachedFunction"]
 
@@ -49,6 +51,7 @@ class _CachedFunction(Generic[P, R]):
         func: Callable[P, Any],
         policy: Policy,
         builder: KeyBuilder,
+        returns: ReturnType,
         gate: Callable[[tuple[Any, ...], dict[str, Any]], object] | None = None,
         tags: tuple[KeyBuilder, ...] = (),
     ) -> None:
@@ -57,8 +60,24 @@ class _CachedFunction(Generic[P, R]):
         self._func = func
         self._policy = policy
         self._builder = builder
+        self._returns = returns
         self._gate = gate
         self._tags = tags
+        # The policy with the codec of the return annotation, for the serializer it was
+        # built for (the cache's can change with configure()); one tuple, so threads
+        # never see a policy paired with another serializer.
+        self._typed: tuple[Serializer | None, Policy] = (None, policy)
+
+    def _typed_policy(self, ctx: Context) -> Policy:
+        """The policy whose serializer decodes hits into the return annotation."""
+        base = self._policy.serializer or ctx.serializer
+        built_for, policy = self._typed
+        if built_for is base:
+            return policy
+        tp, problem = self._returns.resolve()
+        policy = replace(self._policy, serializer=codec_for(base, tp, problem))
+        self._typed = (base, policy)
+        return policy
 
     def _read(self, b: Binding, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """The read flow of one call (with its Bloom gate item and tags, when it has them)."""
@@ -66,7 +85,13 @@ class _CachedFunction(Generic[P, R]):
         item = None if gate is None else gate(args, kwargs)
         logical = self._builder.build(args, kwargs)
         tags = tuple(tag.build(args, kwargs) for tag in self._tags) if self._tags else ()
-        return cached_read(b.ctx, self._policy, logical, item, tags)
+        return cached_read(b.ctx, self._typed_policy(b.ctx), logical, item, tags)
+
+    def _refresh(self, b: Binding, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The flow that loads now and overwrites the entry."""
+        logical = self._builder.build(args, kwargs)
+        tags = tuple(tag.build(args, kwargs) for tag in self._tags) if self._tags else ()
+        return refresh(b.ctx, self._typed_policy(b.ctx), logical, tags)
 
     def tags(self, *args: Any, **kwargs: Any) -> tuple[str, ...]:
         """The rendered tags of a call with these arguments (no I/O).
@@ -117,7 +142,7 @@ class AsyncCachedFunction(_CachedFunction[P, R]):
     async def refresh(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Load now, overwrite the entry and return the new result."""
         b = self._bound()
-        flow = refresh(b.ctx, self._policy, self.key(*args, **kwargs), self.tags(*args, **kwargs))
+        flow = self._refresh(b, args, kwargs)
         result: R = await b.aio.drive(flow, lambda: self._func(*args, **kwargs))
         return result
 
@@ -170,7 +195,7 @@ class SyncCachedFunction(_CachedFunction[P, R]):
     def refresh(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Load now, overwrite the entry and return the new result."""
         b = self._bound()
-        flow = refresh(b.ctx, self._policy, self.key(*args, **kwargs), self.tags(*args, **kwargs))
+        flow = self._refresh(b, args, kwargs)
         result: R = b.sync.drive(flow, lambda: self._func(*args, **kwargs))
         return result
 
@@ -242,9 +267,9 @@ class Decorator:
         policy = replace(self._policy, name=f"{func.__module__}.{func.__qualname__}")
         gate = None if policy.bloom is None else _gate(func, self._bloom_key)
         tags = tuple(KeyBuilder.for_function(func, tag) for tag in policy.tags)
-        if inspect.iscoroutinefunction(func):
-            return AsyncCachedFunction(self._bound, func, policy, builder, gate, tags)
-        return SyncCachedFunction(self._bound, func, policy, builder, gate, tags)
+        returns = return_type(func)  # the schema of its hits: read once, here
+        kind = AsyncCachedFunction if inspect.iscoroutinefunction(func) else SyncCachedFunction
+        return kind(self._bound, func, policy, builder, returns, gate, tags)
 
 
 def _gate(

@@ -32,7 +32,16 @@ from .exceptions import SerializationError
 from .serializers import Serializer
 from .signing import MAC_SIZE
 
-__all__ = ["HEADER", "HEADER_SIZE", "VERSION", "Envelope", "InvalidPayload", "decode", "encode"]
+__all__ = [
+    "HEADER",
+    "HEADER_SIZE",
+    "VERSION",
+    "Envelope",
+    "InvalidPayload",
+    "SchemaMismatch",
+    "decode",
+    "encode",
+]
 
 MAGIC: Final = b"ck"
 VERSION: Final = 1
@@ -46,6 +55,13 @@ HEADER_SIZE: Final = HEADER.size
 
 class InvalidPayload(SerializationError):
     """Stored bytes that are not a valid envelope for this key; the reason says why."""
+
+
+class SchemaMismatch(InvalidPayload):
+    """A payload written for another type (or none): the model changed, or the reader did.
+
+    A counted miss (``schema_misses``) like any invalid payload; the next load overwrites it.
+    """
 
 
 class Envelope(NamedTuple):
@@ -98,6 +114,8 @@ def encode(
     else:
         try:
             payload = serializer.dumps(value)
+        except SerializationError:
+            raise  # already says what is wrong with the value
         except Exception as exc:  # each serializer fails its own way (PicklingError, ...)
             raise SerializationError(f"cannot encode {type(value).__name__}: {exc}") from exc
     if stamp:
@@ -170,6 +188,8 @@ def decode(key: str, data: bytes, serializer: Serializer) -> Envelope:
         return Envelope(None, created, expires, load_time, True, stamp)
     try:
         value = serializer.loads(payload)
+    except InvalidPayload:
+        raise
     except Exception as exc:  # any decoder failure on foreign bytes is just a bad payload
         raise InvalidPayload(f"payload does not decode: {type(exc).__name__}") from exc
     return Envelope(value, created, expires, load_time, False, stamp)

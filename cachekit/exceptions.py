@@ -7,6 +7,8 @@ The hierarchy::
         - NotConfigured         the Cache was used before configure()
       x KeyTemplateError        (also a TypeError) an argument cannot form a key
       x SerializationError      a value cannot be encoded by the chosen serializer
+        - Uncacheable           it would not come back equal and of the same type, or
+                                it is larger than max_value_size: stored nowhere
       x BackendError            the storage layer answered with an error
         - BackendUnavailable    it could not be reached, or did not answer in time
           · BackendTimeout      it did not answer within the time budget
@@ -50,6 +52,7 @@ __all__ = [
     "NotConfigured",
     "SerializationError",
     "SessionError",
+    "Uncacheable",
 ]
 
 
@@ -79,6 +82,35 @@ class KeyTemplateError(CacheKitError, TypeError):
 
 class SerializationError(CacheKitError):
     """A value cannot be encoded (or a stored payload decoded) by the chosen serializer."""
+
+
+class Uncacheable(SerializationError):
+    """A value that is not stored, because it would not come back as it went in.
+
+    Raised by ``cache.set`` (and counted as ``uncacheable`` by decorated functions, which
+    return such a value uncached): a value of a type the format cannot give back (a
+    dataclass without a ``type=``, a tuple, a ``datetime`` in an unannotated result), one
+    that does not match its annotation, an ORM instance, or one over ``max_value_size``.
+    The message says how to fix it.
+
+    Usage::
+
+        try:
+            await cache.set("order:1", order)
+        except Uncacheable:
+            await cache.set("order:1", order, type=Order)
+    """
+
+    def __init__(self, problem: str, fix: str = "", *, needs_type: bool = False) -> None:
+        super().__init__(f"{problem}: {fix}" if fix else problem)
+        self.problem = problem
+        self.fix = fix
+        self.needs_type = needs_type  # naming the value's type would make it cacheable
+
+    def describe(self, where: str) -> str:
+        """The message for a result of ``where`` (a function's name)."""
+        fix = self.fix.replace("{function}", where)
+        return f"{where} returned {self.problem}" + (f": {fix}" if fix else "")
 
 
 class BackendError(CacheKitError):

@@ -17,11 +17,12 @@ from cachekit.aside import decode_or_none, lease_key, read_envelope, read_failed
 from cachekit.backends.leases import Invalidate
 from cachekit.backends.ops import Delete, GetMany, Op, Set, SetMany
 from cachekit.backends.tags import RetireTags
+from cachekit.codecs import codec_for
 from cachekit.context import Context, new_token
 from cachekit.deferred import BACKOFF
 from cachekit.effects import MISSING, Flow, Forget, Later
 from cachekit.envelope import Envelope, encode
-from cachekit.exceptions import BackendError
+from cachekit.exceptions import BackendError, Uncacheable
 from cachekit.jitter import jittered
 
 __all__ = [
@@ -36,14 +37,19 @@ __all__ = [
 ]
 
 
-def get(ctx: Context, logical: str, default: Any) -> Flow[Any]:
-    """The fresh value stored under ``logical``, or ``default``; fails open."""
-    envelope = yield from read_envelope(ctx, ctx.keyspace.value(logical), ctx.serializer)
+def get(ctx: Context, logical: str, default: Any, tp: Any = None) -> Flow[Any]:
+    """The fresh value stored under ``logical`` (decoded as ``tp``), or ``default``.
+
+    Fails open; a value written for another type is a miss.
+    """
+    codec = codec_for(ctx.serializer, tp)
+    envelope = yield from read_envelope(ctx, ctx.keyspace.value(logical), codec)
     return _fresh_value(ctx, envelope, default)
 
 
-def get_many(ctx: Context, logicals: Iterable[str]) -> Flow[dict[str, Any]]:
-    """``{logical: value}`` for the keys holding fresh values; fails open."""
+def get_many(ctx: Context, logicals: Iterable[str], tp: Any = None) -> Flow[dict[str, Any]]:
+    """``{logical: value}`` for the keys holding fresh values (decoded as ``tp``)."""
+    codec = codec_for(ctx.serializer, tp)
     names = list(logicals)
     if not names:
         return {}
@@ -55,7 +61,7 @@ def get_many(ctx: Context, logicals: Iterable[str]) -> Flow[dict[str, Any]]:
         return {}
     found = {}
     for name, key, raw in zip(names, keys, raws, strict=True):
-        envelope = None if raw is None else decode_or_none(ctx, key, raw, ctx.serializer)
+        envelope = None if raw is None else decode_or_none(ctx, key, raw, codec)
         value = _fresh_value(ctx, envelope, MISSING)
         if value is not MISSING:
             found[name] = value
@@ -71,30 +77,52 @@ def _fresh_value(ctx: Context, envelope: Envelope | None, default: Any) -> Any:
 
 
 def _encode(
-    ctx: Context, key: str, value: Any, ttl: float | None, jitter: float | None
+    ctx: Context, key: str, value: Any, ttl: float | None, jitter: float | None, tp: Any
 ) -> tuple[bytes, float]:
     spread = ctx.jitter if jitter is None else jitter
     ttl = jittered(ctx.default_ttl if ttl is None else ttl, spread, ctx.random)
     now = ctx.clock.time()
-    return encode(key, value, ctx.serializer, created=now, expires=now + ttl), ttl
+    try:
+        data = encode(key, value, codec_for(ctx.serializer, tp), created=now, expires=now + ttl)
+    except Uncacheable as exc:
+        if tp is not None or not exc.needs_type:
+            raise  # a value that does not match its type=, or an ORM instance
+        raise Uncacheable(
+            f"cache.set was given {exc.problem}",
+            f"pass its type, e.g. type={type(value).__name__}, to store it and read it back",
+        ) from exc
+    if len(data) > ctx.max_value_size:
+        raise Uncacheable(
+            f"cache.set was given {len(data)} bytes, over max_value_size ({ctx.max_value_size})"
+        )
+    return data, ttl
 
 
 def set_value(
-    ctx: Context, logical: str, value: Any, ttl: float | None, jitter: float | None = None
+    ctx: Context,
+    logical: str,
+    value: Any,
+    ttl: float | None,
+    jitter: float | None = None,
+    tp: Any = None,
 ) -> Flow[None]:
-    """Store ``value`` for ``ttl`` seconds, jittered; raises on errors."""
+    """Store ``value`` (of type ``tp``) for ``ttl`` seconds, jittered; raises on errors."""
     key = ctx.keyspace.value(logical)
-    yield Set(key, *_encode(ctx, key, value, ttl, jitter))
+    yield Set(key, *_encode(ctx, key, value, ttl, jitter, tp))
 
 
 def set_many(
-    ctx: Context, values: Mapping[str, Any], ttl: float | None, jitter: float | None = None
+    ctx: Context,
+    values: Mapping[str, Any],
+    ttl: float | None,
+    jitter: float | None = None,
+    tp: Any = None,
 ) -> Flow[None]:
     """Store every item of ``values`` in one round trip, each TTL jittered; raises on errors."""
     items = []
     for logical, value in values.items():
         key = ctx.keyspace.value(logical)
-        items.append((key, *_encode(ctx, key, value, ttl, jitter)))
+        items.append((key, *_encode(ctx, key, value, ttl, jitter, tp)))
     if items:
         yield SetMany(items)
 

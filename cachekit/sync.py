@@ -45,15 +45,15 @@ class SyncCache:
     def __init__(self, cache: Cache) -> None:
         self._cache = cache
 
-    def get(self, key: str, default: Any = None) -> Any:
+    def get(self, key: str, default: Any = None, *, type: Any = None) -> Any:
         """The fresh value under ``key``, else ``default``; fails open (a miss)."""
         b = self._cache._bound()
-        return b.sync.drive(get(b.ctx, key, default))
+        return b.sync.drive(get(b.ctx, key, default, type))
 
-    def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+    def get_many(self, keys: Iterable[str], *, type: Any = None) -> dict[str, Any]:
         """``{key: value}`` for the given keys that hold fresh values; fails open."""
         b = self._cache._bound()
-        return b.sync.drive(get_many(b.ctx, keys))
+        return b.sync.drive(get_many(b.ctx, keys, type))
 
     def set(
         self,
@@ -62,10 +62,11 @@ class SyncCache:
         ttl: float | timedelta | None = None,
         *,
         jitter: float | None = None,
+        type: Any = None,
     ) -> None:
         """Store ``value`` under ``key`` for ``ttl`` (default: the cache's default TTL)."""
         b = self._cache._bound()
-        b.sync.drive(set_value(b.ctx, key, value, to_seconds(ttl), spread(jitter)))
+        b.sync.drive(set_value(b.ctx, key, value, to_seconds(ttl), spread(jitter), type))
 
     def set_many(
         self,
@@ -73,10 +74,11 @@ class SyncCache:
         ttl: float | timedelta | None = None,
         *,
         jitter: float | None = None,
+        type: Any = None,
     ) -> None:
         """Store every item of ``values`` in one round trip."""
         b = self._cache._bound()
-        b.sync.drive(set_many(b.ctx, values, to_seconds(ttl), spread(jitter)))
+        b.sync.drive(set_many(b.ctx, values, to_seconds(ttl), spread(jitter), type))
 
     def delete(self, key: str) -> bool:
         """Remove ``key``; whether it existed."""

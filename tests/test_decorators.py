@@ -141,7 +141,7 @@ async def test_exceptions_are_never_cached(memory_cache: Cache) -> None:
     assert memory_cache.stats()["load_errors"] == 1
 
 
-def test_unserializable_result_is_returned_uncached_and_warned_once(
+def test_uncacheable_result_is_returned_uncached_and_warned_once(
     memory_cache: Cache, caplog: pytest.LogCaptureFixture
 ) -> None:
     loader = Loader()
@@ -159,8 +159,8 @@ def test_unserializable_result_is_returned_uncached_and_warned_once(
     assert isinstance(first, Opaque)
     assert isinstance(second, Opaque)
     assert len(loader.calls) == 2
-    assert memory_cache.stats()["unserializable"] == 2
-    warnings = [r for r in caplog.records if "cannot be cached" in r.getMessage()]
+    assert memory_cache.stats()["uncacheable"] == 2
+    warnings = [r for r in caplog.records if "returned uncached" in r.getMessage()]
     assert len(warnings) == 1
     assert "make" in warnings[0].getMessage()
 
