@@ -53,6 +53,7 @@ __all__ = ["ReturnType", "codec_for", "return_type"]
 # Starts every typed payload: 0xff never begins a JSON text or a lone MessagePack object,
 # so untyped readers reject typed payloads and typed readers tell untyped ones apart.
 _MARK: Final = b"\xff"
+_MARK_BYTE: Final = _MARK[0]
 _PREFIX_SIZE: Final = 5  # the mark and a 32-bit fingerprint of the type's shape
 _UNUSABLE: Final = (typing.Any, object, type(None), None)
 
@@ -225,12 +226,11 @@ class _Typed(_Codec):
         An unmarked payload is JSON-native data (from ``cache.set`` without ``type=``, or
         a native value): it is decoded into the type and validated on the way.
         """
-        if data[:_PREFIX_SIZE] == self._prefix:
+        body = data
+        if data and data[0] == _MARK_BYTE:  # an int compare: no slice on the native path
+            if data[:_PREFIX_SIZE] != self._prefix:
+                raise SchemaMismatch(f"written for another type than {self.name}")
             body = data[_PREFIX_SIZE:]
-        elif data[:1] == _MARK:
-            raise SchemaMismatch(f"written for another type than {self.name}")
-        else:
-            body = data
         try:
             return self._decode(body)
         except self._wrong_shape as exc:

@@ -5,6 +5,11 @@ What it measures
 The per-call latency of a cache hit through cachekit's decorator, on both faces, next to
 the cheapest code that could return the same value (the *floor*) and next to peers:
 
+Two values are cached: a small product ``dict`` (JSON-native), and a typed value (a
+``Receipt`` dataclass of 10 fields with a nested list of ``Line`` dataclasses, ~1 KiB), which
+a hit decodes into its return annotation. Each has its own floor: for the typed value,
+the GET plus ``msgspec.json.Decoder(Receipt).decode`` of the payload.
+
 async face
     * **floor** - ``redis.asyncio.Redis.get`` of the very key cachekit stored, then
       ``orjson.loads`` of the payload part of those bytes (everything after
@@ -65,6 +70,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import msgspec
 import orjson
 import redis
 import redis.asyncio
@@ -75,6 +81,8 @@ from cachekit import Cache
 from cachekit.backends.guard import AsyncGuardedBackend, GuardedBackend
 from cachekit.backends.redis import AsyncRedisBackend, RedisBackend, connect
 from cachekit.envelope import HEADER_SIZE, MAGIC
+
+TYPED_PREFIX = 5  # the typed payload's mark and shape fingerprint (cachekit.codecs)
 
 PID = 5
 TTL = 600
@@ -93,6 +101,50 @@ def product(pid: int) -> dict[str, Any]:
     return {"id": pid, "name": "Widget", "price": 9.99, "tags": ["a", "b"]}
 
 
+@dataclass(frozen=True)
+class Line:
+    """One line of a :class:`Receipt`."""
+
+    sku: str
+    name: str
+    qty: int
+    price: float
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """The typed value: 10 fields and a nested list, about 1 KiB of JSON."""
+
+    id: int
+    customer: str
+    email: str
+    currency: str
+    subtotal: float
+    tax: float
+    total: float
+    paid: bool
+    notes: str
+    lines: list[Line]
+
+
+def receipt(pid: int) -> Receipt:
+    """The typed value a loader returns."""
+    lines = [Line(f"SKU-{i:04d}", f"Widget number {i}", i + 1, 9.99 + i) for i in range(12)]
+    subtotal = sum(line.qty * line.price for line in lines)
+    return Receipt(
+        pid,
+        "Ada Lovelace",
+        "ada@example.com",
+        "EUR",
+        subtotal,
+        subtotal * 0.2,
+        subtotal * 1.2,
+        True,
+        "Leave at the door, please.",
+        lines,
+    )
+
+
 @dataclass
 class Contender:
     """One row of the table: a callable taking ``pid`` and what it reads in Redis."""
@@ -102,6 +154,7 @@ class Contender:
     role: Role
     call: Callable[[int], Any]  # returns an awaitable on the async face
     key: str  # the Redis key its hits read
+    value: str = "dict"  # which value it returns: "dict" or "typed" (each has its floor)
     samples: list[float] = field(default_factory=list)  # mean µs/call, one per round
 
     @property
@@ -198,10 +251,11 @@ def check_all_hits(contenders: Sequence[Contender]) -> None:
 
 
 def check_cachekit_stats(cache: Cache, settings: Settings) -> None:
-    """cachekit's own counters: one miss (the priming call), every other call a hit."""
+    """cachekit's own counters: one miss per function (priming), every other call a hit."""
     stats = cache.stats()
-    expected_hits = settings.warmup + settings.rounds * settings.calls
-    assert stats["misses"] == 1, stats
+    expected_hits = 2 * (settings.warmup + settings.rounds * settings.calls)
+    assert stats["misses"] == 2, stats
+    assert stats["uncacheable"] == 0, stats
     assert stats["hits"] == expected_hits, (stats["hits"], expected_hits)
 
 
@@ -253,6 +307,35 @@ def sync_floor(client: redis.Redis, key: str) -> Callable[[int], object]:
     return floor
 
 
+def typed_decoder() -> Callable[[bytes], object]:
+    """msgspec's typed decode of the typed payload: the floor's decode step."""
+    decode = msgspec.json.Decoder(Receipt).decode
+    start = HEADER_SIZE + TYPED_PREFIX
+    return lambda raw: decode(memoryview(raw)[start:])
+
+
+def async_typed_floor(client: redis.asyncio.Redis, key: str) -> Callable[[int], Awaitable[object]]:
+    """GET + msgspec typed decode into :class:`Receipt`."""
+    decode = typed_decoder()
+
+    async def floor(_pid: int) -> object:
+        raw = await client.get(key)
+        return None if raw is None else decode(raw)
+
+    return floor
+
+
+def sync_typed_floor(client: redis.Redis, key: str) -> Callable[[int], object]:
+    """The sync twin of :func:`async_typed_floor`."""
+    decode = typed_decoder()
+
+    def floor(_pid: int) -> object:
+        raw = client.get(key)
+        return None if raw is None else decode(raw)
+
+    return floor
+
+
 async def bench_async(
     client: redis.asyncio.Redis, admin: redis.Redis, settings: Settings
 ) -> list[Contender]:
@@ -273,6 +356,13 @@ async def bench_async(
         LOADS[label] += 1
         return product(pid)
 
+    typed_label = "cachekit @cached -> Receipt (async def)"
+
+    @cache.cached(ttl=TTL, key="receipt:{pid}")
+    async def get_receipt(pid: int) -> Receipt:
+        LOADS[typed_label] += 1
+        return receipt(pid)
+
     cashews_cache.setup(settings.url, client_side=False, max_connections=settings.max_connections)
     cashews_label = "cashews @cache"
 
@@ -288,9 +378,22 @@ async def bench_async(
         check_envelope(await client.get(key))
         floor = async_floor(client, key)
         assert await floor(PID) == product(PID)
+        assert await get_receipt(PID) == receipt(PID)
+        typed_key = cache._bound().ctx.keyspace.value(get_receipt.key(PID))
+        typed_floor = async_typed_floor(client, typed_key)
+        assert await typed_floor(PID) == receipt(PID)
         contenders = [
             Contender("redis.asyncio GET + orjson (floor)", "async", "floor", floor, key),
             Contender(label, "async", "cachekit", get_product, key),
+            Contender(
+                "redis.asyncio GET + msgspec typed (floor)",
+                "async",
+                "floor",
+                typed_floor,
+                typed_key,
+                "typed",
+            ),
+            Contender(typed_label, "async", "cachekit", get_receipt, typed_key, "typed"),
             Contender(
                 cashews_label,
                 "async",
@@ -333,6 +436,13 @@ def bench_sync(client: redis.Redis, admin: redis.Redis, settings: Settings) -> l
         LOADS[label] += 1
         return product(pid)
 
+    typed_label = "cachekit @cached -> Receipt (def)"
+
+    @cache.cached(ttl=TTL, key="receipt:{pid}")
+    def get_receipt(pid: int) -> Receipt:
+        LOADS[typed_label] += 1
+        return receipt(pid)
+
     dogpile_prefix = f"{settings.run}:dogpile:"
     region = make_region(key_mangler=lambda key: dogpile_prefix + key).configure(
         "dogpile.cache.redis",
@@ -357,9 +467,22 @@ def bench_sync(client: redis.Redis, admin: redis.Redis, settings: Settings) -> l
         check_envelope(client.get(key))
         floor = sync_floor(client, key)
         assert floor(PID) == product(PID)
+        assert get_receipt(PID) == receipt(PID)
+        typed_key = cache._bound().ctx.keyspace.value(get_receipt.key(PID))
+        typed_floor = sync_typed_floor(client, typed_key)
+        assert typed_floor(PID) == receipt(PID)
         contenders = [
             Contender("redis.Redis GET + orjson (floor)", "sync", "floor", floor, key),
             Contender(label, "sync", "cachekit", get_product, key),
+            Contender(
+                "redis.Redis GET + msgspec typed (floor)",
+                "sync",
+                "floor",
+                typed_floor,
+                typed_key,
+                "typed",
+            ),
+            Contender(typed_label, "sync", "cachekit", get_receipt, typed_key, "typed"),
             Contender(
                 dogpile_label,
                 "sync",
@@ -404,9 +527,9 @@ def redis_server(url: str) -> Iterator[str]:
 
 
 def ratios(contenders: Sequence[Contender]) -> dict[str, float]:
-    """Each contender's median over the median of the floor of its face."""
-    floors = {c.face: c.median for c in contenders if c.role == "floor"}
-    return {c.label: c.median / floors[c.face] for c in contenders}
+    """Each contender's median over the median of the floor of its face and value."""
+    floors = {(c.face, c.value): c.median for c in contenders if c.role == "floor"}
+    return {c.label: c.median / floors[c.face, c.value] for c in contenders}
 
 
 def paired(contenders: Sequence[Contender]) -> dict[str, tuple[float, float]]:
@@ -415,10 +538,10 @@ def paired(contenders: Sequence[Contender]) -> dict[str, tuple[float, float]]:
     Not in the table; in the JSON, to judge how much the machine's noise moved the
     ratio of medians.
     """
-    floors = {c.face: c.samples for c in contenders if c.role == "floor"}
+    floors = {(c.face, c.value): c.samples for c in contenders if c.role == "floor"}
     out = {}
     for c in contenders:
-        pairs = list(zip(c.samples, floors[c.face], strict=True))
+        pairs = list(zip(c.samples, floors[c.face, c.value], strict=True))
         out[c.label] = (
             statistics.median(s / f for s, f in pairs),
             statistics.median(s - f for s, f in pairs),
@@ -431,7 +554,7 @@ def target_line(contenders: Sequence[Contender], ratio: dict[str, float]) -> str
     for c in contenders:
         if c.role == "cachekit":
             verdict = "ok" if ratio[c.label] <= TARGET else "MISSED"
-            parts.append(f"{c.face} {ratio[c.label]:.2f}x {verdict}")
+            parts.append(f"{c.face} {c.value} {ratio[c.label]:.2f}x {verdict}")
     return f"target: cachekit hit <= {TARGET:.2f}x floor -- " + ", ".join(parts)
 
 
@@ -547,7 +670,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                 admin.info("server"),
                 url,
                 cpus=False,
-                packages=("cachekit", "redis", "hiredis", "orjson", "cashews", "dogpile.cache"),
+                packages=(
+                    "cachekit",
+                    "redis",
+                    "hiredis",
+                    "orjson",
+                    "msgspec",
+                    "cashews",
+                    "dogpile.cache",
+                ),
             )
             contenders = asyncio.run(bench_async(async_backend.client, admin, settings))
             contenders += bench_sync(sync_backend.client, admin, settings)
