@@ -68,7 +68,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import msgspec
 import orjson
@@ -320,7 +320,7 @@ def async_typed_floor(client: redis.asyncio.Redis, key: str) -> Callable[[int], 
 
     async def floor(_pid: int) -> object:
         raw = await client.get(key)
-        return None if raw is None else decode(raw)
+        return None if raw is None else decode(cast(bytes, raw))  # no decode_responses
 
     return floor
 
@@ -331,7 +331,7 @@ def sync_typed_floor(client: redis.Redis, key: str) -> Callable[[int], object]:
 
     def floor(_pid: int) -> object:
         raw = client.get(key)
-        return None if raw is None else decode(raw)
+        return None if raw is None else decode(cast(bytes, raw))
 
     return floor
 
