@@ -22,6 +22,7 @@ import asyncio
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from contextvars import ContextVar
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast, overload
 
@@ -36,7 +37,10 @@ if TYPE_CHECKING:
     from cachekit.binding import Binding
     from cachekit.serializers import Serializer
 
-__all__ = ["AsyncCachedFunction", "Decorator", "SyncCachedFunction"]
+__all__ = ["BYPASS", "AsyncCachedFunction", "Decorator", "SyncCachedFunction"]
+
+# cachekit.testing.bypass() sets it: decorated calls then load, reading and writing nothing.
+BYPASS: ContextVar[bool] = ContextVar("cachekit_bypass", default=False)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -129,6 +133,8 @@ class AsyncCachedFunction(_CachedFunction[P, R]):
 
     async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """The cached result, loading and storing it on a miss."""
+        if BYPASS.get():
+            return await self._func(*args, **kwargs)
         b = self._bound()
         flow = self._read(b, args, kwargs)
         result: R = await b.aio.drive(flow, lambda: self._func(*args, **kwargs))
@@ -182,6 +188,8 @@ class SyncCachedFunction(_CachedFunction[P, R]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """The cached result, loading and storing it on a miss."""
+        if BYPASS.get():
+            return self._func(*args, **kwargs)
         b = self._bound()
         flow = self._read(b, args, kwargs)
         result: R = b.sync.drive(flow, lambda: self._func(*args, **kwargs))
