@@ -90,10 +90,16 @@ if ours or redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   -- restart without persistence, a failover to a replica that missed the last INCR -
   -- starts again above every token it gave.
   local t = redis.call('TIME')
-  local now = t[1] .. string.format('%06d', tonumber(t[2]))
-  local last = tonumber(redis.call('GET', KEYS[2]))
-  if not last or last < tonumber(now) then redis.call('SET', KEYS[2], now) end
-  local fence = redis.call('INCR', KEYS[2])
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local raw = redis.call('GET', KEYS[2])
+  local last = raw and string.match(raw, '^%d+$') and tonumber(raw)
+  local fence
+  if last then  -- INCRBY: exact integer arithmetic, however far the counter has run
+    fence = redis.call('INCRBY', KEYS[2], string.format('%.0f', math.max(now - last, 0) + 1))
+  else  -- absent, or not a counter (garbled): seeded from the clock
+    fence = now + 1
+    redis.call('SET', KEYS[2], string.format('%.0f', fence))
+  end
   -- The counter expires ARGV[3] ms after the clock passes its value (not after now): a
   -- counter that ran ahead of the clock lives until the clock has caught up with it, so
   -- the clock re-seeds it above every token it gave, whatever the clock did meanwhile.
@@ -155,11 +161,8 @@ class Acquire(Op[Acquired]):
 
 
 def _counter(raw: bytes | None) -> int:
-    """A fencing counter's value; 0 (the clock wins) when absent or not an integer."""
-    try:
-        return int(raw) if raw is not None else 0
-    except ValueError:
-        return 0
+    """A fencing counter's value; 0 (the clock wins) when absent or not digits only."""
+    return int(raw) if raw is not None and raw.isdigit() else 0
 
 
 class Leased(NamedTuple):
