@@ -48,7 +48,12 @@ from starlette.routing import Route
 from cachekit import Cache
 from cachekit.backends.ops import Delete, Get, Set
 from cachekit.backends.records import CartRead, CartRecord, ReadCart, StoreCart
-from cachekit.exceptions import CartUnavailable, ConfigurationError, InvalidCartInput
+from cachekit.exceptions import (
+    CartUnavailable,
+    ConfigurationError,
+    InvalidCartInput,
+    SerializationError,
+)
 from cachekit.sessions import CartLimits, CartStore, SyncCartStore
 from cachekit.sessions.cart_rules import Add, merge_into
 from cachekit.testing import FakeClock
@@ -990,6 +995,20 @@ def test_store_cart_replaces_a_foreign_record_but_respects_an_unnamed_ones_versi
     assert run(StoreCart(key, lease, "bob", 4, {"OLD": 1}, 60)) is False
     assert run(StoreCart(key, lease, "bob", 6, {"B": 4}, 60)) is True
     assert run(ReadCart(key, lease, "bob", b"r", 10)).record == CartRecord(6, {"B": 4})
+
+
+def test_a_reply_naming_another_owner_is_refused_even_past_the_script() -> None:
+    """The owner is checked again where the reply is parsed: a record the script let
+    through by mistake would still never be served."""
+    read = ReadCart("p:cart:{bob}", "p:cart:{bob}:fill", "bob", b"t", 10)
+    assert read.parse([b"@owner", b"bob", b"@version", b"2", b"A", b"1"]) == CartRead(
+        CartRecord(2, {"A": 1})
+    )
+    assert read.parse([]) == CartRead(None)
+    assert read.parse(0) == CartRead(None, foreign=True)
+    for reply in ([b"@owner", b"alice", b"@version", b"2"], [b"@version", b"2", b"A", b"1"]):
+        with pytest.raises(SerializationError, match="names another owner"):
+            read.parse(reply)
 
 
 def test_skus_never_start_with_at_whatever_the_pattern() -> None:
