@@ -2,11 +2,14 @@
 
 The protocol is redis-py's ``lock.py`` made safer, written once for both faces:
 
-* acquire: ``SET key token NX PX ttl`` with a random token, and in the same script an
-  ``INCR`` of a fencing counter, so every acquisition gets a strictly increasing
-  :attr:`fencing_token` (seeded from the server clock, so it keeps rising across a Redis
-  restart that lost the counter). Give it to the resource you protect and let it refuse
-  lower tokens: a lease can lapse under a paused holder, a fence cannot (Kleppmann).
+* acquire: ``SET key token NX PX ttl`` with a random token, and in the same script the
+  next value of a fencing counter, so every acquisition gets a strictly increasing
+  :attr:`fencing_token`: above the last one and above the server clock in microseconds,
+  so it keeps rising when the counter is lost (a Redis restart, a failover, its expiry).
+  The counter expires ten leases (at least ten minutes) after its last token, so lock
+  names used once leave no key behind (:func:`~cachekit.backends.leases.fence_ttl`).
+  Give the token to the resource you protect and let it refuse lower tokens: a lease can
+  lapse under a paused holder, a fence cannot (Kleppmann).
 * wait: bounded by ``wait``; a waiter sleeps until a release is announced on the cache's
   channel or the holder's lease runs out, never on a fixed polling interval.
 * hold: a watchdog (:mod:`cachekit.watchdog`) renews the lease every ``ttl / 3`` by a

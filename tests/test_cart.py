@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import redis
 from sqlalchemy import (
@@ -45,9 +46,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from cachekit import Cache
-from cachekit.backends.ops import Delete
-from cachekit.backends.records import CartRecord, ReadCart, StoreCart
-from cachekit.exceptions import CartUnavailable, ConfigurationError, InvalidCartInput
+from cachekit.backends.ops import Delete, Get, Set
+from cachekit.backends.records import CartRead, CartRecord, ReadCart, StoreCart
+from cachekit.exceptions import (
+    CartUnavailable,
+    ConfigurationError,
+    InvalidCartInput,
+    SerializationError,
+)
 from cachekit.sessions import CartLimits, CartStore, SyncCartStore
 from cachekit.sessions.cart_rules import Add, merge_into
 from cachekit.testing import FakeClock
@@ -92,10 +98,15 @@ def sql_state(engine: Engine, owner: str) -> tuple[int | None, Items]:
 
 
 def redis_cart(raw: redis.Redis, key: str) -> tuple[int, Items] | None:
-    """The cart hash under ``key`` by raw ``HGETALL``: ``(version, items)``, or ``None``."""
+    """The cart hash under ``key`` by raw ``HGETALL``: ``(version, items)``, or ``None``.
+
+    Also checks that the hash names the owner of ``key`` (the id between its braces).
+    """
     fields: dict[bytes, bytes] = raw.hgetall(key)  # type: ignore[assignment]
     if not fields:
         return None
+    owner = fields.pop(b"@owner").decode()
+    assert owner == key[key.index("{") + 1 : key.rindex("}")], f"{key} names {owner!r}"
     decoded = {name.decode(): int(value) for name, value in fields.items()}
     return decoded.pop("@version"), decoded
 
@@ -109,9 +120,8 @@ def dump(raw: redis.Redis, key: str) -> bytes | None:
 def mem_read(cache: Cache, owner: str) -> CartRecord | None:
     """The cart record a memory-backed cache holds for ``owner``."""
     key = mem_key(owner)
-    read = ReadCart(key, key + ":fill", b"t", 10)
-    record: CartRecord | None = cache._bound().sync.backend.run(read)
-    return record
+    read: CartRead = cache._bound().sync.backend.run(ReadCart(key, key + ":fill", owner, b"t", 10))
+    return read.record
 
 
 def mem_key(owner: str) -> str:
@@ -252,7 +262,7 @@ def test_clear_keeps_the_version_so_an_old_copy_cannot_return(
     assert mem_cart.sync.clear(owner) == {}
     assert sql_state(mem_engine, owner) == (3, {})
     assert mem_read(memory_cache, owner) == CartRecord(3, {})
-    refill = StoreCart(mem_key(owner), mem_key(owner) + ":fill", 2, {"A": 1, "B": 1}, 60)
+    refill = StoreCart(mem_key(owner), mem_key(owner) + ":fill", owner, 2, {"A": 1, "B": 1}, 60)
     assert memory_cache._bound().sync.backend.run(refill) is False
     assert mem_cart.sync.get(owner) == {}
     assert mem_cart.sync.clear(owner) == {}  # clearing an empty cart is fine
@@ -746,16 +756,17 @@ async def test_evicted_cart_is_rebuilt_from_sql_and_refilled(
 async def test_foreign_and_wrong_type_keys_are_replaced(
     cart: CartStore, redis_cache: Cache, engine: Engine, raw_redis: redis.Redis, prefix: str
 ) -> None:
-    """A hash without @version is invalid (deleted, then refilled); a non-hash fails open."""
+    """A hash naming no owner is foreign (replaced by the SQL cart); a non-hash fails open."""
     owner = new_owner()
     await cart.add(owner, "A", 2)
     key = cart_key(prefix, owner)
     raw_redis.delete(key)
     raw_redis.hset(key, mapping={"A": "999", "EVIL": "5"})
+    invalid = redis_cache.stats()["invalid_payloads"]
     assert await cart.get(owner) == {"A": 2}
-    assert raw_redis.exists(key) == 0
+    assert redis_cache.stats()["invalid_payloads"] == invalid + 1
+    assert redis_cart(raw_redis, key) == (1, {"A": 2})  # replaced in the same read
     assert await cart.get(owner) == {"A": 2}
-    assert redis_cart(raw_redis, key) == (1, {"A": 2})
     raw_redis.delete(key)
     raw_redis.set(key, b"not a hash")
     fallbacks = redis_cache.stats()["fallbacks"]
@@ -781,6 +792,232 @@ async def test_corrupted_cart_hash_is_a_miss(
     assert raw_redis.exists(key) == 0  # deleted: the next read refills it
     assert await cart.get(owner) == {"A": 2}
     assert redis_cart(raw_redis, key) == (1, {"A": 2})
+
+
+# ---------------------------------------------------------------- 5b. a copy names its owner
+
+
+class Carts:
+    """One cart store on either backend, with raw access to its Redis copies."""
+
+    def __init__(self, store: CartStore, key: Callable[[str], str], raw: redis.Redis | None):
+        self.store, self.key, self.raw = store, key, raw
+        self.run = store.cache._bound().sync.backend.run
+
+    async def get(self, face: str, owner: str) -> Items:
+        return await self.store.get(owner) if face == "async" else self.store.sync.get(owner)
+
+    async def add(self, face: str, owner: str, sku: str, qty: int) -> Items:
+        if face == "async":
+            return await self.store.add(owner, sku, qty)
+        return self.store.sync.add(owner, sku, qty)
+
+    def copy(self, source: str, target: str) -> None:
+        """Copy the bytes of ``source``'s record over ``target``'s, as a raw client would."""
+        src, dst = self.key(source), self.key(target)
+        if self.raw is not None:
+            dumped = dump(self.raw, src)
+            assert dumped is not None
+            self.raw.restore(dst, 60_000, dumped, replace=True)
+        else:  # the memory backend keeps a hash as one value: copy that value
+            value: bytes | None = self.run(Get(src))
+            assert value is not None
+            self.run(Set(dst, value, ttl=60))
+
+    def fields(self, owner: str) -> dict[str, bytes]:
+        """The record's fields as stored (empty when absent)."""
+        if self.raw is not None:
+            raw: dict[bytes, bytes] = self.raw.hgetall(self.key(owner))  # type: ignore[assignment]
+            return {name.decode(): value for name, value in raw.items()}
+        packed = self.run(Get(self.key(owner)))
+        if packed is None:
+            return {}
+        return {k: v.encode("latin-1") for k, v in orjson.loads(packed).items()}
+
+    def plant(self, owner: str, fields: dict[str, bytes]) -> None:
+        """Replace ``owner``'s record by exactly ``fields``."""
+        key = self.key(owner)
+        if self.raw is not None:
+            self.raw.delete(key)
+            self.raw.hset(key, mapping=fields)  # type: ignore[arg-type]
+        else:
+            packed = orjson.dumps({k: v.decode("latin-1") for k, v in fields.items()})
+            self.run(Set(key, packed, ttl=60))
+
+    def record(self, owner: str) -> tuple[bytes | None, int, Items] | None:
+        """``(named owner, version, items)`` of the stored record, or ``None``."""
+        fields = self.fields(owner)
+        if not fields:
+            return None
+        named = fields.pop("@owner", None)
+        version = int(fields.pop("@version"))
+        return named, version, {sku: int(qty) for sku, qty in fields.items()}
+
+
+@pytest.fixture(params=["memory", "redis"])
+def carts(
+    request: pytest.FixtureRequest, mem_cart: CartStore, prefix: str, redis_url: str
+) -> Iterator[Carts]:
+    """Carts on the memory backend or on the shared Redis (a sync engine, both faces)."""
+    if request.param == "memory":
+        yield Carts(mem_cart, mem_key, None)
+        return
+    store: CartStore = request.getfixturevalue("cart")
+    raw = redis.Redis.from_url(redis_url)
+    try:
+        yield Carts(store, partial(cart_key, prefix), raw)
+    finally:
+        raw.close()
+
+
+@pytest.mark.parametrize("face", ["async", "sync"])
+async def test_bytes_copied_from_another_owners_cart_are_never_served(
+    carts: Carts, face: str
+) -> None:
+    """A's record copied under B's key: B gets B's own cart from SQL (a counted miss), the
+    copy is replaced by B's, and the next read is a hit on it."""
+    alice, bob = new_owner("alice"), new_owner("bob")
+    for qty in range(1, 4):  # A's copy carries a higher version than B's cart
+        await carts.add(face, alice, "SECRET-SKU", qty)
+    await carts.add(face, bob, "BOB-1", 1)
+    carts.copy(alice, bob)
+    assert carts.record(bob) == (alice.encode(), 3, {"SECRET-SKU": 6})  # the copy is there
+    stats = carts.store.cache.stats
+    before = stats()
+    assert await carts.get(face, bob) == {"BOB-1": 1}
+    after = stats()
+    assert after["invalid_payloads"] == before["invalid_payloads"] + 1
+    assert after["misses"] == before["misses"] + 1
+    assert after["hits"] == before["hits"]
+    assert carts.record(bob) == (bob.encode(), 1, {"BOB-1": 1})  # the bad copy replaced
+    assert await carts.get(face, bob) == {"BOB-1": 1}
+    assert stats()["hits"] == before["hits"] + 1
+    assert await carts.get(face, alice) == {"SECRET-SKU": 6}  # A's own copy is untouched
+
+
+@pytest.mark.parametrize("face", ["async", "sync"])
+async def test_a_copied_cart_is_not_served_to_an_owner_without_one(carts: Carts, face: str) -> None:
+    """B never had a cart (no SQL row): A's copied bytes give B an empty cart, not A's."""
+    alice, bob = new_owner("alice"), new_owner("bob")
+    await carts.add(face, alice, "SECRET-SKU", 1)
+    carts.copy(alice, bob)
+    invalid = carts.store.cache.stats()["invalid_payloads"]
+    assert await carts.get(face, bob) == {}
+    assert carts.store.cache.stats()["invalid_payloads"] == invalid + 1
+    assert carts.record(bob) == (bob.encode(), 0, {})
+
+
+@pytest.mark.parametrize("face", ["async", "sync"])
+async def test_a_change_replaces_a_copied_record_whatever_version_it_claims(
+    carts: Carts, face: str
+) -> None:
+    """A change of B stores B's cart over A's copied bytes even though A's version is higher."""
+    alice, bob = new_owner("alice"), new_owner("bob")
+    for _ in range(5):
+        await carts.add(face, alice, "SECRET-SKU", 1)
+    await carts.add(face, bob, "BOB-1", 1)
+    carts.copy(alice, bob)
+    assert await carts.add(face, bob, "BOB-2", 2) == {"BOB-1": 1, "BOB-2": 2}
+    assert carts.record(bob) == (bob.encode(), 2, {"BOB-1": 1, "BOB-2": 2})
+    hits = carts.store.cache.stats()["hits"]
+    assert await carts.get(face, bob) == {"BOB-1": 1, "BOB-2": 2}
+    assert carts.store.cache.stats()["hits"] == hits + 1
+
+
+OWNER_DAMAGE = ["missing", "empty", "garbled", "truncated", "longer", "other"]
+
+
+def damaged(owner: str, damage: str) -> bytes | None:
+    """The @owner field after ``damage`` (``None``: the field is gone)."""
+    return {
+        "missing": None,
+        "empty": b"",
+        "garbled": b"\xff\xfe" + owner.encode()[2:],
+        "truncated": owner.encode()[:-1],
+        "longer": owner.encode() + b" ",
+        "other": new_owner().encode(),
+    }[damage]
+
+
+@pytest.mark.parametrize("face", ["async", "sync"])
+@pytest.mark.parametrize("damage", OWNER_DAMAGE)
+async def test_a_record_with_a_missing_or_garbled_owner_is_a_counted_miss(
+    carts: Carts, face: str, damage: str
+) -> None:
+    """The owner's own record with its @owner field removed or damaged is not served."""
+    owner = new_owner()
+    await carts.add(face, owner, "A", 2)
+    await carts.add(face, owner, "B", 1)
+    fields = carts.fields(owner)
+    fields["A"] = b"999"  # what the damaged record would claim
+    field = damaged(owner, damage)
+    if field is None:
+        del fields["@owner"]
+    else:
+        fields["@owner"] = field
+    carts.plant(owner, fields)
+    before = carts.store.cache.stats()
+    assert await carts.get(face, owner) == {"A": 2, "B": 1}
+    after = carts.store.cache.stats()
+    assert after["invalid_payloads"] == before["invalid_payloads"] + 1
+    assert after["misses"] == before["misses"] + 1
+    assert carts.record(owner) == (owner.encode(), 2, {"A": 2, "B": 1})
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+def test_store_cart_replaces_a_foreign_record_but_respects_an_unnamed_ones_version(
+    request: pytest.FixtureRequest, backend: str, prefix: str
+) -> None:
+    """StoreCart: a record naming another owner is replaced at any version; one naming
+    none (stored before records named their owner) still refuses older versions."""
+    cache: Cache = request.getfixturevalue(f"{backend}_cache")
+    run = cache._bound().sync.backend.run
+    key = f"{prefix}:cart:{{bob}}"
+    lease = key + ":fill"
+    assert run(StoreCart(key, lease, "alice", 9, {"SECRET": 1}, 60)) is True  # a bad copy
+    assert run(StoreCart(key, lease, "bob", 2, {"B": 1}, 60)) is True
+    assert run(ReadCart(key, lease, "bob", b"r", 10)).record == CartRecord(2, {"B": 1})
+    assert run(StoreCart(key, lease, "bob", 1, {"OLD": 1}, 60)) is False
+    # The refill after a foreign miss: the read dropped the copy and leased the refill.
+    assert run(StoreCart(key, lease, "alice", 9, {"SECRET": 1}, 60)) is True
+    assert run(ReadCart(key, lease, "bob", b"refill", 10)) == CartRead(None, foreign=True)
+    assert run(ReadCart(key, lease, "bob", b"refill", 10)) == CartRead(None)  # deleted
+    assert run(StoreCart(key, lease, "bob", 2, {"B": 1}, 60, b"refill")) is True
+    assert run(ReadCart(key, lease, "bob", b"r", 10)).record == CartRecord(2, {"B": 1})
+    run(Delete([key]))
+    unnamed = {"@version": b"5", "B": b"3"}
+    if backend == "redis":
+        client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
+        client.hset(key, mapping=unnamed)  # type: ignore[arg-type]
+        client.close()
+    else:
+        run(Set(key, orjson.dumps({k: v.decode() for k, v in unnamed.items()}), ttl=60))
+    assert run(StoreCart(key, lease, "bob", 4, {"OLD": 1}, 60)) is False
+    assert run(StoreCart(key, lease, "bob", 6, {"B": 4}, 60)) is True
+    assert run(ReadCart(key, lease, "bob", b"r", 10)).record == CartRecord(6, {"B": 4})
+
+
+def test_a_reply_naming_another_owner_is_refused_even_past_the_script() -> None:
+    """The owner is checked again where the reply is parsed: a record the script let
+    through by mistake would still never be served."""
+    read = ReadCart("p:cart:{bob}", "p:cart:{bob}:fill", "bob", b"t", 10)
+    assert read.parse([b"@owner", b"bob", b"@version", b"2", b"A", b"1"]) == CartRead(
+        CartRecord(2, {"A": 1})
+    )
+    assert read.parse([]) == CartRead(None)
+    assert read.parse(0) == CartRead(None, foreign=True)
+    for reply in ([b"@owner", b"alice", b"@version", b"2"], [b"@version", b"2", b"A", b"1"]):
+        with pytest.raises(SerializationError, match="names another owner"):
+            read.parse(reply)
+
+
+def test_skus_never_start_with_at_whatever_the_pattern() -> None:
+    """The record's own fields start with '@': a permissive pattern cannot reach them."""
+    limits = CartLimits(sku_pattern=r"\S+")
+    for sku in ("@owner", "@version", "@x"):
+        with pytest.raises(InvalidCartInput, match="'@'"):
+            limits.sku(sku)
+    assert limits.sku("x@y") == "x@y"
 
 
 async def test_redis_restart_without_persistence_rebuilds_from_sql(
@@ -1157,18 +1394,25 @@ def test_store_cart_refuses_older_and_equal_versions(
     """StoreCart replaces the copy only with a newer version, and replaces it whole."""
     cache: Cache = request.getfixturevalue(f"{backend}_cache")
     run = cache._bound().sync.backend.run
-    key = f"{prefix}:cart:{{fence}}"
+    who = "fence"
+    key = f"{prefix}:cart:{{{who}}}"
     lease = key + ":fill"
-    assert run(ReadCart(key, lease, b"r1", 10)) is None  # a miss takes the fill lease
-    assert run(StoreCart(key, lease, 5, {"A": 1, "B": 2}, 60)) is True
-    assert run(StoreCart(key, lease, 4, {"OLD": 1}, 60)) is False
-    assert run(StoreCart(key, lease, 5, {"SAME": 1}, 60)) is False
-    assert run(ReadCart(key, lease, b"r2", 10)) == CartRecord(5, {"A": 1, "B": 2})
-    assert run(StoreCart(key, lease, 6, {"B": 3}, 60)) is True
-    assert run(ReadCart(key, lease, b"r3", 10)) == CartRecord(6, {"B": 3})  # replaced whole
-    assert run(StoreCart(key, lease, 7, {}, 60)) is True
-    assert run(ReadCart(key, lease, b"r4", 10)) == CartRecord(7, {})  # empty is still a record
-    assert run(StoreCart(key, lease, 3, {"OLD": 1}, 60)) is False
+    assert run(ReadCart(key, lease, who, b"r1", 10)) == CartRead(
+        None
+    )  # a miss takes the fill lease
+    assert run(StoreCart(key, lease, who, 5, {"A": 1, "B": 2}, 60)) is True
+    assert run(StoreCart(key, lease, who, 4, {"OLD": 1}, 60)) is False
+    assert run(StoreCart(key, lease, who, 5, {"SAME": 1}, 60)) is False
+    assert run(ReadCart(key, lease, who, b"r2", 10)).record == CartRecord(5, {"A": 1, "B": 2})
+    assert run(StoreCart(key, lease, who, 6, {"B": 3}, 60)) is True
+    assert run(ReadCart(key, lease, who, b"r3", 10)).record == CartRecord(
+        6, {"B": 3}
+    )  # replaced whole
+    assert run(StoreCart(key, lease, who, 7, {}, 60)) is True
+    assert run(ReadCart(key, lease, who, b"r4", 10)).record == CartRecord(
+        7, {}
+    )  # empty is still a record
+    assert run(StoreCart(key, lease, who, 3, {"OLD": 1}, 60)) is False
 
 
 @pytest.mark.parametrize("backend", ["memory", "redis"])
@@ -1178,17 +1422,20 @@ def test_a_refill_needs_its_lease(
     """A refill stores only while its miss's lease stands; a change voids the lease."""
     cache: Cache = request.getfixturevalue(f"{backend}_cache")
     run = cache._bound().sync.backend.run
-    key = f"{prefix}:cart:{{lease}}"
+    who = "lease"
+    key = f"{prefix}:cart:{{{who}}}"
     lease = key + ":fill"
-    assert run(ReadCart(key, lease, b"old-reader", 10)) is None
-    assert run(ReadCart(key, lease, b"new-reader", 10)) is None  # the later miss holds it
-    assert run(StoreCart(key, lease, 1, {"A": 1}, 60, b"old-reader")) is False
-    assert run(StoreCart(key, lease, 1, {"A": 1}, 60, b"new-reader")) is True
+    assert run(ReadCart(key, lease, who, b"old-reader", 10)) == CartRead(None)
+    assert run(ReadCart(key, lease, who, b"new-reader", 10)) == CartRead(
+        None
+    )  # the later miss holds it
+    assert run(StoreCart(key, lease, who, 1, {"A": 1}, 60, b"old-reader")) is False
+    assert run(StoreCart(key, lease, who, 1, {"A": 1}, 60, b"new-reader")) is True
     assert run(Delete([key])) == 1
-    assert run(ReadCart(key, lease, b"reader", 10)) is None
-    assert run(StoreCart(key, lease, 2, {"A": 2}, 60)) is True  # a change: voids the lease
+    assert run(ReadCart(key, lease, who, b"reader", 10)) == CartRead(None)
+    assert run(StoreCart(key, lease, who, 2, {"A": 2}, 60)) is True  # a change: voids the lease
     assert run(Delete([key])) == 1  # evicted
-    assert run(StoreCart(key, lease, 1, {"A": 1}, 60, b"reader")) is False
+    assert run(StoreCart(key, lease, who, 1, {"A": 1}, 60, b"reader")) is False
 
 
 async def test_slow_readers_refill_cannot_overwrite_a_newer_cart(

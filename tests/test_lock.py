@@ -4,7 +4,9 @@ Covered: acquire/release on both faces, fencing tokens, timeouts and ownership e
 waiters woken by the release notification (counted with ``INFO commandstats`` on a private
 server, not timed); the watchdog keeping a short lease alive; cancellation; a SIGKILLed
 holder freeing the lock within its TTL; mutual exclusion across processes; monotonic
-fences across 1,000 acquisitions and across a Redis restart; failing closed or open.
+fences across 1,000 acquisitions, across a Redis restart and across a lost, set-back,
+garbled or expired fence counter; every fence counter expiring (200 names leave no key
+without a TTL); failing closed or open.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ from cachekit import (
     LockNotOwnedError,
     LockTimeout,
 )
-from cachekit.backends.leases import Acquire, Acquired
-from cachekit.backends.ops import ExpireIfEqual, Op, Store
+from cachekit.backends.leases import Acquire, Acquired, fence_ttl
+from cachekit.backends.ops import Delete, ExpireIfEqual, Get, Op, Set, Store, Ttl
 from cachekit.notify import AsyncWaiter, SyncWaiter
 from cachekit.testing import FakeClock
 from tests.servers import PrivateServer
@@ -660,6 +662,177 @@ async def test_1000_sequential_acquisitions_have_strictly_increasing_fences(
             fences.append(lock.fencing_token)
     assert len(fences) == 1000
     assert all(a < b for a, b in itertools.pairwise(fences))
+
+
+# 7b. Fence counters expire, fences keep rising ----------------------------------------
+
+
+def fence_key(prefix: str, name: str) -> str:
+    return lock_key(prefix, name) + ":fence"
+
+
+def run_op(cache: Cache, op: Op[Any]) -> Any:
+    """Run one backend op on ``cache`` (either backend), bypassing the lock API."""
+    return cache._bound().sync.backend.run(op)
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+async def test_every_fence_counter_has_a_ttl_after_200_names(
+    any_cache: Cache, kind: str, raw_redis: redis.Redis, prefix: str
+) -> None:
+    """200 distinct names (both faces): 200 counters, each expiring within its fence TTL."""
+    names = [f"order:{n}" for n in range(200)]
+    for n, name in enumerate(names):
+        if n % 2:
+            async with any_cache.lock(name, ttl=5, wait=0) as lock:
+                assert lock.fencing_token is not None
+        else:
+            with any_cache.sync.lock(name, ttl=5, wait=0) as sync_lock:
+                assert sync_lock.fencing_token is not None
+    limit = fence_ttl(5)
+    ttls = [run_op(any_cache, Ttl(fence_key(prefix, name))) for name in names]
+    assert all(ttl is not None and 0 < ttl <= limit for ttl in ttls), ttls
+    if kind == "redis":
+        keys = list(raw_redis.scan_iter(match=f"{prefix}:*", count=1000))
+        assert len(keys) == 200  # the locks are gone; only their counters remain
+        assert all(raw_redis.pttl(key) > 0 for key in keys), "a key without a TTL"
+
+
+def test_fence_counters_vanish_after_their_ttl(clock: FakeClock) -> None:
+    """On the fake clock: a counter is gone fence_ttl after its last token, not before."""
+    cache = Cache.from_url("memory://", clock=clock, prefix="p")
+    for n in range(200):
+        with cache.sync.lock(f"user:{n}", ttl=30, wait=0):
+            pass
+    keys = [fence_key("p", f"user:{n}") for n in range(200)]
+    clock.advance(fence_ttl(30) - 1)
+    assert all(run_op(cache, Get(key)) is not None for key in keys)
+    clock.advance(2)
+    assert all(run_op(cache, Get(key)) is None for key in keys)
+
+
+@pytest.mark.parametrize("face", ["async", "sync"])
+async def test_each_acquisition_refreshes_the_fence_ttl(
+    any_cache: Cache, prefix: str, face: str
+) -> None:
+    """A counter whose TTL ran low gets the whole fence TTL back on the next acquisition."""
+
+    async def acquire_once() -> int:
+        if face == "async":
+            async with any_cache.lock("job", ttl=2, wait=1) as lock:
+                assert lock.fencing_token is not None
+                return lock.fencing_token
+        with any_cache.sync.lock("job", ttl=2, wait=1) as sync_lock:
+            assert sync_lock.fencing_token is not None
+            return sync_lock.fencing_token
+
+    key, limit = fence_key(prefix, "job"), fence_ttl(2)
+    first = await acquire_once()
+    assert limit - 5 < run_op(any_cache, Ttl(key)) <= limit
+    # Shorten it as time would, keeping the value (a plain Set would drop the counter).
+    counter = run_op(any_cache, Get(key))
+    run_op(any_cache, Set(key, counter, ttl=3))
+    assert run_op(any_cache, Ttl(key)) <= 3
+    second = await acquire_once()
+    assert second > first
+    assert limit - 5 < run_op(any_cache, Ttl(key)) <= limit
+
+
+def test_fence_ttl_is_ten_leases_and_at_least_ten_minutes() -> None:
+    assert fence_ttl(0.5) == fence_ttl(10) == 600.0
+    assert fence_ttl(60) == 600.0
+    assert fence_ttl(120) == 1200.0
+    assert fence_ttl(3600) == 36_000.0
+
+
+def test_fences_rise_across_the_counters_expiry_on_the_fake_clock(clock: FakeClock) -> None:
+    """1,000 tokens on a frozen clock run 1,000 us ahead of it; the counter lives until the
+    clock has passed them, so the token drawn after its expiry is still the highest."""
+    cache = Cache.from_url("memory://", clock=clock, prefix="p")
+    lock = cache.sync.lock("job", ttl=10, wait=0)
+    fences: list[int] = []
+    for _ in range(1000):
+        with lock:
+            assert lock.fencing_token is not None
+            fences.append(lock.fencing_token)
+    clock_us = int(clock.time() * 1_000_000)
+    assert fences[-1] == clock_us + 1000  # max(counter, clock) + 1, 1,000 times
+    key = fence_key("p", "job")
+    clock.advance(fence_ttl(10))  # a TTL counted from now would have ended here
+    assert run_op(cache, Get(key)) == b"%d" % fences[-1]
+    clock.advance(0.002)  # the clock passed the last token by the fence TTL: expired
+    assert run_op(cache, Get(key)) is None
+    for _ in range(3):
+        with lock:
+            assert lock.fencing_token is not None
+            fences.append(lock.fencing_token)
+    assert all(a < b for a, b in itertools.pairwise(fences))
+    assert fences[-3] == int(clock.time() * 1_000_000) + 1  # re-seeded from the clock
+
+
+@pytest.fixture
+async def fence_cache(
+    kind: str, redis_url: str, prefix: str
+) -> AsyncIterator[tuple[Cache, FakeClock | None]]:
+    """A cache on Redis (its server clock), or on memory with a fake clock (advanced by hand)."""
+    if kind == "redis":
+        cache, clock = Cache.from_url(redis_url, prefix=prefix), None
+    else:
+        clock = FakeClock()
+        cache = Cache.from_url("memory://", prefix=prefix, clock=clock)
+    yield cache, clock
+    await cache.close()
+
+
+async def test_fences_rise_across_lost_counters(
+    fence_cache: tuple[Cache, FakeClock | None], prefix: str
+) -> None:
+    """The counter deleted (expired early, evicted), set back (a failover to a replica that
+    missed the last INCRs) or garbled, after every 50 of 400 acquisitions (both faces):
+    the fences still rise, and never run ahead of the clock."""
+    cache, clock = fence_cache
+    key = fence_key(prefix, "job")
+    fences: list[int] = []
+    for n in range(400):
+        if clock is not None:
+            clock.advance(0.001)  # time passes between acquisitions, as on a real clock
+        if n % 2:
+            async with cache.lock("job", ttl=10, wait=1) as lock:
+                assert lock.fencing_token is not None
+                fences.append(lock.fencing_token)
+        else:
+            with cache.sync.lock("job", ttl=10, wait=1) as sync_lock:
+                assert sync_lock.fencing_token is not None
+                fences.append(sync_lock.fencing_token)
+        if n % 50 == 49:
+            loss = (n // 50) % 3
+            if loss == 0:
+                assert run_op(cache, Delete([key])) == 1
+            elif loss == 1:
+                run_op(cache, Set(key, b"%d" % (fences[-1] - 10_000), ttl=60))
+            else:
+                run_op(cache, Set(key, b"not a number", ttl=60))
+    assert len(set(fences)) == 400
+    assert all(a < b for a, b in itertools.pairwise(fences)), "a fence went back"
+    now = now_us() if clock is None else int(clock.time() * 1_000_000)
+    assert fences[-1] <= now + 1  # tokens follow the clock: re-seeding it starts above them
+
+
+async def test_a_counter_ahead_of_the_clock_lives_until_the_clock_passes_it(
+    any_cache: Cache, prefix: str
+) -> None:
+    """A counter an hour ahead (a server clock that stepped back): the next token follows
+    the counter, and the counter expires only a fence TTL after the clock reaches it."""
+    key, ahead = fence_key(prefix, "job"), 3600 * 1_000_000
+    planted = now_us() + ahead
+    run_op(any_cache, Set(key, b"%d" % planted, ttl=10))
+    async with any_cache.lock("job", ttl=10, wait=0) as lock:
+        assert lock.fencing_token == planted + 1
+    ttl = run_op(any_cache, Ttl(key))
+    assert 3600 + fence_ttl(10) - 60 < ttl <= 3600 + fence_ttl(10)
 
 
 # 8. A Redis restart during a hold -----------------------------------------------------

@@ -7,6 +7,8 @@ publishes the key it changed on the cache's notification channel, so waiters wak
 event instead of polling. All keys of one script share a hash tag, hence one Cluster slot,
 and on Cluster the announcement goes by ``SPUBLISH`` to that slot's shard channel
 (:mod:`cachekit.backends.shards`): the scripts take the command and channel as arguments.
+A lock's fencing counter has a TTL too (:func:`fence_ttl` past its last token, which is
+never below the server clock), so lock names used once do not pile up keys.
 
 Usage::
 
@@ -25,7 +27,18 @@ from typing import Any, NamedTuple
 from cachekit.backends.ops import Op, Script, Store, ms
 from cachekit.backends.shards import announcement, on_shards
 
-__all__ = ["Acquire", "Acquired", "Fill", "Invalidate", "Leased", "Release", "TakeLease"]
+__all__ = [
+    "FENCE_TTL_FLOOR",
+    "FENCE_TTL_LEASES",
+    "Acquire",
+    "Acquired",
+    "Fill",
+    "Invalidate",
+    "Leased",
+    "Release",
+    "TakeLease",
+    "fence_ttl",
+]
 
 
 class Acquired(NamedTuple):
@@ -40,26 +53,59 @@ class Acquired(NamedTuple):
     remaining: float
 
 
+# The fencing counter outlives its last token by this much (at least), so an idle lock
+# name costs no key for longer: a name used once per order or per user would otherwise
+# leave a counter behind forever. Ten leases, so the counter outlives every lease drawn
+# from it (a resent Acquire finds its own fence), and at least ten minutes.
+FENCE_TTL_LEASES = 10
+FENCE_TTL_FLOOR = 600.0
+
+
+def fence_ttl(lease_ttl: float) -> float:
+    """How long a fencing counter lives after the token it last gave, in seconds.
+
+    Usage::
+
+        fence_ttl(10)    # 600.0: ten minutes
+        fence_ttl(120)   # 1200.0: ten leases
+    """
+    return max(FENCE_TTL_FLOOR, FENCE_TTL_LEASES * lease_ttl)
+
+
 _ACQUIRE = Script(
     """
 -- KEYS[1] the lock key, KEYS[2] its fencing counter (may be absent: no fencing)
--- ARGV[1] our token, ARGV[2] the lease in ms
+-- ARGV[1] our token, ARGV[2] the lease in ms, ARGV[3] the counter's TTL in ms
 -- Our own token already there means this is redis-py resending a script whose reply was
 -- lost: the lock is ours, with the fence that run drew (drawing another would skip one).
 local ours = redis.call('GET', KEYS[1]) == ARGV[1]
 if ours or redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   if #KEYS < 2 then return 1 end
   if ours then
-    local fence = redis.call('GET', KEYS[2])
-    if fence then return tonumber(fence) end
+    local fence = tonumber(redis.call('GET', KEYS[2]))
+    if fence then return fence end
   end
-  if redis.call('EXISTS', KEYS[2]) == 0 then
-    -- Seed from the server clock in microseconds, so tokens keep rising even after a
-    -- restart without persistence lost the counter.
-    local t = redis.call('TIME')
-    redis.call('SET', KEYS[2], t[1] .. string.format('%06d', tonumber(t[2])))
+  -- A token is above the last one and above the server clock in microseconds (a counter
+  -- behind the clock is lifted to it first), so a lost counter - expired, evicted, a
+  -- restart without persistence, a failover to a replica that missed the last INCR -
+  -- starts again above every token it gave.
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local raw = redis.call('GET', KEYS[2])
+  local last = raw and string.match(raw, '^%d+$') and tonumber(raw)
+  local fence
+  if last then  -- INCRBY: exact integer arithmetic, however far the counter has run
+    fence = redis.call('INCRBY', KEYS[2], string.format('%.0f', math.max(now - last, 0) + 1))
+  else  -- absent, or not a counter (garbled): seeded from the clock
+    fence = now + 1
+    redis.call('SET', KEYS[2], string.format('%.0f', fence))
   end
-  return redis.call('INCR', KEYS[2])
+  -- The counter expires ARGV[3] ms after the clock passes its value (not after now): a
+  -- counter that ran ahead of the clock lives until the clock has caught up with it, so
+  -- the clock re-seeds it above every token it gave, whatever the clock did meanwhile.
+  local at = math.floor(fence / 1000) + tonumber(ARGV[3])
+  redis.call('PEXPIREAT', KEYS[2], string.format('%.0f', at))
+  return fence
 end
 -- Held by someone else: say for how long (never 0, which would read as "acquired").
 return -math.max(redis.call('PTTL', KEYS[1]), 1)
@@ -69,7 +115,11 @@ return -math.max(redis.call('PTTL', KEYS[1]), 1)
 
 @dataclass(slots=True)
 class Acquire(Op[Acquired]):
-    """``SET key token NX PX ttl``, plus ``INCR fence`` when acquired and fenced."""
+    """``SET key token NX PX ttl``, plus the next fencing token when acquired and fenced.
+
+    The token is ``max(counter, server clock in microseconds) + 1``; the counter expires
+    :func:`fence_ttl` after the clock passes its value, refreshed by every acquisition.
+    """
 
     key: str
     token: bytes
@@ -80,8 +130,9 @@ class Acquire(Op[Acquired]):
     script = _ACQUIRE
 
     def script_call(self) -> tuple[Sequence[str], Sequence[Any]]:
-        keys = (self.key,) if self.fence is None else (self.key, self.fence)
-        return keys, (self.token, ms(self.ttl))
+        if self.fence is None:
+            return (self.key,), (self.token, ms(self.ttl))
+        return (self.key, self.fence), (self.token, ms(self.ttl), ms(fence_ttl(self.ttl)))
 
     def parse(self, reply: Any) -> Acquired:
         value = int(reply)
@@ -99,12 +150,19 @@ class Acquire(Op[Acquired]):
             store.write(self.key, self.token, self.ttl)
         if self.fence is None:
             return Acquired(True, 1, 0.0)
-        current = store.read(self.fence)
-        if ours and current is not None:
-            return Acquired(True, int(current), 0.0)
-        fence = int(current) + 1 if current is not None else int(store.now() * 1_000_000) + 1
-        store.write(self.fence, b"%d" % fence, None)
+        last = _counter(store.read(self.fence))
+        if ours and last:
+            return Acquired(True, last, 0.0)
+        now = store.now()
+        fence = max(last, int(now * 1_000_000)) + 1
+        expires = (fence // 1000 + ms(fence_ttl(self.ttl))) / 1000
+        store.write(self.fence, b"%d" % fence, expires - now)
         return Acquired(True, fence, 0.0)
+
+
+def _counter(raw: bytes | None) -> int:
+    """A fencing counter's value; 0 (the clock wins) when absent or not digits only."""
+    return int(raw) if raw is not None and raw.isdigit() else 0
 
 
 class Leased(NamedTuple):

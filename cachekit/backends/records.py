@@ -6,8 +6,11 @@ key holding that value's JSON. Its TTL is the idle timeout, capped by the deadli
 both are computed from the server's clock, so no client clock can stretch a session.
 
 A *cart record* is a Redis hash of ``sku -> quantity`` plus ``@version``, the version of
-the SQL cart it mirrors. It is only ever replaced whole by a newer version
-(:class:`StoreCart`), so a slow writer can never put an older cart back.
+the SQL cart it mirrors, and ``@owner``, the owner it belongs to. It is only ever replaced
+whole by a newer version (:class:`StoreCart`), so a slow writer can never put an older cart
+back. A read names the owner it expects (:class:`ReadCart`): a record naming another owner,
+or none (bytes copied from another cart's key), is not served but deleted as a miss, as a
+session record names its id and a cached value the CRC of its key.
 
 The memory backend keeps a hash as the JSON of its fields (values as latin-1 text, which
 round-trips any bytes).
@@ -15,7 +18,7 @@ round-trips any bytes).
 Usage::
 
     fields = backend.run(TouchSession("p:session:{id}", idle=1800))
-    backend.run(StoreCart("p:cart:{alice}", "p:cart:{alice}:fill", 7, {"SKU-1": 2}, 86400))
+    backend.run(StoreCart("p:cart:{alice}", "p:cart:{alice}:fill", "alice", 7, {"A": 2}, 86400))
 """
 
 from __future__ import annotations
@@ -31,8 +34,10 @@ from cachekit.exceptions import SerializationError
 
 __all__ = [
     "DEADLINE",
+    "OWNER",
     "SID",
     "VERSION",
+    "CartRead",
     "CartRecord",
     "ReadCart",
     "SaveSession",
@@ -43,6 +48,7 @@ __all__ = [
 SID = "@sid"
 DEADLINE = "@deadline"
 VERSION = "@version"
+OWNER = "@owner"
 
 
 def _hash_read(store: Store, key: str) -> dict[str, bytes] | None:
@@ -216,26 +222,46 @@ class CartRecord(NamedTuple):
     items: dict[str, int]
 
 
+class CartRead(NamedTuple):
+    """The answer to :class:`ReadCart`.
+
+    ``record`` is ``None`` on a miss (the fill lease then taken); ``foreign`` says the key
+    held a record naming another owner or none, deleted as not this cart.
+    """
+
+    record: CartRecord | None
+    foreign: bool = False
+
+
 _READ_CART = Script(
     """
--- KEYS[1] the cart record, KEYS[2] its fill lease; ARGV[1] a token, ARGV[2] the lease ms.
--- The record; on a miss, also take the fill lease that any store of a change voids.
+-- KEYS[1] the cart record, KEYS[2] its fill lease
+-- ARGV[1] the owner it must name, ARGV[2] a token, ARGV[3] the lease ms
+-- The record if it names ARGV[1]. Else a miss, which takes the fill lease that any store
+-- of a change voids; a record naming another owner or none (bytes copied from another
+-- cart's key) is deleted first and answered 0, so the caller counts it.
 local fields = redis.call('HGETALL', KEYS[1])
-if #fields == 0 then redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2]) end
+local foreign = #fields > 0 and redis.call('HGET', KEYS[1], '@owner') ~= ARGV[1]
+if #fields > 0 and not foreign then return fields end
+if foreign then redis.call('DEL', KEYS[1]) end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+if foreign then return 0 end
 return fields
 """
 )
 
 
 @dataclass(slots=True)
-class ReadCart(Op[CartRecord | None]):
-    """The cart record; ``None`` on a miss, having leased the refill to ``token``.
+class ReadCart(Op[CartRead]):
+    """``owner``'s cart record; a miss (having leased the refill to ``token``) otherwise.
 
+    A record that does not name ``owner`` is deleted and answered as a foreign miss.
     Raises :class:`~cachekit.exceptions.SerializationError` for a record that is not a cart.
     """
 
     key: str
     lease: str
+    owner: str
     token: bytes
     lease_ttl: float
 
@@ -243,20 +269,28 @@ class ReadCart(Op[CartRecord | None]):
     script = _READ_CART
 
     def script_call(self) -> tuple[Sequence[str], Sequence[Any]]:
-        return [self.key, self.lease], [self.token, ms(self.lease_ttl)]
+        return [self.key, self.lease], [self.owner, self.token, ms(self.lease_ttl)]
 
-    def parse(self, reply: Any) -> CartRecord | None:
-        return _cart(_pairs(reply)) if reply else None
+    def parse(self, reply: Any) -> CartRead:
+        if isinstance(reply, int):
+            return CartRead(None, foreign=True)
+        return CartRead(_cart(_pairs(reply), self.owner) if reply else None)
 
-    def apply(self, store: Store) -> CartRecord | None:
+    def apply(self, store: Store) -> CartRead:
         fields = _hash_read(store, self.key)
-        if fields is None:
+        foreign = fields is not None and fields.get(OWNER) != self.owner.encode()
+        if foreign:
+            store.remove(self.key)
+        if fields is None or foreign:
             store.write(self.lease, self.token, self.lease_ttl)
-            return None
-        return _cart(fields)
+            return CartRead(None, foreign)
+        return CartRead(_cart(fields, self.owner))
 
 
-def _cart(fields: dict[str, bytes]) -> CartRecord:
+def _cart(fields: dict[str, bytes], owner: str) -> CartRecord:
+    # The script checked the owner already; checked again here, where it cannot be skipped.
+    if fields.pop(OWNER, None) != owner.encode():
+        raise SerializationError("a cart record that names another owner")
     try:
         version = int(fields.pop(VERSION))
         return CartRecord(version, {sku: int(qty) for sku, qty in fields.items()})
@@ -267,18 +301,24 @@ def _cart(fields: dict[str, bytes]) -> CartRecord:
 _STORE_CART = Script(
     """
 -- KEYS[1] the cart record, KEYS[2] its fill lease
--- ARGV[1] the version, ARGV[2] TTL ms, ARGV[3] the refill's lease token ('' for a change),
--- then sku/quantity pairs.
+-- ARGV[1] the owner, ARGV[2] the version, ARGV[3] TTL ms, ARGV[4] the refill's lease token
+-- ('' for a change), then sku/quantity pairs.
 -- Replaces the record only with a newer version: an older cart never comes back. A
 -- refill also needs its lease: a change stored since (which voids it) may have been
 -- evicted again, and the version alone could not tell.
-if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[3] then return 0 end
-local current = tonumber(redis.call('HGET', KEYS[1], '@version'))
-if current and current >= tonumber(ARGV[1]) then return 0 end
+if ARGV[4] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[4] then return 0 end
+-- A record naming another owner is no version of this cart (bytes copied from another
+-- cart's key): replaced, whatever version it claims. One naming none may be this cart as
+-- stored before records named their owner (a rolling upgrade): its version still counts.
+local owner = redis.call('HGET', KEYS[1], '@owner')
+if not owner or owner == ARGV[1] then
+  local current = tonumber(redis.call('HGET', KEYS[1], '@version'))
+  if current and current >= tonumber(ARGV[2]) then return 0 end
+end
 redis.call('DEL', KEYS[1], KEYS[2])
-redis.call('HSET', KEYS[1], '@version', ARGV[1])
-for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('HSET', KEYS[1], '@version', ARGV[2], '@owner', ARGV[1])
+for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 """
 )
@@ -286,14 +326,16 @@ return 1
 
 @dataclass(slots=True)
 class StoreCart(Op[bool]):
-    """Replace the cart record with ``items`` at ``version``, unless it holds a newer one.
+    """Replace ``owner``'s cart record with ``items`` at ``version``, unless it holds a newer one.
 
     A refill after a miss passes the ``token`` its :class:`ReadCart` leased and is refused
-    once the lease is gone; a change passes none and voids the lease.
+    once the lease is gone; a change passes none and voids the lease. A record naming
+    another owner is replaced whatever its version.
     """
 
     key: str
     lease: str
+    owner: str
     version: int
     items: Mapping[str, int]
     ttl: float
@@ -303,7 +345,7 @@ class StoreCart(Op[bool]):
     script = _STORE_CART
 
     def script_call(self) -> tuple[Sequence[str], Sequence[Any]]:
-        args: list[Any] = [self.version, ms(self.ttl), self.token]
+        args: list[Any] = [self.owner, self.version, ms(self.ttl), self.token]
         for sku, qty in self.items.items():
             args += (sku, qty)
         return [self.key, self.lease], args
@@ -314,12 +356,14 @@ class StoreCart(Op[bool]):
     def apply(self, store: Store) -> bool:
         if self.token and store.read(self.lease) != self.token:
             return False
+        owner = self.owner.encode()
         fields = _hash_read(store, self.key)
-        current = None if fields is None else fields.get(VERSION, b"")
-        if current is not None and current.isdigit() and int(current) >= self.version:
-            return False
+        if fields is not None and fields.get(OWNER, owner) == owner:
+            current = fields.get(VERSION, b"")
+            if current.isdigit() and int(current) >= self.version:
+                return False
         store.remove(self.lease)
-        record = {VERSION: b"%d" % self.version}
+        record = {VERSION: b"%d" % self.version, OWNER: owner}
         record.update({sku: b"%d" % qty for sku, qty in self.items.items()})
         _hash_write(store, self.key, record, self.ttl)
         return True

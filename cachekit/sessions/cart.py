@@ -5,6 +5,11 @@ call returns, so a returned call means durable; only then is the Redis copy repl
 a script that refuses anything older than what it holds. Reads come from Redis and, when
 it lost the cart (eviction, restart, flush), from SQL, refilling Redis.
 
+Each Redis copy names its owner, and a read serves only a copy that names the owner asked
+for: bytes copied from one cart's key to another's (by an operator, a faulty migration or
+an attacker with Redis access) are a counted miss (``invalid_payloads`` and ``misses``),
+read from SQL, and the bad copy is replaced by the right one.
+
 Failure behaviour:
 
 * database down: a change raises :class:`~cachekit.exceptions.CartUnavailable` and
@@ -34,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cachekit.aside import read_failed
 from cachekit.backends.ops import Delete
-from cachekit.backends.records import CartRecord, ReadCart, StoreCart
+from cachekit.backends.records import CartRead, CartRecord, ReadCart, StoreCart
 from cachekit.config import to_seconds
 from cachekit.context import Context, new_token
 from cachekit.effects import LOAD, Flow
@@ -60,12 +65,14 @@ def _lease(key: str) -> str:
     return key + ":fill"  # the record's hash tag: one Cluster slot for both
 
 
-def _stored(ctx: Context, keys: list[str], ttl: float) -> Flow[Sequence[CartRecord]]:
-    """Commit in SQL (the face's load), then replace the Redis copies."""
+def _stored(
+    ctx: Context, carts: Sequence[tuple[str, str]], ttl: float
+) -> Flow[Sequence[CartRecord]]:
+    """Commit in SQL (the face's load), then replace the Redis copies (``(key, owner)``)."""
     records: Sequence[CartRecord] = yield LOAD  # the transaction: committed, or raised
-    for key, record in zip(keys, records, strict=True):
+    for (key, owner), record in zip(carts, records, strict=True):
         try:
-            yield StoreCart(key, _lease(key), record.version, record.items, ttl)
+            yield StoreCart(key, _lease(key), owner, record.version, record.items, ttl)
         except BackendError:
             # The commit stands; a copy Redis may still hold is now old: delete it, now
             # or (Redis being down) in the background until it is gone.
@@ -73,11 +80,11 @@ def _stored(ctx: Context, keys: list[str], ttl: float) -> Flow[Sequence[CartReco
     return records
 
 
-def _read(ctx: Context, key: str, ttl: float) -> Flow[Items]:
+def _read(ctx: Context, key: str, owner: str, ttl: float) -> Flow[Items]:
     """Redis first; on a miss the committed cart from SQL (the face's load), refilled."""
     token = new_token()
     try:
-        cached: CartRecord | None = yield ReadCart(key, _lease(key), token, FILL_LEASE)
+        read: CartRead = yield ReadCart(key, _lease(key), owner, token, FILL_LEASE)
     except BackendError as exc:
         read_failed(ctx, exc)
         return (yield from _from_sql())
@@ -87,14 +94,19 @@ def _read(ctx: Context, key: str, ttl: float) -> Flow[Items]:
         with suppress(BackendError):
             yield Delete([key])  # the next read misses and refills it
         return (yield from _from_sql())
-    if cached is not None:
+    if read.record is not None:
         ctx.stats.incr("hits")
-        return cached.items
+        return read.record.items
+    if read.foreign:
+        # Another cart's bytes under this key (the read deleted them): never served.
+        what = "a cart record that names another owner"
+        ctx.stats.incr("invalid_payloads")
+        ctx.log.warning(("cart", what), "cachekit: ignored %s", what)
     ctx.stats.incr("misses")
     record: CartRecord = yield LOAD
     try:
         # Refused when a change was stored meanwhile (even if evicted again since).
-        yield StoreCart(key, _lease(key), record.version, record.items, ttl, token)
+        yield StoreCart(key, _lease(key), owner, record.version, record.items, ttl, token)
     except BackendError as exc:
         read_failed(ctx, exc)
     return record.items
@@ -204,12 +216,13 @@ class CartStore:
     def _read(self, owner: str) -> _Plan[Items]:
         owner, ctx = self.limits.owner(owner), self._ctx()
         return _Plan(
-            _read(ctx, self._key(ctx, owner), self.ttl), partial(self.tables.read, owner=owner)
+            _read(ctx, self._key(ctx, owner), owner, self.ttl),
+            partial(self.tables.read, owner=owner),
         )
 
     def _change(self, owner: str, change: Change) -> _Plan[Items]:
         owner, ctx = self.limits.owner(owner), self._ctx()
-        flow = _first(_stored(ctx, [self._key(ctx, owner)], self.ttl))
+        flow = _first(_stored(ctx, [(self._key(ctx, owner), owner)], self.ttl))
 
         def body(conn: Connection) -> list[CartRecord]:
             return [self.tables.change(conn, owner, change)]
@@ -221,9 +234,9 @@ class CartStore:
         if source == target:
             return self._read(target)
         ctx = self._ctx()
-        keys = [self._key(ctx, source), self._key(ctx, target)]
+        carts = [(self._key(ctx, source), source), (self._key(ctx, target), target)]
         return _Plan(
-            _last(_stored(ctx, keys, self.ttl)),
+            _last(_stored(ctx, carts, self.ttl)),
             partial(self.tables.merge, source=source, target=target),
         )
 

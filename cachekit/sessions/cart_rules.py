@@ -43,7 +43,8 @@ class CartLimits:
     * **max_quantity** - the largest quantity of one SKU (default 999; the least is 1).
     * **max_skus** - how many distinct SKUs one cart holds (default 200).
     * **sku_pattern** - a regular expression a whole SKU must match (default: a letter or
-      digit, then up to 63 letters, digits, ``.``, ``_`` or ``-``).
+      digit, then up to 63 letters, digits, ``.``, ``_`` or ``-``). Whatever it allows, a
+      SKU never starts with ``@`` (the Redis copy's own fields do).
     * **max_owner_chars** - the longest owner id (default 128).
     * **max_sku_chars** - the longest SKU (default 64), whatever the pattern allows; also
       the width of the SKU column.
@@ -75,10 +76,14 @@ class CartLimits:
         return owner
 
     def sku(self, sku: object) -> str:
-        """``sku`` if it matches :attr:`sku_pattern`."""
+        """``sku`` if it matches :attr:`sku_pattern` and does not start with ``@``."""
         # The length test first: a megabyte of SKU never reaches the regex engine.
         if type(sku) is not str or len(sku) > self.max_sku_chars or not self._sku.fullmatch(sku):
             raise InvalidCartInput("invalid SKU")
+        if sku.startswith("@"):
+            # The Redis copy's own fields (@version, @owner) start with "@": whatever
+            # pattern is configured, a SKU must never overwrite them.
+            raise InvalidCartInput("a SKU must not start with '@'")
         return sku
 
     def quantity(self, qty: object) -> int:
