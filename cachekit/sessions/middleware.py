@@ -23,6 +23,7 @@ Usage::
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import timedelta
 from typing import Any, Literal
@@ -57,7 +58,7 @@ def _max_age(value: float | timedelta | None) -> int | None:
     seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
     if seconds == 0:
         return None
-    if not seconds >= 1:  # negative, NaN, or under a second (a cookie counts whole seconds)
+    if not 1 <= seconds < math.inf:  # negative, NaN, inf, under a second (cookies count seconds)
         raise ConfigurationError(
             f"max_age must be at least 1 second, or 0/None for a browser-session cookie; "
             f"got {value!r}"

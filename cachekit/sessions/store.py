@@ -244,7 +244,8 @@ def _save(
         )
         if saved != "saved":
             return None
-    return SessionRecord(record.sid, dict(data), encoded)
+    # The load's metadata and rolling verdict stay with the record for this request.
+    return replace(record, data=dict(data), encoded=encoded)
 
 
 def _create(
