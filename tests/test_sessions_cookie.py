@@ -22,7 +22,7 @@ from starlette.applications import Starlette
 
 from cachekit import Cache
 from cachekit.exceptions import ConfigurationError
-from cachekit.sessions import RedisSessionStore, SessionMiddleware
+from cachekit.sessions import RedisSessionStore, SessionMiddleware, is_session_id
 from cachekit.sessions.store import DEFAULT_IDLE, DEFAULT_LIFETIME, UNBOUNDED
 from cachekit.testing import FakeClock
 from tests.test_sessions import (
@@ -30,7 +30,6 @@ from tests.test_sessions import (
     client_for,
     cookie_parts,
     get,
-    is_session_id,
     issued,
     make_app,
     set_cookies,
