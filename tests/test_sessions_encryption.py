@@ -86,12 +86,13 @@ def test_every_accepted_key_form(memory_cache: Cache, form: str) -> None:
     """32 random bytes: raw, URL-safe base64 text or bytes (Fernet's form), padded or not."""
     raw = secrets.token_bytes(32)
     text = base64.urlsafe_b64encode(raw).decode()
-    key: bytes | str = {
+    forms: dict[str, bytes | str] = {
         "text": text,
         "padded-bytes": text.encode(),
         "raw-bytes": raw,
         "unpadded-text": text.rstrip("="),
-    }[form]
+    }
+    key = forms[form]
     store = RedisSessionStore(memory_cache, encrypt_keys=[key])
     record = store.sync.save(None, {"a": 1})
     assert record is not None
