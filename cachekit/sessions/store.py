@@ -32,20 +32,28 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
-from cachekit.backends.ops import Delete, ms
-from cachekit.backends.records import CREATED, DEADLINE, SID, SaveSession, Touched, TouchSession
+from cachekit.backends.ops import Delete
+from cachekit.backends.records import SaveSession, TouchSession
 from cachekit.config import to_seconds
 from cachekit.context import Context
 from cachekit.effects import Flow
 from cachekit.exceptions import ConfigurationError, SerializationError, SessionError
 from cachekit.raw import deferrable
 from cachekit.sessions.crypto import SessionCipher
+from cachekit.sessions.record import (
+    DATA,
+    SessionMetadata,
+    SessionRecord,
+    StoreConfig,
+    decode,
+    encode,
+    invalid,
+    sealed,
+)
 
 if TYPE_CHECKING:
     from cachekit.cache import Cache
@@ -61,9 +69,7 @@ __all__ = [
 
 _ID_BYTES = 32
 _ID = re.compile(r"[A-Za-z0-9_-]{43}")
-_DATA = "d:"  # field prefix of session keys; meta fields start with "@"
 _ISSUE_ATTEMPTS = 3
-_JSON = orjson.OPT_NON_STR_KEYS  # {42: 1} is stored as {"42": 1}, as json.dumps does
 DEFAULT_IDLE = 1800.0
 DEFAULT_LIFETIME = 8 * 3600.0
 # "No absolute limit" (a rolling cookie's session lives while it is used): a deadline
@@ -81,163 +87,33 @@ def is_session_id(value: str) -> bool:
     return len(value) == 43 and _ID.fullmatch(value) is not None
 
 
-@dataclass(frozen=True, slots=True)
-class SessionMetadata:
-    """When a session began, was last used, and will end; Unix seconds, server clock.
-
-    * **created** - when it was first saved (``None`` for records older than this field).
-    * **last_access** - the load before this request's (``None``: never loaded before).
-    * **idle_expiry** - when it ends if not used again; **absolute_expiry** - when it ends
-      however much it is used (``None``: no absolute limit, a rolling cookie's session).
-    * **remaining** - seconds until the earlier of the two, as of this request's load.
-
-    Usage::
-
-        meta = get_session_metadata(request)
-        if meta is not None and meta.remaining < 300:
-            ...   # warn the user that the session is about to end
-    """
-
-    created: float | None
-    last_access: float | None
-    idle_expiry: float
-    absolute_expiry: float | None
-    remaining: float
-
-
-@dataclass(frozen=True, slots=True)
-class SessionRecord:
-    """A stored session: its id, its data, and each value's JSON as stored.
-
-    ``encoded`` is what a later save compares against to send only what changed.
-    ``metadata`` and ``rolled`` (the cookie is due to be re-sent) come with a load.
-    """
-
-    sid: str
-    data: dict[str, Any]
-    encoded: dict[str, bytes]
-    metadata: SessionMetadata | None = field(default=None, compare=False)
-    rolled: bool = field(default=False, compare=False)
-
-
-@dataclass(frozen=True, slots=True)
-class _Config:
-    idle: float
-    lifetime: float
-    max_bytes: int
-    roll: float = 0.0  # the rolling interval; 0: the cookie is never re-sent
-    bounded: bool = True  # False: no absolute limit (``lifetime`` is UNBOUNDED)
-    cipher: SessionCipher | None = None
-
-
 def _key(ctx: Context, sid: str) -> str:
     return ctx.keyspace.namespaced("session", sid)
 
 
-def _encode(data: Mapping[str, Any], max_bytes: int) -> dict[str, bytes]:
-    encoded = {}
-    size = 0
-    for name, value in data.items():
-        if type(name) is not str:
-            raise SessionError(f"session keys are strings, got {type(name).__name__}")
-        try:
-            size += len(name.encode())
-        except UnicodeEncodeError:
-            raise SessionError(f"session key {name!r} is not valid Unicode") from None
-        try:
-            encoded[name] = raw = orjson.dumps(value, option=_JSON)
-        except orjson.JSONEncodeError as exc:
-            raise SessionError(f"session value {name!r} is not JSON: {exc}") from exc
-        size += len(raw)
-    if size > max_bytes:
-        raise SessionError(f"the session holds {size} bytes, more than max_bytes={max_bytes}")
-    return encoded
-
-
-def _decode(ctx: Context, config: _Config, sid: str, touched: Touched) -> SessionRecord | None:
-    fields = touched.fields
-    # The record must say it belongs to the id asked for (the redundant check that keeps
-    # one user's session from ever being served for another id).
-    if fields.get(SID) != sid.encode():
-        _invalid(ctx, "a session record that names another id")
-        return None
-    if not fields.get(DEADLINE, b"").isdigit():  # Lua's tonumber took what int() would not
-        _invalid(ctx, "a session record whose deadline is not a time")
-        return None
-    cipher = config.cipher
-    data, encoded = {}, {}
-    for name, raw in fields.items():
-        if not name.startswith(_DATA):
-            continue
-        key, stale = name[2:], False
-        if cipher is not None:
-            opened = cipher.open(sid, key, raw)
-            if opened is None:
-                _invalid(ctx, "a session value that does not decrypt")
-                return None
-            raw, stale = opened
-        try:
-            data[key] = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            _invalid(ctx, "a session record that is not JSON")
-            return None
-        # A value sealed with an older key compares unequal, so the next save re-seals it.
-        encoded[key] = b"" if stale else raw
-    return SessionRecord(sid, data, encoded, _metadata(config, touched), touched.rolled)
-
-
-def _metadata(config: _Config, touched: Touched) -> SessionMetadata:
-    fields = touched.fields
-    created = fields.get(CREATED, b"")
-    deadline = int(fields[DEADLINE])
-    now = touched.now_ms
-    return SessionMetadata(
-        created=int(created) / 1000 if created.isdigit() else None,
-        last_access=None if touched.seen_ms is None else touched.seen_ms / 1000,
-        idle_expiry=(now + min(ms(config.idle), deadline - now)) / 1000,
-        absolute_expiry=deadline / 1000 if config.bounded else None,
-        remaining=touched.ttl_ms / 1000,
-    )
-
-
-def _invalid(ctx: Context, what: str) -> None:
-    ctx.stats.incr("invalid_payloads")
-    ctx.log.warning(("session", what), "cachekit: ignored %s", what)
-
-
-def _load(ctx: Context, config: _Config, sid: str) -> Flow[SessionRecord | None]:
+def _load(ctx: Context, config: StoreConfig, sid: str) -> Flow[SessionRecord | None]:
     if not is_session_id(sid):
         return None  # never reaches a key
     try:
         touched = yield TouchSession(_key(ctx, sid), config.idle, config.roll)
     except SerializationError as exc:
-        _invalid(ctx, str(exc))
+        invalid(ctx, str(exc))
         return None
-    return None if touched is None else _decode(ctx, config, sid, touched)
-
-
-def _sealed(config: _Config, sid: str, fields: Mapping[str, bytes]) -> dict[str, bytes]:
-    """``fields`` (session keys to JSON) as hash fields, each value sealed if encrypting."""
-    cipher = config.cipher
-    if cipher is None:
-        return {_DATA + k: v for k, v in fields.items()}
-    return {_DATA + k: cipher.seal(sid, k, v) for k, v in fields.items()}
+    return None if touched is None else decode(ctx, config, sid, touched)
 
 
 def _save(
-    ctx: Context, config: _Config, record: SessionRecord | None, data: Mapping[str, Any]
+    ctx: Context, config: StoreConfig, record: SessionRecord | None, data: Mapping[str, Any]
 ) -> Flow[SessionRecord | None]:
-    encoded = _encode(data, config.max_bytes)
+    encoded = encode(data, config.max_bytes)
     if record is None:
         return (yield from _create(ctx, config, data, encoded))
     if not encoded:  # emptied: the session ends
         yield Delete([_key(ctx, record.sid)])
         return None
     previous = record.encoded
-    changed = _sealed(
-        config, record.sid, {k: v for k, v in encoded.items() if previous.get(k) != v}
-    )
-    removed = [_DATA + k for k in previous if k not in encoded]
+    changed = sealed(config, record.sid, {k: v for k, v in encoded.items() if previous.get(k) != v})
+    removed = [DATA + k for k in previous if k not in encoded]
     if changed or removed:
         saved = yield SaveSession(
             _key(ctx, record.sid), record.sid, False, config.idle, config.lifetime, changed, removed
@@ -249,13 +125,13 @@ def _save(
 
 
 def _create(
-    ctx: Context, config: _Config, data: Mapping[str, Any], encoded: dict[str, bytes]
+    ctx: Context, config: StoreConfig, data: Mapping[str, Any], encoded: dict[str, bytes]
 ) -> Flow[SessionRecord | None]:
     if not encoded:
         return None  # nothing to keep: no record, no id
     for _ in range(_ISSUE_ATTEMPTS):
         sid = new_session_id()
-        fields = _sealed(config, sid, encoded)  # the id is part of what each value is bound to
+        fields = sealed(config, sid, encoded)  # the id is part of what each value is bound to
         saved = yield SaveSession(
             _key(ctx, sid), sid, True, config.idle, config.lifetime, fields, ()
         )
@@ -265,9 +141,9 @@ def _create(
 
 
 def _regenerate(
-    ctx: Context, config: _Config, record: SessionRecord | None, data: Mapping[str, Any]
+    ctx: Context, config: StoreConfig, record: SessionRecord | None, data: Mapping[str, Any]
 ) -> Flow[SessionRecord | None]:
-    fresh = yield from _create(ctx, config, data, _encode(data, config.max_bytes))
+    fresh = yield from _create(ctx, config, data, encode(data, config.max_bytes))
     if record is not None:
         # Retried in the background if Redis fails now: the old record holds only what
         # the session held before the privilege change, nothing an attacker could gain.
@@ -324,11 +200,11 @@ class RedisSessionStore:
             raise ConfigurationError("max_bytes must be positive")
         cipher = None if encrypt_keys is None else SessionCipher(encrypt_keys)
         self.cache = cache
-        self.config = _Config(
+        self.config = StoreConfig(
             self._idle or DEFAULT_IDLE, self._lifetime or DEFAULT_LIFETIME, max_bytes, 0.0, True,
             cipher,
         )  # fmt: skip
-        self._bound_to: _Config | None = None
+        self._bound_to: StoreConfig | None = None
         self.sync = SyncSessionStore(self)
 
     def _follow_cookie(self, max_age: float | None, roll: float) -> None:
