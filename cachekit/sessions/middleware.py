@@ -7,13 +7,24 @@ when the cookie is set (a new or regenerated id) or expired (the session ended).
 response that read the session carries ``Vary: Cookie``; one that sets the cookie carries
 ``Cache-Control: no-store``, so no shared cache replays one user's cookie to another.
 
-A response with a 5xx status saves nothing: a failed request leaves the session as it
-was. When Redis is down the session reads as empty, nothing is saved and the app is still
-served (logged once).
+With a ``max_age`` the cookie is persistent and, by default, rolling: a response that
+read or wrote the session re-sends it with a fresh ``Max-Age`` when it was last sent a
+``rolling_interval`` ago or more (the record notes each send, on the server's clock), so
+an active user stays signed in without a ``Set-Cookie`` on every response.
+
+``request.session`` is a ``dict`` loaded when the app first gets it: for a request whose
+cookie holds a well-formed id, the app sees a copy of the scope in which looking up
+``"session"`` loads it (changes to that scope are written through to the server's, so
+outer middleware still sees the route). Requests that never get the session cost no I/O.
+
+A response with a 5xx status saves nothing and sends no cookie: a failed request leaves
+the session as it was. When Redis is down the session reads as empty, nothing is saved
+and the app is still served (logged once).
 
 Usage::
 
     app.add_middleware(SessionMiddleware, store=RedisSessionStore(cache))
+    app.add_middleware(SessionMiddleware, store=store, max_age=timedelta(days=14))
 
     async def login(request):
         session = await load_session(request)
