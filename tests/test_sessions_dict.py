@@ -21,6 +21,7 @@ from typing import Any, cast
 import orjson
 import pytest
 import redis
+import redis.asyncio
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -461,3 +462,26 @@ async def test_session_metadata_on_redis_uses_the_servers_clock(
     assert meta.created <= later.last_access <= now
     assert 0 < later.remaining <= 60
     assert later.absolute_expiry == pytest.approx(meta.created + 3600, abs=0.002)
+
+
+async def test_an_async_only_cache_asks_for_load_session_or_autoload(
+    redis_url: str, prefix: str
+) -> None:
+    """Without a sync client, getting an unloaded session says what to do; autoload works."""
+    client = redis.asyncio.Redis.from_url(redis_url)
+    cache = Cache(client=client, prefix=prefix)
+    try:
+        store = RedisSessionStore(cache)
+        record = await store.save(None, {"a": 1})
+        assert record is not None
+        async with client_for(encoders_app(store)) as http:
+            with pytest.raises(SessionError, match=r"load_session.*autoload"):
+                await get(http, "/starlette-json", record.sid)
+            assert (await get(http, "/starlette-json")).json() == {"session": {}}  # no cookie
+        async with client_for(encoders_app(RedisSessionStore(cache), autoload=True)) as http:
+            expected = {"/starlette-json": {"session": {"a": 1}}, "/orjson": {"a": 1}}
+            for path, data in expected.items():
+                assert (await get(http, path, record.sid)).json() == data, path
+    finally:
+        await cache.close()
+        await client.aclose()

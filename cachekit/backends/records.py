@@ -1,9 +1,11 @@
 """Operations on hash records: server-side sessions and carts, each one atomic Lua script.
 
 A *session record* is a Redis hash: ``@sid`` (the id it was issued for), ``@deadline``
-(the absolute end of its life, server time in ms) and one ``d:<name>`` field per session
-key holding that value's JSON. Its TTL is the idle timeout, capped by the deadline, and
-both are computed from the server's clock, so no client clock can stretch a session.
+(the absolute end of its life, server time in ms), the stamps ``@created``, ``@seen``
+(last load) and ``@cookie`` (last send of its cookie, for rolling expiry), and one
+``d:<name>`` field per session key holding that value's JSON (sealed when encrypting).
+Its TTL is the idle timeout, capped by the deadline, and all of it is computed from the
+server's clock, so no client clock can stretch a session.
 
 A *cart record* is a Redis hash of ``sku -> quantity`` plus ``@version``, the version of
 the SQL cart it mirrors. It is only ever replaced whole by a newer version
