@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from starlette.applications import Starlette
 
 from cachekit import Cache
@@ -25,13 +26,16 @@ from cachekit.exceptions import ConfigurationError
 from cachekit.sessions import RedisSessionStore, SessionMiddleware, is_session_id
 from cachekit.sessions.store import DEFAULT_IDLE, DEFAULT_LIFETIME, UNBOUNDED
 from cachekit.testing import FakeClock
+from tests.servers import PrivateServer
 from tests.test_sessions import (
+    PATIENT,
     body,
     client_for,
     cookie_parts,
     get,
     issued,
     make_app,
+    script_calls,
     set_cookies,
 )
 
@@ -304,3 +308,24 @@ async def test_secure_prefix_keeps_domain_and_path(memory_cache: Cache) -> None:
         attrs = attrs_of(await get(client, "/set", key="a", value="1"))
     assert attrs["domain"] == "example.com"
     assert "secure" in attrs
+
+
+async def test_rolling_costs_no_extra_round_trip(private_redis: PrivateServer) -> None:
+    """A read that re-sends the cookie is still one script call: the load decides and notes it."""
+    cache = Cache.from_url(private_redis.url, prefix="rolling", **PATIENT)
+    store = RedisSessionStore(cache)
+    server = redis.Redis.from_url(private_redis.url)
+    try:
+        app = make_app(store, max_age=600, rolling_interval=0.001)
+        async with client_for(app) as client:
+            sid = issued(await get(client, "/set", key="a", value="1"))
+            await get(client, "/read", sid)  # every script is loaded by now
+            for _ in range(3):
+                await asyncio.sleep(0.005)
+                before = script_calls(server)
+                rolled = await get(client, "/read", sid)
+                assert script_calls(server) - before == 1
+                assert issued(rolled) == sid
+    finally:
+        server.close()
+        await cache.close()
