@@ -27,7 +27,7 @@ import re
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import pytest
@@ -99,17 +99,41 @@ def session_app(cache: Cache, **options: Any) -> Starlette:
 # ------------------------------------------------------------------- two drivers
 
 
+class Headers(Protocol):
+    def get_list(self, key: str) -> list[str]: ...
+
+
+class Reply(Protocol):
+    """What a behaviour reads of a response: httpx's, or httpx2's under TestClient."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def headers(self) -> Headers: ...
+
+    def json(self) -> Any: ...
+
+
+class Jar(Protocol):
+    def set(self, name: str, value: str) -> None: ...
+
+    def delete(self, name: str) -> None: ...
+
+    def clear(self) -> None: ...
+
+
 class Client:
     """The calls a behaviour makes, the same through either driver."""
 
-    def __init__(self, send: Callable[..., Awaitable[httpx.Response]], cookies: httpx.Cookies):
+    def __init__(self, send: Callable[..., Awaitable[Reply]], cookies: Jar):
         self._send = send
         self.cookies = cookies
 
-    async def get(self, url: str, **kwargs: Any) -> httpx.Response:
+    async def get(self, url: str, **kwargs: Any) -> Reply:
         return await self._send("GET", url, **kwargs)
 
-    async def post(self, url: str, **kwargs: Any) -> httpx.Response:
+    async def post(self, url: str, **kwargs: Any) -> Reply:
         return await self._send("POST", url, **kwargs)
 
 
@@ -121,9 +145,9 @@ async def through_testclient(app: Starlette, base_url: str) -> AsyncIterator[Cli
     """Starlette's TestClient used with ``with`` (one event loop for the whole block)."""
     with TestClient(app, base_url=base_url) as client:
 
-        async def send(method: str, url: str, **kwargs: Any) -> httpx.Response:
+        async def send(method: str, url: str, **kwargs: Any) -> Reply:
             # TestClient blocks; it runs the app on its own loop in its own thread.
-            response: httpx.Response = client.request(method, url, **kwargs)
+            response: Reply = client.request(method, url, **kwargs)
             return response
 
         yield Client(send, client.cookies)
@@ -160,7 +184,7 @@ async def cache_factory(redis_url: str, prefix: str) -> AsyncIterator[Callable[[
         await cache.close()
 
 
-def header(response: httpx.Response) -> str:
+def header(response: Reply) -> str:
     [value] = response.headers.get_list("set-cookie")
     return value
 
