@@ -22,6 +22,8 @@ import orjson
 import pytest
 import redis
 import redis.asyncio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -485,3 +487,76 @@ async def test_an_async_only_cache_asks_for_load_session_or_autoload(
     finally:
         await cache.close()
         await client.aclose()
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+_KEYS = st.sampled_from(["a", "b", "c", "cart", ""])
+_OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("set"), _KEYS, _JSON_VALUES),
+        st.tuples(st.just("del"), _KEYS, st.none()),
+        st.tuples(st.just("pop"), _KEYS, st.none()),
+        st.tuples(st.just("setdefault"), _KEYS, _JSON_VALUES),
+        st.tuples(st.just("update"), _KEYS, _JSON_VALUES),
+        st.tuples(st.just("append"), _KEYS, _JSON_VALUES),
+        st.tuples(st.just("clear"), st.just(""), st.none()),
+    ),
+    max_size=12,
+)
+
+
+def _apply(target: dict[str, Any], op: str, key: str, value: Any) -> None:
+    if op == "set":
+        target[key] = copy.deepcopy(value)
+    elif op == "del" and key in target:
+        del target[key]
+    elif op == "pop":
+        target.pop(key, None)
+    elif op == "setdefault":
+        target.setdefault(key, copy.deepcopy(value))
+    elif op == "update":
+        target.update({key: copy.deepcopy(value)})
+    elif op == "append":  # an in-place change of a nested value
+        current = target.get(key)
+        if isinstance(current, list):
+            current.append(copy.deepcopy(value))
+        elif isinstance(current, dict):
+            current["n"] = copy.deepcopy(value)
+    elif op == "clear":
+        target.clear()
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(initial=st.dictionaries(_KEYS, _JSON_VALUES, max_size=4), ops=_OPS)
+def test_any_sequence_of_changes_is_saved_as_a_dict_would_hold_it(
+    memory_cache: Cache, initial: dict[str, Any], ops: list[tuple[str, str, Any]]
+) -> None:
+    """A Session changed like a dict (nested in place too) is stored as that dict, JSON-equal."""
+    store = RedisSessionStore(memory_cache)
+    record = store.sync.save(None, initial) if initial else None
+    session = Session(store, None if record is None else record.sid)
+    model = copy.deepcopy(initial)
+    for op, key, value in ops:
+        _apply(session, op, key, value)
+        _apply(model, op, key, value)
+    assert session == model
+    assert orjson.loads(orjson.dumps(session)) == model
+    assert json.loads(json.dumps(session)) == model
+    saved = store.sync.save(session._record, dict.copy(session))
+    if not model:
+        assert saved is None
+        return
+    assert saved is not None
+    loaded = store.sync.load(saved.sid)
+    assert loaded is not None
+    assert loaded.data == model
