@@ -1,9 +1,11 @@
 """Operations on hash records: server-side sessions and carts, each one atomic Lua script.
 
 A *session record* is a Redis hash: ``@sid`` (the id it was issued for), ``@deadline``
-(the absolute end of its life, server time in ms) and one ``d:<name>`` field per session
-key holding that value's JSON. Its TTL is the idle timeout, capped by the deadline, and
-both are computed from the server's clock, so no client clock can stretch a session.
+(the absolute end of its life, server time in ms), the stamps ``@created``, ``@seen``
+(last load) and ``@cookie`` (last send of its cookie, for rolling expiry), and one
+``d:<name>`` field per session key holding that value's JSON (sealed when encrypting).
+Its TTL is the idle timeout, capped by the deadline, and all of it is computed from the
+server's clock, so no client clock can stretch a session.
 
 A *cart record* is a Redis hash of ``sku -> quantity`` plus ``@version``, the version of
 the SQL cart it mirrors, and ``@owner``, the owner it belongs to. It is only ever replaced
@@ -33,8 +35,11 @@ from cachekit.backends.ops import Op, Script, Store, ms
 from cachekit.exceptions import SerializationError
 
 __all__ = [
+    "COOKIE",
+    "CREATED",
     "DEADLINE",
     "OWNER",
+    "SEEN",
     "SID",
     "VERSION",
     "CartRead",
@@ -43,10 +48,14 @@ __all__ = [
     "SaveSession",
     "StoreCart",
     "TouchSession",
+    "Touched",
 ]
 
 SID = "@sid"
 DEADLINE = "@deadline"
+CREATED = "@created"  # session records: server ms of creation
+SEEN = "@seen"  # ... of the last load
+COOKIE = "@cookie"  # ... of the last time the cookie was sent (rolling expiry)
 VERSION = "@version"
 OWNER = "@owner"
 
@@ -76,51 +85,103 @@ def _now_ms(store: Store) -> int:
 
 _TOUCH = Script(
     """
--- KEYS[1] the session record; ARGV[1] the idle timeout in ms.
--- The whole record, its idle TTL restarted (capped by its deadline); nil when absent or over.
+-- KEYS[1] the session record; ARGV[1] the idle timeout in ms; ARGV[2] the rolling
+-- interval in ms (0: the cookie is never re-sent).
+-- Restarts the idle TTL (capped by the deadline), records this access in @seen, and
+-- when the cookie was last sent ARGV[2] ms ago or more, records a re-send in @cookie.
+-- {now, ttl, rolled (0/1), previous @seen (-1: none), HGETALL}; nil when absent or over.
 local deadline = tonumber(redis.call('HGET', KEYS[1], '@deadline'))
 if not deadline then return false end
 local t = redis.call('TIME')
-local left = deadline - (t[1] * 1000 + math.floor(t[2] / 1000))
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local left = deadline - now
 if left <= 0 then
   redis.call('DEL', KEYS[1])
   return false
 end
-redis.call('PEXPIRE', KEYS[1], math.min(tonumber(ARGV[1]), left))
-return redis.call('HGETALL', KEYS[1])
+local ttl = math.min(tonumber(ARGV[1]), left)
+redis.call('PEXPIRE', KEYS[1], ttl)
+local seen = tonumber(redis.call('HGET', KEYS[1], '@seen')) or -1
+redis.call('HSET', KEYS[1], '@seen', now)
+local rolled = 0
+local every = tonumber(ARGV[2])
+if every > 0 then
+  local sent = tonumber(redis.call('HGET', KEYS[1], '@cookie'))
+  if not sent or now - sent >= every then
+    redis.call('HSET', KEYS[1], '@cookie', now)
+    rolled = 1
+  end
+end
+return {now, ttl, rolled, seen, redis.call('HGETALL', KEYS[1])}
 """
 )
 
 
+class Touched(NamedTuple):
+    """What :class:`TouchSession` found: the record and the server's view of its life.
+
+    ``now_ms`` is the server time of this access, ``ttl_ms`` the idle time the record now
+    has left, ``rolled`` whether the cookie is due to be re-sent (and was marked sent),
+    ``seen_ms`` the previous access (``None``: never loaded before).
+    """
+
+    now_ms: int
+    ttl_ms: int
+    rolled: bool
+    seen_ms: int | None
+    fields: dict[str, bytes]
+
+
 @dataclass(slots=True)
-class TouchSession(Op[dict[str, bytes] | None]):
+class TouchSession(Op[Touched | None]):
     """Read a session record and restart its idle timeout; ``None`` when gone or over.
+
+    ``roll`` is the rolling interval in seconds (0: no rolling): when the record's cookie
+    was last sent that long ago or more, the answer says so and the record notes a new
+    send in ``@cookie``. Every touch also notes the access in ``@seen``.
 
     Raises :class:`~cachekit.exceptions.SerializationError` for field names not in UTF-8.
     """
 
     key: str
     idle: float
+    roll: float = 0
 
     kind = "script"
     script = _TOUCH
 
     def script_call(self) -> tuple[Sequence[str], Sequence[Any]]:
-        return [self.key], [ms(self.idle)]
+        return [self.key], [ms(self.idle), ms(self.roll) if self.roll > 0 else 0]
 
-    def parse(self, reply: Any) -> dict[str, bytes] | None:
-        return None if reply is None else _pairs(reply)
+    def parse(self, reply: Any) -> Touched | None:
+        if reply is None:
+            return None
+        now, ttl, rolled, seen, fields = reply
+        return Touched(
+            int(now), int(ttl), bool(rolled), None if seen < 0 else int(seen), _pairs(fields)
+        )
 
-    def apply(self, store: Store) -> dict[str, bytes] | None:
+    def apply(self, store: Store) -> Touched | None:
         fields = _hash_read(store, self.key)
         if fields is None or DEADLINE not in fields:
             return None
-        left = int(fields[DEADLINE]) - _now_ms(store)
+        now = _now_ms(store)
+        left = int(fields[DEADLINE]) - now
         if left <= 0:
             store.remove(self.key)
             return None
-        store.expire(self.key, min(ms(self.idle), left) / 1000)
-        return fields
+        ttl = min(ms(self.idle), left)
+        seen = fields.get(SEEN)
+        fields[SEEN] = b"%d" % now
+        rolled = False
+        if self.roll > 0:
+            sent = fields.get(COOKIE)
+            if sent is None or not sent.isdigit() or now - int(sent) >= ms(self.roll):
+                fields[COOKIE] = b"%d" % now
+                rolled = True
+        _hash_write(store, self.key, fields, ttl / 1000)
+        previous = int(seen) if seen is not None and seen.isdigit() else None
+        return Touched(now, ttl, rolled, previous, fields)
 
 
 _SAVE = Script(
@@ -129,13 +190,15 @@ _SAVE = Script(
 -- ARGV[1] 'new' (create; refused if the key exists) or 'update' (refused if it does not)
 -- ARGV[2] idle timeout ms, ARGV[3] absolute lifetime ms (for 'new'), ARGV[4] the sid,
 -- ARGV[5] n: then n field/value pairs to set, then the fields to delete.
+-- A new record also notes its creation (@created) and its cookie's send (@cookie).
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local deadline
 if ARGV[1] == 'new' then
   if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
   deadline = now + tonumber(ARGV[3])
-  redis.call('HSET', KEYS[1], '@sid', ARGV[4], '@deadline', deadline)
+  redis.call('HSET', KEYS[1], '@sid', ARGV[4], '@deadline', deadline, '@created', now,
+             '@cookie', now)
 else
   -- Gone (logout, regeneration, expiry): an update never brings a session back.
   deadline = tonumber(redis.call('HGET', KEYS[1], '@deadline'))
@@ -198,7 +261,13 @@ class SaveSession(Op[Saved]):
         if self.create:
             if fields is not None:
                 return "taken"
-            fields = {SID: self.sid.encode(), DEADLINE: b"%d" % (now + ms(self.lifetime))}
+            stamp = b"%d" % now
+            fields = {
+                SID: self.sid.encode(),
+                DEADLINE: b"%d" % (now + ms(self.lifetime)),
+                CREATED: stamp,
+                COOKIE: stamp,
+            }
         elif fields is None or DEADLINE not in fields:
             return "gone"
         left = int(fields[DEADLINE]) - now

@@ -11,7 +11,13 @@ writes only the keys whose JSON changed (or were deleted): two concurrent reques
 change different keys both keep their change; two that change the same key: the last
 one to finish wins. A save never brings back a record that was deleted meanwhile
 (logout in another tab, regeneration, expiry). The idle timeout slides on every load;
-the absolute lifetime is fixed at creation. Both run on the server's clock.
+the absolute lifetime is fixed at creation. Both run on the server's clock, which also
+stamps the record's creation, its last access and the last time its cookie was sent
+(for rolling expiry): :class:`SessionMetadata`.
+
+Values are JSON (orjson; keys of nested mappings that are numbers, booleans or ``None``
+become strings, as ``json.dumps`` does for Starlette's sessions). With ``encrypt_keys``
+every value is sealed with AES-256-GCM before it reaches Redis (:mod:`.crypto`).
 
 Usage::
 
@@ -25,26 +31,36 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from cachekit.backends.ops import Delete
-from cachekit.backends.records import SID, SaveSession, TouchSession
+from cachekit.backends.records import SaveSession, TouchSession
 from cachekit.config import to_seconds
 from cachekit.context import Context
 from cachekit.effects import Flow
 from cachekit.exceptions import ConfigurationError, SerializationError, SessionError
 from cachekit.raw import deferrable
+from cachekit.sessions.crypto import SessionCipher
+from cachekit.sessions.record import (
+    DATA,
+    SessionMetadata,
+    SessionRecord,
+    StoreConfig,
+    decode,
+    encode,
+    invalid,
+    sealed,
+)
 
 if TYPE_CHECKING:
     from cachekit.cache import Cache
 
 __all__ = [
     "RedisSessionStore",
+    "SessionMetadata",
     "SessionRecord",
     "SyncSessionStore",
     "is_session_id",
@@ -53,8 +69,12 @@ __all__ = [
 
 _ID_BYTES = 32
 _ID = re.compile(r"[A-Za-z0-9_-]{43}")
-_DATA = "d:"  # field prefix of session keys; meta fields start with "@"
 _ISSUE_ATTEMPTS = 3
+DEFAULT_IDLE = 1800.0
+DEFAULT_LIFETIME = 8 * 3600.0
+# "No absolute limit" (a rolling cookie's session lives while it is used): a deadline
+# a century away keeps one record layout and one script for both cases.
+UNBOUNDED = 100 * 365 * 86400.0
 
 
 def new_session_id() -> str:
@@ -67,114 +87,51 @@ def is_session_id(value: str) -> bool:
     return len(value) == 43 and _ID.fullmatch(value) is not None
 
 
-@dataclass(frozen=True, slots=True)
-class SessionRecord:
-    """A stored session: its id, its data, and each value's JSON as stored.
-
-    ``encoded`` is what a later save compares against to send only what changed.
-    """
-
-    sid: str
-    data: dict[str, Any]
-    encoded: dict[str, bytes]
-
-
-@dataclass(frozen=True, slots=True)
-class _Config:
-    idle: float
-    lifetime: float
-    max_bytes: int
-
-
 def _key(ctx: Context, sid: str) -> str:
     return ctx.keyspace.namespaced("session", sid)
 
 
-def _encode(data: Mapping[str, Any], max_bytes: int) -> dict[str, bytes]:
-    encoded = {}
-    size = 0
-    for name, value in data.items():
-        if type(name) is not str:
-            raise SessionError(f"session keys are strings, got {type(name).__name__}")
-        try:
-            size += len(name.encode())
-        except UnicodeEncodeError:
-            raise SessionError(f"session key {name!r} is not valid Unicode") from None
-        try:
-            encoded[name] = raw = orjson.dumps(value)
-        except orjson.JSONEncodeError as exc:
-            raise SessionError(f"session value {name!r} is not JSON: {exc}") from exc
-        size += len(raw)
-    if size > max_bytes:
-        raise SessionError(f"the session holds {size} bytes, more than max_bytes={max_bytes}")
-    return encoded
-
-
-def _decode(ctx: Context, sid: str, fields: dict[str, bytes] | None) -> SessionRecord | None:
-    if fields is None:
-        return None
-    # The record must say it belongs to the id asked for (the redundant check that keeps
-    # one user's session from ever being served for another id).
-    if fields.get(SID) != sid.encode():
-        _invalid(ctx, "a session record that names another id")
-        return None
-    data, encoded = {}, {}
-    for field, raw in fields.items():
-        if field.startswith(_DATA):
-            try:
-                data[field[2:]] = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                _invalid(ctx, "a session record that is not JSON")
-                return None
-            encoded[field[2:]] = raw
-    return SessionRecord(sid, data, encoded)
-
-
-def _invalid(ctx: Context, what: str) -> None:
-    ctx.stats.incr("invalid_payloads")
-    ctx.log.warning(("session", what), "cachekit: ignored %s", what)
-
-
-def _load(ctx: Context, config: _Config, sid: str) -> Flow[SessionRecord | None]:
+def _load(ctx: Context, config: StoreConfig, sid: str) -> Flow[SessionRecord | None]:
     if not is_session_id(sid):
         return None  # never reaches a key
     try:
-        fields = yield TouchSession(_key(ctx, sid), config.idle)
+        touched = yield TouchSession(_key(ctx, sid), config.idle, config.roll)
     except SerializationError as exc:
-        _invalid(ctx, str(exc))
+        invalid(ctx, str(exc))
         return None
-    return _decode(ctx, sid, fields)
+    return None if touched is None else decode(ctx, config, sid, touched)
 
 
 def _save(
-    ctx: Context, config: _Config, record: SessionRecord | None, data: Mapping[str, Any]
+    ctx: Context, config: StoreConfig, record: SessionRecord | None, data: Mapping[str, Any]
 ) -> Flow[SessionRecord | None]:
-    encoded = _encode(data, config.max_bytes)
+    encoded = encode(data, config.max_bytes)
     if record is None:
         return (yield from _create(ctx, config, data, encoded))
     if not encoded:  # emptied: the session ends
         yield Delete([_key(ctx, record.sid)])
         return None
     previous = record.encoded
-    changed = {_DATA + k: v for k, v in encoded.items() if previous.get(k) != v}
-    removed = [_DATA + k for k in previous if k not in encoded]
+    changed = sealed(config, record.sid, {k: v for k, v in encoded.items() if previous.get(k) != v})
+    removed = [DATA + k for k in previous if k not in encoded]
     if changed or removed:
         saved = yield SaveSession(
             _key(ctx, record.sid), record.sid, False, config.idle, config.lifetime, changed, removed
         )
         if saved != "saved":
             return None
-    return SessionRecord(record.sid, dict(data), encoded)
+    # The load's metadata and rolling verdict stay with the record for this request.
+    return replace(record, data=dict(data), encoded=encoded)
 
 
 def _create(
-    ctx: Context, config: _Config, data: Mapping[str, Any], encoded: dict[str, bytes]
+    ctx: Context, config: StoreConfig, data: Mapping[str, Any], encoded: dict[str, bytes]
 ) -> Flow[SessionRecord | None]:
     if not encoded:
         return None  # nothing to keep: no record, no id
-    fields = {_DATA + k: v for k, v in encoded.items()}
     for _ in range(_ISSUE_ATTEMPTS):
         sid = new_session_id()
+        fields = sealed(config, sid, encoded)  # the id is part of what each value is bound to
         saved = yield SaveSession(
             _key(ctx, sid), sid, True, config.idle, config.lifetime, fields, ()
         )
@@ -184,9 +141,9 @@ def _create(
 
 
 def _regenerate(
-    ctx: Context, config: _Config, record: SessionRecord | None, data: Mapping[str, Any]
+    ctx: Context, config: StoreConfig, record: SessionRecord | None, data: Mapping[str, Any]
 ) -> Flow[SessionRecord | None]:
-    fresh = yield from _create(ctx, config, data, _encode(data, config.max_bytes))
+    fresh = yield from _create(ctx, config, data, encode(data, config.max_bytes))
     if record is not None:
         # Retried in the background if Redis fails now: the old record holds only what
         # the session held before the privilege change, nothing an attacker could gain.
@@ -200,33 +157,80 @@ class RedisSessionStore:
     **Parameters:**
 
     * **cache** - the :class:`~cachekit.Cache` whose Redis holds the records.
-    * **idle_timeout** - a session unused this long ends (default 30 minutes); every
-      load restarts it.
-    * **absolute_timeout** - a session ends this long after it began, used or not
-      (default 8 hours).
+    * **idle_timeout** - a session unused this long ends; every load restarts it.
+    * **absolute_timeout** - a session ends this long after it began, used or not.
     * **max_bytes** - the largest session, as JSON (default 64 KiB); a larger save raises
       :class:`~cachekit.exceptions.SessionError`.
+    * **encrypt_keys** - seal every value with AES-256-GCM (needs
+      ``cachekit[encryption]``); newest key first, each 32 bytes raw or URL-safe base64
+      (:func:`~cachekit.sessions.new_encryption_key`). Records written without
+      encryption (or with a key no longer listed) then read as no session.
+
+    Timeouts left unset follow the cookie of the :class:`SessionMiddleware` that uses
+    the store:
+
+    ============================  ===============  ======================
+    middleware                    idle_timeout     absolute_timeout
+    ============================  ===============  ======================
+    ``max_age`` unset / 0         30 minutes       8 hours
+    ``max_age=N``, rolling        N                none (while used)
+    ``max_age=N, rolling=False``  N                N
+    ============================  ===============  ======================
+
+    A timeout given here always wins.
 
     Usage::
 
         app.add_middleware(SessionMiddleware, store=RedisSessionStore(cache))
+        RedisSessionStore(cache, encrypt_keys=[os.environ["SESSION_KEY"], old_key])
     """
 
     def __init__(
         self,
         cache: Cache,
         *,
-        idle_timeout: float | timedelta = 1800,
-        absolute_timeout: float | timedelta = 8 * 3600,
+        idle_timeout: float | timedelta | None = None,
+        absolute_timeout: float | timedelta | None = None,
         max_bytes: int = 64 * 1024,
+        encrypt_keys: Iterable[bytes | str] | None = None,
     ) -> None:
-        idle = to_seconds(idle_timeout, name="idle_timeout")
-        lifetime = to_seconds(absolute_timeout, name="absolute_timeout")
+        self._idle = to_seconds(idle_timeout, name="idle_timeout")
+        self._lifetime = to_seconds(absolute_timeout, name="absolute_timeout")
         if max_bytes < 1:
             raise ConfigurationError("max_bytes must be positive")
+        cipher = None if encrypt_keys is None else SessionCipher(encrypt_keys)
         self.cache = cache
-        self.config = _Config(idle, lifetime, max_bytes)
+        self.config = StoreConfig(
+            self._idle or DEFAULT_IDLE, self._lifetime or DEFAULT_LIFETIME, max_bytes, 0.0, True,
+            cipher,
+        )  # fmt: skip
+        self._bound_to: StoreConfig | None = None
         self.sync = SyncSessionStore(self)
+
+    def _follow_cookie(self, max_age: float | None, roll: float) -> None:
+        """Take the unset timeouts from the middleware's cookie (the table above).
+
+        A store serves one cookie policy: a second middleware with another one is an error.
+        """
+        idle, lifetime, bounded = self._idle, self._lifetime, True
+        if max_age:
+            idle = idle or max_age
+            if lifetime is None and roll:
+                lifetime, bounded = UNBOUNDED, False
+            lifetime = lifetime or max_age
+        config = replace(
+            self.config,
+            idle=idle or DEFAULT_IDLE,
+            lifetime=lifetime or DEFAULT_LIFETIME,
+            roll=roll,
+            bounded=bounded,
+        )
+        if self._bound_to is not None and self._bound_to != config:
+            raise ConfigurationError(
+                "this RedisSessionStore already serves a SessionMiddleware with another "
+                "max_age or rolling setting; give each middleware its own store"
+            )
+        self.config = self._bound_to = config
 
     async def load(self, sid: str) -> SessionRecord | None:
         """The live record of ``sid`` (its idle timeout restarted), else ``None``."""
