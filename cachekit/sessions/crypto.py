@@ -95,7 +95,7 @@ class SessionCipher:
         except ImportError:
             raise ConfigurationError(
                 "session encryption needs the 'cryptography' package: "
-                "pip install 'cachekit[encryption]'"
+                "pip install 'cachekit-redis[encryption]'"
             ) from None
         self._aeads: dict[bytes, AESGCM] = {}
         for key in raw:

@@ -162,7 +162,7 @@ class RedisSessionStore:
     * **max_bytes** - the largest session, as JSON (default 64 KiB); a larger save raises
       :class:`~cachekit.exceptions.SessionError`.
     * **encrypt_keys** - seal every value with AES-256-GCM (needs
-      ``cachekit[encryption]``); newest key first, each 32 bytes raw or URL-safe base64
+      ``cachekit-redis[encryption]``); newest key first, each 32 bytes raw or URL-safe base64
       (:func:`~cachekit.sessions.new_encryption_key`). Records written without
       encryption (or with a key no longer listed) then read as no session.
 
