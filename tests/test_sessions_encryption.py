@@ -186,7 +186,7 @@ def test_missing_cryptography_is_a_clear_configuration_error(
 ) -> None:
     """Without the optional package the store says which extra to install."""
     monkeypatch.setitem(sys.modules, "cryptography.hazmat.primitives.ciphers.aead", None)
-    with pytest.raises(ConfigurationError, match=r"cachekit\[encryption\]"):
+    with pytest.raises(ConfigurationError, match=r"cachekit-redis\[encryption\]"):
         RedisSessionStore(memory_cache, encrypt_keys=[new_encryption_key()])
 
 
