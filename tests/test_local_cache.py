@@ -606,7 +606,7 @@ def test_the_channel_takes_a_url_or_either_client(redis_url: str, prefix: str) -
     with pytest.raises(ConfigurationError):
         refused.start(object(), prefix)  # type: ignore[arg-type]
     refused.start(None, prefix)  # a refused source left it unstarted
-    sentinels: Any = redis.sentinel.Sentinel([("127.0.0.1", 1)])  # type: ignore[no-untyped-call]
+    sentinels: Any = redis.sentinel.Sentinel([("127.0.0.1", 1)])
     sentinel = sentinels.master_for("primary")
     with pytest.raises(ConfigurationError):  # it finds its server at connect time
         LocalCache().start(sentinel, prefix)
