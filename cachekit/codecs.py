@@ -48,7 +48,7 @@ from cachekit.exceptions import Uncacheable
 from cachekit.serializers import JsonSerializer, MsgpackSerializer, Serializer
 from cachekit.signing import Keyring
 
-__all__ = ["ReturnType", "codec_for", "return_type"]
+__all__ = ["ReturnType", "codec_for", "return_type", "split_typed"]
 
 # Starts every typed payload: 0xff never begins a JSON text or a lone MessagePack object,
 # so untyped readers reject typed payloads and typed readers tell untyped ones apart.
@@ -56,6 +56,21 @@ _MARK: Final = b"\xff"
 _MARK_BYTE: Final = _MARK[0]
 _PREFIX_SIZE: Final = 5  # the mark and a 32-bit fingerprint of the type's shape
 _UNUSABLE: Final = (typing.Any, object, type(None), None)
+
+
+def split_typed(data: bytes | memoryview) -> tuple[str | None, bytes | memoryview]:
+    """``(shape fingerprint in hex, body)`` of a payload; ``(None, data)`` if untyped.
+
+    For readers without the annotation (the command line): the body is plain JSON or
+    MessagePack, the fingerprint names the type it was written for.
+
+    Usage::
+
+        shape, body = split_typed(payload)      # ('1a2b3c4d', b'{"total":3}')
+    """
+    if data and data[0] == _MARK_BYTE:
+        return bytes(data[1:_PREFIX_SIZE]).hex(), data[_PREFIX_SIZE:]
+    return None, data
 
 
 def codec_for(serializer: Serializer, tp: Any = None, problem: str | None = None) -> Serializer:

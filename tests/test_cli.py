@@ -7,6 +7,8 @@ works under its own prefix (the ``prefix`` fixture removes its keys afterwards).
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import inspect
 import io
 import pickle
@@ -204,6 +206,27 @@ def test_get_a_fresh_value(cli: Cli, cache: Cache, prefix: str) -> None:
     assert human.code == 0
     assert "fresh for" in human.out
     assert '"name": "Widget"' in human.out
+
+
+@dataclass(frozen=True)
+class Receipt:
+    order: int
+    total: decimal.Decimal
+    placed: datetime.date
+
+
+def test_get_a_typed_value_shows_its_json_and_its_shape(cli: Cli, cache: Cache) -> None:
+    @cache.cached(ttl=60, key="receipt:{order}")
+    def receipt(order: int) -> Receipt:
+        return Receipt(order, decimal.Decimal("9.90"), datetime.date(2026, 12, 7))
+
+    receipt(7)
+    entry = cli("get", "receipt:7", "--json").json()
+    assert entry["value"] == {"order": 7, "total": "9.90", "placed": "2026-12-07"}
+    assert re.fullmatch(r"[0-9a-f]{8}", entry["typed_shape"])
+    human = cli("get", "receipt:7")
+    assert f"typed (shape {entry['typed_shape']}" in human.out
+    assert cli("get", "receipt:7", "--json").json()["typed_shape"] == entry["typed_shape"]
 
 
 def test_get_a_stale_value_served_in_its_stale_window(
@@ -612,3 +635,95 @@ def test_a_bad_prefix_or_usage_exits_2(redis_url: str, capsys: pytest.CaptureFix
     assert main(["purge", "x", "--batch", "0"]) == 2
     assert main(["--help"]) == 0
     assert "usage: cachekit" in capsys.readouterr().out
+
+
+def test_bigkeys_ranks_the_largest_entries_per_namespace_and_flags_big_ones(
+    cli: Cli, cache: Cache, raw_redis: redis.Redis, prefix: str
+) -> None:
+    cache.sync.set_many({f"small:{i}": i for i in range(20)}, ttl=60)
+    cache.sync.set("report:2026", "x" * 50_000, ttl=60)  # a string over 10 KB
+    raw_redis.hset(f"{prefix}:cart:{{user:1}}", mapping={f"sku{i}": 1 for i in range(6_000)})
+    raw_redis.hset(f"{prefix}:cart:{{user:2}}", mapping={"sku": 1})
+    raw_redis.set(f"{prefix}:session:{{s1}}", b"y" * 100)
+
+    result = cli("bigkeys", "--json", "--top", "2", "--count", "7")
+    assert result.code == 0, result.err
+    report = result.json()
+    assert report["scanned"] == 24
+    assert report["scan_calls"] > 1  # COUNT 7 over 24 keys: paged, never KEYS
+    values = report["namespaces"]["value"]
+    assert values["keys"] == 21
+    biggest = values["largest"]
+    assert len(biggest) == 2  # --top
+    assert biggest[0]["key"] == f"{prefix}:{{report:2026}}"
+    assert biggest[0]["type"] == "string"
+    assert biggest[0]["length"] > 50_000
+    assert biggest[0]["bytes"] >= biggest[1]["bytes"]
+    [cart, _] = report["namespaces"]["cart"]["largest"]
+    assert (cart["key"], cart["type"], cart["length"]) == (
+        f"{prefix}:cart:{{user:1}}",
+        "hash",
+        6_000,
+    )
+    assert report["over"] == {"strings": 1, "aggregates": 1}
+    flagged = {entry["key"] for entry in report["flagged"]}
+    assert flagged == {f"{prefix}:{{report:2026}}", f"{prefix}:cart:{{user:1}}"}
+
+    human = cli("bigkeys", "--interval", "0.001")
+    assert human.code == 0, human.err
+    assert "1 strings over 10.0 KiB" in human.out
+    assert "1 hashes, lists, sets or sorted sets over 5,000 elements" in human.out
+    assert re.search(rf"^{re.escape(prefix)}:cart:{{user:1}}\s+cart\s+hash\s", human.out, re.M)
+    assert "cachekit unlink KEY" in human.out
+
+
+def test_bigkeys_limits_are_options(cli: Cli, raw_redis: redis.Redis, prefix: str) -> None:
+    raw_redis.set(f"{prefix}:{{a}}", b"z" * 200)
+    raw_redis.rpush(f"{prefix}:{{b}}", *range(30))
+    report = cli("bigkeys", "--json", "--string-bytes", "100", "--fields", "20").json()
+    assert report["over"] == {"strings": 1, "aggregates": 1}
+    assert report["limits"] == {"string_bytes": 100, "fields": 20}
+
+
+def test_bigkeys_on_an_empty_prefix(cli: Cli) -> None:
+    result = cli("bigkeys")
+    assert result.code == 0
+    assert "nothing under this prefix" in result.out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--interval", "-1"], "between 0 and 60"),
+        (["--interval", "soon"], "not a number of seconds"),
+        (["--top", "0"], "at least 1"),
+        (["--fields", "many"], "not a whole number"),
+    ],
+)
+def test_bigkeys_refuses_bad_options(
+    cli: Cli, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = cli("bigkeys", *args)
+    assert result.code == 2
+    assert message in result.err
+
+
+def test_unlink_deletes_named_keys_under_the_prefix_only(
+    cli: Cli, raw_redis: redis.Redis, prefix: str
+) -> None:
+    raw_redis.hset(f"{prefix}:cart:{{user:1}}", mapping={"a": 1})
+    raw_redis.set(f"{prefix}:{{keep}}", b"1")
+    raw_redis.set(f"other{prefix}", b"foreign")
+    try:
+        refused = cli("unlink", f"other{prefix}")
+        assert refused.code == 2
+        assert "not under the prefix" in refused.err
+        assert raw_redis.exists(f"other{prefix}")
+
+        done = cli("unlink", f"{prefix}:cart:{{user:1}}", f"{prefix}:cart:{{user:1}}")
+        assert (done.code, done.out.strip()) == (0, "unlinked 1 of 1 key(s)")
+        assert not raw_redis.exists(f"{prefix}:cart:{{user:1}}")
+        assert raw_redis.exists(f"{prefix}:{{keep}}")
+        assert cli("unlink", f"{prefix}:cart:{{user:1}}").code == 1  # nothing was there
+    finally:
+        raw_redis.delete(f"other{prefix}")

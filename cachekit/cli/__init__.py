@@ -5,7 +5,9 @@ Subcommands (``cachekit COMMAND --help`` for each):
 * ``stats`` - keys per namespace and kind, memory, server facts, Bloom filters;
 * ``get KEY`` - one entry decoded: payload, null marker, ages, logical expiry, TTL;
 * ``bloom info|warm|rebuild NAME`` - a shared Bloom filter;
-* ``purge PREFIX`` - unlink values by logical-key prefix, in batches, only with ``--yes``.
+* ``purge PREFIX`` - unlink values by logical-key prefix, in batches, only with ``--yes``;
+* ``bigkeys`` - the largest entries per namespace, and those over the size limits;
+* ``unlink KEY...`` - delete named keys with ``UNLINK``.
 
 Every command takes ``--url`` and ``--prefix`` and talks to Redis through the library's
 own backend, key layout and envelope decoder. Errors are one line on stderr: exit status

@@ -29,6 +29,7 @@ from cachekit.backends.ops import Get, Ttl
 from cachekit.cli.ops import KeyType
 from cachekit.cli.output import Failure, as_json, duration, fields, moment, pretty, shown
 from cachekit.cli.server import Server
+from cachekit.codecs import split_typed
 from cachekit.envelope import HEADER, Envelope, InvalidPayload, decode
 from cachekit.middleware.entry import CODEC
 from cachekit.serializers import JsonSerializer, MsgpackSerializer, PickleSerializer, Serializer
@@ -68,6 +69,7 @@ class _Reader:
     def __init__(self, code: int, keyring: Keyring | None) -> None:
         self.code = code
         self.keyring = keyring
+        self.shape: str | None = None  # the fingerprint of a typed payload's type
         self._inner: Serializer | None = None
         if code == JsonSerializer.code:
             self._inner = JsonSerializer()
@@ -83,19 +85,22 @@ class _Reader:
         raise TypeError("the command line only reads entries")
 
     def loads(self, data: bytes | memoryview) -> Any:
-        return None if self._inner is None else self._inner.loads(data)
+        # A typed payload is plain JSON or msgpack behind its type's fingerprint.
+        self.shape, body = split_typed(data)
+        return None if self._inner is None else self._inner.loads(body)
 
 
-def read_entry(key: str, data: bytes) -> tuple[Envelope, int, bool]:
-    """``(envelope, serializer code, signed)`` of the bytes read at Redis key ``key``.
+def read_entry(key: str, data: bytes) -> tuple[Envelope, int, bool, str | None]:
+    """``(envelope, serializer code, signed, shape)`` of the bytes read at Redis key ``key``.
 
-    The envelope's value is ``None`` unless the payload is JSON or msgpack. Raises
+    The envelope's value is ``None`` unless the payload is JSON or msgpack; ``shape`` is
+    the type fingerprint of a typed payload (a return annotation's), else ``None``. Raises
     :class:`~cachekit.cli.output.Failure` (code 1) for bytes that are not an intact
     cachekit envelope written for ``key``, with the library's reason.
 
     Usage::
 
-        envelope, code, signed = read_entry("shop:{product:5}", raw)
+        envelope, code, signed, shape = read_entry("shop:{product:5}", raw)
     """
     try:
         code = int(HEADER.unpack_from(data)[3])
@@ -108,7 +113,9 @@ def read_entry(key: str, data: bytes) -> tuple[Envelope, int, bool]:
     errors: list[InvalidPayload] = []
     for keyring in order:
         try:
-            return decode(key, data, _Reader(code, keyring)), code, keyring is not None
+            reader = _Reader(code, keyring)
+            envelope = decode(key, data, reader)
+            return envelope, code, keyring is not None, reader.shape
         except InvalidPayload as exc:
             errors.append(exc)
     raise Failure(f"{key} does not hold a cachekit envelope: {errors[0]}", code=1)
@@ -138,8 +145,9 @@ def show_entry(server: Server, key: str, *, raw: bool, as_json_output: bool) -> 
     data, ttl = server.run(Get(redis_key)), server.run(Ttl(redis_key))
     if data is None or ttl is None:
         raise Failure(f"{redis_key} expired while it was being read", code=1)
-    envelope, code, signed = read_entry(redis_key, data)
+    envelope, code, signed, shape = read_entry(redis_key, data)
     report = _report(None if raw else key, redis_key, envelope, code, signed, ttl, time.time())
+    report["typed_shape"] = shape
     print(as_json(report) if as_json_output else _render(report))
     return 0
 
@@ -190,6 +198,8 @@ def _render(r: Mapping[str, Any]) -> str:
     form = r["format"]
     if r["signed"]:
         form += ", signed (signature not checked: the CLI has no key)"
+    if r["typed_shape"]:
+        form += f", typed (shape {r['typed_shape']}: hits decode it into the return annotation)"
     age = r["age"]
     created = f"{moment(r['created'])} ({duration(age)} ago)"
     if age < 0:

@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable
 
 from cachekit import __version__
+from cachekit.cli.bigkeys import DEFAULT_FIELDS, DEFAULT_STRING_BYTES, Limits, bigkeys, unlink
 from cachekit.cli.blooms import bloom_info, bloom_load
 from cachekit.cli.entry import show_entry
 from cachekit.cli.purge import purge
@@ -30,6 +31,16 @@ Run = Callable[[Server, argparse.Namespace], int]
 _EPILOG = """\
 exit status: 0 done; 1 no such key, not a cachekit entry, or no such Bloom filter;
 2 a usage, URL or configuration error, or Redis could not be reached."""
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value <= 60:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 60 seconds, got {value}")
+    return value
 
 
 def _count(minimum: int) -> Callable[[str], int]:
@@ -108,6 +119,39 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--yes", action="store_true", help="really unlink (default: count only)")
     sub.add_argument("--batch", type=_count(1), default=500, help="keys per UNLINK (500)")
 
+    sub = command(
+        "bigkeys", "the largest entries per namespace, and those over the size limits", _bigkeys
+    )
+    sub.add_argument("--json", action="store_true", help="print JSON")
+    sub.add_argument("--count", type=_count(1), default=1000, help="SCAN COUNT hint (1000)")
+    sub.add_argument(
+        "--interval", type=_seconds, default=0.0, help="seconds to pause between SCAN calls (0)"
+    )
+    sub.add_argument("--top", type=_count(1), default=5, help="largest entries per namespace (5)")
+    sub.add_argument(
+        "--samples",
+        type=_count(0),
+        default=5,
+        help="MEMORY USAGE SAMPLES: nested elements measured per key (5; 0 = all, slow)",
+    )
+    sub.add_argument(
+        "--string-bytes",
+        type=_count(1),
+        default=DEFAULT_STRING_BYTES,
+        help=f"a string over this many bytes is big ({DEFAULT_STRING_BYTES})",
+    )
+    sub.add_argument(
+        "--fields",
+        type=_count(1),
+        default=DEFAULT_FIELDS,
+        help=f"a hash, list, set or sorted set over this many elements is big ({DEFAULT_FIELDS})",
+    )
+
+    sub = command("unlink", "delete Redis keys with UNLINK, off the server's main thread", _unlink)
+    sub.add_argument(
+        "keys", metavar="KEY", nargs="+", help="a Redis key under the prefix: shop:cart:{user:42}"
+    )
+
     bloom = commands.add_parser("bloom", help="Bloom filters: info, warm, rebuild")
     actions = bloom.add_subparsers(dest="action", required=True, metavar="ACTION")
     sub = actions.add_parser("info", help="geometry, fill and size", parents=[common])
@@ -140,6 +184,22 @@ def _get(server: Server, a: argparse.Namespace) -> int:
 
 def _purge(server: Server, a: argparse.Namespace) -> int:
     return purge(server, a.key_prefix, raw=a.raw, yes=a.yes, batch=a.batch)
+
+
+def _bigkeys(server: Server, a: argparse.Namespace) -> int:
+    return bigkeys(
+        server,
+        count=a.count,
+        top=a.top,
+        interval=a.interval,
+        samples=a.samples,
+        limits=Limits(string_bytes=a.string_bytes, fields=a.fields),
+        as_json_output=a.json,
+    )
+
+
+def _unlink(server: Server, a: argparse.Namespace) -> int:
+    return unlink(server, a.keys)
 
 
 def _bloom_info(server: Server, a: argparse.Namespace) -> int:
