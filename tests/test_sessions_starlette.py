@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import httpx
 import pytest
 from starlette.applications import Starlette
-from starlette.exceptions import StarletteDeprecationWarning
+from starlette import exceptions as starlette_exceptions
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -46,7 +46,11 @@ from cachekit.testing import FakeClock
 with warnings.catch_warnings():
     # Starlette 1.x prefers httpx2 for its TestClient and warns when it falls back to
     # httpx; the project tests with httpx, and the warning is not what these tests are about.
-    warnings.simplefilter("ignore", StarletteDeprecationWarning)
+    # (Starlette before 1.0, the oldest supported, has neither the warning nor its class.)
+    warnings.simplefilter(
+        "ignore",
+        getattr(starlette_exceptions, "StarletteDeprecationWarning", DeprecationWarning),
+    )
     from starlette.testclient import TestClient
 
 PATIENT = {"socket_timeout": 10, "socket_connect_timeout": 10, "pool_timeout": 10}

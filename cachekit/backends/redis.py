@@ -17,8 +17,9 @@ Usage::
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import redis
 import redis.asyncio
@@ -191,19 +192,37 @@ class AsyncRedisBackend:
         await self.client.aclose()
 
 
+# redis-py 8.0 added read_response(timeout=...) to sync connections.
+_PER_READ_TIMEOUT: Final = "timeout" in inspect.signature(redis.Connection.read_response).parameters
+
+
 class _Budgeted:
     """Mixin for a sync connection class: a reply is awaited only until the deadline.
 
-    ``read_response(timeout=...)`` is redis-py's own per-read override; the guard
-    (:mod:`cachekit.backends.guard`) publishes the running operation's deadline, so a reply
-    that started late in the budget is not granted a whole ``socket_timeout`` more.
-    A read that times out disconnects, so no late reply is ever read by the next command.
+    The guard (:mod:`cachekit.backends.guard`) publishes the running operation's deadline,
+    so a reply that started late in the budget is not granted a whole ``socket_timeout``
+    more. redis-py 8 takes a per-read ``read_response(timeout=...)``; older releases get
+    the same effect from the socket's own timeout, set for this one read. A read that
+    times out disconnects, so no late reply is ever read by the next command.
     """
 
     def read_response(self, *args: Any, **kwargs: Any) -> Any:
-        if "timeout" not in kwargs and (left := time_left()) is not None:
+        left = time_left()
+        if left is None or "timeout" in kwargs:
+            return super().read_response(*args, **kwargs)  # type: ignore[misc]
+        if _PER_READ_TIMEOUT:
             kwargs["timeout"] = max(left, 0.001)
-        return super().read_response(*args, **kwargs)  # type: ignore[misc]
+            return super().read_response(*args, **kwargs)  # type: ignore[misc]
+        sock = self._sock  # type: ignore[attr-defined]
+        if sock is None:
+            return super().read_response(*args, **kwargs)  # type: ignore[misc]
+        before = sock.gettimeout()
+        sock.settimeout(max(left, 0.001))
+        try:
+            return super().read_response(*args, **kwargs)  # type: ignore[misc]
+        finally:
+            if self._sock is sock:  # type: ignore[attr-defined]  # still connected
+                sock.settimeout(before)
 
 
 def budgeted(base: type[redis.Connection]) -> type[redis.Connection]:
