@@ -5,7 +5,7 @@ replace one scenario in an existing ``report.json`` and render the whole report 
 and anyone can re-render a report from its raw figures.
 
 * ``SUMMARY.md`` - one row per scenario: its key metric with the protection on, off and
-  for the peer (library level, then demo level), and the verdict. The README embeds it.
+  for the peer (library level, then demo level), and the verdict. docs/benchmarks.md embeds it.
 * ``REPORT.md`` - how the run was made, the summary, then a section per scenario: what it
   does, its parameters, a table of every arm (database queries, loader calls, p50 and p99
   latency, errors, and the scenario's own columns), its charts, verdict and notes.

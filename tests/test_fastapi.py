@@ -1,4 +1,4 @@
-"""FastAPI: the recipe of the README's FastAPI section, run as a user runs it.
+"""FastAPI: the recipe of the docs' FastAPI page (docs/guide/fastapi.md), run as a user runs it.
 
 A decorated function called from a route with dependencies, a cached Pydantic model as the
 route's ``response_model`` (a hit returns the model, not a dict), the response cache and

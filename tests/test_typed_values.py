@@ -83,7 +83,7 @@ ORDER = Order(
     tags=frozenset({"gift"}),
 )
 
-# (annotation, value): every kind the README's table lists.
+# (annotation, value): every kind the typed-values page's table lists.
 CASES: dict[str, tuple[Any, Any]] = {
     "dataclass-nested": (Order, ORDER),
     "namedtuple": (Point, Point(1, 2.5)),
