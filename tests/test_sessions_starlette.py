@@ -31,8 +31,8 @@ from typing import Any, Protocol
 
 import httpx
 import pytest
-from starlette.applications import Starlette
 from starlette import exceptions as starlette_exceptions
+from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
