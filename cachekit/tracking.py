@@ -51,6 +51,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from cachekit.backends.redis import PER_READ_TIMEOUT
 from cachekit.exceptions import ConfigurationError
 from cachekit.stats import LogOnce
 
@@ -247,9 +248,10 @@ def _read(conn: Any) -> Any:
 
     Each blocking call gives up the GIL, and taking it back from a busy thread can cost a
     switch interval (5 ms). hiredis keeps a partial reply across a timeout, so one timed
-    read waits for the next message; the pure-Python parser does not, so it polls first.
+    read waits for the next message; the pure-Python parser does not, so it polls first,
+    as does redis-py before 8.0, which has no per-read timeout.
     """
-    if redis.utils.HIREDIS_AVAILABLE:
+    if redis.utils.HIREDIS_AVAILABLE and PER_READ_TIMEOUT:
         try:
             return conn.read_response(push_request=True, timeout=_POLL, disconnect_on_error=False)
         except RedisTimeoutError:

@@ -487,7 +487,7 @@ async def test_sessions_through_the_middleware(cache: Cache) -> None:
         return JSONResponse(dict(session))
 
     routes = [Route("/write", write), Route("/read", read), Route("/login", login)]
-    middleware = [Middleware(SessionMiddleware, RedisSessionStore(cache))]
+    middleware = [Middleware(SessionMiddleware, store=RedisSessionStore(cache))]
     app = Starlette(routes=routes, middleware=middleware)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://shop.test") as client:

@@ -109,7 +109,7 @@ def encoders_app(store: RedisSessionStore, **options: Any) -> Starlette:
         Route("/mutate", mutate),
         Route("/put", put),
     ]
-    return Starlette(routes=routes, middleware=[Middleware(SessionMiddleware, store, **options)])
+    return Starlette(routes=routes, middleware=[Middleware(SessionMiddleware, store=store, **options)])
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -257,7 +257,7 @@ async def test_the_scope_the_app_sees_writes_through_to_the_servers(
         return JSONResponse(request.session)
 
     inner = Starlette(
-        routes=[Route("/e", endpoint)], middleware=[Middleware(SessionMiddleware, store)]
+        routes=[Route("/e", endpoint)], middleware=[Middleware(SessionMiddleware, store=store)]
     )
     async with client_for(outer(inner)) as client:
         response = await get(client, "/e", record.sid)

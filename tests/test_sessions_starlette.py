@@ -96,7 +96,7 @@ def closing(cache: Cache) -> Callable[[Starlette], contextlib.AbstractAsyncConte
 def session_app(cache: Cache, **options: Any) -> Starlette:
     """Starlette's test app, with the one line that differs (and the cache closed at exit)."""
     store = RedisSessionStore(cache)
-    middleware = [Middleware(SessionMiddleware, store, **options)]
+    middleware = [Middleware(SessionMiddleware, store=store, **options)]
     return Starlette(routes=routes(), middleware=middleware, lifespan=closing(cache))
 
 

@@ -192,8 +192,8 @@ class AsyncRedisBackend:
         await self.client.aclose()
 
 
-# redis-py 8.0 added read_response(timeout=...) to sync connections.
-_PER_READ_TIMEOUT: Final = "timeout" in inspect.signature(redis.Connection.read_response).parameters
+# Whether sync connections take read_response(timeout=...): redis-py 8.0 and newer.
+PER_READ_TIMEOUT: Final = "timeout" in inspect.signature(redis.Connection.read_response).parameters
 
 
 class _Budgeted:
@@ -210,7 +210,7 @@ class _Budgeted:
         left = time_left()
         if left is None or "timeout" in kwargs:
             return super().read_response(*args, **kwargs)  # type: ignore[misc]
-        if _PER_READ_TIMEOUT:
+        if PER_READ_TIMEOUT:
             kwargs["timeout"] = max(left, 0.001)
             return super().read_response(*args, **kwargs)  # type: ignore[misc]
         sock = self._sock  # type: ignore[attr-defined]
