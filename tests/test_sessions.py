@@ -263,7 +263,9 @@ def make_app(
         Route("/cached", cached),
         *extra,
     ]
-    return Starlette(routes=routes, middleware=[Middleware(SessionMiddleware, store=store, **options)])
+    return Starlette(
+        routes=routes, middleware=[Middleware(SessionMiddleware, store=store, **options)]
+    )
 
 
 @contextlib.asynccontextmanager

@@ -109,7 +109,9 @@ def encoders_app(store: RedisSessionStore, **options: Any) -> Starlette:
         Route("/mutate", mutate),
         Route("/put", put),
     ]
-    return Starlette(routes=routes, middleware=[Middleware(SessionMiddleware, store=store, **options)])
+    return Starlette(
+        routes=routes, middleware=[Middleware(SessionMiddleware, store=store, **options)]
+    )
 
 
 @pytest.fixture(params=["memory", "redis"])
