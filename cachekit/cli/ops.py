@@ -11,6 +11,9 @@ the prefix may have one, and ``ScanKeys`` would fail on it with ``UnicodeDecodeE
 here its bytes survive as surrogates (``surrogateescape``) and :func:`wire` turns them
 back into the same bytes, so such a key is counted in ``stats`` and purged by ``purge``.
 
+:class:`UnlinkPerSlot` is how :class:`Unlink` runs on Redis Cluster: one ``UNLINK`` per
+slot, pipelined (a command on Cluster may not span slots).
+
 Usage::
 
     info = server.run(Info())
