@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 import pytest
@@ -178,6 +179,25 @@ def test_stats_takes_the_url_from_redis_url_and_the_prefix_from_the_url(
     report = orjson.loads(capsys.readouterr().out)
     assert report["prefix"] == prefix
     assert report["keys"]["total"] == 1
+
+
+def test_stats_on_one_server_reports_it_as_the_one_primary(
+    cli: Cli, cache: Cache, redis_url: str
+) -> None:
+    cache.sync.set_many({f"k:{i}": i for i in range(3)}, ttl=60)
+    report = cli("stats", "--json").json()
+    assert report["deployment"] == "server"
+    [node] = report["nodes"]
+    parts = urlsplit(redis_url)
+    assert node["address"] == f"{parts.hostname}:{parts.port or 6379}"
+    assert node["prefix_keys"] == report["keys"]["total"] == 3
+    facts = {k: v for k, v in node.items() if k not in ("address", "prefix_keys")}
+    summed = {k: v for k, v in report["server"].items() if k != "primaries"}
+    assert summed.keys() == facts.keys()
+    # Taken from the same INFO reply: the one server's facts are the deployment's.
+    assert summed == facts
+    assert report["server"]["primaries"] == 1
+    assert "primary" not in cli("stats").out.splitlines()[0]  # no per-node table for one
 
 
 def test_the_default_prefix_is_the_librarys() -> None:

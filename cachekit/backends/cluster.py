@@ -50,7 +50,14 @@ from cachekit.exceptions import BackendTimeout, BackendUnavailable
 
 from .guard import time_left
 from .ops import Command, Op
-from .redis import REDIS_ERRORS, budgeted, client_kwargs, reply_options, translate_error
+from .redis import (
+    REDIS_ERRORS,
+    RedisBackend,
+    budgeted,
+    client_kwargs,
+    reply_options,
+    translate_error,
+)
 
 __all__ = ["AsyncClusterBackend", "ClusterBackend", "connect_cluster"]
 
@@ -170,6 +177,28 @@ class ClusterBackend:
             for key in command[1:]:
                 pipe.execute_command(single, key)
             return merge(pipe.execute())
+
+    def primaries(self) -> dict[str, RedisBackend]:
+        """A backend on each primary, by ``host:port``, for what is asked of a node.
+
+        ``INFO``, ``DBSIZE`` and the like describe one node: a tool that reports per node
+        (``cachekit stats``) runs them on each of these. They share this client's
+        per-node pools, so they need no closing (closing this backend closes them), and
+        they route nothing: a keyed command belongs on this backend, which follows the
+        slots. Discovers the cluster on first use, as :meth:`run` does.
+
+        Usage::
+
+            infos = {node: b.run(Info()) for node, b in backend.primaries().items()}
+        """
+        client: Any = self.connect()  # redis-py's sync cluster client is untyped
+        try:
+            return {
+                node.name: RedisBackend(client.get_redis_connection(node))
+                for node in client.get_primaries()
+            }
+        except REDIS_ERRORS as exc:
+            raise translate_error(exc) from exc
 
     def close(self) -> None:
         """Close every node's connections."""

@@ -148,6 +148,21 @@ class RedisBackend:
         """Close the client and its pool."""
         self.client.close()
 
+    def primaries(self) -> dict[str, RedisBackend]:
+        """This backend under its server's address: the one primary there is (no I/O).
+
+        :class:`~cachekit.backends.cluster.ClusterBackend` and
+        :class:`~cachekit.backends.sentinel.SentinelBackend` answer for their own
+        topologies, so tools that report per node (``cachekit stats``) ask any backend.
+
+        Usage::
+
+            RedisBackend(redis.Redis(port=6380)).primaries()    # {'localhost:6380': ...}
+        """
+        kwargs = self.client.get_connection_kwargs()
+        address = kwargs.get("path") or f"{kwargs.get('host', 'localhost')}:{kwargs.get('port')}"
+        return {str(address): self}
+
 
 class AsyncRedisBackend:
     """The asynchronous face over a ``redis.asyncio.Redis`` client.

@@ -30,7 +30,15 @@ from redis.retry import Retry
 
 from cachekit.config import parse_nodes
 
-from .redis import AsyncRedisBackend, RedisBackend, abudgeted, budgeted, client_kwargs
+from .redis import (
+    REDIS_ERRORS,
+    AsyncRedisBackend,
+    RedisBackend,
+    abudgeted,
+    budgeted,
+    client_kwargs,
+    translate_error,
+)
 
 __all__ = ["AsyncSentinelBackend", "SentinelBackend", "connect_sentinel"]
 
@@ -50,6 +58,23 @@ class SentinelBackend(RedisBackend):
         pool: Any = self.client.connection_pool  # a SentinelConnectionPool
         for sentinel in pool.sentinel_manager.sentinels:
             sentinel.close()
+
+    def primaries(self) -> dict[str, RedisBackend]:
+        """This backend under the address of the primary the Sentinels name now.
+
+        Asks the Sentinels (one round trip to the first that answers). The backend itself
+        is the value: its connections follow a failover, the address is a snapshot.
+
+        Usage::
+
+            backend.primaries()       # {'10.0.0.7:6379': backend}
+        """
+        pool: Any = self.client.connection_pool
+        try:
+            host, port = pool.get_master_address()
+        except REDIS_ERRORS as exc:  # MasterNotFoundError: no Sentinel knows a primary
+            raise translate_error(exc) from exc
+        return {f"{host}:{port}": self}
 
 
 class AsyncSentinelBackend(AsyncRedisBackend):

@@ -1,8 +1,13 @@
 """The ``cachekit`` command: inspect and maintain cachekit's data in Redis or Valkey.
 
+It takes the URLs ``Cache.from_url`` takes: one server (``redis://``, ``rediss://``,
+``unix://``), a Sentinel-managed primary (``redis+sentinel://``) or a Redis Cluster
+(``redis+cluster://``), where every command covers every primary.
+
 Subcommands (``cachekit COMMAND --help`` for each):
 
-* ``stats`` - keys per namespace and kind, memory, server facts, Bloom filters;
+* ``stats`` - keys per namespace and kind, memory, server facts (per primary and summed
+  on Cluster), Bloom filters;
 * ``get KEY`` - one entry decoded: payload, null marker, ages, logical expiry, TTL;
 * ``bloom info|warm|rebuild NAME`` - a shared Bloom filter;
 * ``purge PREFIX`` - unlink values by logical-key prefix, in batches, only with ``--yes``;
@@ -16,6 +21,8 @@ own backend, key layout and envelope decoder. Errors are one line on stderr: exi
 Usage::
 
     $ cachekit get product:5 --url redis://127.0.0.1:6379/0 --prefix shop
+    $ cachekit stats --url redis+cluster://10.0.0.1:7000,10.0.0.2:7000 --prefix shop
+    $ cachekit purge product: --url redis+sentinel://s1:26379,s2:26379/shop/0
     >>> from cachekit.cli import main
     >>> main(["purge", "product:", "--prefix", "shop"])      # a dry run
 """

@@ -19,6 +19,11 @@ grew without bound, and Bloom filter bitmaps. This command finds them the way
 ``cachekit unlink KEY`` deletes one entry it found with ``UNLINK``, which frees the memory
 off the server's main thread.
 
+On Redis Cluster the scan visits every primary in turn, and the pipelines are split by
+the cluster backend per node: ``TYPE``, ``MEMORY USAGE`` and the lengths are answered by
+each key's own primary (a batch from one ``SCAN`` call is one node's: one round trip).
+``unlink`` takes keys of any slots (one ``UNLINK`` per slot).
+
 Usage::
 
     cachekit bigkeys --prefix shop --interval 0.01

@@ -7,6 +7,10 @@ around it: the filter's geometry read from its descriptor in Redis (every proces
 declare the same one, so the CLI never guesses it), ids read from a file or stdin, and
 the bitmap's fill as the server counts it (``BITCOUNT``).
 
+On Redis Cluster and behind Sentinel nothing changes: a filter's keys share its hash tag,
+so its scripts and ``BITCOUNT`` s go to the one primary that holds them, and the
+library's Cache runs on a client of the same URL (:meth:`~cachekit.cli.server.Server.cache`).
+
 Usage::
 
     cachekit bloom info products

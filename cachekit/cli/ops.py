@@ -11,6 +11,9 @@ the prefix may have one, and ``ScanKeys`` would fail on it with ``UnicodeDecodeE
 here its bytes survive as surrogates (``surrogateescape``) and :func:`wire` turns them
 back into the same bytes, so such a key is counted in ``stats`` and purged by ``purge``.
 
+:class:`UnlinkPerSlot` is how :class:`Unlink` runs on Redis Cluster: one ``UNLINK`` per
+slot, pipelined (a command on Cluster may not span slots).
+
 Usage::
 
     info = server.run(Info())
@@ -22,6 +25,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from redis.crc import key_slot
 
 from cachekit.backends.ops import Command, Delete, Op, Store
 from cachekit.backends.responses import ScanKeys
@@ -35,6 +40,7 @@ __all__ = [
     "MemoryUsage",
     "ScanNames",
     "Unlink",
+    "UnlinkPerSlot",
     "wire",
 ]
 
@@ -71,6 +77,8 @@ class ScanNames(ScanKeys):
 class Unlink(Delete):
     """``Delete`` (one ``UNLINK`` of every key, the count removed) for names from SCAN.
 
+    On Redis Cluster it runs as :class:`UnlinkPerSlot`.
+
     Usage::
 
         removed = server.run(Unlink(names))
@@ -78,6 +86,41 @@ class Unlink(Delete):
 
     def command(self) -> Command:
         return ("UNLINK", *map(wire, self.keys))
+
+    def for_cluster(self) -> Op[int]:
+        return UnlinkPerSlot(self.keys)
+
+
+@dataclass(slots=True)
+class UnlinkPerSlot(Op[int]):
+    """One ``UNLINK`` per Cluster slot of the keys, pipelined; the count removed.
+
+    Cluster refuses a multi-key command across slots, and the cluster face would send
+    one ``UNLINK`` per key; grouped by slot, a value and its lease (one hash tag) go in
+    one command, and the pipeline is one round trip per node (a ``SCAN`` batch comes
+    from one node: one round trip in all).
+
+    Usage::
+
+        removed = cluster_backend.run(UnlinkPerSlot(["shop:{a}", "shop:{a}:lease"]))
+    """
+
+    keys: Sequence[str]
+
+    kind = "pipeline"
+
+    def pipeline(self) -> list[Command]:
+        slots: dict[int, list[bytes]] = {}
+        for key in dict.fromkeys(self.keys):
+            name = wire(key)
+            slots.setdefault(key_slot(name), []).append(name)
+        return [("UNLINK", *names) for names in slots.values()]
+
+    def parse(self, reply: Any) -> int:
+        return sum(int(n) for n in reply)
+
+    def apply(self, store: Store) -> int:
+        return sum(store.remove(key) for key in dict.fromkeys(self.keys))
 
 
 @dataclass(slots=True)

@@ -62,7 +62,11 @@ def _common() -> argparse.ArgumentParser:
     common.add_argument(
         "--url",
         default=url,
-        help=f"Redis URL, with Cache.from_url's options (default: $REDIS_URL, else {DEFAULT_URL})",
+        help=(
+            "Redis URL as Cache.from_url takes it, options included: redis://, rediss://, "
+            "unix://, redis+sentinel:// or redis+cluster:// "
+            f"(default: $REDIS_URL, else {DEFAULT_URL})"
+        ),
     )
     common.add_argument(
         "--prefix",
@@ -94,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(run=run)
         return sub
 
-    sub = command("stats", "keys per namespace, memory, server facts, Bloom filters", _stats)
+    sub = command(
+        "stats", "keys per namespace, memory, server facts (per primary), Bloom filters", _stats
+    )
     sub.add_argument("--json", action="store_true", help="print JSON")
     sub.add_argument("--count", type=_count(1), default=1000, help="SCAN COUNT hint (1000)")
     sub.add_argument(

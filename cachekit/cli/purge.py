@@ -17,6 +17,12 @@ keys per round trip (never ``KEYS``, never one command for everything); ``UNLINK
 the memory off the server's main thread. Without ``--yes`` nothing is deleted: the
 matching keys are counted instead.
 
+On Redis Cluster the scan visits every primary in turn (the cluster backend's resumable
+scan) and each batch is unlinked with one ``UNLINK`` per slot
+(:class:`~cachekit.cli.ops.UnlinkPerSlot`: Cluster refuses one command across slots),
+pipelined in one round trip per node; a batch comes from one ``SCAN`` call, so usually
+from one node. A value and its lease share a hash tag, so they go in one ``UNLINK``.
+
 Usage::
 
     cachekit purge product:                  # dry run: how many would go

@@ -1,30 +1,39 @@
-"""``cachekit stats``: what the server holds for one prefix, without a running app.
+"""``cachekit stats``: what the deployment holds for one prefix, without a running app.
 
-One pass of ``SCAN MATCH <prefix>:* COUNT n`` (never ``KEYS``) counts the keys per
-namespace and kind (:mod:`cachekit.cli.layout`); ``MEMORY USAGE`` of the first few keys
-of each kind gives an average and an estimate; ``INFO`` gives the server's essentials;
-and each Bloom filter's descriptor says its geometry and generation. The hit and miss
-counts are the server's (every client of it, every prefix): the per-cache counters of
-``cache.stats()`` live in the app's processes, and ``/metrics`` exports them.
+One pass of ``SCAN MATCH <prefix>:* COUNT n`` on every primary (never ``KEYS``) counts
+the keys per namespace and kind (:mod:`cachekit.cli.layout`); ``MEMORY USAGE`` of the
+first few keys of each kind gives an average and an estimate; ``INFO`` of every primary
+gives the server's essentials; and each Bloom filter's descriptor says its geometry and
+generation. The hit and miss counts are the server's (every client of it, every prefix):
+the per-cache counters of ``cache.stats()`` live in the app's processes, and
+``/metrics`` exports them.
+
+On a Redis Cluster the figures are summed over the primaries, and each primary gets its
+own line (its ``INFO`` and how many of the prefix's keys its slots hold): a primary that
+holds far more than its share, or serves far more hits, is the one to look at. Behind
+Sentinel the report names the primary the Sentinels name now.
 
 Usage::
 
     cachekit stats --url redis://127.0.0.1:6379/0 --prefix shop
+    cachekit stats --url redis+cluster://10.0.0.1:7000,10.0.0.2:7000 --prefix shop
     cachekit stats --json | jq .keys.total
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
 
+from cachekit.backends.base import SyncBackend
 from cachekit.backends.ops import Get, GetMany
 from cachekit.cli.blooms import bloom_keys, parse_descriptor
 from cachekit.cli.layout import bloom_name, classify, raw_pattern
 from cachekit.cli.ops import Info, MemoryUsage, ScanNames
 from cachekit.cli.output import as_json, duration, number, redact, shown, size, table
 from cachekit.cli.server import Server
+from cachekit.keys import KeySpace
 
 __all__ = ["collect", "render", "stats"]
 
@@ -47,56 +56,82 @@ def collect(server: Server, *, count: int, sample: int) -> dict[str, Any]:
     """The facts as plain data (the ``--json`` output).
 
     ``count`` is SCAN's COUNT hint; ``sample`` how many keys of each kind are measured.
+    ``server`` sums the ``nodes`` (one per primary: one unless on Cluster).
 
     Usage::
 
         collect(server, count=1000, sample=100)["keys"]["namespaces"]["value"]
     """
     space = server.keyspace
-    counts: Counter[tuple[str, str]] = Counter()
-    samples: dict[tuple[str, str], list[str]] = {}
-    blooms: list[str] = []
-    cursor, calls = 0, 0
-    while True:
-        cursor, keys = server.run(ScanNames(cursor, raw_pattern(space.prefix + ":"), count))
-        calls += 1
-        for key in keys:
-            group = classify(space, key)
-            counts[group] += 1
-            picked = samples.setdefault(group, [])
-            if len(picked) < sample:
-                picked.append(key)
-            if group == ("bloom", "descriptor") and shown(key) == key:  # a name in UTF-8
-                blooms.append(key)
-        if cursor == 0:
-            break
+    tally = _Tally(space, sample)
+    nodes = []
+    for address, node in server.primaries().items():
+        facts = _server_facts(node.run(Info()), server.db)
+        before = tally.total
+        tally.scan(node, count)  # each primary holds the keys of its own slots
+        nodes.append({"address": address, **facts, "prefix_keys": tally.total - before})
     namespaces: dict[str, dict[str, dict[str, int]]] = {}
-    for (namespace, kind), n in sorted(counts.items()):
-        measured = _memory(server, samples[namespace, kind])
+    for (namespace, kind), n in sorted(tally.counts.items()):
+        measured = _memory(server, tally.samples[namespace, kind])
         namespaces.setdefault(namespace, {})[kind] = {
             "keys": n,
             "sampled": len(measured),
             "sample_bytes": sum(measured),
             "estimated_bytes": round(sum(measured) / len(measured) * n) if measured else 0,
         }
+    keys = {"total": tally.total, "scan_calls": tally.calls, "namespaces": namespaces}
     return {
         "url": redact(server.url),
         "prefix": space.prefix,
-        "server": _server_facts(server.run(Info()), server.backend.client),
-        "keys": {"total": sum(counts.values()), "scan_calls": calls, "namespaces": namespaces},
-        "blooms": _blooms(server, sorted(blooms)),
+        "deployment": server.deployment,
+        "server": _summed(nodes, server.db),
+        "nodes": nodes,
+        "keys": keys,
+        "blooms": _blooms(server, sorted(tally.blooms)),
     }
+
+
+class _Tally:
+    """Keys counted per (namespace, kind) over one or more SCANs, with a sample of each."""
+
+    def __init__(self, space: KeySpace, sample: int) -> None:
+        self.space = space
+        self.sample = sample
+        self.counts: Counter[tuple[str, str]] = Counter()
+        self.samples: dict[tuple[str, str], list[str]] = {}
+        self.blooms: list[str] = []
+        self.calls = 0
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def scan(self, node: SyncBackend, count: int) -> None:
+        pattern = raw_pattern(self.space.prefix + ":")
+        cursor = 0
+        while True:
+            cursor, keys = node.run(ScanNames(cursor, pattern, count))
+            self.calls += 1
+            for key in keys:
+                group = classify(self.space, key)
+                self.counts[group] += 1
+                picked = self.samples.setdefault(group, [])
+                if len(picked) < self.sample:
+                    picked.append(key)
+                if group == ("bloom", "descriptor") and shown(key) == key:  # a name in UTF-8
+                    self.blooms.append(key)
+            if cursor == 0:
+                return
 
 
 def _memory(server: Server, keys: list[str]) -> list[int]:
     sizes: list[int] = []
     for start in range(0, len(keys), _PIPELINE):
-        sizes += server.run(MemoryUsage(keys[start : start + _PIPELINE]))
+        sizes += server.run(MemoryUsage(keys[start : start + _PIPELINE]))  # routed per key
     return [n for n in sizes if n]  # 0: expired between SCAN and MEMORY USAGE
 
 
-def _server_facts(info: Mapping[str, Any], client: Any) -> dict[str, Any]:
-    db = int(client.connection_pool.connection_kwargs.get("db", 0))
+def _server_facts(info: Mapping[str, Any], db: int) -> dict[str, Any]:
     hits, misses = int(info.get("keyspace_hits", 0)), int(info.get("keyspace_misses", 0))
     keyspace = info.get(f"db{db}", {})
     return {
@@ -116,6 +151,38 @@ def _server_facts(info: Mapping[str, Any], client: Any) -> dict[str, Any]:
         "expired_keys": int(info.get("expired_keys", 0)),
         "db": db,
         "db_keys": int(keyspace.get("keys", 0)) if isinstance(keyspace, Mapping) else 0,
+    }
+
+
+# Summed over the primaries; the rest are shared ("mixed" when they differ) or special.
+_SUMMED: Final = (
+    "connected_clients",
+    "used_memory",
+    "used_memory_peak",
+    "keyspace_hits",
+    "keyspace_misses",
+    "evicted_keys",
+    "expired_keys",
+    "db_keys",
+)
+_SHARED: Final = ("software", "version", "redis_version", "maxmemory_policy")
+
+
+def _summed(nodes: Sequence[Mapping[str, Any]], db: int) -> dict[str, Any]:
+    """The facts of the whole deployment: its one server's, or the primaries' together."""
+    total: dict[str, Any] = {name: sum(node[name] for node in nodes) for name in _SUMMED}
+    for name in _SHARED:
+        values = {node[name] for node in nodes}
+        total[name] = values.pop() if len(values) == 1 else "mixed"
+    hits, misses = total["keyspace_hits"], total["keyspace_misses"]
+    limits = [node["maxmemory"] for node in nodes]
+    return {
+        **total,
+        "uptime_seconds": min((node["uptime_seconds"] for node in nodes), default=0),
+        "maxmemory": sum(limits) if limits and all(limits) else 0,  # 0: no limit somewhere
+        "hit_ratio": hits / (hits + misses) if hits + misses else None,
+        "db": db,
+        "primaries": len(nodes),
     }
 
 
@@ -151,7 +218,7 @@ def _blooms(server: Server, descriptors: list[str]) -> list[dict[str, Any]]:
 
 
 def render(report: Mapping[str, Any]) -> str:
-    """The report for people: server lines, a table of keys, a table of Bloom filters.
+    """The report for people: server lines, the primaries, a table of keys, Bloom filters.
 
     Usage::
 
@@ -160,17 +227,32 @@ def render(report: Mapping[str, Any]) -> str:
     s = report["server"]
     ratio = "-" if s["hit_ratio"] is None else f"{s['hit_ratio']:.1%}"
     limit = size(s["maxmemory"]) if s["maxmemory"] else "no maxmemory"
+    nodes = report["nodes"]
+    clients = f"clients connected: {number(s['connected_clients'])}"
+    where = f"{s['software']} {s['version']} at {report['url']}"
+    if report["deployment"] == "cluster":
+        first = (
+            f"cluster   {len(nodes)} primaries, {where}, youngest up "
+            f"{duration(s['uptime_seconds'])}, {clients}"
+        )
+        scope = "all primaries, all clients"
+    else:
+        named = ", primary named by the Sentinels: " if report["deployment"] == "sentinel" else ""
+        primary = nodes[0]["address"] if named else ""
+        first = f"server    {where}{named}{primary}, up {duration(s['uptime_seconds'])}, {clients}"
+        scope = "all clients"
     lines = [
-        f"server    {s['software']} {s['version']} at {report['url']}, "
-        f"up {duration(s['uptime_seconds'])}, clients connected: {number(s['connected_clients'])}",
+        first,
         f"memory    {size(s['used_memory'])} used (peak {size(s['used_memory_peak'])}), "
         f"{limit}, policy {s['maxmemory_policy']}",
         f"keyspace  {number(s['keyspace_hits'])} hits, {number(s['keyspace_misses'])} misses "
-        f"(hit ratio {ratio}, all clients), {number(s['evicted_keys'])} evicted, "
+        f"(hit ratio {ratio}, {scope}), {number(s['evicted_keys'])} evicted, "
         f"{number(s['expired_keys'])} expired",
         f"db {s['db']}      {number(s['db_keys'])} keys",
         "",
     ]
+    if report["deployment"] == "cluster":
+        lines += [_primaries(nodes, report["prefix"]), ""]
     keys = report["keys"]
     lines.append(
         f"cachekit keys under prefix {report['prefix']!r}: {number(keys['total'])} "
@@ -201,6 +283,29 @@ def render(report: Mapping[str, Any]) -> str:
         ]
         lines.append(table(header, rows))
     return "\n".join(lines)
+
+
+def _primaries(nodes: Sequence[Mapping[str, Any]], prefix: str) -> str:
+    header = ["primary", "version", "up", "clients", "memory", "maxmemory", "hits", "misses"]
+    header += ["hit ratio", "evicted", "db keys", f"keys under {prefix!r}"]
+    rows = [
+        [
+            n["address"],
+            n["version"],
+            duration(n["uptime_seconds"]),
+            n["connected_clients"],
+            size(n["used_memory"]),
+            size(n["maxmemory"]) if n["maxmemory"] else "-",
+            n["keyspace_hits"],
+            n["keyspace_misses"],
+            "-" if n["hit_ratio"] is None else f"{n['hit_ratio']:.1%}",
+            n["evicted_keys"],
+            n["db_keys"],
+            n["prefix_keys"],
+        ]
+        for n in nodes
+    ]
+    return table(header, rows)
 
 
 def _average(c: Mapping[str, int]) -> int:
