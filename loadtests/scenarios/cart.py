@@ -30,15 +30,25 @@ from pathlib import Path
 
 import redis.asyncio
 import redis.exceptions
-from openloop import bucket_counts, open_loop, percentile
-from outcome import Arm, Chart, Context, Headline, Panel, Role, ScenarioResult, number
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redisproc import KillableServer
 from sqlalchemy import Engine, create_engine, event
 
 from cachekit import Cache, CartError
 from cachekit.sessions import CartStore
+from loadtests.harness.openloop import bucket_counts, open_loop
+from loadtests.harness.outcome import (
+    Arm,
+    Chart,
+    Context,
+    Headline,
+    Panel,
+    Role,
+    ScenarioResult,
+    number,
+)
+from loadtests.harness.servers import PrivateServer
+from loadtests.harness.tables import percentile
 
 __all__ = ["NAME", "run"]
 
@@ -233,7 +243,7 @@ async def one_round(
     """One arm's round on its own server (and database), with the kills."""
     ledger = Ledger()
     statements = [0]
-    with KillableServer() as server, tempfile.TemporaryDirectory(prefix="loadtest-cart-") as tmp:
+    with PrivateServer() as server, tempfile.TemporaryDirectory(prefix="loadtest-cart-") as tmp:
         engine = counted_engine(Path(tmp) / "cart.db", statements)
         cache = Cache.from_url(server.url, prefix=f"{ctx.run}-cart")
         store = CartStore(cache, engine)

@@ -36,13 +36,30 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from demo_level import DemoWorkload, HttpError, protection_arms, run_demo_rounds
-from library import Counter, Subject, cachekit_cache, cashews_cache, measure, rotation
-from openloop import open_loop
-from outcome import ROLES, Arm, Chart, Context, Headline, Panel, Role, ScenarioResult, number
-from simdb import SimulatedDatabase
 
-from scenarios.staleness import ZIPF, Log, cumulative, zipf_rows
+from loadtests.harness.demo_level import DemoWorkload, HttpError, protection_arms, run_demo_rounds
+from loadtests.harness.library import (
+    Counter,
+    Subject,
+    cachekit_cache,
+    cashews_cache,
+    measure,
+    rotation,
+)
+from loadtests.harness.openloop import open_loop
+from loadtests.harness.outcome import (
+    ROLES,
+    Arm,
+    Chart,
+    Context,
+    Headline,
+    Panel,
+    Role,
+    ScenarioResult,
+    number,
+)
+from loadtests.harness.simdb import SimulatedDatabase
+from loadtests.scenarios.staleness import ZIPF, Log, cumulative, zipf_rows
 
 __all__ = ["NAME", "run"]
 

@@ -1,43 +1,41 @@
-"""Redis outage: the colleague's ``bench_outage.py``, run as it is, read from its JSON.
+"""Redis outage: the outage benchmark (``python -m loadtests outage``), read as arms.
 
-``loadtests/bench_outage.py`` is the outage benchmark of this repository: an open-loop
+``loadtests/benchmarks/outage.py`` is the outage benchmark of this repository: an open-loop
 load over a few hot keys on a private server that is SIGKILLed and restarted empty, with
 cachekit (deadlines, circuit breaker, reads failing open through in-process single
 flight), a hand-written cache-aside that turns Redis errors into misses (no single
-flight, no breaker) and cashews. The suite runs it as a subprocess (``--quick`` in a quick
-run) into a temporary directory, copies the chart it drew to ``results/outage-bench.png``
-(its own ``results/outage.json`` and ``outage.png`` are left alone), keeps its JSON in
-``report.json`` and turns its per-phase table (before, during, after the outage) into
-arms: one row per contender and phase. If the script fails, the suite records the
-scenario's error in the report, as for any scenario.
+flight, no breaker) and cashews. The suite runs it in-process (its ``--quick`` phases in
+a quick run) into a temporary directory, copies its chart to ``results/outage-bench.png``
+(the benchmark's own ``results/outage.json`` and ``outage.png`` are left alone), keeps
+its JSON in ``report.json`` and turns its per-phase table (before, during, after the
+outage) into arms: one row per contender and phase.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
+import contextlib
+import io
 import math
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from outcome import Arm, Context, Headline, Role, ScenarioResult, fold, number
+from loadtests.benchmarks import outage
+from loadtests.harness.outcome import Arm, Context, Headline, Role, ScenarioResult, fold, number
+from loadtests.harness.servers import server_binary
 
 __all__ = ["NAME", "run"]
 
 NAME = "outage"
-BENCH = Path(__file__).resolve().parent.parent / "bench_outage.py"
 ROLES_BY_NAME: dict[str, Role] = {"cachekit": "on", "naive": "off", "cashews": "peer"}
 PHASES = ("before", "during", "after")
-HEARTBEAT = 10.0  # seconds between "still running" lines while the script is quiet
-IMAGE = "outage-bench.png"  # the chart bench_outage.py drew in this run, in results/
+IMAGE = "outage-bench.png"  # the chart the benchmark drew in this run, in results/
 
 
 def role_of(label: str) -> Role | None:
-    """The arm role of a contender label of ``bench_outage.py`` (by its first word)."""
+    """The arm role of a contender label of the benchmark (by its first word)."""
     return ROLES_BY_NAME.get(label.split()[0]) if label else None
 
 
@@ -50,55 +48,22 @@ def leading_number(text: str) -> float:
         return math.nan
 
 
-async def run_bench(ctx: Context) -> dict[str, Any]:
-    """Run ``bench_outage.py``; its parsed JSON. Its chart is copied to :data:`IMAGE`.
-
-    It writes into a temporary directory, not into ``results/``: its own ``outage.json``
-    and ``outage.png`` there belong to its author's runs, and the suite leaves them be.
-    """
-    with tempfile.TemporaryDirectory(prefix="loadtest-outage-") as tmp:
-        data = await _run_bench(ctx, Path(tmp))
-        shutil.copyfile(Path(tmp) / "outage.png", ctx.settings.out_dir / IMAGE)
-    return data
-
-
-async def _run_bench(ctx: Context, out: Path) -> dict[str, Any]:
-    args = [sys.executable, str(BENCH), "--out-dir", str(out)]
-    if ctx.settings.quick:
-        args.append("--quick")
-    where = f"{NAME} · bench_outage.py"
-    ctx.progress.say(where, "running " + " ".join(args[1:]))
-    process = await asyncio.create_subprocess_exec(
-        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    began = time.monotonic()
-    assert process.stdout is not None
-    assert process.stderr is not None
-    stdout_task = asyncio.create_task(process.stdout.read())
-    stderr = process.stderr
-    while True:
-        try:
-            async with asyncio.timeout(HEARTBEAT):
-                raw = await stderr.readline()
-        except TimeoutError:
-            ctx.progress.say(where, f"still running ({time.monotonic() - began:.0f}s)")
-            continue
-        if not raw:
-            break
-        ctx.progress.say(where, raw.decode(errors="replace").rstrip())
-    stdout = await stdout_task
-    code = await process.wait()
-    if code != 0:
-        tail = stdout.decode(errors="replace").strip().splitlines()[-5:]
-        raise RuntimeError(f"bench_outage.py exited with status {code}: {' | '.join(tail)}")
-    data: dict[str, Any] = json.loads((out / "outage.json").read_text())
-    return data
-
-
 async def run(ctx: Context) -> ScenarioResult:
-    """Run ``bench_outage.py`` and turn its table into arms."""
+    """Run the outage benchmark (its ``--quick`` phases in a quick run); arms from its table."""
     began = time.monotonic()
-    result = from_bench(await run_bench(ctx))
+    phases = outage.QUICK if ctx.settings.quick else (5.0, 5.0, 8.0)
+    settings = outage.Settings(
+        rate=500.0, keys=10, ttl=300.0, db_ms=50.0, db_pool=0, before=phases[0],
+        during=phases[1], after=phases[2], bucket_ms=250.0,
+        contenders=("cachekit", "naive", "cashews"), binary=server_binary("auto"), fault="kill",
+    )  # fmt: skip
+    ctx.progress.say(NAME, "running the outage benchmark (python -m loadtests outage)")
+    with tempfile.TemporaryDirectory(prefix="loadtest-outage-") as tmp:
+        # Its own table goes nowhere: the suite reports the same figures as arms.
+        with contextlib.redirect_stdout(io.StringIO()):
+            _, data = await outage.measure(settings, Path(tmp))
+        shutil.copyfile(Path(tmp) / "outage.png", ctx.settings.out_dir / IMAGE)
+    result = from_bench(data)
     result.seconds = time.monotonic() - began
     return result
 
@@ -110,7 +75,7 @@ def from_bench(data: dict[str, Any]) -> ScenarioResult:
     result = ScenarioResult(
         NAME,
         "Redis outage: the cache server dies under load",
-        f"`loadtests/bench_outage.py`: {s['rate']:g} calls/s (open loop) over {s['keys']} hot "
+        f"`python -m loadtests outage`: {s['rate']:g} calls/s (open loop) over {s['keys']} hot "
         f"keys, a database taking {s['db_ms']:g} ms per query; each contender on a private "
         f"server that is SIGKILLed after {phases['before']:g} s and restarted empty "
         f"{phases['during']:g} s later, then {phases['after']:g} s more (its chart of this "

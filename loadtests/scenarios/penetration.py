@@ -26,10 +26,28 @@ import random
 import time
 from typing import Any
 
-from demo_level import DemoWorkload, protection_arms, run_demo_rounds
-from library import Counter, Subject, cachekit_cache, cashews_cache, measure, rotation
-from outcome import ROLES, Arm, Chart, Context, Headline, Panel, Role, ScenarioResult, fold, number
-from simdb import SimulatedDatabase
+from loadtests.harness.demo_level import DemoWorkload, protection_arms, run_demo_rounds
+from loadtests.harness.library import (
+    Counter,
+    Subject,
+    cachekit_cache,
+    cashews_cache,
+    measure,
+    rotation,
+)
+from loadtests.harness.outcome import (
+    ROLES,
+    Arm,
+    Chart,
+    Context,
+    Headline,
+    Panel,
+    Role,
+    ScenarioResult,
+    fold,
+    number,
+)
+from loadtests.harness.simdb import SimulatedDatabase
 
 NAME = "penetration"
 EXISTING = 100_000  # the database holds ids 1 .. EXISTING

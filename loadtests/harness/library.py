@@ -30,11 +30,12 @@ from typing import Any, TypeVar
 import orjson
 import redis.asyncio
 from cashews import Cache as CashewsCache
-from openloop import Trace, bucket_counts, open_loop, percentile
-from outcome import Arm, Context
-from simdb import SimulatedDatabase
 
 from cachekit import Cache
+from loadtests.harness.openloop import Trace, bucket_counts, open_loop
+from loadtests.harness.outcome import Arm, Context
+from loadtests.harness.simdb import SimulatedDatabase
+from loadtests.harness.tables import percentile
 
 __all__ = [
     "Counter",

