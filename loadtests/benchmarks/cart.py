@@ -71,7 +71,8 @@ from cachekit.sessions import CartStore, RedisSessionStore, SessionMiddleware, l
 from cachekit.sessions.cart_rules import Add, CartLimits
 from cachekit.sessions.cart_sql import CartSql
 from loadtests.harness.args import bench_parser, parse, write_json
-from loadtests.harness.servers import redis_server
+from loadtests.harness.rounds import rotation
+from loadtests.harness.servers import delete_run_keys, redis_server
 from loadtests.harness.tables import environment, percentile, text_table
 
 TARGET_GET = 5.0  # cachekit's cart get at least this many times faster than SQL's
@@ -307,8 +308,7 @@ async def measure(args: argparse.Namespace, redis_url: str, db_url: str) -> dict
         seen[0] = 0
         for round_no in range(args.rounds):
             for contenders in groups.values():
-                shift = round_no % len(contenders)
-                for contender in contenders[shift:] + contenders[:shift]:
+                for contender in rotation(contenders, round_no):
                     result = results[contender.name]
                     await run_round(contender, result, args.requests, args.concurrency, counter)
             print(f"round {round_no + 1}/{args.rounds} done", file=sys.stderr, flush=True)
@@ -317,9 +317,7 @@ async def measure(args: argparse.Namespace, redis_url: str, db_url: str) -> dict
         for client in clients:
             await client.aclose()
         with redis.Redis.from_url(redis_url) as admin:
-            keys = list(admin.scan_iter(match=f"{run}:*", count=1000))
-            if keys:
-                admin.unlink(*keys)
+            delete_run_keys(admin, run, pattern="{run}:*")
         await cache.close()
         metadata.drop_all(engine)
         engine.dispose()

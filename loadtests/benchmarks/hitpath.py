@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import secrets
 import statistics
 import time
@@ -76,6 +75,7 @@ from cachekit.backends.guard import AsyncGuardedBackend, GuardedBackend
 from cachekit.backends.redis import AsyncRedisBackend, RedisBackend, connect
 from cachekit.envelope import HEADER_SIZE, MAGIC
 from loadtests.harness.args import bench_parser, parse, write_json
+from loadtests.harness.rounds import interleaved
 from loadtests.harness.servers import delete_run_keys, redis_server
 from loadtests.harness.tables import environment
 
@@ -175,12 +175,6 @@ class Settings:
 # --------------------------------------------------------------------------- timing
 
 
-def rotated(items: Sequence[Contender], shift: int) -> list[Contender]:
-    """``items`` rotated left by ``shift``: round ``r`` starts with contender ``r % n``."""
-    k = shift % len(items)
-    return [*items[k:], *items[:k]]
-
-
 async def time_async(call: Callable[[int], Awaitable[object]], calls: int) -> float:
     """Mean µs per awaited call over ``calls`` sequential calls."""
     pid = PID
@@ -204,10 +198,8 @@ async def rounds_async(contenders: Sequence[Contender], settings: Settings) -> N
     for c in contenders:
         if settings.warmup:
             await time_async(c.call, settings.warmup)
-    for r in range(settings.rounds):
-        for c in rotated(contenders, r):
-            gc.collect()  # nobody pays for the garbage of the one before
-            c.samples.append(await time_async(c.call, settings.calls))
+    for _, c in interleaved(contenders, settings.rounds, collect=True):
+        c.samples.append(await time_async(c.call, settings.calls))
 
 
 def rounds_sync(contenders: Sequence[Contender], settings: Settings) -> None:
@@ -215,10 +207,8 @@ def rounds_sync(contenders: Sequence[Contender], settings: Settings) -> None:
     for c in contenders:
         if settings.warmup:
             time_sync(c.call, settings.warmup)
-    for r in range(settings.rounds):
-        for c in rotated(contenders, r):
-            gc.collect()
-            c.samples.append(time_sync(c.call, settings.calls))
+    for _, c in interleaved(contenders, settings.rounds, collect=True):
+        c.samples.append(time_sync(c.call, settings.calls))
 
 
 # --------------------------------------------------------------------------- checks

@@ -67,6 +67,7 @@ from starlette.routing import Route
 
 from loadtests.harness import RESULTS
 from loadtests.harness.args import bench_parser, parse, write_json
+from loadtests.harness.rounds import interleaved
 from loadtests.harness.servers import delete_run_keys, free_port, redis_server
 from loadtests.harness.tables import environment, text_table
 
@@ -200,14 +201,12 @@ def run(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
                 fetch(bases[_VARIANT[name]] + _PATH[name])
             wrk(bases[_VARIANT[name]] + _PATH[name], connections=4, duration=1, threads=1)
         warm_calls = {v: json.loads(fetch(bases[v] + "/calls")[1])["slow"] for v in bases}
-        order = list(CONTENDERS)
-        for r in range(args.rounds):
-            for name in order[r % len(order) :] + order[: r % len(order)]:
-                url = bases[_VARIANT[name]] + _PATH[name]
-                rounds[name].append(
-                    wrk(url, connections=args.connections, duration=args.duration, threads=1)
-                )
-                print(f"round {r + 1} {name}: {rounds[name][-1]}", file=sys.stderr, flush=True)
+        for r, name in interleaved(CONTENDERS, args.rounds):
+            url = bases[_VARIANT[name]] + _PATH[name]
+            rounds[name].append(
+                wrk(url, connections=args.connections, duration=args.duration, threads=1)
+            )
+            print(f"round {r + 1} {name}: {rounds[name][-1]}", file=sys.stderr, flush=True)
         headers, body = fetch(bases["cachekit"] + "/slow")
         after = {v: json.loads(fetch(bases[v] + "/calls")[1])["slow"] for v in bases}
     checks = {

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import inspect
 import secrets
 import statistics
@@ -48,6 +47,7 @@ from cachekit.backends.redis import connect
 from cachekit.local import LocalCache
 from loadtests.harness import RESULTS
 from loadtests.harness.args import bench_parser, parse, write_json
+from loadtests.harness.rounds import interleaved
 from loadtests.harness.servers import delete_run_keys, redis_server
 from loadtests.harness.tables import environment, percentile
 
@@ -97,11 +97,6 @@ class Settings:
 # --------------------------------------------------------------------------- timing
 
 
-def rotated(items: Sequence[Contender], shift: int) -> list[Contender]:
-    k = shift % len(items)
-    return [*items[k:], *items[:k]]
-
-
 def time_sync(call: Callable[[], Any], calls: int, into: list[int]) -> None:
     clock = time.perf_counter_ns
     for _ in range(calls):
@@ -121,19 +116,15 @@ async def time_async(call: Callable[[], Awaitable[Any]], calls: int, into: list[
 def rounds_sync(contenders: Sequence[Contender], settings: Settings) -> None:
     for c in contenders:
         time_sync(c.call, settings.warmup, [])
-    for r in range(settings.rounds):
-        for c in rotated(contenders, r):
-            gc.collect()  # nobody pays for the garbage of the one before
-            time_sync(c.call, settings.calls, c.samples)
+    for _, c in interleaved(contenders, settings.rounds, collect=True):
+        time_sync(c.call, settings.calls, c.samples)
 
 
 async def rounds_async(contenders: Sequence[Contender], settings: Settings) -> None:
     for c in contenders:
         await time_async(c.call, settings.warmup, [])
-    for r in range(settings.rounds):
-        for c in rotated(contenders, r):
-            gc.collect()
-            await time_async(c.call, settings.calls, c.samples)
+    for _, c in interleaved(contenders, settings.rounds, collect=True):
+        await time_async(c.call, settings.calls, c.samples)
 
 
 def timer_cost() -> float:

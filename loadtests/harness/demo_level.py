@@ -29,9 +29,9 @@ from typing import Any
 import httpx
 
 from loadtests.harness.demo_runner import DemoApp, DemoError
-from loadtests.harness.library import rotation
 from loadtests.harness.openloop import open_loop
 from loadtests.harness.outcome import Arm, Context, Role
+from loadtests.harness.rounds import rotation
 
 __all__ = [
     "SAMPLE_EVERY",

@@ -23,7 +23,7 @@ Usage::
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -44,7 +44,6 @@ __all__ = [
     "cachekit_cache",
     "cashews_cache",
     "measure",
-    "rotation",
 ]
 
 T = TypeVar("T")
@@ -71,14 +70,6 @@ class Subject:
     loads: Counter
     warm: Callable[[], Awaitable[None]] | None = None
     stats: Callable[[], dict[str, int]] | None = None  # cachekit's counters, if it is one
-
-
-def rotation(items: Sequence[T], round_index: int) -> list[T]:
-    """``items`` rotated by ``round_index``: arms take turns going first."""
-    if not items:
-        return []
-    k = round_index % len(items)
-    return [*items[k:], *items[:k]]
 
 
 def cachekit_cache(url: str, prefix: str) -> Cache:

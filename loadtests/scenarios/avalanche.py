@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 
 from loadtests.harness.demo_level import DemoWorkload, protection_arms, run_demo_rounds
-from loadtests.harness.library import Counter, Subject, cachekit_cache, measure, rotation
+from loadtests.harness.library import Counter, Subject, cachekit_cache, measure
 from loadtests.harness.outcome import (
     ROLES,
     Arm,
@@ -39,6 +39,7 @@ from loadtests.harness.outcome import (
     ScenarioResult,
     fold,
 )
+from loadtests.harness.rounds import rotation
 from loadtests.harness.simdb import SimulatedDatabase
 
 __all__ = ["NAME", "run"]

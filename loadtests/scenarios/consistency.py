@@ -44,7 +44,6 @@ from loadtests.harness.library import (
     cachekit_cache,
     cashews_cache,
     measure,
-    rotation,
 )
 from loadtests.harness.openloop import open_loop
 from loadtests.harness.outcome import (
@@ -58,6 +57,7 @@ from loadtests.harness.outcome import (
     ScenarioResult,
     number,
 )
+from loadtests.harness.rounds import rotation
 from loadtests.harness.simdb import SimulatedDatabase
 from loadtests.scenarios.staleness import ZIPF, Log, cumulative, zipf_rows
 

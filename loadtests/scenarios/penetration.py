@@ -33,7 +33,6 @@ from loadtests.harness.library import (
     cachekit_cache,
     cashews_cache,
     measure,
-    rotation,
 )
 from loadtests.harness.outcome import (
     ROLES,
@@ -47,6 +46,7 @@ from loadtests.harness.outcome import (
     fold,
     number,
 )
+from loadtests.harness.rounds import rotation
 from loadtests.harness.simdb import SimulatedDatabase
 
 NAME = "penetration"

@@ -30,7 +30,6 @@ from loadtests.harness.library import (
     cachekit_cache,
     cashews_cache,
     measure,
-    rotation,
 )
 from loadtests.harness.outcome import (
     ROLES,
@@ -44,6 +43,7 @@ from loadtests.harness.outcome import (
     fold,
     number,
 )
+from loadtests.harness.rounds import rotation
 from loadtests.harness.simdb import SimulatedDatabase
 
 __all__ = ["NAME", "run"]
