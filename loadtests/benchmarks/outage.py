@@ -326,32 +326,48 @@ async def run_contender(name: str, s: Settings, logs: LogCounter) -> Run:
 # --------------------------------------------------------------------------- results
 
 
-def phase_row(run: Run, phase: str, s: Settings) -> dict[str, str]:
+def phase_figures(run: Run, phase: str, s: Settings) -> dict[str, Any]:
+    """One contender's figures over one phase (latencies in ms, rates per second)."""
     start, end = run.bounds(phase)
     seconds = end - start  # the restart's own time counts to "during" for queries ...
     loaded = {"before": s.before, "during": s.during, "after": s.after}[phase]  # ... not calls
     samples = [x for x in run.samples if start <= x.due < end]
-    latencies = [x.ended - x.due for x in samples]
+    latencies = [(x.ended - x.due) * 1e3 for x in samples]
     errors = [x.error for x in samples if x.error]
     queries = sum(1 for t in run.queries if start <= t < end)
     logs = [tb for t, tb in run.logs if start <= t < end]
-    row = {
+    last = max((t for t in run.queries if t >= start), default=None)
+    return {
+        "calls": len(samples),
+        "calls_per_s": (len(samples) - len(errors)) / loaded,
+        "latency_ms": {p: percentile(latencies, p) for p in (50, 99)}
+        | {100: max(latencies, default=0.0)},
+        "queries": queries,
+        "queries_per_s": queries / seconds,
+        "logs": len(logs),
+        "tracebacks": sum(logs),
+        "errors": errors,
+        "recovered_s": None if phase != "after" or last is None else last - start,
+    }
+
+
+def phase_row(run: Run, phase: str, s: Settings) -> dict[str, str]:
+    f = phase_figures(run, phase, s)
+    errors, recovered = f["errors"], f["recovered_s"]
+    return {
         "contender": LABELS[run.name],
         "phase": phase,
-        "calls/s": f"{(len(samples) - len(errors)) / loaded:,.0f}",
-        "p50 ms": f"{percentile(latencies, 50) * 1e3:.1f}",
-        "p99 ms": f"{percentile(latencies, 99) * 1e3:.1f}",
-        "max ms": f"{max(latencies, default=0.0) * 1e3:.1f}",
-        "DB queries/s": f"{queries / seconds:,.1f}",
-        "logs (tracebacks)": f"{len(logs)} ({sum(logs)})",
+        "calls/s": f"{f['calls_per_s']:,.0f}",
+        "p50 ms": f"{f['latency_ms'][50]:.1f}",
+        "p99 ms": f"{f['latency_ms'][99]:.1f}",
+        "max ms": f"{f['latency_ms'][100]:.1f}",
+        "DB queries/s": f"{f['queries_per_s']:,.1f}",
+        "logs (tracebacks)": f"{f['logs']} ({f['tracebacks']})",
         "errors": str(len(errors)) + (f" ({error_summary(errors[0])})" if errors else ""),
+        "recovered after s": (
+            "" if phase != "after" else "-" if recovered is None else f"{recovered:.2f}"
+        ),
     }
-    if phase == "after":
-        last = max((t for t in run.queries if t >= start), default=None)
-        row["recovered after s"] = "-" if last is None else f"{last - start:.2f}"
-    else:
-        row["recovered after s"] = ""
-    return row
 
 
 def rows(runs: Sequence[Run], s: Settings) -> list[dict[str, str]]:
