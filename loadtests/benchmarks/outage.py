@@ -62,7 +62,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +74,9 @@ from redis.backoff import NoBackoff
 
 from loadtests.harness import RESULTS
 from loadtests.harness.args import bench_parser, parse, write_json
+from loadtests.harness.openloop import Sample, open_loop
 from loadtests.harness.servers import PrivateServer, server_binary
+from loadtests.harness.simdb import SimulatedDatabase
 from loadtests.harness.tables import (
     environment,
     error_summary,
@@ -122,24 +124,9 @@ class LogCounter(logging.Handler):
         self.records.append((time.monotonic(), record.exc_info is not None))
 
 
-class Database:
-    """The system of record: ``db_ms`` per query; every query's start is recorded."""
-
-    def __init__(self, latency: float, pool: int) -> None:
-        self.latency = latency
-        self.queries: list[float] = []
-        self._gate = asyncio.Semaphore(pool) if pool > 0 else None
-
-    async def query(self, key: str) -> dict[str, Any]:
-        if self._gate is None:
-            return await self._query(key)
-        async with self._gate:
-            return await self._query(key)
-
-    async def _query(self, key: str) -> dict[str, Any]:
-        self.queries.append(time.monotonic())
-        await asyncio.sleep(self.latency)
-        return {"key": key, "name": f"product {key}", "price": len(key) * 100}
+async def query(db: SimulatedDatabase, key: str) -> dict[str, Any]:
+    """The system of record's answer for ``key``, after one query."""
+    return await db.run(lambda: {"key": key, "name": f"product {key}", "price": len(key) * 100})
 
 
 @dataclass
@@ -151,19 +138,19 @@ class Built:
     stats: Callable[[], dict[str, int]] = dict
 
 
-async def build_cachekit(url: str, db: Database, s: Settings) -> Built:
+async def build_cachekit(url: str, db: SimulatedDatabase, s: Settings) -> Built:
     from cachekit import Cache
 
     cache = Cache.from_url(url, prefix="outage")
 
     @cache.cached(ttl=s.ttl, key="product:{key}")
     async def product(key: str) -> dict[str, Any]:
-        return await db.query(key)
+        return await query(db, key)
 
     return Built(product, cache.close, cache.stats)
 
 
-async def build_naive(url: str, db: Database, s: Settings) -> Built:
+async def build_naive(url: str, db: SimulatedDatabase, s: Settings) -> Built:
     pool = redis.asyncio.BlockingConnectionPool.from_url(
         url,
         max_connections=64,
@@ -183,7 +170,7 @@ async def build_naive(url: str, db: Database, s: Settings) -> Built:
         if raw is not None:
             cached: dict[str, Any] = orjson.loads(raw)
             return cached
-        value = await db.query(key)
+        value = await query(db, key)
         with suppress(redis.RedisError, OSError):
             await client.set(name, orjson.dumps(value), ex=int(s.ttl))
         return value
@@ -191,7 +178,7 @@ async def build_naive(url: str, db: Database, s: Settings) -> Built:
     return Built(product, client.aclose)
 
 
-async def build_cashews(url: str, db: Database, s: Settings) -> Built:
+async def build_cashews(url: str, db: SimulatedDatabase, s: Settings) -> Built:
     from cashews import cache
 
     cache.setup(
@@ -204,12 +191,12 @@ async def build_cashews(url: str, db: Database, s: Settings) -> Built:
 
     @cache(ttl=s.ttl, key="cashews:product:{key}")
     async def product(key: str) -> dict[str, Any]:
-        return await db.query(key)
+        return await query(db, key)
 
     return Built(product, cache.close)
 
 
-BUILDERS: dict[str, Callable[[str, Database, Settings], Awaitable[Built]]] = {
+BUILDERS: dict[str, Callable[[str, SimulatedDatabase, Settings], Awaitable[Built]]] = {
     "cachekit": build_cachekit,
     "naive": build_naive,
     "cashews": build_cashews,
@@ -225,20 +212,11 @@ LABELS = {
 
 
 @dataclass
-class Sample:
-    """One call: when it was due, when it ended, and the error it raised, if any."""
-
-    due: float
-    ended: float
-    error: str | None
-
-
-@dataclass
 class Run:
     """Everything one contender went through."""
 
     name: str
-    samples: list[Sample] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)  # due: the loop's clock
     queries: list[float] = field(default_factory=list)
     marks: dict[str, float] = field(default_factory=dict)  # start, kill, restart, end
     logs: list[tuple[float, bool]] = field(default_factory=list)
@@ -246,44 +224,24 @@ class Run:
     stats: dict[str, int] = field(default_factory=dict)
     error: str | None = None
 
-    def phase_of(self, t: float) -> str:
-        if t < self.marks["kill"]:
-            return "before"
-        return "during" if t < self.marks["restart"] else "after"
-
     def bounds(self, phase: str) -> tuple[float, float]:
         edges = [self.marks[k] for k in ("start", "kill", "restart", "end")]
         i = PHASES.index(phase)
         return edges[i], edges[i + 1]
 
 
-async def open_loop(call: Call, keys: Sequence[str], s: Settings, run: Run, seconds: float) -> None:
-    """Start a call every ``1 / rate`` s for ``seconds``, never waiting for earlier ones."""
+async def load(call: Call, keys: Sequence[str], s: Settings, run: Run, seconds: float) -> None:
+    """Calls at ``s.rate`` per second for ``seconds`` (open loop), each for a random key."""
     rng = random.Random(len(run.samples))
-    loop = asyncio.get_running_loop()
-    tasks: set[asyncio.Task[None]] = set()
+    chosen = [rng.choice(keys) for _ in range(round(seconds * s.rate))]
 
-    async def one(due: float, key: str) -> None:
-        try:
-            value = await call(key)
-        except Exception as exc:
-            run.samples.append(Sample(due, time.monotonic(), f"{type(exc).__name__}: {exc}"))
-            return
-        run.samples.append(Sample(due, time.monotonic(), None))
-        if not isinstance(value, dict) or value.get("key") != key:
+    async def one(i: int) -> None:
+        value = await call(chosen[i])
+        if not isinstance(value, dict) or value.get("key") != chosen[i]:
             run.wrong += 1
 
-    began = time.monotonic()
-    count = int(seconds * s.rate)
-    for i in range(count):
-        due = began + i / s.rate
-        if (wait := due - time.monotonic()) > 0:
-            await asyncio.sleep(wait)
-        task = loop.create_task(one(due, rng.choice(keys)))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-    if tasks:
-        await asyncio.wait(tasks, timeout=30)
+    trace = await open_loop(one, rate=s.rate, duration=seconds, request_timeout=30.0)
+    run.samples += [replace(x, due=trace.origin + x.due) for x in trace.samples]
 
 
 async def run_contender(name: str, s: Settings, logs: LogCounter) -> Run:
@@ -291,7 +249,7 @@ async def run_contender(name: str, s: Settings, logs: LogCounter) -> Run:
     run = Run(name)
     logs.records.clear()
     server = PrivateServer(binary=s.binary)
-    db = Database(s.db_ms / 1000, s.db_pool)
+    db = SimulatedDatabase(latency_ms=s.db_ms, connections=s.db_pool or 1_000_000)
     built: Built | None = None
     keys = [f"p{i}" for i in range(s.keys)]
     try:
@@ -300,21 +258,21 @@ async def run_contender(name: str, s: Settings, logs: LogCounter) -> Run:
         for key in keys:  # every key cached, connections open
             await built.call(key)
         await asyncio.gather(*(built.call(key) for key in keys * 4))
-        db.queries.clear()
+        db.instants.clear()
         run.marks["start"] = time.monotonic()
-        await open_loop(built.call, keys, s, run, s.before)
+        await load(built.call, keys, s, run, s.before)
         run.marks["kill"] = time.monotonic()
         await asyncio.to_thread(server.kill if s.fault == "kill" else server.pause)
-        await open_loop(built.call, keys, s, run, s.during)
+        await load(built.call, keys, s, run, s.during)
         await asyncio.to_thread(server.start if s.fault == "kill" else server.resume)
         run.marks["restart"] = time.monotonic()
-        await open_loop(built.call, keys, s, run, s.after)
+        await load(built.call, keys, s, run, s.after)
         run.marks["end"] = time.monotonic()
         run.stats = built.stats()
     except Exception as exc:
         run.error = f"{type(exc).__name__}: {exc}"
     finally:
-        run.queries = list(db.queries)
+        run.queries = list(db.instants)
         run.logs = list(logs.records)
         if built is not None:
             with suppress(Exception):
@@ -332,7 +290,7 @@ def phase_figures(run: Run, phase: str, s: Settings) -> dict[str, Any]:
     seconds = end - start  # the restart's own time counts to "during" for queries ...
     loaded = {"before": s.before, "during": s.during, "after": s.after}[phase]  # ... not calls
     samples = [x for x in run.samples if start <= x.due < end]
-    latencies = [(x.ended - x.due) * 1e3 for x in samples]
+    latencies = [x.latency * 1e3 for x in samples]
     errors = [x.error for x in samples if x.error]
     queries = sum(1 for t in run.queries if start <= t < end)
     logs = [tb for t, tb in run.logs if start <= t < end]
@@ -391,7 +349,7 @@ def timeline(run: Run, bucket: float) -> list[dict[str, float]]:
     for x in run.samples:
         i = int((x.due - kill) // bucket)
         if i in lat:
-            lat[i].append(x.ended - x.due)
+            lat[i].append(x.latency)
             errors[i] += x.error is not None
     for t in run.queries:
         i = int((t - kill) // bucket)
