@@ -73,7 +73,7 @@ from cachekit.sessions.cart_sql import CartSql
 from loadtests.harness.args import bench_parser, parse, write_json
 from loadtests.harness.rounds import rotation
 from loadtests.harness.servers import delete_run_keys, redis_server
-from loadtests.harness.tables import environment, percentile, text_table
+from loadtests.harness.tables import environment, environment_line, percentile, text_table
 
 TARGET_GET = 5.0  # cachekit's cart get at least this many times faster than SQL's
 SKUS = 150  # distinct SKUs one client adds per round (under the 200 limit)
@@ -403,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         + ("met" if get_ratio >= TARGET_GET else "MISSED"),
         "session read cost per request (event-loop time)": f"{read_cost * 1e6:+.0f} us",
     }
-    print("\nenvironment: " + ", ".join(f"{k} {v}" for k, v in env.items()))
+    print("\nenvironment: " + environment_line(env))
     for name, value in {**outcome["checks"], **report["verdict"]}.items():
         print(f"{name}: {value}")
     write_json(args.json, report)

@@ -77,7 +77,7 @@ from cachekit.envelope import HEADER_SIZE, MAGIC
 from loadtests.harness.args import bench_parser, parse, write_json
 from loadtests.harness.rounds import interleaved
 from loadtests.harness.servers import delete_run_keys, redis_server
-from loadtests.harness.tables import environment
+from loadtests.harness.tables import environment, environment_line, markdown_table, text_table
 
 TYPED_PREFIX = 5  # the typed payload's mark and shape fingerprint (cachekit.codecs)
 
@@ -529,24 +529,22 @@ def target_line(contenders: Sequence[Contender], ratio: dict[str, float]) -> str
     return f"target: cachekit hit <= {TARGET:.2f}x floor -- " + ", ".join(parts)
 
 
-def text_table(contenders: Sequence[Contender], ratio: dict[str, float]) -> str:
-    width = max(len(c.label) for c in contenders)
-    head = f"{'contender':<{width}}  {'face':<5}  {MU + 's/call':>9}  {'vs floor':>8}"
-    lines = [head, "-" * len(head)]
-    for c in contenders:
-        lines.append(f"{c.label:<{width}}  {c.face:<5}  {c.median:>9.2f}  {ratio[c.label]:>7.2f}x")
-    return "\n".join(lines)
+def table(
+    contenders: Sequence[Contender], ratio: dict[str, float], *, bold: bool = False
+) -> list[dict[str, str]]:
+    """One row per contender: its median µs per call and its ratio to its floor.
 
-
-def markdown_table(contenders: Sequence[Contender], ratio: dict[str, float]) -> str:
-    lines = [
-        f"| Contender | Face | {MU}s/call (median) | vs floor |",
-        "| --- | --- | ---: | ---: |",
+    ``bold``: cachekit's rows in Markdown bold.
+    """
+    return [
+        {
+            "contender": f"**{c.label}**" if bold and c.role == "cachekit" else c.label,
+            "face": c.face,
+            f"{MU}s/call": f"{c.median:.2f}",
+            "vs floor": f"{ratio[c.label]:.2f}x",
+        }
+        for c in contenders
     ]
-    for c in contenders:
-        name = f"**{c.label}**" if c.role == "cachekit" else c.label
-        lines.append(f"| {name} | {c.face} | {c.median:.2f} | {ratio[c.label]:.2f}x |")
-    return "\n".join(lines)
 
 
 def report(
@@ -559,9 +557,10 @@ def report(
         f"cachekit hit path: {settings.rounds} rounds x {settings.calls} calls per contender, "
         f"rotating order; median of per-round means"
     )
-    print(" | ".join(f"{k} {v}" for k, v in env.items()))
+    print(environment_line(env))
     print()
-    print(markdown_table(contenders, ratio) if markdown else text_table(contenders, ratio))
+    rows = table(contenders, ratio, bold=markdown)
+    print(markdown_table(rows, {"contender", "face"}) if markdown else text_table(rows))
     print()
     print(target_line(contenders, ratio))
     return {

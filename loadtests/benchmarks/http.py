@@ -69,7 +69,7 @@ from loadtests.harness import RESULTS
 from loadtests.harness.args import bench_parser, parse, write_json
 from loadtests.harness.rounds import interleaved
 from loadtests.harness.servers import delete_run_keys, free_port, redis_server
-from loadtests.harness.tables import environment, text_table
+from loadtests.harness.tables import environment, environment_line, text_table
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository, for uvicorn --app-dir
 CONTENDERS = ("no cache", "cachekit", "cashews", "trivial")
@@ -273,7 +273,7 @@ def report(result: dict[str, Any]) -> str:
         }
         for name, row in result["results"].items()
     ]
-    lines = ["environment: " + ", ".join(f"{k} {v}" for k, v in result["environment"].items())]
+    lines = ["environment: " + environment_line(result["environment"])]
     lines.append("settings: " + ", ".join(f"{k} {v}" for k, v in result["settings"].items()))
     lines += ["", text_table(table), ""]
     lines += [f"{name}: {value:.2f}" for name, value in result["ratios"].items()]

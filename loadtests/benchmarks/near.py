@@ -49,7 +49,7 @@ from loadtests.harness import RESULTS
 from loadtests.harness.args import bench_parser, parse, write_json
 from loadtests.harness.rounds import interleaved
 from loadtests.harness.servers import delete_run_keys, redis_server
-from loadtests.harness.tables import environment, percentile
+from loadtests.harness.tables import environment, environment_line, percentile, text_table
 
 TARGET = 20.0  # a local hit at least 20x faster than a Redis GET (backend level)
 MU = "\u00b5"
@@ -285,21 +285,19 @@ def pairs(contenders: Sequence[Contender]) -> list[dict[str, Any]]:
     return rows
 
 
-def text_table(rows: Sequence[dict[str, Any]]) -> str:
-    head = (
-        f"{'pair':<16} {'face':<5} "
-        + " ".join(f"{'redis ' + s:>10} {'local ' + s:>10}" for s in ("mean", "p50", "p99"))
-        + f" {'ratio mean':>10} {'ratio p50':>9}"
-    )
-    lines = [head + f"   ({MU}s/call)", "-" * len(head)]
-    for r in rows:
-        cells = " ".join(
-            f"{r[f'redis_{s}_us']:>10.2f} {r[f'local_{s}_us']:>10.2f}"
-            for s in ("mean", "p50", "p99")
-        )
-        ratios = f"{r['ratio_mean']:>9.1f}x {r['ratio_p50']:>8.1f}x"
-        lines.append(f"{r['pair']:<16} {r['face']:<5} {cells} {ratios}")
-    return "\n".join(lines)
+def table(rows: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
+    """The pairs as table rows, µs per call."""
+    stats = ("mean", "p50", "p99")
+    return [
+        {"pair": r["pair"], "face": r["face"]}
+        | {
+            f"{side} {s}": f"{r[f'{side}_{s}_us']:.2f}"
+            for s in stats
+            for side in ("redis", "local")
+        }
+        | {"ratio mean": f"{r['ratio_mean']:.1f}x", "ratio p50": f"{r['ratio_p50']:.1f}x"}
+        for r in rows
+    ]
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -347,9 +345,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"near cache: {settings.rounds} rounds x {settings.calls} calls per contender, rotating "
         f"order; every call timed (timer {timer:.3f} {MU}s included)"
     )
-    print(" | ".join(f"{k} {v}" for k, v in env.items()))
+    print(environment_line(env))
     print()
-    print(text_table(rows))
+    print(text_table(table(rows)))
     print()
     verdicts = ", ".join(
         f"{r['face']} {r['ratio_mean']:.1f}x {'ok' if r['ratio_mean'] >= TARGET else 'MISSED'}"

@@ -79,6 +79,7 @@ from loadtests.harness.servers import PrivateServer, server_binary
 from loadtests.harness.simdb import SimulatedDatabase
 from loadtests.harness.tables import (
     environment,
+    environment_line,
     error_summary,
     markdown_table,
     percentile,
@@ -425,7 +426,7 @@ def report(runs: Sequence[Run], s: Settings, env: dict[str, str], markdown: bool
         + ("restarted" if s.fault == "kill" else "SIGCONT")
         + ")"
     )
-    print(" | ".join(f"{k} {v}" for k, v in env.items()))
+    print(environment_line(env))
     print()
     table = rows(runs, s)
     print(markdown_table(table, TEXT_COLUMNS) if markdown else text_table(table))

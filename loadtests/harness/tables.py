@@ -1,6 +1,7 @@
 """What a load-test report says: where it ran, percentiles, and its tables.
 
-* the environment of a report: ``package_version``, ``server_version``, ``environment``;
+* the environment of a report: ``package_version``, ``server_version``, ``environment``,
+  ``environment_line``;
 * summaries: ``percentile``, ``error_summary``;
 * contender tables (a list of rows, each a dict of column -> cell; a failed contender's
   row holds only ``contender`` and ``result``): ``text_table``, ``markdown_table``.
@@ -65,6 +66,11 @@ def environment(
         else:
             env[name] = package_version(name)
     return env
+
+
+def environment_line(env: Mapping[str, str]) -> str:
+    """The environment as one line for a benchmark's printout: ``key value | ...``."""
+    return " | ".join(f"{k} {v}" for k, v in env.items())
 
 
 # --------------------------------------------------------------------------- results
