@@ -59,7 +59,7 @@ from typing import Any
 
 import httpx
 import redis
-from sqlalchemy import Engine, MetaData, create_engine, event, select
+from sqlalchemy import Engine, MetaData, select
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -73,6 +73,7 @@ from cachekit.sessions.cart_sql import CartSql
 from loadtests.harness.args import bench_parser, parse, write_json
 from loadtests.harness.rounds import rotation
 from loadtests.harness.servers import delete_run_keys, redis_server
+from loadtests.harness.simdb import counted_engine
 from loadtests.harness.tables import environment, environment_line, percentile, text_table
 
 TARGET_GET = 5.0  # cachekit's cart get at least this many times faster than SQL's
@@ -116,22 +117,6 @@ class Contender:
     client: httpx.AsyncClient
     call: Call
     reset: Callable[[], Awaitable[None]] | None = None
-
-
-def slow_engine(url: str, latency: float, counter: list[int]) -> Engine:
-    """A sync engine that sleeps ``latency`` before every statement and counts them."""
-    engine = (
-        create_engine(url, pool_size=16, max_overflow=0)
-        if "sqlite" not in url
-        else (create_engine(url, connect_args={"timeout": 30}))
-    )
-
-    @event.listens_for(engine, "before_cursor_execute")
-    def _slow(*_: Any) -> None:
-        counter[0] += 1
-        time.sleep(latency)  # the sync engine runs in a worker thread: the loop keeps going
-
-    return engine
 
 
 def cart_apps(cache: Cache, engine: Engine, metadata: MetaData) -> tuple[Starlette, Starlette]:
@@ -230,7 +215,7 @@ async def measure(args: argparse.Namespace, redis_url: str, db_url: str) -> dict
     run = f"bench-cart-{uuid.uuid4().hex[:8]}"
     cache = Cache.from_url(redis_url, prefix=run, max_connections=64)
     counter = [0]
-    engine = slow_engine(db_url, args.db_latency_ms / 1000, counter)
+    engine = counted_engine(db_url, counter, latency=args.db_latency_ms / 1000)
     metadata = MetaData()
     kit_app, sql_app = cart_apps(cache, engine, metadata)
     CartSql(engine).run(metadata.create_all)

@@ -32,7 +32,6 @@ import redis.asyncio
 import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from sqlalchemy import Engine, create_engine, event
 
 from cachekit import Cache, CartError
 from cachekit.sessions import CartStore
@@ -48,6 +47,7 @@ from loadtests.harness.outcome import (
     number,
 )
 from loadtests.harness.servers import PrivateServer
+from loadtests.harness.simdb import counted_engine
 from loadtests.harness.tables import percentile
 
 __all__ = ["NAME", "run"]
@@ -171,17 +171,6 @@ def changes(rng: random.Random, n: int) -> list[tuple[str, Change]]:
     return out
 
 
-def counted_engine(path: Path, counter: list[int]) -> Engine:
-    """A SQLite engine that counts every statement it sends."""
-    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 30})
-
-    @event.listens_for(engine, "before_cursor_execute")
-    def count(*_: object) -> None:
-        counter[0] += 1
-
-    return engine
-
-
 async def run(ctx: Context) -> ScenarioResult:
     """Both arms, one after the other, in rotating order over the rounds."""
     s = ctx.settings
@@ -244,7 +233,7 @@ async def one_round(
     ledger = Ledger()
     statements = [0]
     with PrivateServer() as server, tempfile.TemporaryDirectory(prefix="loadtest-cart-") as tmp:
-        engine = counted_engine(Path(tmp) / "cart.db", statements)
+        engine = counted_engine(f"sqlite:///{Path(tmp) / 'cart.db'}", statements)
         cache = Cache.from_url(server.url, prefix=f"{ctx.run}-cart")
         store = CartStore(cache, engine)
         await store.create_schema()
