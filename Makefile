@@ -60,19 +60,19 @@ typecheck: $(STAMP)
 check: lint typecheck test
 
 bench: $(STAMP)  ## the hit-path benchmark; see README "Benchmarks"
-	$(BIN)/python loadtests/bench_hitpath.py $(BENCH_ARGS)
+	$(BIN)/python -m loadtests hitpath $(BENCH_ARGS)
 
 bench-cart: $(STAMP)  ## cart get/add vs a SQL-only cart, and the cost of a session read
-	$(BIN)/python loadtests/bench_cart.py $(BENCH_ARGS)
+	$(BIN)/python -m loadtests cart $(BENCH_ARGS)
 
 bench-http: $(STAMP)  ## the response cache under uvicorn + wrk (apt-get install wrk)
-	$(BIN)/python loadtests/bench_response_cache.py $(BENCH_ARGS)
+	$(BIN)/python -m loadtests http $(BENCH_ARGS)
 
 bench-outage: $(STAMP)  ## throughput, p99 and DB load before, during and after a Redis kill
-	$(BIN)/python loadtests/bench_outage.py $(BENCH_ARGS)
+	$(BIN)/python -m loadtests outage $(BENCH_ARGS)
 
 bench-near: $(STAMP)  ## a near-cache hit against a Redis GET
-	$(BIN)/python loadtests/bench_near.py $(BENCH_ARGS)
+	$(BIN)/python -m loadtests near $(BENCH_ARGS)
 
 loadtest: $(STAMP)  ## every load-test scenario, on/off/peer; writes loadtests/results/REPORT.md
 	$(BIN)/python -m loadtests $(LOADTEST_ARGS)

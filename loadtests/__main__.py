@@ -1,23 +1,38 @@
-"""``python -m loadtests``: every load-test scenario, then ``loadtests/results/REPORT.md``.
+"""``python -m loadtests``: the one entry point of the load tests.
 
-The benchmark scripts of this directory import their helpers as top-level modules
-(``from support import ...``), being run as ``python loadtests/bench_x.py``; the suite's
-modules do the same, so this entry point puts the directory on ``sys.path`` first.
-See ``suite.py`` for the options.
+Usage::
+
+    python -m loadtests [--quick] [--only NAME,...]    # the scenario suite -> results/REPORT.md
+    python -m loadtests hitpath [options]              # the hit path vs a raw GET and peers
+    python -m loadtests near [options]                 # a near-cache hit vs a Redis GET
+    python -m loadtests cart [options]                 # cart and sessions vs SQL alone
+    python -m loadtests http [options]                 # the response cache under uvicorn + wrk
+    python -m loadtests outage [options]               # a Redis kill under open-loop load
+
+``python -m loadtests <command> --help`` lists a command's options.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
-from pathlib import Path
+from collections.abc import Sequence
+
+BENCHMARKS = ("hitpath", "near", "cart", "http", "outage")
 
 
-def main() -> None:
-    """Run the suite with the command line's arguments."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from suite import main as run_suite
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run a benchmark (first argument its name) or else the scenario suite."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in BENCHMARKS:
+        module = importlib.import_module(f"loadtests.benchmarks.{args[0]}")
+        module.main(args[1:])
+        return
+    if args and args[0] == "suite":
+        args = args[1:]
+    from loadtests.suite import main as run_suite
 
-    run_suite()
+    run_suite(args)
 
 
 if __name__ == "__main__":

@@ -35,22 +35,24 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from outcome import Context, ScenarioResult, Settings
-from progress import LogLines, Progress, clock
-from report import render
-from scenarios import SCENARIOS
-from support import delete_run_keys, environment, redis_server
+
+from loadtests.harness import RESULTS
+from loadtests.harness.outcome import Context, ScenarioResult, Settings
+from loadtests.harness.progress import LogLines, Progress, clock
+from loadtests.harness.report import render
+from loadtests.harness.servers import delete_run_keys, redis_server
+from loadtests.harness.tables import environment
+from loadtests.scenarios import SCENARIOS
 
 __all__ = ["main"]
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m loadtests",
+        prog="python -m loadtests [suite]",
         description="Load tests: each cache protection on and off, cashews as the peer, "
         "at library level and against the demo shop; writes loadtests/results/REPORT.md.",
+        epilog="The benchmarks: python -m loadtests {hitpath,near,cart,http,outage} --help",
     )
     parser.add_argument("--quick", action="store_true", help="short rounds, one round each")
     parser.add_argument(

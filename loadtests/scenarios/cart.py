@@ -30,15 +30,25 @@ from pathlib import Path
 
 import redis.asyncio
 import redis.exceptions
-from openloop import bucket_counts, open_loop, percentile
-from outcome import Arm, Chart, Context, Headline, Panel, Role, ScenarioResult, number
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redisproc import KillableServer
-from sqlalchemy import Engine, create_engine, event
 
 from cachekit import Cache, CartError
 from cachekit.sessions import CartStore
+from loadtests.harness.openloop import bucket_counts, open_loop
+from loadtests.harness.outcome import (
+    Arm,
+    Chart,
+    Context,
+    Headline,
+    Panel,
+    Role,
+    ScenarioResult,
+    number,
+)
+from loadtests.harness.servers import PrivateServer
+from loadtests.harness.simdb import counted_engine
+from loadtests.harness.tables import percentile
 
 __all__ = ["NAME", "run"]
 
@@ -161,17 +171,6 @@ def changes(rng: random.Random, n: int) -> list[tuple[str, Change]]:
     return out
 
 
-def counted_engine(path: Path, counter: list[int]) -> Engine:
-    """A SQLite engine that counts every statement it sends."""
-    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 30})
-
-    @event.listens_for(engine, "before_cursor_execute")
-    def count(*_: object) -> None:
-        counter[0] += 1
-
-    return engine
-
-
 async def run(ctx: Context) -> ScenarioResult:
     """Both arms, one after the other, in rotating order over the rounds."""
     s = ctx.settings
@@ -233,8 +232,8 @@ async def one_round(
     """One arm's round on its own server (and database), with the kills."""
     ledger = Ledger()
     statements = [0]
-    with KillableServer() as server, tempfile.TemporaryDirectory(prefix="loadtest-cart-") as tmp:
-        engine = counted_engine(Path(tmp) / "cart.db", statements)
+    with PrivateServer() as server, tempfile.TemporaryDirectory(prefix="loadtest-cart-") as tmp:
+        engine = counted_engine(f"sqlite:///{Path(tmp) / 'cart.db'}", statements)
         cache = Cache.from_url(server.url, prefix=f"{ctx.run}-cart")
         store = CartStore(cache, engine)
         await store.create_schema()

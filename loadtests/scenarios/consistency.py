@@ -1,6 +1,6 @@
 """Write consistency: writers update rows and invalidate while readers read, stale reads counted.
 
-The approach of ``bench_consistency.py``, open-loop and with cashews as the peer: every
+The approach of the former ``bench_consistency.py``, open-loop, cashews the peer: every
 row carries a version; writers commit ``version + 1`` and then do the arm's cache work;
 readers read rows through the cache. A read is *stale* when it returned a version older
 than one whose write (commit and cache work) had completed before the read began; its
@@ -36,13 +36,30 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from demo_level import DemoWorkload, HttpError, protection_arms, run_demo_rounds
-from library import Counter, Subject, cachekit_cache, cashews_cache, measure, rotation
-from openloop import open_loop
-from outcome import ROLES, Arm, Chart, Context, Headline, Panel, Role, ScenarioResult, number
-from simdb import SimulatedDatabase
 
-from scenarios.staleness import ZIPF, Log, cumulative, zipf_rows
+from loadtests.harness.demo_level import DemoWorkload, HttpError, protection_arms, run_demo_rounds
+from loadtests.harness.library import (
+    Counter,
+    Subject,
+    cachekit_cache,
+    cashews_cache,
+    measure,
+)
+from loadtests.harness.openloop import open_loop
+from loadtests.harness.outcome import (
+    ROLES,
+    Arm,
+    Chart,
+    Context,
+    Headline,
+    Panel,
+    Role,
+    ScenarioResult,
+    number,
+)
+from loadtests.harness.rounds import rotation
+from loadtests.harness.simdb import SimulatedDatabase
+from loadtests.scenarios.staleness import ZIPF, Log, cumulative, zipf_rows
 
 __all__ = ["NAME", "run"]
 

@@ -1,119 +1,60 @@
-"""Redis outage: the colleague's ``bench_outage.py``, run as it is, read from its JSON.
+"""Redis outage: the outage benchmark (``python -m loadtests outage``), read as arms.
 
-``loadtests/bench_outage.py`` is the outage benchmark of this repository: an open-loop
+``loadtests/benchmarks/outage.py`` is the outage benchmark of this repository: an open-loop
 load over a few hot keys on a private server that is SIGKILLed and restarted empty, with
 cachekit (deadlines, circuit breaker, reads failing open through in-process single
 flight), a hand-written cache-aside that turns Redis errors into misses (no single
-flight, no breaker) and cashews. The suite runs it as a subprocess (``--quick`` in a quick
-run) into a temporary directory, copies the chart it drew to ``results/outage-bench.png``
-(its own ``results/outage.json`` and ``outage.png`` are left alone), keeps its JSON in
-``report.json`` and turns its per-phase table (before, during, after the outage) into
-arms: one row per contender and phase. If the script fails, the suite records the
-scenario's error in the report, as for any scenario.
+flight, no breaker) and cashews. The suite runs it in-process (its ``--quick`` phases in
+a quick run) into a temporary directory, copies its chart to ``results/outage-bench.png``
+(the benchmark's own ``results/outage.json`` and ``outage.png`` are left alone), keeps
+its JSON in ``report.json`` and turns its per-phase table (before, during, after the
+outage) into arms: one row per contender and phase.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
+import contextlib
+import io
 import math
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
-from outcome import Arm, Context, Headline, Role, ScenarioResult, fold, number
+from loadtests.benchmarks import outage
+from loadtests.harness.outcome import Arm, Context, Headline, Role, ScenarioResult, fold, number
+from loadtests.harness.servers import server_binary
+from loadtests.harness.tables import error_summary
 
 __all__ = ["NAME", "run"]
 
 NAME = "outage"
-BENCH = Path(__file__).resolve().parent.parent / "bench_outage.py"
 ROLES_BY_NAME: dict[str, Role] = {"cachekit": "on", "naive": "off", "cashews": "peer"}
-PHASES = ("before", "during", "after")
-HEARTBEAT = 10.0  # seconds between "still running" lines while the script is quiet
-IMAGE = "outage-bench.png"  # the chart bench_outage.py drew in this run, in results/
-
-
-def role_of(label: str) -> Role | None:
-    """The arm role of a contender label of ``bench_outage.py`` (by its first word)."""
-    return ROLES_BY_NAME.get(label.split()[0]) if label else None
-
-
-def leading_number(text: str) -> float:
-    """The number a table cell starts with (``"1,234 (x)"`` -> 1234.0); NaN if none."""
-    head = text.strip().split(" ")[0].replace(",", "") if text.strip() else ""
-    try:
-        return float(head)
-    except ValueError:
-        return math.nan
-
-
-async def run_bench(ctx: Context) -> dict[str, Any]:
-    """Run ``bench_outage.py``; its parsed JSON. Its chart is copied to :data:`IMAGE`.
-
-    It writes into a temporary directory, not into ``results/``: its own ``outage.json``
-    and ``outage.png`` there belong to its author's runs, and the suite leaves them be.
-    """
-    with tempfile.TemporaryDirectory(prefix="loadtest-outage-") as tmp:
-        data = await _run_bench(ctx, Path(tmp))
-        shutil.copyfile(Path(tmp) / "outage.png", ctx.settings.out_dir / IMAGE)
-    return data
-
-
-async def _run_bench(ctx: Context, out: Path) -> dict[str, Any]:
-    args = [sys.executable, str(BENCH), "--out-dir", str(out)]
-    if ctx.settings.quick:
-        args.append("--quick")
-    where = f"{NAME} · bench_outage.py"
-    ctx.progress.say(where, "running " + " ".join(args[1:]))
-    process = await asyncio.create_subprocess_exec(
-        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    began = time.monotonic()
-    assert process.stdout is not None
-    assert process.stderr is not None
-    stdout_task = asyncio.create_task(process.stdout.read())
-    stderr = process.stderr
-    while True:
-        try:
-            async with asyncio.timeout(HEARTBEAT):
-                raw = await stderr.readline()
-        except TimeoutError:
-            ctx.progress.say(where, f"still running ({time.monotonic() - began:.0f}s)")
-            continue
-        if not raw:
-            break
-        ctx.progress.say(where, raw.decode(errors="replace").rstrip())
-    stdout = await stdout_task
-    code = await process.wait()
-    if code != 0:
-        tail = stdout.decode(errors="replace").strip().splitlines()[-5:]
-        raise RuntimeError(f"bench_outage.py exited with status {code}: {' | '.join(tail)}")
-    data: dict[str, Any] = json.loads((out / "outage.json").read_text())
-    return data
+IMAGE = "outage-bench.png"  # the chart the benchmark drew in this run, in results/
 
 
 async def run(ctx: Context) -> ScenarioResult:
-    """Run ``bench_outage.py`` and turn its table into arms."""
+    """Run the outage benchmark (its ``--quick`` phases in a quick run); arms from its runs."""
     began = time.monotonic()
-    result = from_bench(await run_bench(ctx))
-    result.seconds = time.monotonic() - began
-    return result
-
-
-def from_bench(data: dict[str, Any]) -> ScenarioResult:
-    """Arms, headline and verdict from ``outage.json``."""
-    s = data["settings"]
-    phases = s["phases_s"]
+    phases = outage.QUICK if ctx.settings.quick else (5.0, 5.0, 8.0)
+    s = outage.Settings(
+        rate=500.0, keys=10, ttl=300.0, db_ms=50.0, db_pool=0, before=phases[0],
+        during=phases[1], after=phases[2], bucket_ms=250.0,
+        contenders=tuple(ROLES_BY_NAME), binary=server_binary("auto"), fault="kill",
+    )  # fmt: skip
+    ctx.progress.say(NAME, "running the outage benchmark (python -m loadtests outage)")
+    with tempfile.TemporaryDirectory(prefix="loadtest-outage-") as tmp:
+        # Its own table goes nowhere: the suite reports the same figures as arms.
+        with contextlib.redirect_stdout(io.StringIO()):
+            runs, data = await outage.measure(s, Path(tmp))
+        shutil.copyfile(Path(tmp) / "outage.png", ctx.settings.out_dir / IMAGE)
     result = ScenarioResult(
         NAME,
         "Redis outage: the cache server dies under load",
-        f"`loadtests/bench_outage.py`: {s['rate']:g} calls/s (open loop) over {s['keys']} hot "
-        f"keys, a database taking {s['db_ms']:g} ms per query; each contender on a private "
-        f"server that is SIGKILLed after {phases['before']:g} s and restarted empty "
-        f"{phases['during']:g} s later, then {phases['after']:g} s more (its chart of this "
+        f"`python -m loadtests outage`: {s.rate:g} calls/s (open loop) over {s.keys} hot "
+        f"keys, a database taking {s.db_ms:g} ms per query; each contender on a private "
+        f"server that is SIGKILLed after {s.before:g} s and restarted empty "
+        f"{s.during:g} s later, then {s.after:g} s more (its chart of this "
         "run below; its JSON in `report.json`).",
         setup=[
             "on: cachekit `@cache.cached` with its defaults (0.25 s per Redis operation, "
@@ -127,50 +68,27 @@ def from_bench(data: dict[str, Any]) -> ScenarioResult:
         extra_columns=["calls/s", "DB queries/s", "max ms", "recovered after s"],
         images=[IMAGE],
     )
-    by_label = {c["contender"]: c for c in data["contenders"]}
-    bucket = s["bucket_ms"] / 1000
-    for row in data["table"]:
-        role = role_of(row.get("contender", ""))
-        if role is None or "result" in row:
+    for r in runs:
+        if r.error is not None:
+            result.notes.append(f"{outage.LABELS[r.name]} failed: {r.error}")
             continue
-        phase = row["phase"]
-        arm = Arm("library", role, f"{row['contender']} · {phase}")
-        timeline = by_label.get(row["contender"], {}).get("timeline", [])
-        lo, hi = {
-            "before": (-math.inf, 0.0),
-            "during": (0.0, phases["during"]),
-            "after": (phases["during"], math.inf),
-        }[phase]
-        points = [p for p in timeline if lo <= p["t"] < hi]
-        arm.requests = sum(int(p["calls"]) for p in points)
-        count = leading_number(row["errors"])
-        errors = 0 if math.isnan(count) else int(count)
-        if errors:
-            arm.errors[row["errors"].partition(" ")[2].strip("() ") or "error"] = errors
-        arm.db_queries = round(sum(p["db_per_s"] * bucket for p in points))
-        arm.loader_calls = arm.db_queries  # its loaders run one query each
-        arm.seconds = phases[phase]
-        arm.rounds = 1
-        arm.quantiles = {
-            50: leading_number(row["p50 ms"]),
-            99: leading_number(row["p99 ms"]),
-            100: leading_number(row["max ms"]),
-        }
-        for column in ("calls/s", "DB queries/s", "max ms", "recovered after s"):
-            value = leading_number(row.get(column, ""))
-            if not math.isnan(value):
-                arm.extra[column] = value
-        result.arms.append(arm)
-    for contender in data["contenders"]:
-        if contender.get("error"):
-            result.notes.append(f"{contender['contender']} failed: {contender['error']}")
-        stats = contender.get("cachekit_stats") or {}
-        role = role_of(contender["contender"])
-        for arm in result.arms:
-            if arm.role == role and arm.label.endswith("· during"):
-                arm.counters.update(stats)  # for the whole run; shown once
+        for phase, seconds in zip(outage.PHASES, phases, strict=True):
+            f = outage.phase_figures(r, phase, s)
+            arm = Arm("library", ROLES_BY_NAME[r.name], f"{outage.LABELS[r.name]} · {phase}")
+            arm.requests, arm.seconds, arm.rounds = f["calls"], seconds, 1
+            arm.errors.update(error_summary(e) for e in f["errors"])
+            arm.db_queries = arm.loader_calls = f["queries"]  # one query per load
+            arm.quantiles = f["latency_ms"]
+            arm.extra = {"calls/s": f["calls_per_s"], "DB queries/s": f["queries_per_s"]}
+            arm.extra["max ms"] = f["latency_ms"][100]
+            if f["recovered_s"] is not None:
+                arm.extra["recovered after s"] = f["recovered_s"]
+            if phase == "during":
+                arm.counters.update({k: v for k, v in r.stats.items() if v})  # the whole run
+            result.arms.append(arm)
     result.raw["bench_outage"] = data
     summarize(result)
+    result.seconds = time.monotonic() - began
     return result
 
 

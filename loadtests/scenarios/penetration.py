@@ -14,7 +14,7 @@ Arms (library level, one loader query = ``DB_LATENCY`` of a 10-connection databa
   not cached;
 * **peer** - cashews ``@cache(ttl=60)``, which caches ``None`` results for the full TTL
   (its default condition stores every result): null caching, no Bloom filter (cashews'
-  separate ``@cache.bloom`` decorator is measured by ``bench_penetration.py``).
+  separate ``@cache.bloom`` decorator was measured by the former ``bench_penetration.py``).
 
 Demo level: ``GET /products/{id}`` for the same kind of ids against the demo with
 ``DEMO_PROTECTIONS=all`` and ``none``; database queries from its ``/metrics``.
@@ -26,10 +26,28 @@ import random
 import time
 from typing import Any
 
-from demo_level import DemoWorkload, protection_arms, run_demo_rounds
-from library import Counter, Subject, cachekit_cache, cashews_cache, measure, rotation
-from outcome import ROLES, Arm, Chart, Context, Headline, Panel, Role, ScenarioResult, fold, number
-from simdb import SimulatedDatabase
+from loadtests.harness.demo_level import DemoWorkload, protection_arms, run_demo_rounds
+from loadtests.harness.library import (
+    Counter,
+    Subject,
+    cachekit_cache,
+    cashews_cache,
+    measure,
+)
+from loadtests.harness.outcome import (
+    ROLES,
+    Arm,
+    Chart,
+    Context,
+    Headline,
+    Panel,
+    Role,
+    ScenarioResult,
+    fold,
+    number,
+)
+from loadtests.harness.rounds import rotation
+from loadtests.harness.simdb import SimulatedDatabase
 
 NAME = "penetration"
 EXISTING = 100_000  # the database holds ids 1 .. EXISTING

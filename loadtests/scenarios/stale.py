@@ -22,10 +22,29 @@ import time
 from typing import Any
 
 import httpx
-from demo_level import DemoWorkload, protection_arms, run_demo_rounds
-from library import Counter, Subject, cachekit_cache, cashews_cache, measure, rotation
-from outcome import ROLES, Arm, Chart, Context, Headline, Panel, Role, ScenarioResult, fold, number
-from simdb import SimulatedDatabase
+
+from loadtests.harness.demo_level import DemoWorkload, protection_arms, run_demo_rounds
+from loadtests.harness.library import (
+    Counter,
+    Subject,
+    cachekit_cache,
+    cashews_cache,
+    measure,
+)
+from loadtests.harness.outcome import (
+    ROLES,
+    Arm,
+    Chart,
+    Context,
+    Headline,
+    Panel,
+    Role,
+    ScenarioResult,
+    fold,
+    number,
+)
+from loadtests.harness.rounds import rotation
+from loadtests.harness.simdb import SimulatedDatabase
 
 __all__ = ["NAME", "run"]
 

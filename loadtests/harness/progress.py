@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import TextIO
 
-from openloop import Tick
+from loadtests.harness.openloop import Tick
 
 __all__ = ["LogLines", "Progress", "clock"]
 

@@ -27,10 +27,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from demo_runner import DemoApp, DemoError
-from library import rotation
-from openloop import open_loop
-from outcome import Arm, Context, Role
+
+from loadtests.harness.demo_runner import DemoApp, DemoError
+from loadtests.harness.openloop import open_loop
+from loadtests.harness.outcome import Arm, Context, Role
+from loadtests.harness.rounds import rotation
 
 __all__ = [
     "SAMPLE_EVERY",

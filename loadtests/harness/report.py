@@ -30,7 +30,8 @@ matplotlib.use("Agg")  # no display: files only
 
 import matplotlib.pyplot as plt
 from matplotlib import ticker
-from support import markdown_table
+
+from loadtests.harness.tables import markdown_table
 
 __all__ = ["render", "summary_rows"]
 

@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from openloop import Trace, percentile
-from progress import Progress
+from loadtests.harness.openloop import Trace
+from loadtests.harness.progress import Progress
+from loadtests.harness.tables import percentile
 
 __all__ = [
     "LEVELS",

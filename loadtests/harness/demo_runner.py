@@ -36,11 +36,12 @@ from types import TracebackType
 from typing import Self
 
 import httpx
-from support import free_port
+
+from loadtests.harness.servers import free_port
 
 __all__ = ["DemoApp", "DemoError", "parse_metrics"]
 
-ROOT = Path(__file__).resolve().parent.parent  # the repository: where demo_app/ lives
+ROOT = Path(__file__).resolve().parents[2]  # the repository: where demo_app/ lives
 REMOVED = ("REDIS_URL", "DATABASE_URL")  # unset: the demo embeds Valkey and SQLite
 
 

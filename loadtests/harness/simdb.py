@@ -20,16 +20,23 @@ Usage::
     async with db.connection():      # a transaction: hold a connection for the block
         ...
     db.queries, db.instants
+
+The cart scenario and benchmark use a real SQL database instead (their transactions are
+the point), through :func:`counted_engine`: every statement counted, each optionally
+delayed like a remote server's round trip.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
-__all__ = ["SimulatedDatabase"]
+from sqlalchemy import Engine, create_engine, event
+
+__all__ = ["SimulatedDatabase", "counted_engine"]
 
 T = TypeVar("T")
 
@@ -86,3 +93,24 @@ class SimulatedDatabase:
             result = body()
             await asyncio.sleep(latency / 2)
             return result
+
+
+def counted_engine(url: str, counter: list[int], *, latency: float = 0.0) -> Engine:
+    """A sync SQLAlchemy engine on ``url`` that counts its statements in ``counter[0]``.
+
+    Each statement first sleeps ``latency`` seconds (the sync engine runs in a worker
+    thread, so the event loop keeps going). SQLite waits up to 30 s for a lock; a server
+    database gets a pool of 16.
+    """
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30})
+    else:
+        engine = create_engine(url, pool_size=16, max_overflow=0)
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def count(*_: object) -> None:
+        counter[0] += 1
+        if latency:
+            time.sleep(latency)
+
+    return engine

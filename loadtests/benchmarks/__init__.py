@@ -1,0 +1,6 @@
+"""The focused benchmarks, each ``python -m loadtests <name>`` and a ``make`` target.
+
+``hitpath`` (``make bench``), ``near`` (``make bench-near``), ``cart`` (``make bench-cart``),
+``http`` (``make bench-http``) and ``outage`` (``make bench-outage``): each a ``main(argv)``
+on the shared harness (:mod:`loadtests.harness`), printing a table and writing its JSON.
+"""
