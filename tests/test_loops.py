@@ -164,7 +164,8 @@ def test_a_lock_waiter_is_woken_on_a_later_loop(any_cache: Cache) -> None:
         assert run(contend) < 10  # released at 0.2 s; the bound was 20 s
     listener = face(any_cache).listener
     if isinstance(listener, TaskListener):
-        assert listener._task is not None and listener._task.done()  # ended with its loop
+        assert listener._task is not None
+        assert listener._task.done()  # it ended with its loop
     no_leaks()
 
 
