@@ -410,10 +410,6 @@ class AsyncFace(_Shared):
         if backend is not None and self._connect is not None:
             abandon(backend)  # never used by a loop: it holds no connection
 
-    def release_dead(self) -> None:
-        """Close, quietly, the clients of loops that were closed without retiring them."""
-        self._loops.release_dead()
-
     async def _close_unused(self) -> None:
         backend, self._backend = self._backend, None
         if self._connect is None:

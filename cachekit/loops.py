@@ -158,13 +158,6 @@ class PerLoop(Generic[S]):
             else:
                 self._leave(loop, state, guard)
 
-    def release_dead(self) -> None:
-        """Abandon the states of loops that are closed (no I/O, no loop needed)."""
-        with self._lock:
-            dead = self._sweep()
-        for state in dead:
-            self._abandon(state)
-
     def _take(
         self,
     ) -> list[tuple[asyncio.AbstractEventLoop, S, AsyncGenerator[None, None]]]:
