@@ -360,3 +360,31 @@ def test_pytest_asyncio_function_scoped_loops(
     monkeypatch.setenv("LOOPS_REDIS_URL", redis_url)
     result = pytester.runpytest("-p", "no:cacheprovider", "-p", "no:randomly")
     result.assert_outcomes(passed=3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("topology", ["sentinel", "cluster"])
+def test_sentinel_and_cluster_faces_across_asyncio_runs(
+    topology: str, request: pytest.FixtureRequest
+) -> None:
+    """The per-loop client of a Sentinel-managed primary, and of a Cluster (its nodes)."""
+    servers = request.getfixturevalue(f"private_{topology}")
+    cache = Cache.from_url(servers.url, prefix="loops")
+    calls: list[int] = []
+
+    @cache.cached(ttl=60, key="item:{n}")
+    async def item(n: int) -> int:
+        calls.append(n)
+        return n
+
+    for _ in range(3):
+        assert run(lambda: item(7)) == 7
+    assert calls == [7]
+    assert face(cache).loops == 0
+    loop = asyncio.new_event_loop()
+    assert loop.run_until_complete(cache.get("item:7")) == 7
+    loop.close()  # by hand: the next loop abandons its client quietly
+    assert run(lambda: item(7)) == 7
+    run(lambda: item.invalidate(n=7))
+    run(cache.close)
+    no_leaks()

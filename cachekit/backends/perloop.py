@@ -91,10 +91,14 @@ def _connections(client: Any) -> Iterator[Any]:
         for sentinel in getattr(manager, "sentinels", ()):
             yield from _connections(sentinel)
         return
-    get_nodes = getattr(client, "get_nodes", None)  # redis.asyncio.RedisCluster
-    if get_nodes is not None:
-        for node in get_nodes():
+    manager = getattr(client, "nodes_manager", None)  # redis.asyncio.RedisCluster
+    if manager is not None:
+        # The nodes found, and the startup nodes that discovery connected to first.
+        nodes = {id(node): node for node in manager.nodes_cache.values()}
+        nodes |= {id(node): node for node in manager.startup_nodes.values()}
+        for node in nodes.values():
             yield from list(getattr(node, "_connections", ()))
+        manager.default_node = None  # as aclose() leaves it: the client warns otherwise
 
 
 def _drop(connection: Any) -> None:
