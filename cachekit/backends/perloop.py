@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import redis.asyncio
-from redis.asyncio.connection import BlockingConnectionPool, ConnectionPool
+if TYPE_CHECKING:  # redis is an optional dependency: memory:// needs none of this
+    import redis.asyncio
 
 __all__ = ["abandon", "client_of", "clonable", "clone_client"]
 
@@ -44,6 +44,8 @@ def client_of(backend: object) -> Any:
 
 def clonable(client: redis.asyncio.Redis) -> bool:
     """Whether :func:`clone_client` can build a sibling of ``client`` (a plain pool)."""
+    from redis.asyncio.connection import BlockingConnectionPool, ConnectionPool
+
     pool = getattr(client, "connection_pool", None)
     return type(pool) in (ConnectionPool, BlockingConnectionPool)
 
@@ -58,6 +60,9 @@ def clone_client(client: redis.asyncio.Redis) -> redis.asyncio.Redis:
 
         sibling = clone_client(redis.asyncio.Redis(socket_timeout=0.25))
     """
+    import redis.asyncio
+    from redis.asyncio.connection import BlockingConnectionPool
+
     if not clonable(client):
         return client
     pool: Any = client.connection_pool
