@@ -69,12 +69,12 @@ class PerLoop(Generic[S]):
         self._abandon = abandon
         self._lock = threading.Lock()
         self._entries: dict[asyncio.AbstractEventLoop, tuple[S, AsyncGenerator[None, None]]] = {}
-        # The last pair looked up, read as one tuple so that threads never see it torn.
+        # The last (loop, state) pair looked up: one tuple, so threads never see it torn.
         self._last: tuple[asyncio.AbstractEventLoop | None, Any] = (None, None)
 
     def get(self) -> S:
         """The running loop's state (made now if this loop is new to it)."""
-        loop = asyncio.get_running_loop()
+        loop = _current_loop()
         last = self._last
         if last[0] is loop:
             return last[1]  # type: ignore[no-any-return]
@@ -174,6 +174,9 @@ class PerLoop(Generic[S]):
             self._abandon(state)
         else:
             _PARKED[id(state)] = guard  # the loop's own shutdown retires it
+
+
+_current_loop = asyncio.get_running_loop  # one global lookup on the hot path
 
 
 def _start(guard: AsyncGenerator[None, None]) -> None:
