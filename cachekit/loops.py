@@ -44,6 +44,7 @@ CLOSE_WAIT: Final = 5.0
 # Guards whose loop is idle (alive, not running) when the face closes: kept alive here so
 # that the loop's own shutdown still retires them (a loop only holds them weakly).
 _PARKED: dict[int, AsyncGenerator[None, None]] = {}
+_CLOSING: set[asyncio.Task[None]] = set()
 
 
 class PerLoop(Generic[S]):
@@ -133,7 +134,7 @@ class PerLoop(Generic[S]):
             if loop is here:
                 await guard.aclose()
             elif loop.is_running():
-                future = asyncio.run_coroutine_threadsafe(guard.aclose(), loop)
+                future = asyncio.run_coroutine_threadsafe(_close(guard), loop)
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(asyncio.wrap_future(future), CLOSE_WAIT)
             else:
@@ -149,12 +150,14 @@ class PerLoop(Generic[S]):
         here = _running_loop()
         for loop, state, guard in self._take():
             if loop.is_running() and loop is not here:
-                future = asyncio.run_coroutine_threadsafe(guard.aclose(), loop)
+                future = asyncio.run_coroutine_threadsafe(_close(guard), loop)
                 with contextlib.suppress(FutureTimeout, Exception):
                     future.result(CLOSE_WAIT)
             elif loop is here:  # called from sync code on the loop: retire it soon
                 _PARKED[id(state)] = guard
-                loop.create_task(guard.aclose())
+                task = loop.create_task(_close(guard))
+                _CLOSING.add(task)  # a loop holds its tasks weakly
+                task.add_done_callback(_CLOSING.discard)
             else:
                 self._leave(loop, state, guard)
 
@@ -177,6 +180,10 @@ class PerLoop(Generic[S]):
 
 
 _current_loop = asyncio.get_running_loop  # one global lookup on the hot path
+
+
+async def _close(guard: AsyncGenerator[None, None]) -> None:
+    await guard.aclose()  # a coroutine, for run_coroutine_threadsafe and create_task
 
 
 def _start(guard: AsyncGenerator[None, None]) -> None:

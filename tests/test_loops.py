@@ -319,6 +319,41 @@ def test_close_reaches_a_loop_running_in_another_thread(redis_url: str, prefix: 
     no_leaks()
 
 
+def test_sync_close_reaches_a_loop_running_in_another_thread(redis_url: str, prefix: str) -> None:
+    cache = Cache.from_url(redis_url, prefix=prefix)
+    other = asyncio.new_event_loop()
+    thread = threading.Thread(target=other.run_forever, daemon=True)
+    thread.start()
+    try:
+        asyncio.run_coroutine_threadsafe(cache.set("k", 1), other).result(5)
+        assert face(cache).loops == 1
+        cache.sync.close()  # the other loop closes its own client, and is waited for
+        assert face(cache).loops == 0
+        assert asyncio.run_coroutine_threadsafe(cache.get("k"), other).result(5) == 1
+    finally:
+        asyncio.run_coroutine_threadsafe(cache.close(), other).result(5)
+        other.call_soon_threadsafe(other.stop)
+        thread.join(5)
+        other.run_until_complete(other.shutdown_asyncgens())
+        other.close()
+    no_leaks()
+
+
+def test_sync_close_on_the_running_loop_retires_it_there(redis_url: str, prefix: str) -> None:
+    """Sync code on a running loop cannot wait for it: the client is closed just after."""
+    cache = Cache.from_url(redis_url, prefix=prefix)
+
+    async def main() -> int:
+        await cache.set("k", 1)
+        cache.sync.close()
+        await asyncio.sleep(0.05)  # the retirement runs on this loop
+        return face(cache).loops
+
+    assert run(main) == 0
+    run(cache.close)
+    no_leaks()
+
+
 def test_pytest_asyncio_function_scoped_loops(
     pytester: pytest.Pytester, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
