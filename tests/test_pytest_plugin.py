@@ -141,6 +141,46 @@ def test_redis_fixture_isolates_each_test(
     result.assert_outcomes(passed=2)
 
 
+def test_redis_fixture_closes_the_async_face_of_every_loop(
+    pytester: pytest.Pytester,
+    plugin_args: list[str],
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``cachekit_redis`` in async tests (a loop per test), in ``asyncio.run`` and on a loop
+    closed by hand: every client is closed, none is left for the collector to warn about."""
+    pytester.makeini(
+        "[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n"
+        "filterwarnings = error\n"
+    )
+    pytester.makepyfile(
+        """
+        import asyncio, gc
+        from cachekit import Cache
+
+        async def test_on_pytest_asyncio_loop(cachekit_redis):
+            await cachekit_redis.set("k", 1)
+            assert await cachekit_redis.get("k") == 1
+
+        def test_in_asyncio_runs(cachekit_redis):
+            asyncio.run(cachekit_redis.set("k", 2))
+            assert asyncio.run(cachekit_redis.get("k")) == 2
+
+        def test_on_a_loop_closed_by_hand(cachekit_redis):
+            loop = asyncio.new_event_loop()
+            loop.run_until_complete(cachekit_redis.set("k", 3))
+            loop.close()  # no shutdown_asyncgens: the fixture releases the client
+
+        def test_nothing_was_left_behind():
+            Cache.from_url("memory://")  # the integrations' default cache: not the last one
+            gc.collect()
+        """
+    )
+    monkeypatch.setenv("CACHEKIT_REDIS_URL", redis_url)
+    result = pytester.runpytest(*plugin_args, "-p", "no:cacheprovider", "-p", "no:randomly")
+    result.assert_outcomes(passed=4)
+
+
 @pytest.mark.slow
 def test_redis_fixture_starts_an_embedded_server(
     pytester: pytest.Pytester, plugin_args: list[str], monkeypatch: pytest.MonkeyPatch

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import inspect
 import secrets
 import statistics
 import time
@@ -139,14 +138,7 @@ def timer_cost() -> float:
 
 def near_cache(url: str, prefix: str, local: LocalCache) -> Cache:
     """A cache on ``url`` whose two backends have ``local`` in front."""
-    if "local" in inspect.signature(Cache).parameters:  # the integrated form
-        return Cache.from_url(url, prefix=prefix, local=local)
-    cache = Cache.from_url(url, prefix=prefix)
-    binding = cache._bound()  # what bind() will do: wrap both (guarded) backends
-    local.start(url, prefix)
-    binding.sync.backend = NearBackend(binding.sync.backend, local)
-    binding.aio.backend = AsyncNearBackend(binding.aio.backend, local)
-    return cache
+    return Cache.from_url(url, prefix=prefix, local=local)
 
 
 def prime_sync(contenders: Sequence[Contender], local: LocalCache, keys: Sequence[str]) -> None:
