@@ -8,6 +8,11 @@ the thread or task that started it, so a holder that dies or is cancelled withou
 releasing leaves a lease that lapses within its TTL instead of one renewed forever. The
 sync one is a daemon thread, so it dies with its process; the async one is a task.
 
+The first renewal comes early, a quarter into :data:`~cachekit.backends.leases.LEASE_PROBATION`
+(or into the TTL, if shorter), and is retried that often until it is answered: a lease
+taken on probation lives only that long until its holder confirms it. A holder that
+finishes sooner (most loads do) never renews at all.
+
 Usage::
 
     dog = SyncWatchdog(backend, key, token, ttl=5, on_error=log_it)
@@ -24,12 +29,23 @@ import threading
 from collections.abc import Callable
 
 from cachekit.backends.base import AsyncBackend, SyncBackend
+from cachekit.backends.leases import LEASE_PROBATION
 from cachekit.backends.ops import ExpireIfEqual
 from cachekit.exceptions import BackendError
 
-__all__ = ["AsyncWatchdog", "SyncWatchdog"]
+__all__ = ["AsyncWatchdog", "SyncWatchdog", "first_renewal"]
 
 OnError = Callable[[BackendError], None]
+
+
+def first_renewal(ttl: float) -> float:
+    """Seconds before a watchdog first renews (and retries, until answered) a lease of ``ttl``.
+
+    Usage::
+
+        first_renewal(10)    # 0.0625: a quarter of the probation
+    """
+    return min(ttl, LEASE_PROBATION) / 4
 
 
 class SyncWatchdog:
@@ -58,13 +74,16 @@ class SyncWatchdog:
         on_error: OnError,
         owner: threading.Thread,
     ) -> None:
-        while not self._stop.wait(every) and owner.is_alive():
+        delay = first_renewal(op.ttl)  # confirm a lease on probation before it lapses
+        while not self._stop.wait(delay) and owner.is_alive():
             try:
                 if not backend.run(op):
                     self.lost = True
                     return
             except BackendError as exc:  # keep trying: the lease may still be ours
                 on_error(exc)
+            else:
+                delay = every
 
     def stop(self) -> None:
         """Stop renewing (the lease then lapses after its TTL unless released)."""
@@ -94,14 +113,17 @@ class AsyncWatchdog:
     async def _run(
         self, backend: AsyncBackend, op: ExpireIfEqual, every: float, on_error: OnError
     ) -> None:
+        delay = first_renewal(op.ttl)  # confirm a lease on probation before it lapses
         while True:
-            await asyncio.sleep(every)
+            await asyncio.sleep(delay)
             try:
                 if not await backend.run(op):
                     self.lost = True
                     return
             except BackendError as exc:  # keep trying: the lease may still be ours
                 on_error(exc)
+            else:
+                delay = every
 
     def stop(self) -> None:
         """Stop renewing (the lease then lapses after its TTL unless released)."""

@@ -289,17 +289,37 @@ def sigstop(server: PrivateServer) -> Outage:
 
 
 def client_pause(server: PrivateServer) -> Outage:
-    """``CLIENT PAUSE 3000 ALL``: the server holds every client's commands for 3 s."""
+    """``CLIENT PAUSE 2000 ALL``: the server holds every client's commands for 2 s."""
     admin = redis.Redis(port=server.port, socket_timeout=10)
 
     def begin() -> None:
-        admin.client_pause(3000, all=True)
+        admin.client_pause(2000, all=True)
 
     def end() -> None:
         admin.ping()  # held by the pause like everyone else's commands, then answered
         admin.close()
 
     return Outage("CLIENT PAUSE", begin, end, 0.0)
+
+
+def debug_sleep(server: PrivateServer) -> Outage:
+    """``DEBUG SLEEP 2``: the server itself blocks for 2 s, reading nothing meanwhile."""
+    admin = redis.Redis(port=server.port, socket_timeout=10)
+    admin.ping()  # connected before the sleep: the sleep blocks new connections too
+    sleeper: list[threading.Thread] = []
+
+    def begin() -> None:
+        thread = threading.Thread(target=admin.execute_command, args=("DEBUG", "SLEEP", "2"))
+        thread.start()
+        sleeper.append(thread)
+        time.sleep(0.05)  # the command is on its way: the outage has begun
+
+    def end() -> None:
+        sleeper.pop().join()  # DEBUG SLEEP answers when it is over
+        admin.ping()
+        admin.close()
+
+    return Outage("DEBUG SLEEP", begin, end, 0.0)
 
 
 async def async_outages(server: PrivateServer, outage: Outage, rounds: int) -> None:
@@ -384,11 +404,6 @@ def test_sigkill_during_32_threads_of_sync_calls(private_redis: PrivateServer) -
 # --------------------------------------------------------------------------- 2. SIGSTOP
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="intermittent: a lease request the stopped server runs after SIGCONT, later than "
-    "the caller's release of it, holds the key for lock_ttl and its callers wait (open issue)",
-)
 async def test_sigstop_for_5_s_async(private_redis: PrivateServer) -> None:
     """A hung server: callers are bounded by the deadline, never by the 5 s hang.
 
@@ -401,11 +416,6 @@ async def test_sigstop_for_5_s_async(private_redis: PrivateServer) -> None:
     await async_outages(private_redis, sigstop(private_redis), rounds=1)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="intermittent: a lease request the paused server runs after it resumes, later "
-    "than the caller's release of it, holds the key for lock_ttl and its callers wait",
-)
 def test_sigstop_for_5_s_sync(private_redis: PrivateServer) -> None:
     sync_outages(private_redis, sigstop(private_redis), rounds=1)
 
@@ -413,25 +423,37 @@ def test_sigstop_for_5_s_sync(private_redis: PrivateServer) -> None:
 # --------------------------------------------------------------------------- 3. CLIENT PAUSE
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="intermittent: a lease request the paused server runs after it resumes, later "
-    "than the caller's release of it, holds the key for lock_ttl and its callers wait",
-)
 async def test_client_pause_all_async(private_redis: PrivateServer) -> None:
     """The server holds every command 3 s; the same causes as SIGSTOP's slow calls."""
     await async_outages(private_redis, client_pause(private_redis), rounds=1)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="intermittent: a lease request the paused server runs after it resumes, later "
-    "than the caller's release of it, holds the key for lock_ttl and its callers wait",
-)
 def test_client_pause_all_sync(private_redis: PrivateServer) -> None:
     """A fill cut off by the pause leaves its lease behind: the key's next caller after
     the pause may wait for it (the sync face's share of the SIGSTOP causes)."""
     sync_outages(private_redis, client_pause(private_redis), rounds=1)
+
+
+# --------------------------------------------------------------------------- 3b. DEBUG SLEEP
+
+
+@pytest.fixture
+def debuggable_redis() -> Iterator[PrivateServer]:
+    """A private server that accepts ``DEBUG`` (off by default since Redis 7)."""
+    server = PrivateServer("--enable-debug-command", "yes").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_debug_sleep_async(debuggable_redis: PrivateServer) -> None:
+    """The server blocks for 2 s inside one command: every other client's commands wait."""
+    await async_outages(debuggable_redis, debug_sleep(debuggable_redis), rounds=1)
+
+
+def test_debug_sleep_sync(debuggable_redis: PrivateServer) -> None:
+    sync_outages(debuggable_redis, debug_sleep(debuggable_redis), rounds=1)
 
 
 # --------------------------------------------------------------------------- the proxy itself
@@ -473,11 +495,6 @@ def test_the_proxy_delays_cuts_and_pauses(private_redis: PrivateServer) -> None:
 # --------------------------------------------------------------------------- 4. pool exhaustion
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="intermittent on 2 cores: a call that got its slot early can still time out "
-    "behind 50 ms replies and charge the breaker (open issue, see CHANGELOG)",
-)
 async def test_pool_exhaustion_500_callers_10_connections(private_redis: PrivateServer) -> None:
     """A healthy server 50 ms away, 10 connections, 500 callers at once: nobody queues
     past the deadline, everyone gets the right value, and the breaker stays closed."""

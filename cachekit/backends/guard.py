@@ -12,7 +12,10 @@ The breaker (:class:`~cachekit.breaker.Breaker`) is asked before each call: whil
 open, the call raises :class:`~cachekit.exceptions.CircuitOpen` at once, without I/O.
 Only failures to reach the server (unreachable, timed out) count against it; an error
 *answer* such as ``OOM command not allowed`` proves the server is alive, and a caller who
-got no slot never reached it.
+got no slot never reached it. A timeout counts only if the server answered nobody for a
+whole deadline before it: a call that queued behind slow replies (10 connections, 500
+callers, a server 50 ms away) while other calls were answered met a congested client, not
+a failed server. A dead or hung server answers nobody, so its timeouts all count.
 
 Usage::
 
@@ -42,9 +45,6 @@ __all__ = ["DEADLINE", "DEFAULT_DEADLINE", "AsyncGuardedBackend", "GuardedBacken
 T = TypeVar("T")
 
 DEFAULT_DEADLINE: Final = 0.25
-# A timeout charges the breaker only if the call had at least this share of its budget
-# left when it got a connection slot.
-_CHARGED_SHARE: Final = 0.9
 
 #: The ``time.monotonic()`` by which the operation running in this context must end.
 DEADLINE: ContextVar[float | None] = ContextVar("cachekit_deadline", default=None)
@@ -84,16 +84,15 @@ class _Guard:
         self.stats.incr("pool_exhausted")
         return BackendTimeout(f"no free connection within the {self.deadline}s budget")
 
-    def failed(self, ticket: Ticket, exc: BackendError, slot_at: float, deadline: float) -> None:
+    def failed(self, ticket: Ticket, exc: BackendError) -> None:
         if not isinstance(exc, BackendUnavailable):
             self.breaker.success(ticket)  # the server answered, with an error
             return
         if isinstance(exc, BackendTimeout):
             self.stats.incr("deadline_exceeded")
-            if deadline - slot_at < self.deadline * _CHARGED_SHARE:
-                # Part of the budget went to waiting for a slot: this process is congested,
-                # the server may be fine, so the breaker is not charged. A dead or hung
-                # server still opens it: the calls that found slots free time out first.
+            if self.breaker.answered_within(self.deadline):
+                # Others were answered while this call waited: it queued behind them (a
+                # congested pool or client), the server is alive, the breaker not charged.
                 self.stats.incr("pool_exhausted")
                 self.breaker.release(ticket)
                 return
@@ -130,12 +129,11 @@ class GuardedBackend:
         deadline = time.monotonic() + guard.deadline  # the wait for a slot counts too
         if not self._slots.acquire(timeout=guard.deadline):
             raise guard.no_slot(ticket)
-        slot_at = time.monotonic()
         token = DEADLINE.set(deadline)
         try:
             reply = self.inner.run(op)
         except BackendError as exc:
-            guard.failed(ticket, exc, slot_at, deadline)
+            guard.failed(ticket, exc)
             raise
         finally:
             DEADLINE.reset(token)
@@ -187,7 +185,7 @@ class AsyncGuardedBackend:
         ticket = guard.admit()
         slots = self._slots()
         deadline = time.monotonic() + guard.deadline
-        slot_at = 0.0
+        slotted = False
         # The connections also read DEADLINE to bound each reply: redis-py may swallow a
         # cancellation that lands as a send completes (CPython gh-86296), and the read
         # after it must not then wait a whole socket_timeout of its own.
@@ -195,20 +193,20 @@ class AsyncGuardedBackend:
         try:
             async with asyncio.timeout(guard.deadline):
                 await slots.acquire()
-                slot_at = time.monotonic()
+                slotted = True
                 reply = await self.inner.run(op)
         except TimeoutError:
-            if not slot_at:
+            if not slotted:
                 raise guard.no_slot(ticket) from None
             exc = BackendTimeout(f"no reply within the {guard.deadline}s budget")
-            guard.failed(ticket, exc, slot_at, deadline)
+            guard.failed(ticket, exc)
             raise exc from None
         except BackendError as exc:
-            guard.failed(ticket, exc, slot_at, deadline)
+            guard.failed(ticket, exc)
             raise
         finally:
             DEADLINE.reset(token)
-            if slot_at:
+            if slotted:
                 slots.release()
         guard.breaker.success(ticket)
         return reply
