@@ -616,6 +616,67 @@ async def test_waiting_for_a_slot_then_a_healthy_reply_does_not_charge_the_break
     assert breaker.state == "closed", stats.snapshot()
 
 
+def test_answered_within_tells_a_silent_endpoint_from_a_busy_one() -> None:
+    breaker, clock, _ = make_breaker()
+    assert not breaker.answered_within(1.0)  # never answered yet
+    breaker.success(breaker.allow())
+    clock.advance(0.2)
+    assert breaker.answered_within(0.25)
+    clock.advance(0.1)
+    assert not breaker.answered_within(0.25)  # silent for more than a whole deadline
+
+
+async def test_a_timeout_while_others_are_answered_does_not_charge_the_breaker() -> None:
+    """A call that got its slot at once and then queued behind slow replies (redis-py's
+    own pool, a loaded client) times out while other calls are being answered: the server
+    is alive. The same timeout after a whole deadline of silence is charged."""
+    clock = FakeClock()
+
+    async def behaviour() -> bytes:
+        if answering:
+            return b"v"
+        await asyncio.sleep(1)  # held: the guard's deadline ends the call
+        return b"never"
+
+    stats = Stats()
+    breaker = Breaker(failures=1, cooldown=COOLDOWN, clock=clock, on_transition=stats.incr)
+    backend = AsyncGuardedBackend(FakeAsync(behaviour), breaker, stats, deadline=0.05)
+    answering = True
+    assert await backend.run(Get("answered")) == b"v"
+    answering = False
+    with pytest.raises(BackendTimeout):
+        await backend.run(Get("queued"))  # the fake clock says: answered just now
+    assert breaker.state == "closed"
+    assert stats.snapshot()["deadline_exceeded"] == 1
+    clock.advance(1.0)  # nobody answered for longer than a deadline: the server is hung
+    with pytest.raises(BackendTimeout):
+        await backend.run(Get("hung"))
+    assert breaker.state == "open"
+
+
+def test_the_sync_face_charges_a_timeout_only_after_a_whole_deadline_of_silence() -> None:
+    clock = FakeClock()
+    stats = Stats()
+    breaker = Breaker(failures=1, cooldown=COOLDOWN, clock=clock, on_transition=stats.incr)
+    replies: list[Any] = [b"v", BackendTimeout("queued"), BackendTimeout("hung")]
+
+    def behaviour() -> Any:
+        reply = replies.pop(0)
+        if isinstance(reply, BaseException):
+            raise reply
+        return reply
+
+    backend = GuardedBackend(FakeSync(behaviour), breaker, stats, deadline=0.25)
+    assert backend.run(Get("k")) == b"v"
+    with pytest.raises(BackendTimeout):
+        backend.run(Get("k"))
+    assert breaker.state == "closed"
+    clock.advance(0.3)
+    with pytest.raises(BackendTimeout):
+        backend.run(Get("k"))
+    assert breaker.state == "open"
+
+
 # --------------------------------------------------------------------------- degraded mode
 
 

@@ -35,6 +35,7 @@ from redis.retry import Retry
 
 from cachekit import Cache
 from cachekit.backends.guard import DEFAULT_DEADLINE
+from cachekit.backends.leases import LEASE_PROBATION
 from cachekit.breaker import DEFAULT_COOLDOWN
 from tests.chaos_proxy import ChaosProxy
 from tests.servers import PrivateServer
@@ -776,6 +777,37 @@ async def test_a_lease_taken_after_the_deadline_does_not_stall_the_next_caller(
     took = time.monotonic() - began
     print(f"\norphaned lease: the next call took {took * 1000:.0f} ms")
     assert took <= DEADLINE + SLACK, f"waited {took:.2f} s for an abandoned lease"
+
+
+async def test_a_lease_request_run_after_its_release_lapses_within_the_probation(
+    proxied: tuple[Cache, ChaosProxy],
+) -> None:
+    """The server runs the lease request late, after the caller gave up on it and after
+    its token-checked release already ran (found nothing): the lease it takes belongs to
+    nobody. It must lapse within the probation, not hold the key for ``lock_ttl``."""
+    cache, proxy = proxied
+
+    @cache.cached(ttl=60, key="item:{key}", lock_ttl=5)
+    async def item(key: str) -> dict[str, Any]:
+        return expected(key)
+
+    late = DEADLINE + 0.3
+    proxy.hold_next_request(b"{item:d}:lease", late)  # only the lease request has that key
+    assert await item("d") == expected("d")  # loaded without the lease, within its budget
+    raw = redis.Redis(port=proxy.upstream_port)
+    try:
+        for _ in range(200):  # the held request reaches the server ~0.55 s after it was sent
+            if (ttl_ms := raw.pttl("lost:{item:d}:lease")) > 0:
+                break
+            await asyncio.sleep(0.005)
+    finally:
+        raw.close()
+    assert 0 < ttl_ms <= LEASE_PROBATION * 1000, f"the orphaned lease lives {ttl_ms} ms"
+    began = time.monotonic()
+    assert await item("d") == expected("d")
+    took = time.monotonic() - began
+    print(f"\nlease run after its release: {ttl_ms} ms left, the next call took {took * 1000:.0f} ms")
+    assert took <= LEASE_PROBATION + SLACK, f"waited {took:.2f} s for an orphaned lease"
 
 
 async def test_a_caller_cancelled_during_its_load_does_not_stall_the_next_one(
