@@ -806,7 +806,7 @@ async def test_a_lease_request_run_after_its_release_lapses_within_the_probation
     began = time.monotonic()
     assert await item("d") == expected("d")
     took = time.monotonic() - began
-    print(f"\nlease run after its release: {ttl_ms} ms left, the next call took {took * 1000:.0f} ms")
+    print(f"\nlease run after its release: {ttl_ms} ms left; next call {took * 1000:.0f} ms")
     assert took <= LEASE_PROBATION + SLACK, f"waited {took:.2f} s for an orphaned lease"
 
 
