@@ -366,7 +366,7 @@ def _load_and_store(
     key = target.key
     # A load slower than the lease must not lose it: renew until the flow ends. The first
     # renewal also confirms a lease taken on probation (cachekit.watchdog).
-    yield Hold(lease[0], lease[1], policy.lock_ttl)
+    yield Hold(lease[0], lease[1], policy.lock_ttl, probation=LEASE_PROBATION)
     try:
         value, load_time = yield from _load(ctx)
     except Exception:

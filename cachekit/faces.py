@@ -126,9 +126,11 @@ class SyncFace(_Shared):
         self.deferred = SyncDeferred(backend, stats, log)
         self._pool: ThreadPoolExecutor | None = None
 
-    def hold(self, key: str, token: bytes, ttl: float) -> SyncWatchdog:
+    def hold(
+        self, key: str, token: bytes, ttl: float, probation: float | None = None
+    ) -> SyncWatchdog:
         """Keep the lease ``key`` alive until the returned watchdog is stopped."""
-        return SyncWatchdog(self.backend, key, token, ttl, self.renewal_failed)
+        return SyncWatchdog(self.backend, key, token, ttl, self.renewal_failed, probation)
 
     def drive(self, flow: Flow[T], load: Callable[[], Any] = _no_load) -> T:
         """Run ``flow`` to completion and return its result."""
@@ -171,7 +173,7 @@ class SyncFace(_Shared):
         if isinstance(effect, Wait):
             return effect.handle.wait(effect.timeout)
         if isinstance(effect, Hold):
-            held.append(self.hold(effect.key, effect.token, effect.ttl))
+            held.append(self.hold(effect.key, effect.token, effect.ttl, effect.probation))
             return None
         if isinstance(effect, Later):
             return self.deferred.schedule(effect.op, effect.delay)
@@ -236,9 +238,11 @@ class AsyncFace(_Shared):
         self.deferred = AsyncDeferred(backend, stats, log)
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def hold(self, key: str, token: bytes, ttl: float) -> AsyncWatchdog:
+    def hold(
+        self, key: str, token: bytes, ttl: float, probation: float | None = None
+    ) -> AsyncWatchdog:
         """Keep the lease ``key`` alive until the returned watchdog is stopped."""
-        return AsyncWatchdog(self.backend, key, token, ttl, self.renewal_failed)
+        return AsyncWatchdog(self.backend, key, token, ttl, self.renewal_failed, probation)
 
     async def drive(self, flow: Flow[T], load: Callable[[], Awaitable[Any]] = _no_async_load) -> T:
         """Run ``flow`` to completion and return its result."""
@@ -283,7 +287,7 @@ class AsyncFace(_Shared):
         if isinstance(effect, Wait):
             return await effect.handle.wait(effect.timeout)
         if isinstance(effect, Hold):
-            held.append(self.hold(effect.key, effect.token, effect.ttl))
+            held.append(self.hold(effect.key, effect.token, effect.ttl, effect.probation))
             return None
         if isinstance(effect, Later):
             return self.deferred.schedule(effect.op, effect.delay)

@@ -8,10 +8,10 @@ the thread or task that started it, so a holder that dies or is cancelled withou
 releasing leaves a lease that lapses within its TTL instead of one renewed forever. The
 sync one is a daemon thread, so it dies with its process; the async one is a task.
 
-The first renewal comes early, a quarter into :data:`~cachekit.backends.leases.LEASE_PROBATION`
-(or into the TTL, if shorter), and is retried that often until it is answered: a lease
-taken on probation lives only that long until its holder confirms it. A holder that
-finishes sooner (most loads do) never renews at all.
+A lease taken on probation (:class:`~cachekit.backends.leases.TakeLease`) lives only that
+long until its holder confirms it: its watchdog renews first a quarter into the probation,
+and retries that often until answered. A holder that finishes sooner (most loads do) never
+renews at all.
 
 Usage::
 
@@ -29,7 +29,6 @@ import threading
 from collections.abc import Callable
 
 from cachekit.backends.base import AsyncBackend, SyncBackend
-from cachekit.backends.leases import LEASE_PROBATION
 from cachekit.backends.ops import ExpireIfEqual
 from cachekit.exceptions import BackendError
 
@@ -38,14 +37,17 @@ __all__ = ["AsyncWatchdog", "SyncWatchdog", "first_renewal"]
 OnError = Callable[[BackendError], None]
 
 
-def first_renewal(ttl: float) -> float:
+def first_renewal(ttl: float, probation: float | None = None) -> float:
     """Seconds before a watchdog first renews (and retries, until answered) a lease of ``ttl``.
 
     Usage::
 
-        first_renewal(10)    # 0.0625: a quarter of the probation
+        first_renewal(10)          # 3.33...: every ttl / 3
+        first_renewal(10, 0.25)    # 0.0625: a quarter into the probation
     """
-    return min(ttl, LEASE_PROBATION) / 4
+    if probation is None:
+        return ttl / 3
+    return min(ttl, probation) / 4
 
 
 class SyncWatchdog:
@@ -54,14 +56,21 @@ class SyncWatchdog:
     __slots__ = ("_stop", "lost")
 
     def __init__(
-        self, backend: SyncBackend, key: str, token: bytes, ttl: float, on_error: OnError
+        self,
+        backend: SyncBackend,
+        key: str,
+        token: bytes,
+        ttl: float,
+        on_error: OnError,
+        probation: float | None = None,
     ) -> None:
         self.lost = False
         self._stop = threading.Event()
         op = ExpireIfEqual(key, token, ttl)
         owner = threading.current_thread()
+        first = first_renewal(ttl, probation)
         thread = threading.Thread(
-            target=self._run, args=(backend, op, ttl / 3, on_error, owner), daemon=True
+            target=self._run, args=(backend, op, first, ttl / 3, on_error, owner), daemon=True
         )
         thread.name = f"cachekit-watchdog {key}"
         thread.start()
@@ -70,11 +79,11 @@ class SyncWatchdog:
         self,
         backend: SyncBackend,
         op: ExpireIfEqual,
+        delay: float,
         every: float,
         on_error: OnError,
         owner: threading.Thread,
     ) -> None:
-        delay = first_renewal(op.ttl)  # confirm a lease on probation before it lapses
         while not self._stop.wait(delay) and owner.is_alive():
             try:
                 if not backend.run(op):
@@ -96,12 +105,19 @@ class AsyncWatchdog:
     __slots__ = ("_owner", "_task", "lost")
 
     def __init__(
-        self, backend: AsyncBackend, key: str, token: bytes, ttl: float, on_error: OnError
+        self,
+        backend: AsyncBackend,
+        key: str,
+        token: bytes,
+        ttl: float,
+        on_error: OnError,
+        probation: float | None = None,
     ) -> None:
         self.lost = False
         op = ExpireIfEqual(key, token, ttl)
+        first = first_renewal(ttl, probation)
         self._task = asyncio.get_running_loop().create_task(
-            self._run(backend, op, ttl / 3, on_error), name=f"cachekit-watchdog {key}"
+            self._run(backend, op, first, ttl / 3, on_error), name=f"cachekit-watchdog {key}"
         )
         self._owner = asyncio.current_task()
         if self._owner is not None:
@@ -111,9 +127,13 @@ class AsyncWatchdog:
         self._task.cancel()
 
     async def _run(
-        self, backend: AsyncBackend, op: ExpireIfEqual, every: float, on_error: OnError
+        self,
+        backend: AsyncBackend,
+        op: ExpireIfEqual,
+        delay: float,
+        every: float,
+        on_error: OnError,
     ) -> None:
-        delay = first_renewal(op.ttl)  # confirm a lease on probation before it lapses
         while True:
             await asyncio.sleep(delay)
             try:

@@ -810,6 +810,39 @@ async def test_a_lease_request_run_after_its_release_lapses_within_the_probation
     assert took <= LEASE_PROBATION + SLACK, f"waited {took:.2f} s for an orphaned lease"
 
 
+@pytest.mark.parametrize("face", ["async", "sync"])
+async def test_a_load_longer_than_the_probation_keeps_its_lease(
+    proxied: tuple[Cache, ChaosProxy], face: str
+) -> None:
+    """The holder's watchdog confirms a lease taken on probation: a load three probations
+    long still fills (no refused write), and the next call is a hit."""
+    cache, _ = proxied
+    loads = Counter[str]()
+
+    @cache.cached(ttl=60, key="slow:{key}", lock_ttl=5)
+    async def slow(key: str) -> dict[str, Any]:
+        loads[key] += 1
+        await asyncio.sleep(3 * LEASE_PROBATION)
+        return expected(key)
+
+    @cache.cached(ttl=60, key="slow:{key}", lock_ttl=5)
+    def sync_slow(key: str) -> dict[str, Any]:
+        loads[key] += 1
+        time.sleep(3 * LEASE_PROBATION)
+        return expected(key)
+
+    async def call(key: str) -> dict[str, Any]:
+        if face == "async":
+            return await slow(key)
+        return await asyncio.to_thread(sync_slow, key)
+
+    assert await call("e") == expected("e")
+    assert await call("e") == expected("e")
+    stats = cache.stats()
+    assert loads["e"] == 1, stats
+    assert stats["stale_sets_refused"] == 0
+
+
 async def test_a_caller_cancelled_during_its_load_does_not_stall_the_next_one(
     private_redis: PrivateServer,
 ) -> None:
