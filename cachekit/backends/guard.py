@@ -12,10 +12,12 @@ The breaker (:class:`~cachekit.breaker.Breaker`) is asked before each call: whil
 open, the call raises :class:`~cachekit.exceptions.CircuitOpen` at once, without I/O.
 Only failures to reach the server (unreachable, timed out) count against it; an error
 *answer* such as ``OOM command not allowed`` proves the server is alive, and a caller who
-got no slot never reached it. A timeout counts only if the server answered nobody for a
-whole deadline before it: a call that queued behind slow replies (10 connections, 500
-callers, a server 50 ms away) while other calls were answered met a congested client, not
-a failed server. A dead or hung server answers nobody, so its timeouts all count.
+got no slot never reached it. A timeout counts only if the call had its slot at once and
+the server answered nobody for a whole deadline before it ran out: a call that queued
+(for a slot, or behind slow replies while other calls were answered: 10 connections, 500
+callers, a server 50 ms away) met a congested client, not a failed server. A dead or hung
+server answers nobody, and the calls that find slots free time out first, so it still
+opens the breaker.
 
 Usage::
 
@@ -45,6 +47,9 @@ __all__ = ["DEADLINE", "DEFAULT_DEADLINE", "AsyncGuardedBackend", "GuardedBacken
 T = TypeVar("T")
 
 DEFAULT_DEADLINE: Final = 0.25
+# A timeout charges the breaker only if the call had at least this share of its budget
+# left when it got a connection slot (and nobody was answered for a whole deadline).
+_CHARGED_SHARE: Final = 0.9
 
 #: The ``time.monotonic()`` by which the operation running in this context must end.
 DEADLINE: ContextVar[float | None] = ContextVar("cachekit_deadline", default=None)
@@ -84,15 +89,17 @@ class _Guard:
         self.stats.incr("pool_exhausted")
         return BackendTimeout(f"no free connection within the {self.deadline}s budget")
 
-    def failed(self, ticket: Ticket, exc: BackendError) -> None:
+    def failed(self, ticket: Ticket, exc: BackendError, slot_at: float, deadline: float) -> None:
         if not isinstance(exc, BackendUnavailable):
             self.breaker.success(ticket)  # the server answered, with an error
             return
         if isinstance(exc, BackendTimeout):
             self.stats.incr("deadline_exceeded")
-            if self.breaker.answered_within(self.deadline):
-                # Others were answered while this call waited: it queued behind them (a
-                # congested pool or client), the server is alive, the breaker not charged.
+            queued = deadline - slot_at < self.deadline * _CHARGED_SHARE
+            if queued or self.breaker.answered_within(self.deadline):
+                # Part of the budget went to waiting for a slot, or others were answered
+                # while this call waited (it queued behind their replies): this process is
+                # congested, the server alive, so the breaker is not charged.
                 self.stats.incr("pool_exhausted")
                 self.breaker.release(ticket)
                 return
@@ -129,11 +136,12 @@ class GuardedBackend:
         deadline = time.monotonic() + guard.deadline  # the wait for a slot counts too
         if not self._slots.acquire(timeout=guard.deadline):
             raise guard.no_slot(ticket)
+        slot_at = time.monotonic()
         token = DEADLINE.set(deadline)
         try:
             reply = self.inner.run(op)
         except BackendError as exc:
-            guard.failed(ticket, exc)
+            guard.failed(ticket, exc, slot_at, deadline)
             raise
         finally:
             DEADLINE.reset(token)
@@ -185,7 +193,7 @@ class AsyncGuardedBackend:
         ticket = guard.admit()
         slots = self._slots()
         deadline = time.monotonic() + guard.deadline
-        slotted = False
+        slot_at = 0.0
         # The connections also read DEADLINE to bound each reply: redis-py may swallow a
         # cancellation that lands as a send completes (CPython gh-86296), and the read
         # after it must not then wait a whole socket_timeout of its own.
@@ -193,20 +201,20 @@ class AsyncGuardedBackend:
         try:
             async with asyncio.timeout(guard.deadline):
                 await slots.acquire()
-                slotted = True
+                slot_at = time.monotonic()
                 reply = await self.inner.run(op)
         except TimeoutError:
-            if not slotted:
+            if not slot_at:
                 raise guard.no_slot(ticket) from None
             exc = BackendTimeout(f"no reply within the {guard.deadline}s budget")
-            guard.failed(ticket, exc)
+            guard.failed(ticket, exc, slot_at, deadline)
             raise exc from None
         except BackendError as exc:
-            guard.failed(ticket, exc)
+            guard.failed(ticket, exc, slot_at, deadline)
             raise
         finally:
             DEADLINE.reset(token)
-            if slotted:
+            if slot_at:
                 slots.release()
         guard.breaker.success(ticket)
         return reply
