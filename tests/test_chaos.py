@@ -6,11 +6,13 @@ shared one) and checks, per call:
 
 * no error reaches a caller, and every value is the right one (values embed their key);
 * the latency a call *adds* (its latency minus one load) stays within the operation
-  deadline plus :data:`SLACK`;
+  deadlines plus :data:`SLACK`, plus the time the process itself could not run during the
+  call (see :meth:`Recorder.starved`);
 * once the server is back, caching resumes (the ``hits`` counter moves again) within the
   breaker's cool-down plus 1 s, without restarting anything.
 
-Scenarios: SIGKILL and restart (async, sync), SIGSTOP for 5 s, ``CLIENT PAUSE``, pool
+Scenarios: SIGKILL and restart (async, sync), SIGSTOP for 5 s, ``CLIENT PAUSE 2000 ALL``,
+``DEBUG SLEEP 2``, pool
 exhaustion behind a slow link, ``maxmemory`` with ``noeviction``, and a proxy that cuts
 replies mid-way while callers are cancelled at random. The figures each test measured are
 printed (``pytest -s`` shows them).
@@ -19,7 +21,9 @@ printed (``pytest -s`` shows them).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
+import itertools
 import random
 import threading
 import time
@@ -50,6 +54,10 @@ LOAD = 0.002  # the "database": each load sleeps this long
 # ready callers, and an outage makes every caller load at once. 100 ms covers that; any
 # real wait (a second timeout, a pool queue, a lease of 5 s) is far above it.
 SLACK = 0.1
+# The samplers of ``hits`` tick every TICK: a tick later than that (plus TICK_SLACK) means
+# the process (its event loop, or the GIL) did not run for the difference.
+TICK = 0.01
+TICK_SLACK = 0.005
 RESUME_WITHIN = COOLDOWN + 1.0  # after the server is back, hits again within this
 TTL = 1.0  # short: keys keep expiring, so leases and fills are in flight at any instant
 KEYS = [f"k{i}" for i in range(20)]
@@ -86,6 +94,8 @@ class Recorder:
     loads: Counter[str] = field(default_factory=Counter)
     hits: list[tuple[float, int]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # tick times and cumulative lag, computed once the run is over
+    _lag: tuple[list[float], list[float]] | None = field(default=None, init=False, repr=False)
 
     def record(self, began: float, key: str, value: object, exc: BaseException | None) -> None:
         problem = None
@@ -103,6 +113,26 @@ class Recorder:
     def between(self, start: float, end: float) -> list[Call]:
         """Calls that were running at some instant of ``[start, end]``."""
         return [c for c in self.calls if c.ended >= start and c.began <= end]
+
+    def starved(self, call: Call) -> float:
+        """Seconds during ``call`` in which the process did not run (late sampler ticks).
+
+        A box shared with other CPU-bound work (2 cores here) can stop the whole process
+        for a while: every call running then is late by as much, whatever the cache does.
+        A call the cache stalls (a lease waited for) is late while the process runs on,
+        so it is not excused.
+        """
+        if self._lag is None:
+            ticks = [t for t, _ in self.hits]
+            lags = [max(0.0, b - a - TICK - TICK_SLACK) for a, b in itertools.pairwise(ticks)]
+            self._lag = (ticks, [0.0, *itertools.accumulate(lags)])
+        ticks, total = self._lag
+        # Ticks ending within the call (a late tick's lag was spent just before it).
+        first = bisect.bisect_right(ticks, call.began)
+        last = bisect.bisect_right(ticks, call.ended)
+        if first == 0 or last <= first:
+            return 0.0
+        return total[last - 1] - total[first - 1]
 
     def resumed(self, since: float) -> float | None:
         """Seconds after ``since`` at which ``hits`` first moved again; ``None``: never."""
@@ -138,17 +168,27 @@ def check_calls(
 
     The deadline bounds each Redis operation; ``operations`` is how many a call may make
     one after the other while Redis is slow but up (a miss: the GET, then the lease).
-    A failure lists the slowest calls, timed from ``origin`` (default: the first call),
-    and the counters that tell why (``lock_waits``: callers waited for a lease).
+    A call is also excused the time the process itself could not run meanwhile
+    (:meth:`Recorder.starved`; 0 when nothing sampled). A failure lists the slowest calls,
+    timed from ``origin`` (default: the first call), and the counters that tell why
+    (``lock_waits``: callers waited for a lease).
     """
     assert rec.problems() == []
     assert rec.calls, "no call was made"
     origin = rec.calls[0].began if origin is None else origin
-    worst, _ = summary(f"{name}, whole run", rec.calls)
+    summary(f"{name}, whole run", rec.calls)
     budget = operations * DEADLINE + SLACK
-    slow = sorted((c for c in rec.calls if c.added > budget), key=lambda c: -c.added)
-    assert worst <= budget, (
-        [f"{c.key}: {c.added * 1000:.0f} ms at {c.began - origin:+.2f} s" for c in slow[:8]],
+    over = [(c, c.added - budget - rec.starved(c)) for c in rec.calls if c.added > budget]
+    slow = sorted(((c, x) for c, x in over if x > 0), key=lambda cx: -cx[1])
+    starved = max((rec.starved(c) for c, _ in over), default=0.0)
+    print(f"{name}: {len(over)} calls over {budget * 1000:.0f} ms, each excused at most "
+          f"{starved * 1000:.0f} ms of process starvation; {len(slow)} left over")  # fmt: skip
+    assert not slow, (
+        [
+            f"{c.key}: {c.added * 1000:.0f} ms at {c.began - origin:+.2f} s "
+            f"({rec.starved(c) * 1000:.0f} ms starved)"
+            for c, _ in slow[:8]
+        ],
         f"{len(slow)} slow calls",
         {k: stats[k] for k in ("lock_waits", "lock_timeouts", "deadline_exceeded")},
     )
@@ -200,7 +240,7 @@ async def async_callers(
 async def sample_hits(cache: Cache, rec: Recorder, stop: asyncio.Event) -> None:
     while not stop.is_set():
         rec.hits.append((time.monotonic(), cache.stats()["hits"]))
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(TICK)
 
 
 @contextlib.contextmanager
@@ -226,7 +266,7 @@ def thread_callers(
     def sampler() -> None:
         while not stop.is_set():
             rec.hits.append((time.monotonic(), cache.stats()["hits"]))
-            time.sleep(0.01)
+            time.sleep(TICK)
 
     threads = [threading.Thread(target=caller, args=(i,)) for i in range(callers)]
     threads.append(threading.Thread(target=sampler))
