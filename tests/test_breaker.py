@@ -691,6 +691,36 @@ def test_the_sync_face_charges_a_timeout_only_after_a_whole_deadline_of_silence(
     assert state(breaker) == "open"
 
 
+def test_a_call_that_queued_for_its_slot_is_charged_after_two_deadlines_of_silence() -> None:
+    """A client too busy to read replies can be silent for a deadline; a hung server stays
+    silent. A call that waited for its slot counts only once nobody was answered for two
+    deadlines (a hung server whose slots are all taken must still open the breaker)."""
+    clock = FakeClock()
+    stats = Stats()
+    breaker = Breaker(failures=1, cooldown=COOLDOWN, clock=clock, on_transition=stats.incr)
+    silence = [0.3, 0.5]  # fake seconds without an answer when each queued call times out
+    holding = threading.Event()
+
+    def behaviour() -> bytes:
+        if threading.current_thread().name == "holder":
+            holding.set()
+            time.sleep(0.05)  # holds the only slot: the other call queues (25 % of its budget)
+            return b"v"
+        clock.advance(silence.pop(0))
+        raise BackendTimeout("no reply")
+
+    backend = GuardedBackend(FakeSync(behaviour), breaker, stats, deadline=0.2, slots=1)
+    for expected_state in ("closed", "open"):
+        holding.clear()
+        holder = threading.Thread(target=backend.run, args=(Get("k"),), name="holder")
+        holder.start()
+        assert holding.wait(5)
+        with pytest.raises(BackendTimeout):
+            backend.run(Get("k"))
+        holder.join(5)
+        assert state(breaker) == expected_state, stats.snapshot()
+
+
 # --------------------------------------------------------------------------- degraded mode
 
 
