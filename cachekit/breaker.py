@@ -158,8 +158,8 @@ class Breaker:
 
         A call that timed out while others were being answered was slow because of the
         queue it waited in (too few connections, a loaded client), not because the endpoint
-        failed: the guard charges a timeout only when nobody was answered for a whole
-        deadline.
+        failed: the guard charges a timeout only when nobody was answered for half a
+        deadline before it.
 
         Usage::
 
