@@ -22,7 +22,10 @@ it (the in-process flight still protects the database), and writes after a load 
 fail the caller. A lease refused by an error answer (out of memory) is a skipped write,
 not a failed read. A lease this flow may hold but can no longer use (a lease or fill
 request that timed out, a load that was cancelled) is released, token-checked, so the
-key's next callers need not wait for it to lapse.
+key's next callers need not wait for it to lapse. That release may run before the server
+runs the request it undoes (a paused server answers both later, in either order), so every
+lease is taken on probation (:data:`~cachekit.backends.leases.LEASE_PROBATION`, confirmed
+by its holder's watchdog): a lease nobody holds lapses within it, whatever ran first.
 
 Usage::
 
@@ -36,7 +39,7 @@ import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from cachekit.backends.leases import Fill, Release, TakeLease
+from cachekit.backends.leases import LEASE_PROBATION, Fill, Release, TakeLease
 from cachekit.backends.ops import Delete, Get
 from cachekit.backends.tags import ReadTagged
 from cachekit.bloomflow import bloom_contains
@@ -249,7 +252,7 @@ def _miss(ctx: Context, policy: Policy, target: Target, seen: Envelope | None) -
     waited = False
     while True:
         try:
-            got = yield TakeLease(lease, token, policy.lock_ttl, key)
+            got = yield _take_lease(policy, lease, token, key)
         except BackendError as exc:
             yield from _lease_failed(ctx, key, (lease, token), exc)
             # No lease to be had: the flight alone guards the source, and nothing is stored.
@@ -287,6 +290,13 @@ def _miss(ctx: Context, policy: Policy, target: Target, seen: Envelope | None) -
     return (yield from _load_only(ctx))  # serve the caller, but leave the fill to the holder
 
 
+def _take_lease(policy: Policy, lease: str, token: bytes, key: str) -> TakeLease:
+    """The lease request of a read path, on probation: a request the server runs after we
+    gave up on it (a paused or stopped server) takes a lease that lapses within
+    :data:`LEASE_PROBATION`, not after ``lock_ttl``; ``Hold`` confirms ours."""
+    return TakeLease(lease, token, policy.lock_ttl, key, probation=LEASE_PROBATION)
+
+
 def _rebuild(ctx: Context, policy: Policy, target: Target, seen: Envelope) -> Flow[float]:
     """A background rebuild of ``seen``: one per key across the fleet, never failing callers.
 
@@ -295,7 +305,7 @@ def _rebuild(ctx: Context, policy: Policy, target: Target, seen: Envelope) -> Fl
     key = target.key
     lease, token = lease_key(key), new_token()
     try:
-        got = yield TakeLease(lease, token, policy.lock_ttl, key)
+        got = yield _take_lease(policy, lease, token, key)
     except BackendError as exc:
         yield from _lease_failed(ctx, key, (lease, token), exc)
         return 0.0
@@ -325,7 +335,7 @@ def _load_maybe_store(ctx: Context, policy: Policy, target: Target) -> Flow[Any]
     """
     lease, token = lease_key(target.key), new_token()
     try:
-        got = yield TakeLease(lease, token, policy.lock_ttl, target.key)
+        got = yield _take_lease(policy, lease, token, target.key)
     except BackendError as exc:
         yield from _lease_failed(ctx, target.key, (lease, token), exc)
         got = None
@@ -354,8 +364,9 @@ def _load_and_store(
     ctx: Context, policy: Policy, target: Target, lease: tuple[str, bytes]
 ) -> Flow[Any]:
     key = target.key
-    # A load slower than the lease must not lose it: renew until the flow ends.
-    yield Hold(lease[0], lease[1], policy.lock_ttl)
+    # A load slower than the lease must not lose it: renew until the flow ends. The first
+    # renewal also confirms a lease taken on probation (cachekit.watchdog).
+    yield Hold(lease[0], lease[1], policy.lock_ttl, probation=LEASE_PROBATION)
     try:
         value, load_time = yield from _load(ctx)
     except Exception:

@@ -86,6 +86,7 @@ class Breaker:
     """
 
     __slots__ = (
+        "_answered",
         "_clock",
         "_cooldown",
         "_failures",
@@ -121,6 +122,7 @@ class Breaker:
         self._streak = 0
         self._opened_at = 0.0
         self._probing = False
+        self._answered = float("-inf")  # when the endpoint last answered anyone
 
     @property
     def state(self) -> State:
@@ -151,8 +153,24 @@ class Breaker:
             self._probing = True
             return PROBE
 
+    def answered_within(self, seconds: float) -> bool:
+        """Whether the endpoint answered any call (:meth:`success`) in the last ``seconds``.
+
+        A call that timed out while others were being answered was slow because of the
+        queue it waited in (too few connections, a loaded client), not because the endpoint
+        failed: the guard charges a timeout only when nobody was answered for half a
+        deadline before it.
+
+        Usage::
+
+            if not breaker.answered_within(deadline):
+                breaker.failure(ticket)
+        """
+        return self._clock.monotonic() - self._answered <= seconds
+
     def success(self, ticket: Ticket = PROBE) -> None:
         """The endpoint answered: reset the failure streak; a successful probe closes."""
+        self._answered = self._clock.monotonic()  # a plain store: no lock on the hot path
         if self._state == "closed" and not self._streak:
             return
         with self._lock:

@@ -94,11 +94,16 @@ class Wait:
 
 @dataclass(slots=True)
 class Hold:
-    """Renew the lease ``key`` (holding ``token``) every ``ttl / 3`` until the flow ends."""
+    """Renew the lease ``key`` (holding ``token``) every ``ttl / 3`` until the flow ends.
+
+    A lease taken on ``probation`` (for only that long) is renewed first within it, which
+    confirms it (:func:`cachekit.watchdog.first_renewal`).
+    """
 
     key: str
     token: bytes
     ttl: float
+    probation: float | None = None
 
 
 @dataclass(slots=True)

@@ -128,9 +128,11 @@ class SyncFace(_Shared):
         self.deferred = SyncDeferred(backend, stats, log)
         self._pool: ThreadPoolExecutor | None = None
 
-    def hold(self, key: str, token: bytes, ttl: float) -> SyncWatchdog:
+    def hold(
+        self, key: str, token: bytes, ttl: float, probation: float | None = None
+    ) -> SyncWatchdog:
         """Keep the lease ``key`` alive until the returned watchdog is stopped."""
-        return SyncWatchdog(self.backend, key, token, ttl, self.renewal_failed)
+        return SyncWatchdog(self.backend, key, token, ttl, self.renewal_failed, probation)
 
     def drive(self, flow: Flow[T], load: Callable[[], Any] = _no_load) -> T:
         """Run ``flow`` to completion and return its result."""
@@ -173,7 +175,7 @@ class SyncFace(_Shared):
         if isinstance(effect, Wait):
             return effect.handle.wait(effect.timeout)
         if isinstance(effect, Hold):
-            held.append(self.hold(effect.key, effect.token, effect.ttl))
+            held.append(self.hold(effect.key, effect.token, effect.ttl, effect.probation))
             return None
         if isinstance(effect, Later):
             return self.deferred.schedule(effect.op, effect.delay)
@@ -303,9 +305,12 @@ class AsyncFace(_Shared):
         if self._connect is not None:
             abandon(state.backend)
 
-    def hold(self, key: str, token: bytes, ttl: float) -> AsyncWatchdog:
+    def hold(
+        self, key: str, token: bytes, ttl: float, probation: float | None = None
+    ) -> AsyncWatchdog:
         """Keep the lease ``key`` alive until the returned watchdog is stopped."""
-        return AsyncWatchdog(self._loops.get().backend, key, token, ttl, self.renewal_failed)
+        backend = self._loops.get().backend
+        return AsyncWatchdog(backend, key, token, ttl, self.renewal_failed, probation)
 
     async def drive(self, flow: Flow[T], load: Callable[[], Awaitable[Any]] = _no_async_load) -> T:
         """Run ``flow`` to completion and return its result."""
@@ -354,7 +359,12 @@ class AsyncFace(_Shared):
             return await effect.handle.wait(effect.timeout)
         if isinstance(effect, Hold):
             dog = AsyncWatchdog(
-                state.backend, effect.key, effect.token, effect.ttl, self.renewal_failed
+                state.backend,
+                effect.key,
+                effect.token,
+                effect.ttl,
+                self.renewal_failed,
+                effect.probation,
             )
             held.append(dog)
             return None

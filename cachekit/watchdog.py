@@ -8,6 +8,11 @@ the thread or task that started it, so a holder that dies or is cancelled withou
 releasing leaves a lease that lapses within its TTL instead of one renewed forever. The
 sync one is a daemon thread, so it dies with its process; the async one is a task.
 
+A lease taken on probation (:class:`~cachekit.backends.leases.TakeLease`) lives only that
+long until its holder confirms it: its watchdog renews first a quarter into the probation,
+and retries that often until answered. A holder that finishes sooner (most loads do) never
+renews at all.
+
 Usage::
 
     dog = SyncWatchdog(backend, key, token, ttl=5, on_error=log_it)
@@ -27,9 +32,22 @@ from cachekit.backends.base import AsyncBackend, SyncBackend
 from cachekit.backends.ops import ExpireIfEqual
 from cachekit.exceptions import BackendError
 
-__all__ = ["AsyncWatchdog", "SyncWatchdog"]
+__all__ = ["AsyncWatchdog", "SyncWatchdog", "first_renewal"]
 
 OnError = Callable[[BackendError], None]
+
+
+def first_renewal(ttl: float, probation: float | None = None) -> float:
+    """Seconds before a watchdog first renews (and retries, until answered) a lease of ``ttl``.
+
+    Usage::
+
+        first_renewal(10)          # 3.33...: every ttl / 3
+        first_renewal(10, 0.25)    # 0.0625: a quarter into the probation
+    """
+    if probation is None:
+        return ttl / 3
+    return min(ttl, probation) / 4
 
 
 class SyncWatchdog:
@@ -38,14 +56,21 @@ class SyncWatchdog:
     __slots__ = ("_stop", "lost")
 
     def __init__(
-        self, backend: SyncBackend, key: str, token: bytes, ttl: float, on_error: OnError
+        self,
+        backend: SyncBackend,
+        key: str,
+        token: bytes,
+        ttl: float,
+        on_error: OnError,
+        probation: float | None = None,
     ) -> None:
         self.lost = False
         self._stop = threading.Event()
         op = ExpireIfEqual(key, token, ttl)
         owner = threading.current_thread()
+        first = first_renewal(ttl, probation)
         thread = threading.Thread(
-            target=self._run, args=(backend, op, ttl / 3, on_error, owner), daemon=True
+            target=self._run, args=(backend, op, first, ttl / 3, on_error, owner), daemon=True
         )
         thread.name = f"cachekit-watchdog {key}"
         thread.start()
@@ -54,17 +79,20 @@ class SyncWatchdog:
         self,
         backend: SyncBackend,
         op: ExpireIfEqual,
+        delay: float,
         every: float,
         on_error: OnError,
         owner: threading.Thread,
     ) -> None:
-        while not self._stop.wait(every) and owner.is_alive():
+        while not self._stop.wait(delay) and owner.is_alive():
             try:
                 if not backend.run(op):
                     self.lost = True
                     return
             except BackendError as exc:  # keep trying: the lease may still be ours
                 on_error(exc)
+            else:
+                delay = every
 
     def stop(self) -> None:
         """Stop renewing (the lease then lapses after its TTL unless released)."""
@@ -77,12 +105,19 @@ class AsyncWatchdog:
     __slots__ = ("_owner", "_task", "lost")
 
     def __init__(
-        self, backend: AsyncBackend, key: str, token: bytes, ttl: float, on_error: OnError
+        self,
+        backend: AsyncBackend,
+        key: str,
+        token: bytes,
+        ttl: float,
+        on_error: OnError,
+        probation: float | None = None,
     ) -> None:
         self.lost = False
         op = ExpireIfEqual(key, token, ttl)
+        first = first_renewal(ttl, probation)
         self._task = asyncio.get_running_loop().create_task(
-            self._run(backend, op, ttl / 3, on_error), name=f"cachekit-watchdog {key}"
+            self._run(backend, op, first, ttl / 3, on_error), name=f"cachekit-watchdog {key}"
         )
         self._owner = asyncio.current_task()
         if self._owner is not None:
@@ -92,16 +127,23 @@ class AsyncWatchdog:
         self._task.cancel()
 
     async def _run(
-        self, backend: AsyncBackend, op: ExpireIfEqual, every: float, on_error: OnError
+        self,
+        backend: AsyncBackend,
+        op: ExpireIfEqual,
+        delay: float,
+        every: float,
+        on_error: OnError,
     ) -> None:
         while True:
-            await asyncio.sleep(every)
+            await asyncio.sleep(delay)
             try:
                 if not await backend.run(op):
                     self.lost = True
                     return
             except BackendError as exc:  # keep trying: the lease may still be ours
                 on_error(exc)
+            else:
+                delay = every
 
     def stop(self) -> None:
         """Stop renewing (the lease then lapses after its TTL unless released)."""

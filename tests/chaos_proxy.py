@@ -13,6 +13,9 @@ private server. Its knobs may be turned while traffic flows, from any thread:
 * :meth:`cut_next` / :meth:`delay_next` - one-shot: cut (or hold back for a while) the
   next reply chunk that starts with given bytes, say ``b"*2"`` for a two-element array,
   to lose exactly the reply of one chosen command.
+* :meth:`hold_next_request` - one-shot: hold back the next request chunk that contains
+  given bytes (a key name), so the server runs that command late, after whatever the
+  client sent meanwhile on its other connections (as a paused server may).
 * :meth:`pause` / :meth:`resume` - nothing is forwarded in either direction meanwhile;
   connections stay open, as with a hung server behind a live load balancer.
 * :meth:`drop_all` - reset every open connection now.
@@ -102,6 +105,7 @@ class ChaosProxy:
         self._tasks: set[asyncio.Task[None]] = set()
         self._flowing: asyncio.Event | None = None
         self._next: list[tuple[bytes, float | None]] = []  # (prefix, delay; None: cut)
+        self._held: list[tuple[bytes, float]] = []  # (marker, delay) for requests
 
     @property
     def url(self) -> str:
@@ -142,6 +146,15 @@ class ChaosProxy:
         comes late (as from a server that stalled right after executing it).
         """
         self._loop.call_soon_threadsafe(self._next.append, (prefix, float(seconds)))
+
+    def hold_next_request(self, marker: bytes, seconds: float) -> None:
+        """Hold the next request chunk containing ``marker`` back ``seconds`` (once).
+
+        The client's command reaches the server that much later (even if the client gave up
+        and closed the connection meanwhile), so it runs after commands the client sent
+        later on other connections: the order a paused server may run them in.
+        """
+        self._loop.call_soon_threadsafe(self._held.append, (marker, float(seconds)))
 
     def drop_all(self) -> None:
         """Reset every open connection now."""
@@ -230,6 +243,11 @@ class ChaosProxy:
 
     async def _requests(self, reader: asyncio.StreamReader, upstream: asyncio.StreamWriter) -> None:
         while chunk := await reader.read(_CHUNK):
+            for i, (marker, delay) in enumerate(self._held):
+                if marker in chunk:
+                    del self._held[i]
+                    await asyncio.sleep(delay)
+                    break
             await self._event().wait()
             upstream.write(chunk)
             await upstream.drain()

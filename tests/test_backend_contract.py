@@ -211,6 +211,24 @@ async def test_take_lease_reads_what_it_guards(run: Run[Any], key: Callable[[str
     assert await run(TakeLease(lease, b"t3", 10, value)) == Leased(True, b"", 0.0)
 
 
+async def test_a_lease_on_probation_lives_that_long_until_its_holder_confirms_it(
+    run: Run[Any], key: Callable[[str], str], request: pytest.FixtureRequest
+) -> None:
+    """A server may run a lease request after its caller gave up: taken on probation, the
+    lease lapses that soon unless its holder (who has the reply) extends it. The in-memory
+    store runs each request when it is made, so it takes the whole lease at once."""
+    value, lease = key("v"), key("v") + ":lease"
+    assert (await run(TakeLease(lease, b"t1", 10, value, probation=0.25))).acquired
+    other = await run(TakeLease(lease, b"t2", 10, value, probation=0.25))
+    assert not other.acquired
+    in_memory = str(request.node.callspec.params["run"]).startswith("memory")
+    assert 0 < other.remaining <= (10 if in_memory else 0.25)
+    assert await run(ExpireIfEqual(lease, b"t1", 10))  # the holder confirms it
+    confirmed = await run(TakeLease(lease, b"t2", 10, value, probation=0.25))
+    assert not confirmed.acquired
+    assert 9 < confirmed.remaining <= 10
+
+
 async def test_fill_only_under_its_own_lease(run: Run[Any], key: Callable[[str], str]) -> None:
     value, lease = key("v"), key("v") + ":lease"
     await run(TakeLease(lease, b"mine", 10, value))

@@ -6,11 +6,13 @@ shared one) and checks, per call:
 
 * no error reaches a caller, and every value is the right one (values embed their key);
 * the latency a call *adds* (its latency minus one load) stays within the operation
-  deadline plus :data:`SLACK`;
+  deadlines plus :data:`SLACK`, plus the time the process itself could not run during the
+  call (see :meth:`Recorder.starved`);
 * once the server is back, caching resumes (the ``hits`` counter moves again) within the
   breaker's cool-down plus 1 s, without restarting anything.
 
-Scenarios: SIGKILL and restart (async, sync), SIGSTOP for 5 s, ``CLIENT PAUSE``, pool
+Scenarios: SIGKILL and restart (async, sync), SIGSTOP for 5 s, ``CLIENT PAUSE 2000 ALL``,
+``DEBUG SLEEP 2``, pool
 exhaustion behind a slow link, ``maxmemory`` with ``noeviction``, and a proxy that cuts
 replies mid-way while callers are cancelled at random. The figures each test measured are
 printed (``pytest -s`` shows them).
@@ -19,7 +21,9 @@ printed (``pytest -s`` shows them).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
+import itertools
 import random
 import threading
 import time
@@ -35,6 +39,7 @@ from redis.retry import Retry
 
 from cachekit import Cache
 from cachekit.backends.guard import DEFAULT_DEADLINE
+from cachekit.backends.leases import LEASE_PROBATION
 from cachekit.breaker import DEFAULT_COOLDOWN
 from tests.chaos_proxy import ChaosProxy
 from tests.servers import PrivateServer
@@ -49,6 +54,10 @@ LOAD = 0.002  # the "database": each load sleeps this long
 # ready callers, and an outage makes every caller load at once. 100 ms covers that; any
 # real wait (a second timeout, a pool queue, a lease of 5 s) is far above it.
 SLACK = 0.1
+# The samplers of ``hits`` tick every TICK: a tick later than that (plus TICK_SLACK) means
+# the process (its event loop, or the GIL) did not run for the difference.
+TICK = 0.01
+TICK_SLACK = 0.005
 RESUME_WITHIN = COOLDOWN + 1.0  # after the server is back, hits again within this
 TTL = 1.0  # short: keys keep expiring, so leases and fills are in flight at any instant
 KEYS = [f"k{i}" for i in range(20)]
@@ -85,6 +94,8 @@ class Recorder:
     loads: Counter[str] = field(default_factory=Counter)
     hits: list[tuple[float, int]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # tick times and cumulative lag, computed once the run is over
+    _lag: tuple[list[float], list[float]] | None = field(default=None, init=False, repr=False)
 
     def record(self, began: float, key: str, value: object, exc: BaseException | None) -> None:
         problem = None
@@ -102,6 +113,26 @@ class Recorder:
     def between(self, start: float, end: float) -> list[Call]:
         """Calls that were running at some instant of ``[start, end]``."""
         return [c for c in self.calls if c.ended >= start and c.began <= end]
+
+    def starved(self, call: Call) -> float:
+        """Seconds during ``call`` in which the process did not run (late sampler ticks).
+
+        A box shared with other CPU-bound work (2 cores here) can stop the whole process
+        for a while: every call running then is late by as much, whatever the cache does.
+        A call the cache stalls (a lease waited for) is late while the process runs on,
+        so it is not excused.
+        """
+        if self._lag is None:
+            ticks = [t for t, _ in self.hits]
+            lags = [max(0.0, b - a - TICK - TICK_SLACK) for a, b in itertools.pairwise(ticks)]
+            self._lag = (ticks, [0.0, *itertools.accumulate(lags)])
+        ticks, total = self._lag
+        # Ticks ending within the call (a late tick's lag was spent just before it).
+        first = bisect.bisect_right(ticks, call.began)
+        last = bisect.bisect_right(ticks, call.ended)
+        if first == 0 or last <= first:
+            return 0.0
+        return total[last - 1] - total[first - 1]
 
     def resumed(self, since: float) -> float | None:
         """Seconds after ``since`` at which ``hits`` first moved again; ``None``: never."""
@@ -137,17 +168,27 @@ def check_calls(
 
     The deadline bounds each Redis operation; ``operations`` is how many a call may make
     one after the other while Redis is slow but up (a miss: the GET, then the lease).
-    A failure lists the slowest calls, timed from ``origin`` (default: the first call),
-    and the counters that tell why (``lock_waits``: callers waited for a lease).
+    A call is also excused the time the process itself could not run meanwhile
+    (:meth:`Recorder.starved`; 0 when nothing sampled). A failure lists the slowest calls,
+    timed from ``origin`` (default: the first call), and the counters that tell why
+    (``lock_waits``: callers waited for a lease).
     """
     assert rec.problems() == []
     assert rec.calls, "no call was made"
     origin = rec.calls[0].began if origin is None else origin
-    worst, _ = summary(f"{name}, whole run", rec.calls)
+    summary(f"{name}, whole run", rec.calls)
     budget = operations * DEADLINE + SLACK
-    slow = sorted((c for c in rec.calls if c.added > budget), key=lambda c: -c.added)
-    assert worst <= budget, (
-        [f"{c.key}: {c.added * 1000:.0f} ms at {c.began - origin:+.2f} s" for c in slow[:8]],
+    over = [(c, c.added - budget - rec.starved(c)) for c in rec.calls if c.added > budget]
+    slow = sorted(((c, x) for c, x in over if x > 0), key=lambda cx: -cx[1])
+    starved = max((rec.starved(c) for c, _ in over), default=0.0)
+    print(f"{name}: {len(over)} calls over {budget * 1000:.0f} ms, each excused at most "
+          f"{starved * 1000:.0f} ms of process starvation; {len(slow)} left over")  # fmt: skip
+    assert not slow, (
+        [
+            f"{c.key}: {c.added * 1000:.0f} ms at {c.began - origin:+.2f} s "
+            f"({rec.starved(c) * 1000:.0f} ms starved)"
+            for c, _ in slow[:8]
+        ],
         f"{len(slow)} slow calls",
         {k: stats[k] for k in ("lock_waits", "lock_timeouts", "deadline_exceeded")},
     )
@@ -199,7 +240,7 @@ async def async_callers(
 async def sample_hits(cache: Cache, rec: Recorder, stop: asyncio.Event) -> None:
     while not stop.is_set():
         rec.hits.append((time.monotonic(), cache.stats()["hits"]))
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(TICK)
 
 
 @contextlib.contextmanager
@@ -225,7 +266,7 @@ def thread_callers(
     def sampler() -> None:
         while not stop.is_set():
             rec.hits.append((time.monotonic(), cache.stats()["hits"]))
-            time.sleep(0.01)
+            time.sleep(TICK)
 
     threads = [threading.Thread(target=caller, args=(i,)) for i in range(callers)]
     threads.append(threading.Thread(target=sampler))
@@ -289,17 +330,37 @@ def sigstop(server: PrivateServer) -> Outage:
 
 
 def client_pause(server: PrivateServer) -> Outage:
-    """``CLIENT PAUSE 3000 ALL``: the server holds every client's commands for 3 s."""
+    """``CLIENT PAUSE 2000 ALL``: the server holds every client's commands for 2 s."""
     admin = redis.Redis(port=server.port, socket_timeout=10)
 
     def begin() -> None:
-        admin.client_pause(3000, all=True)
+        admin.client_pause(2000, all=True)
 
     def end() -> None:
         admin.ping()  # held by the pause like everyone else's commands, then answered
         admin.close()
 
     return Outage("CLIENT PAUSE", begin, end, 0.0)
+
+
+def debug_sleep(server: PrivateServer) -> Outage:
+    """``DEBUG SLEEP 2``: the server itself blocks for 2 s, reading nothing meanwhile."""
+    admin = redis.Redis(port=server.port, socket_timeout=10)
+    admin.ping()  # connected before the sleep: the sleep blocks new connections too
+    sleeper: list[threading.Thread] = []
+
+    def begin() -> None:
+        thread = threading.Thread(target=admin.execute_command, args=("DEBUG", "SLEEP", "2"))
+        thread.start()
+        sleeper.append(thread)
+        time.sleep(0.05)  # the command is on its way: the outage has begun
+
+    def end() -> None:
+        sleeper.pop().join()  # DEBUG SLEEP answers when it is over
+        admin.ping()
+        admin.close()
+
+    return Outage("DEBUG SLEEP", begin, end, 0.0)
 
 
 async def async_outages(server: PrivateServer, outage: Outage, rounds: int) -> None:
@@ -384,11 +445,6 @@ def test_sigkill_during_32_threads_of_sync_calls(private_redis: PrivateServer) -
 # --------------------------------------------------------------------------- 2. SIGSTOP
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="intermittent: a lease request the stopped server runs after SIGCONT, later than "
-    "the caller's release of it, holds the key for lock_ttl and its callers wait (open issue)",
-)
 async def test_sigstop_for_5_s_async(private_redis: PrivateServer) -> None:
     """A hung server: callers are bounded by the deadline, never by the 5 s hang.
 
@@ -401,11 +457,6 @@ async def test_sigstop_for_5_s_async(private_redis: PrivateServer) -> None:
     await async_outages(private_redis, sigstop(private_redis), rounds=1)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="intermittent: a lease request the paused server runs after it resumes, later "
-    "than the caller's release of it, holds the key for lock_ttl and its callers wait",
-)
 def test_sigstop_for_5_s_sync(private_redis: PrivateServer) -> None:
     sync_outages(private_redis, sigstop(private_redis), rounds=1)
 
@@ -413,25 +464,37 @@ def test_sigstop_for_5_s_sync(private_redis: PrivateServer) -> None:
 # --------------------------------------------------------------------------- 3. CLIENT PAUSE
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="intermittent: a lease request the paused server runs after it resumes, later "
-    "than the caller's release of it, holds the key for lock_ttl and its callers wait",
-)
 async def test_client_pause_all_async(private_redis: PrivateServer) -> None:
     """The server holds every command 3 s; the same causes as SIGSTOP's slow calls."""
     await async_outages(private_redis, client_pause(private_redis), rounds=1)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="intermittent: a lease request the paused server runs after it resumes, later "
-    "than the caller's release of it, holds the key for lock_ttl and its callers wait",
-)
 def test_client_pause_all_sync(private_redis: PrivateServer) -> None:
     """A fill cut off by the pause leaves its lease behind: the key's next caller after
     the pause may wait for it (the sync face's share of the SIGSTOP causes)."""
     sync_outages(private_redis, client_pause(private_redis), rounds=1)
+
+
+# --------------------------------------------------------------------------- 3b. DEBUG SLEEP
+
+
+@pytest.fixture
+def debuggable_redis() -> Iterator[PrivateServer]:
+    """A private server that accepts ``DEBUG`` (off by default since Redis 7)."""
+    server = PrivateServer("--enable-debug-command", "yes").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_debug_sleep_async(debuggable_redis: PrivateServer) -> None:
+    """The server blocks for 2 s inside one command: every other client's commands wait."""
+    await async_outages(debuggable_redis, debug_sleep(debuggable_redis), rounds=1)
+
+
+def test_debug_sleep_sync(debuggable_redis: PrivateServer) -> None:
+    sync_outages(debuggable_redis, debug_sleep(debuggable_redis), rounds=1)
 
 
 # --------------------------------------------------------------------------- the proxy itself
@@ -473,11 +536,6 @@ def test_the_proxy_delays_cuts_and_pauses(private_redis: PrivateServer) -> None:
 # --------------------------------------------------------------------------- 4. pool exhaustion
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="intermittent on 2 cores: a call that got its slot early can still time out "
-    "behind 50 ms replies and charge the breaker (open issue, see CHANGELOG)",
-)
 async def test_pool_exhaustion_500_callers_10_connections(private_redis: PrivateServer) -> None:
     """A healthy server 50 ms away, 10 connections, 500 callers at once: nobody queues
     past the deadline, everyone gets the right value, and the breaker stays closed."""
@@ -500,7 +558,11 @@ async def test_pool_exhaustion_500_callers_10_connections(private_redis: Private
                     except Exception as exc:
                         rec.record(began, key, None, exc)
 
+            stop = asyncio.Event()
+            sampler = asyncio.ensure_future(sample_hits(cache, rec, stop))  # starvation
             await asyncio.gather(*(caller(i) for i in range(500)))
+            stop.set()
+            await sampler
             state = cache.breaker.state if cache.breaker else "closed"
         finally:
             await cache.close()
@@ -513,8 +575,9 @@ async def test_pool_exhaustion_500_callers_10_connections(private_redis: Private
         f"pool congestion opened the breaker: {stats['deadline_exceeded']} operations that "
         "got a slot late in their budget timed out on a healthy server and were charged"
     )
-    # A miss waits for a slot twice (its GET, then its lease) before it loads.
-    check_calls(rec, "pool exhaustion, 500 coroutines on 10 connections", stats, operations=2)
+    # A miss waits for a slot twice (its GET, then its lease) before it loads, and a third
+    # time for its fill after the load: here every operation may queue its whole deadline.
+    check_calls(rec, "pool exhaustion, 500 coroutines on 10 connections", stats, operations=3)
 
 
 # --------------------------------------------------------------------------- 5. maxmemory
@@ -759,6 +822,70 @@ async def test_a_lease_taken_after_the_deadline_does_not_stall_the_next_caller(
     took = time.monotonic() - began
     print(f"\norphaned lease: the next call took {took * 1000:.0f} ms")
     assert took <= DEADLINE + SLACK, f"waited {took:.2f} s for an abandoned lease"
+
+
+async def test_a_lease_request_run_after_its_release_lapses_within_the_probation(
+    proxied: tuple[Cache, ChaosProxy],
+) -> None:
+    """The server runs the lease request late, after the caller gave up on it and after
+    its token-checked release already ran (found nothing): the lease it takes belongs to
+    nobody. It must lapse within the probation, not hold the key for ``lock_ttl``."""
+    cache, proxy = proxied
+
+    @cache.cached(ttl=60, key="item:{key}", lock_ttl=5)
+    async def item(key: str) -> dict[str, Any]:
+        return expected(key)
+
+    late = DEADLINE + 0.3
+    proxy.hold_next_request(b"{item:d}:lease", late)  # only the lease request has that key
+    assert await item("d") == expected("d")  # loaded without the lease, within its budget
+    raw = redis.Redis(port=proxy.upstream_port)
+    try:
+        for _ in range(200):  # the held request reaches the server ~0.55 s after it was sent
+            if (ttl_ms := raw.pttl("lost:{item:d}:lease")) > 0:
+                break
+            await asyncio.sleep(0.005)
+    finally:
+        raw.close()
+    assert 0 < ttl_ms <= LEASE_PROBATION * 1000, f"the orphaned lease lives {ttl_ms} ms"
+    began = time.monotonic()
+    assert await item("d") == expected("d")
+    took = time.monotonic() - began
+    print(f"\nlease run after its release: {ttl_ms} ms left; next call {took * 1000:.0f} ms")
+    assert took <= LEASE_PROBATION + SLACK, f"waited {took:.2f} s for an orphaned lease"
+
+
+@pytest.mark.parametrize("face", ["async", "sync"])
+async def test_a_load_longer_than_the_probation_keeps_its_lease(
+    proxied: tuple[Cache, ChaosProxy], face: str
+) -> None:
+    """The holder's watchdog confirms a lease taken on probation: a load three probations
+    long still fills (no refused write), and the next call is a hit."""
+    cache, _ = proxied
+    loads = Counter[str]()
+
+    @cache.cached(ttl=60, key="slow:{key}", lock_ttl=5)
+    async def slow(key: str) -> dict[str, Any]:
+        loads[key] += 1
+        await asyncio.sleep(3 * LEASE_PROBATION)
+        return expected(key)
+
+    @cache.cached(ttl=60, key="slow:{key}", lock_ttl=5)
+    def sync_slow(key: str) -> dict[str, Any]:
+        loads[key] += 1
+        time.sleep(3 * LEASE_PROBATION)
+        return expected(key)
+
+    async def call(key: str) -> dict[str, Any]:
+        if face == "async":
+            return await slow(key)
+        return await asyncio.to_thread(sync_slow, key)
+
+    assert await call("e") == expected("e")
+    assert await call("e") == expected("e")
+    stats = cache.stats()
+    assert loads["e"] == 1, stats
+    assert stats["stale_sets_refused"] == 0
 
 
 async def test_a_caller_cancelled_during_its_load_does_not_stall_the_next_one(

@@ -369,7 +369,9 @@ async def test_locks_fence_and_wake_the_next_holder(cache: Cache, other: Cache) 
     _, (waited, fence) = await asyncio.gather(hold(), contend())
     assert fence is not None
     assert fence > token
-    assert waited < 1.5  # woken by the release, not by the holder's 10 s lease
+    # Woken by the release (0.4 s in), not by the holder's 10 s lease; the margin is for a
+    # loaded 2-core box.
+    assert waited < 3.0
 
 
 async def woken_by_the_fill(holding: Cache, waiting: Cache, n: int) -> float:
@@ -400,7 +402,9 @@ async def woken_by_the_fill(holding: Cache, waiting: Cache, n: int) -> float:
 
 async def test_a_waiter_is_woken_by_the_fill(cache: Cache, other: Cache) -> None:
     waited = await woken_by_the_fill(cache, other, 5)
-    assert waited < 1.2  # the lease ran 10 s: only the fill's notification explains this
+    # The load takes 0.6 s, the lease 10 s, the wait 8 s: only the fill's notification
+    # explains a wait this short (the margin is for a loaded 2-core box).
+    assert waited < 3.0
     assert other.stats()["lock_waits"] == 1
     assert other.stats()["lock_timeouts"] == 0
 
@@ -427,7 +431,7 @@ async def test_a_sync_waiter_is_woken_by_the_fill(cache: Cache, other: Cache) ->
 
     _, waited = await asyncio.gather(holder(6), asyncio.to_thread(wait_then_call))
     assert loads == ["holder"]
-    assert waited < 1.2
+    assert waited < 3.0  # as above: the fill's notification, not the 8 s wait
 
 
 async def test_sync_reads_keep_the_deadline_on_every_node(cache: Cache) -> None:
@@ -678,7 +682,7 @@ async def wake_after_failover(cache: Cache, url: str) -> float:
         await asyncio.sleep(0.05)
     async with Cache.from_url(url, prefix=cache._bound().ctx.keyspace.prefix) as other:
         waited = await woken_by_the_fill(other, cache, 99)
-    assert waited < 1.2
+    assert waited < 3.0  # the fill's notification, not the 8 s wait
     return round(waited, 3)
 
 

@@ -12,7 +12,12 @@ The breaker (:class:`~cachekit.breaker.Breaker`) is asked before each call: whil
 open, the call raises :class:`~cachekit.exceptions.CircuitOpen` at once, without I/O.
 Only failures to reach the server (unreachable, timed out) count against it; an error
 *answer* such as ``OOM command not allowed`` proves the server is alive, and a caller who
-got no slot never reached it.
+got no slot never reached it. A timeout counts only if the call had its slot at once and
+the server then answered nobody for at least half a deadline: a call that queued (for a
+slot, or behind slow replies while other calls were answered: 10 connections, 500
+callers, a server 50 ms away) met a congested client, not a failed server. A hung server
+answers nobody: the calls that were in flight when it stopped, and had their slots at
+once, time out within a deadline and open the breaker.
 
 Usage::
 
@@ -43,8 +48,9 @@ T = TypeVar("T")
 
 DEFAULT_DEADLINE: Final = 0.25
 # A timeout charges the breaker only if the call had at least this share of its budget
-# left when it got a connection slot.
+# left when it got its slot, and nobody was answered for SILENCE of a deadline before it.
 _CHARGED_SHARE: Final = 0.9
+_SILENCE: Final = 0.5
 
 #: The ``time.monotonic()`` by which the operation running in this context must end.
 DEADLINE: ContextVar[float | None] = ContextVar("cachekit_deadline", default=None)
@@ -90,10 +96,13 @@ class _Guard:
             return
         if isinstance(exc, BackendTimeout):
             self.stats.incr("deadline_exceeded")
-            if deadline - slot_at < self.deadline * _CHARGED_SHARE:
-                # Part of the budget went to waiting for a slot: this process is congested,
-                # the server may be fine, so the breaker is not charged. A dead or hung
-                # server still opens it: the calls that found slots free time out first.
+            queued = deadline - slot_at < self.deadline * _CHARGED_SHARE
+            if queued or self.breaker.answered_within(self.deadline * _SILENCE):
+                # Part of the budget went to waiting for a slot, or others were answered
+                # while this call waited (it queued behind their replies): this process is
+                # congested, the server alive, so the breaker is not charged. Half a
+                # deadline: the calls in flight when a server hangs were answered until
+                # it stopped, so a whole one would excuse all of them.
                 self.stats.incr("pool_exhausted")
                 self.breaker.release(ticket)
                 return

@@ -7,6 +7,12 @@ publishes the key it changed on the cache's notification channel, so waiters wak
 event instead of polling. All keys of one script share a hash tag, hence one Cluster slot,
 and on Cluster the announcement goes by ``SPUBLISH`` to that slot's shard channel
 (:mod:`cachekit.backends.shards`): the scripts take the command and channel as arguments.
+A lease taken by a read path is first *on probation* (:data:`LEASE_PROBATION`): its
+request carries that short expiry, and the holder's watchdog extends it to the whole lease
+(a token-checked renewal, :mod:`cachekit.watchdog`) once the holder has the reply and is
+still at work. A request whose caller gave up waiting (a paused or stopped server answers
+it seconds later, perhaps after the caller's release of it already ran) then takes a lease
+nobody holds, and it lapses within the probation, not after a whole lease.
 A lock's fencing counter has a TTL too (:func:`fence_ttl` past its last token, which is
 never below the server clock), so lock names used once do not pile up keys.
 
@@ -22,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from cachekit.backends.ops import Op, Script, Store, ms
 from cachekit.backends.shards import announcement, on_shards
@@ -30,6 +36,7 @@ from cachekit.backends.shards import announcement, on_shards
 __all__ = [
     "FENCE_TTL_FLOOR",
     "FENCE_TTL_LEASES",
+    "LEASE_PROBATION",
     "Acquire",
     "Acquired",
     "Fill",
@@ -165,6 +172,11 @@ def _counter(raw: bytes | None) -> int:
     return int(raw) if raw is not None and raw.isdigit() else 0
 
 
+# How long a lease lives before its holder confirms it (the default operation deadline):
+# what a lease request run after its caller gave up can cost the key's next callers.
+LEASE_PROBATION: Final = 0.25
+
+
 class Leased(NamedTuple):
     """The answer to :class:`TakeLease`: whether we got it, and what it guards right now.
 
@@ -195,18 +207,29 @@ return {0, redis.call('PTTL', KEYS[1])}
 
 @dataclass(slots=True)
 class TakeLease(Op[Leased]):
-    """Try the lease guarding ``value_key``; on success also read ``value_key``."""
+    """Try the lease guarding ``value_key``; on success also read ``value_key``.
+
+    With ``probation`` the lease is taken for only that long (at most ``ttl``): its
+    holder extends it to ``ttl`` (a watchdog's renewal) if it needs longer, so a request
+    the server runs after its caller gave up leaves a lease that lapses that soon.
+    """
 
     key: str
     token: bytes
     ttl: float
     value_key: str
+    probation: float | None = None
 
     kind = "script"
     script = _TAKE_LEASE
 
+    @property
+    def lease(self) -> float:
+        """The expiry the lease is taken with, in seconds."""
+        return self.ttl if self.probation is None else min(self.ttl, self.probation)
+
     def script_call(self) -> tuple[Sequence[str], Sequence[Any]]:
-        return (self.key, self.value_key), (self.token, ms(self.ttl))
+        return (self.key, self.value_key), (self.token, ms(self.lease))
 
     def parse(self, reply: Any) -> Leased:
         flag, data = reply
@@ -220,6 +243,9 @@ class TakeLease(Op[Leased]):
             return Leased(True, store.read(self.value_key), 0.0)
         if holder is not None:
             return Leased(False, None, store.remaining(self.key) or 0.001)
+        # No probation here: an in-process store runs a request when it is made, never
+        # after its caller gave up, and a fake clock may pass a whole probation inside a
+        # load before a watchdog (on real time) could confirm it.
         store.write(self.key, self.token, self.ttl)
         return Leased(True, store.read(self.value_key), 0.0)
 
