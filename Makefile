@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast lint format typecheck check bench bench-cart bench-http bench-outage bench-near loadtest demo clean
+.PHONY: install test test-fast lint format typecheck check bench bench-cart bench-http bench-outage bench-near loadtest conformance demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -55,3 +55,6 @@ demo: $(STAMP)  ## the demo shop; prints its URL (PORT, REDIS_URL, DATABASE_URL,
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+
+conformance: $(STAMP)  ## the response cache on the HTTP caching test suite (node, npm; CACHE_TESTS_DIR)
+	$(BIN)/python loadtests/conformance/runner.py $(CONFORMANCE_ARGS)
