@@ -217,7 +217,20 @@ def _coalesce(ctx: Context, settings: Settings, ask: Ask, probe: _Probe) -> Flow
             read_failed(ctx, exc)
             return Direct(probe.stamp, store=False, seen=seen, failed=True)
         if got.acquired:
-            return Lead(key, lease, token, probe.stamp, seen)
+            if got.value is None:
+                return Lead(key, lease, token, probe.stamp, seen)
+            # The key was filled between our read and our lease (the holder stored and
+            # released just before we asked): serve that fill rather than run the app again.
+            try:
+                probe = yield from _probe(ctx, settings, ask)
+                verdict = _serve(ctx, ask, probe)
+                if verdict is None:
+                    return Lead(key, lease, token, probe.stamp, probe.entry or seen)
+                yield Release(lease, token, ctx.channel, key)
+            except BackendError as exc:
+                read_failed(ctx, exc)
+                return Direct(probe.stamp, store=False, seen=seen, failed=True)
+            return verdict
         if not waited:
             ctx.stats.incr("lock_waits")
             waited = True

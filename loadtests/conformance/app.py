@@ -23,9 +23,9 @@ import httpx
 # Run as a script: the repository's cachekit, not an installed one, is the one tested.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 
-from cachekit import Cache  # noqa: E402
-from cachekit.middleware import ResponseCacheMiddleware  # noqa: E402
-from cachekit.middleware.capture import Message, Receive, Scope, Send  # noqa: E402
+from cachekit import Cache
+from cachekit.middleware import ResponseCacheMiddleware
+from cachekit.middleware.capture import Message, Receive, Scope, Send
 
 __all__ = ["FOLLOW_THE_ORIGIN", "app", "forward"]
 

@@ -178,7 +178,7 @@ def _score(suite: Path, args: list[str]) -> dict[str, Score]:
 
 
 def _table(scores: list[Score], published: dict[str, Score]) -> str:
-    rows = [("cachekit run %d" % (i + 1), s) for i, s in enumerate(scores)]
+    rows = [(f"cachekit run {i + 1}", s) for i, s in enumerate(scores)]
     rows += sorted(published.items(), key=lambda item: -item[1]["required"][0])
     width = max(len(name) for name, _ in rows)
     lines = [f"{'cache':<{width}}  required  optimal", f"{'-' * width}  --------  -------"]
@@ -196,9 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, help="keep results and server logs here")
     parser.add_argument("--floor-required", type=int, default=0)
     parser.add_argument("--floor-optimal", type=int, default=0)
-    parser.add_argument(
-        "--cache-url", default=os.environ.get("CONFORMANCE_CACHE_URL", "memory://")
-    )
+    parser.add_argument("--cache-url", default=os.environ.get("CONFORMANCE_CACHE_URL", "memory://"))
     args = parser.parse_args(argv)
     for tool in ("node", "npm"):
         if shutil.which(tool) is None:
