@@ -60,15 +60,28 @@ DEFAULT_BYPASS_HEADERS: Final = (
     "x-forwarded-scheme",
     "x-forwarded-port",
     "x-forwarded-prefix",
+    "x-forwarded-server",
     "x-host",
+    "x-original-host",
     "x-original-url",
     "x-rewrite-url",
     "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
 )
 """Request headers that apps read into responses but that are not in the key (R7).
 
 A request carrying one bypasses the cache, so it can neither poison an entry nor be
 served one. Behind a trusted proxy that always sets one, key it instead (``key_headers``).
+
+* the ``X-HTTP-Method-Override`` family (``X-HTTP-Method``, ``X-Method-Override``) turns
+  a GET into another method in frameworks that honour it;
+* ``X-Original-Host`` replaces the host in some frameworks' routing and URL building
+  (ASP.NET's forwarded-headers middleware, IIS ARR);
+* ``X-Forwarded-Server`` names the proxy's host; apps that build absolute URLs from it
+  (some PHP frameworks, mod_proxy setups) would store a URL an attacker chose. Apache's
+  ``mod_proxy`` sends it with ``X-Forwarded-Host`` on every request: behind it, key both
+  (``key_headers``) as the proxy sets them.
 """
 
 DEFAULT_ENCODINGS: Final = ("br", "deflate", "gzip", "zstd")

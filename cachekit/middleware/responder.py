@@ -7,7 +7,8 @@ middleware does it). The order of business:
 1. unsafe methods go to the app and, on a non-error status, invalidate their path before
    the response leaves (RFC 9111 section 4.4);
 2. requests the cache must not answer or learn from (credential cookies, ``Range``,
-   unkeyed override headers such as ``X-Forwarded-Host``) go to the app: ``BYPASS``;
+   unkeyed override headers such as ``X-Forwarded-Host``, a body: ``Content-Length``
+   above 0 or ``Transfer-Encoding``) go to the app: ``BYPASS``;
 3. otherwise the lookup flow decides: a stored response (``HIT`` or ``STALE``, with
    ``Age``, a 304 for a matching ``If-None-Match``, no body for HEAD), or the app
    (``MISS``), whose response is stored if the rules allow.
@@ -144,6 +145,11 @@ class Responder:
         for name, value in self.headers:
             lowered = name.lower()
             if lowered in options.bypass_headers or lowered == b"range":
+                return True
+            # A GET with a body: the key ignores the body, the app may not (issue 16).
+            if lowered == b"transfer-encoding" or (
+                lowered == b"content-length" and value.strip() not in (b"0", b"")
+            ):
                 return True
             if lowered == b"cookie" and self._credential_cookie(value):
                 return True
