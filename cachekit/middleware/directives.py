@@ -14,10 +14,11 @@ Usage::
 
 from __future__ import annotations
 
-import email.utils
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
+
+from cachekit.middleware.httpdates import parse_http_date
 
 __all__ = [
     "DEFAULT_BYPASS_HEADERS",
@@ -225,7 +226,8 @@ def freshness(
 ) -> float:
     """Seconds a response stays fresh: ``s-maxage``, ``max-age``, ``Expires``, else the default.
 
-    An ``Expires`` that does not parse is in the past (RFC 9111 section 5.3): 0.
+    An ``Expires`` that is not a valid HTTP date (:func:`parse_http_date`, strict) is in
+    the past (RFC 9111 section 5.3): 0.
     """
     for name in ("s-maxage", "max-age"):
         seconds = _seconds(cc, name)
@@ -233,16 +235,11 @@ def freshness(
             return float(seconds)
     expires = header(headers, b"expires")
     if expires is not None:
-        try:
-            when = email.utils.parsedate_to_datetime(expires).timestamp()
-        except (TypeError, ValueError, IndexError, OverflowError):
+        when = parse_http_date(expires, now)
+        if when is None:
             return 0.0
-        date = header(headers, b"date")
-        try:
-            base = email.utils.parsedate_to_datetime(date).timestamp() if date else now
-        except (TypeError, ValueError, IndexError, OverflowError):
-            base = now
-        return max(0.0, when - base)
+        date = parse_http_date(header(headers, b"date"), now)
+        return max(0.0, when - (now if date is None else date))
     return default_ttl
 
 

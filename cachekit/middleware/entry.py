@@ -185,6 +185,8 @@ class Entry:
     * ``url``, ``vary`` - the request it was stored for; served only to equal ones.
     * ``shared_authorized`` - it may answer requests carrying ``Authorization``.
     * ``created``, ``expires`` - wall-clock times it was stored and stops being fresh.
+    * ``age`` - how old it already was when stored (the origin's ``Age``, or its
+      ``Date`` in the past, RFC 9111 section 4.2.3): the ``Age`` served adds it.
     * ``stale_while_revalidate``, ``stale_if_error`` - seconds after ``expires`` in which
       it is served while one refresh runs, or while the app fails.
     """
@@ -200,6 +202,7 @@ class Entry:
     expires: float = 0.0
     stale_while_revalidate: float = 0.0
     stale_if_error: float = 0.0
+    age: float = 0.0
 
     def matches(self, url: str, values: VaryValues) -> bool:
         """Whether this entry was stored for a request equal to this one (R10)."""
@@ -209,6 +212,10 @@ class Entry:
     def vary_names(self) -> tuple[str, ...]:
         """The header names this entry's variant depends on."""
         return tuple(name for name, _ in self.vary)
+
+    def current_age(self, now: float) -> int:
+        """The ``Age`` to send at ``now``: its age when stored plus its time here."""
+        return int(min(self.age + max(0.0, now - self.created), 2**31))
 
     def lifetime(self) -> float:
         """Seconds it must stay in Redis: fresh life plus the longer stale window."""
@@ -242,6 +249,7 @@ class _Codec:
                 "a": entry.shared_authorized,
                 "w": entry.stale_while_revalidate,
                 "i": entry.stale_if_error,
+                "g": entry.age,
             }
         )
         return _LENGTH.pack(len(meta)) + meta + entry.body
@@ -261,6 +269,7 @@ class _Codec:
             shared_authorized=bool(meta["a"]),
             stale_while_revalidate=float(meta["w"]),
             stale_if_error=float(meta["i"]),
+            age=float(meta.get("g", 0.0)),
         )
 
 

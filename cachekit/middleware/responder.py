@@ -240,7 +240,7 @@ class Responder:
         await self._send_entry(self.send, binding, entry, stale=stale)
 
     async def _send_entry(self, send: Send, binding: Binding, entry: Entry, *, stale: bool) -> None:
-        age = max(0, int(binding.ctx.clock.time() - entry.created))
+        age = entry.current_age(binding.ctx.clock.time())
         extra = [(b"x-cache", b"STALE" if stale else b"HIT"), (b"age", b"%d" % age)]
         if etag_matches(self._header(b"if-none-match"), entry.etag):
             await send(not_modified(entry.headers, extra))

@@ -23,6 +23,7 @@ from cachekit.middleware.directives import (
     stale_windows,
 )
 from cachekit.middleware.entry import Entry, Target, content_etag, vary_values
+from cachekit.middleware.httpdates import initial_age, parse_age, parse_http_date
 from cachekit.middleware.options import Options, RouteOptions
 
 __all__ = ["build_entry", "collect"]
@@ -44,7 +45,13 @@ def build_entry(
     """
     cc = parse_cache_control(header(answer.headers, b"cache-control"))
     default = route.ttl if route is not None and route.ttl is not None else options.ttl
-    ttl = freshness(cc, answer.headers, default, now)
+    # Fresh for its lifetime less the age it arrived with (RFC 9111 section 4.2.3).
+    age = initial_age(
+        age=parse_age(header(answer.headers, b"age")),
+        date=parse_http_date(header(answer.headers, b"date"), now),
+        now=now,
+    )
+    ttl = freshness(cc, answer.headers, default, now) - age
     swr, sie = stale_windows(cc, options.stale_while_revalidate, options.stale_if_error)
     if ttl <= 0 and swr <= 0 and sie <= 0:
         return True
@@ -71,6 +78,7 @@ def build_entry(
         expires=now + ttl,
         stale_while_revalidate=swr,
         stale_if_error=sie,
+        age=age,
     )
     return target.variant_key(values), entry
 

@@ -88,7 +88,12 @@ async def forward(scope: Scope, receive: Receive, send: Send) -> None:
         await response.aclose()
     if content is None:  # the origin closed mid-body: so do we
         raise ConnectionError("origin closed the connection")
-    out = [(k.lower(), v) for k, v in response.headers.raw if k.lower() not in _HOP_BY_HOP]
+    # Connection stays: it tells the cache which headers not to store (RFC 9110 7.6.1).
+    out = [
+        (k.lower(), v)
+        for k, v in response.headers.raw
+        if k.lower() == b"connection" or k.lower() not in _HOP_BY_HOP
+    ]
     await send({"type": "http.response.start", "status": response.status_code, "headers": out})
     await send({"type": "http.response.body", "body": content})
 
@@ -100,4 +105,12 @@ app = ResponseCacheMiddleware(forward, cache=_cache, **FOLLOW_THE_ORIGIN)
 if __name__ == "__main__":
     import uvicorn
 
-    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+    # No Date or Server of uvicorn's own: the origin's pass through, as a proxy's would.
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=int(sys.argv[1]),
+        log_level="warning",
+        date_header=False,
+        server_header=False,
+    )
