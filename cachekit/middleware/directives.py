@@ -186,7 +186,12 @@ class Exchange:
     max_body_size: int = 1 << 20
 
 
-def refusal(status: int, headers: Headers, exchange: Exchange) -> str | None:
+def refusal(
+    status: int,
+    headers: Headers,
+    exchange: Exchange,
+    cc: Mapping[str, str | None] | None = None,
+) -> str | None:
     """Why this response must not be stored, or ``None`` when it may be (RFC 9111 section 3).
 
     Usage::
@@ -199,7 +204,8 @@ def refusal(status: int, headers: Headers, exchange: Exchange) -> str | None:
         return "status"
     if exchange.request_no_store:
         return "request-no-store"
-    cc = parse_cache_control(header(headers, b"cache-control"))
+    if cc is None:  # else: the directives that apply to us (a targeted field's, RFC 9213)
+        cc = parse_cache_control(header(headers, b"cache-control"))
     for directive in ("no-store", "private", "no-cache"):
         if directive in cc:
             # no-cache: every reuse would need revalidation with the app; we do not revalidate.

@@ -106,4 +106,5 @@ class Options:
     only_marked: bool
     client_refresh: bool
     coalesce: bool
+    targets: tuple[bytes, ...] = ()
     flow: Settings

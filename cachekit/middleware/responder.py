@@ -54,6 +54,7 @@ from cachekit.middleware.flow import Ask, Direct, Hit, Lead, give_up, lookup, re
 from cachekit.middleware.invalidation import write_through
 from cachekit.middleware.options import UNSAFE_EXEMPT, Options, RouteOptions, route_options
 from cachekit.middleware.storing import build_entry, collect
+from cachekit.middleware.targeted import response_directives
 from cachekit.stats import LogOnce, Stats
 
 __all__ = ["Responder", "State"]
@@ -294,7 +295,9 @@ class Responder:
                 statuses=options.statuses,
                 max_body_size=options.max_body_size,
             )
-            return refusal(status, headers, exchange)
+            return refusal(
+                status, headers, exchange, response_directives(headers, options.targets)[0]
+            )
 
         async def refused(reason: str) -> None:
             await release(remember=storing and reason not in _REQUEST_REFUSALS)
@@ -378,7 +381,8 @@ class Responder:
             exchange = Exchange(statuses=options.statuses, max_body_size=options.max_body_size)
             if answer.status >= 500:
                 return False  # stale-if-error: keep serving what we have
-            if refusal(answer.status, answer.headers, exchange) is not None:
+            cc = response_directives(answer.headers, options.targets)[0]
+            if refusal(answer.status, answer.headers, exchange, cc) is not None:
                 return True
             return build_entry(options, answer, request_headers, target, route, ctx.clock.time())
 

@@ -18,13 +18,13 @@ from cachekit.middleware.directives import (
     Headers,
     freshness,
     header,
-    parse_cache_control,
     parse_vary,
     stale_windows,
 )
 from cachekit.middleware.entry import Entry, Target, content_etag, vary_values
 from cachekit.middleware.httpdates import initial_age, parse_age, parse_http_date
 from cachekit.middleware.options import Options, RouteOptions
+from cachekit.middleware.targeted import response_directives
 
 __all__ = ["build_entry", "collect"]
 
@@ -43,7 +43,9 @@ def build_entry(
 
     (``True``: remember the URL as hit-for-miss, as for any uncacheable answer.)
     """
-    cc = parse_cache_control(header(answer.headers, b"cache-control"))
+    cc, targeted = response_directives(answer.headers, options.targets)
+    # A targeted field replaces Expires as well as Cache-Control (RFC 9213 section 2.1).
+    timing = [(k, v) for k, v in answer.headers if not targeted or k.lower() != b"expires"]
     default = route.ttl if route is not None and route.ttl is not None else options.ttl
     # Fresh for its lifetime less the age it arrived with (RFC 9111 section 4.2.3).
     age = initial_age(
@@ -51,7 +53,7 @@ def build_entry(
         date=parse_http_date(header(answer.headers, b"date"), now),
         now=now,
     )
-    ttl = freshness(cc, answer.headers, default, now) - age
+    ttl = freshness(cc, timing, default, now) - age
     swr, sie = stale_windows(cc, options.stale_while_revalidate, options.stale_if_error)
     if ttl <= 0 and swr <= 0 and sie <= 0:
         return True
