@@ -206,9 +206,8 @@ def refusal(
         return "request-no-store"
     if cc is None:  # else: the directives that apply to us (a targeted field's, RFC 9213)
         cc = parse_cache_control(header(headers, b"cache-control"))
-    for directive in ("no-store", "private", "no-cache"):
+    for directive in ("no-store", "private"):
         if directive in cc:
-            # no-cache: every reuse would need revalidation with the app; we do not revalidate.
             return directive
     if any(name.lower() == b"set-cookie" for name, _ in headers):
         return "set-cookie"
@@ -254,10 +253,11 @@ def stale_windows(
 ) -> tuple[float, float]:
     """``(stale-while-revalidate, stale-if-error)`` seconds for a response (RFC 5861).
 
-    The response's own directives win over the middleware's options; ``must-revalidate``
-    and ``proxy-revalidate`` forbid serving it stale at all.
+    The response's own directives win over the middleware's options; ``must-revalidate``,
+    ``proxy-revalidate``, ``s-maxage`` (which implies it for a shared cache) and
+    ``no-cache`` forbid serving it stale at all (RFC 9111 5.2.2).
     """
-    if "must-revalidate" in cc or "proxy-revalidate" in cc:
+    if any(name in cc for name in ("must-revalidate", "proxy-revalidate", "s-maxage", "no-cache")):
         return 0.0, 0.0
     swr = _seconds(cc, "stale-while-revalidate")
     sie = _seconds(cc, "stale-if-error")

@@ -53,7 +53,7 @@ from cachekit.middleware.entry import Entry, Target, VaryValues
 from cachekit.middleware.flow import Ask, Direct, Hit, Lead, give_up, lookup, refresh, store
 from cachekit.middleware.invalidation import write_through
 from cachekit.middleware.options import UNSAFE_EXEMPT, Options, RouteOptions, route_options
-from cachekit.middleware.storing import build_entry, collect
+from cachekit.middleware.storing import build_entry, collect, freshened
 from cachekit.middleware.targeted import response_directives
 from cachekit.stats import LogOnce, Stats
 
@@ -240,9 +240,19 @@ class Responder:
     async def _serve(self, binding: Binding, entry: Entry, *, stale: bool) -> None:
         await self._send_entry(self.send, binding, entry, stale=stale)
 
-    async def _send_entry(self, send: Send, binding: Binding, entry: Entry, *, stale: bool) -> None:
+    async def _send_entry(
+        self,
+        send: Send,
+        binding: Binding,
+        entry: Entry,
+        *,
+        stale: bool,
+        label: bytes | None = None,
+        extra: Headers = (),
+    ) -> None:
         age = entry.current_age(binding.ctx.clock.time())
-        extra = [(b"x-cache", b"STALE" if stale else b"HIT"), (b"age", b"%d" % age)]
+        label = label or (b"STALE" if stale else b"HIT")
+        extra = [(b"x-cache", label), (b"age", b"%d" % age), *extra]
         if etag_matches(self._header(b"if-none-match"), entry.etag):
             await send(not_modified(entry.headers, extra))
             await send({"type": "http.response.body", "body": b""})
@@ -264,11 +274,16 @@ class Responder:
         if failed:
             self.state.stats.incr("http_bypasses")  # Redis failed: the cache was not consulted
         scope = self.scope
-        if storing and any(name.lower() in _CONDITIONAL for name, _ in self.headers):
-            # The app must answer in full so there is something to store; we answer the
-            # client's condition ourselves.
+        seen = outcome.seen
+        # A stored response with validators is revalidated: the app may answer 304.
+        validators = seen.validators() if storing and seen is not None else []
+        if validators or (
+            storing and any(name.lower() in _CONDITIONAL for name, _ in self.headers)
+        ):
+            # The app must answer in full (or 304 to our own validators) so there is
+            # something to store; we answer the client's condition ourselves.
             headers = [(k, v) for k, v in self.headers if k.lower() not in _CONDITIONAL]
-            scope = {**self.scope, "headers": headers}
+            scope = {**self.scope, "headers": [*headers, *validators]}
         gave_up = False
 
         async def release(remember: bool) -> None:
@@ -302,7 +317,6 @@ class Responder:
         async def refused(reason: str) -> None:
             await release(remember=storing and reason not in _REQUEST_REFUSALS)
 
-        seen = outcome.seen
         fallback = None
         if seen is not None and ctx.clock.time() < seen.expires + seen.stale_if_error:
             stale_entry = seen
@@ -321,8 +335,19 @@ class Responder:
             if_none_match=header(self.headers, b"if-none-match") if storing else None,
             fallback=fallback,
         )
+        not_modified: list[Headers] = []
+
+        async def app_send(message: Message) -> None:
+            if not_modified:
+                return  # the 304's (empty) body
+            start = message["type"] == "http.response.start"
+            if validators and start and int(message["status"]) == 304:
+                not_modified.append(list(message.get("headers", ())))
+                return
+            await capture.send(message)
+
         try:
-            await self.state.app(scope, self.receive, capture.send)
+            await self.state.app(scope, self.receive, app_send)
         except Exception:
             await release(remember=False)
             if capture.replaced:
@@ -331,6 +356,9 @@ class Responder:
                 await fallback(self.send)  # stale-if-error: the app failed, the copy did not
                 return
             raise
+        if not_modified and seen is not None:
+            await self._freshen(binding, target, seen, not_modified[0], stamp, lead, release)
+            return
         await capture.finish()
         if gave_up or not capture.storable:
             return
@@ -355,6 +383,44 @@ class Responder:
         except Exception as exc:
             _cache_failed("store", exc)
             await release(remember=False)
+
+    async def _freshen(
+        self,
+        binding: Binding,
+        target: Target,
+        seen: Entry,
+        headers: Headers,
+        stamp: int,
+        lead: Lead | None,
+        release: Callable[[bool], Awaitable[None]],
+    ) -> None:
+        """The app said 304 to our validators: update, store and serve the stored response."""
+        ctx = binding.ctx
+        ctx.stats.incr("http_revalidations")
+        entry = seen
+        try:
+            built = build_entry(
+                self.options,
+                freshened(seen, headers),
+                self.headers,
+                target,
+                route_options(self.scope),
+                ctx.clock.time(),
+            )
+            if isinstance(built, bool):
+                await release(False)
+            else:
+                key, entry = built
+                await binding.aio.drive(store(ctx, target, key, entry, stamp, lead))
+                self._remember(target, entry, key)
+        except Exception as exc:
+            _cache_failed("store", exc)
+            await release(False)
+        # Set-Cookie of the 304 is for this client only: sent, never stored.
+        cookies = [(k, v) for k, v in headers if k.lower() == b"set-cookie"]
+        await self._send_entry(
+            self.send, binding, entry, stale=False, label=b"REVALIDATED", extra=cookies
+        )
 
     # ---------------------------------------------------------------- refresh
 

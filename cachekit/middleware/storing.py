@@ -26,9 +26,30 @@ from cachekit.middleware.httpdates import initial_age, parse_age, parse_http_dat
 from cachekit.middleware.options import Options, RouteOptions
 from cachekit.middleware.targeted import response_directives
 
-__all__ = ["build_entry", "collect"]
+__all__ = ["build_entry", "collect", "freshened"]
 
 _NOT_REPLAYED: Final = HOP_BY_HOP | {b"set-cookie", b"x-cache", b"age"}
+_NOT_UPDATED: Final = frozenset(
+    {b"content-length", b"content-encoding", b"content-range", b"content-md5", b"etag"}
+)
+"""Fields a 304 never changes in the stored response: they describe its body (RFC 9111 3.2)."""
+
+
+def freshened(entry: Entry, not_modified: Headers) -> Answer:
+    """The stored response with the header fields of a ``304`` that validated it (4.3.4).
+
+    Each field the 304 carries replaces the stored one (all its lines), except those
+    describing the body; ``Set-Cookie`` is never stored. The stored ETag of our own
+    (a content hash) is dropped, so the answer tells again whether the app sent one.
+    """
+    names = {k.lower() for k, _ in not_modified} - _NOT_UPDATED
+    kept = [
+        (k, v)
+        for k, v in entry.headers
+        if k.lower() not in names and (entry.origin_etag or k.lower() != b"etag")
+    ]
+    kept += [(k, v) for k, v in not_modified if k.lower() in names]
+    return Answer(entry.status, tuple(kept), entry.body)
 
 
 def build_entry(
@@ -54,8 +75,12 @@ def build_entry(
         now=now,
     )
     ttl = freshness(cc, timing, default, now) - age
+    if "no-cache" in cc:  # stored, but revalidated with the app on every use (5.2.2.4)
+        ttl = 0.0
     swr, sie = stale_windows(cc, options.stale_while_revalidate, options.stale_if_error)
-    if ttl <= 0 and swr <= 0 and sie <= 0:
+    origin_etag = header(answer.headers, b"etag") is not None
+    revalidatable = origin_etag or header(answer.headers, b"last-modified") is not None
+    if ttl <= 0 and swr <= 0 and sie <= 0 and not revalidatable:
         return True
     names = parse_vary(header(answer.headers, b"vary"))
     values = vary_values(names, request_headers, options.flow.encodings)
@@ -81,6 +106,7 @@ def build_entry(
         stale_while_revalidate=swr,
         stale_if_error=sie,
         age=age,
+        origin_etag=origin_etag,
     )
     return target.variant_key(values), entry
 
