@@ -52,7 +52,9 @@ _HOP_BY_HOP: Final = frozenset(
 )
 
 _origin = os.environ.get("CONFORMANCE_ORIGIN", "http://127.0.0.1:8000").rstrip("/")
-_client = httpx.AsyncClient(timeout=30.0)
+# A new connection per request: the origin closes idle ones, and a request sent on a
+# connection it just closed fails (a 502 here, a flaky score).
+_client = httpx.AsyncClient(timeout=30.0, limits=httpx.Limits(max_keepalive_connections=0))
 
 
 async def forward(scope: Scope, receive: Receive, send: Send) -> None:
