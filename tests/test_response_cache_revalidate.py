@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
@@ -36,7 +37,10 @@ class Origin:
             return
         stored = dict(self.headers)
         etag_ok = b"etag" in stored and condition.get(b"if-none-match") == stored[b"etag"]
-        lm_ok = b"etag" not in stored and condition.get(b"if-modified-since") == LAST_MODIFIED
+        since = condition.get(b"if-modified-since")
+        lm_ok = (
+            b"etag" not in stored and since is not None and since == stored.get(b"last-modified")
+        )
         if etag_ok or lm_ok:
             self.validated += 1
             start: Message = {
@@ -179,3 +183,37 @@ async def test_following_the_origin_never_serves_unstated_freshness_unvalidated(
     async with client_for(app) as client:
         plain = [await client.get("/plain") for _ in range(2)]
     assert [r.headers["x-cache"] for r in plain] == ["MISS", "MISS"]
+
+
+async def test_heuristic_freshness_is_a_fraction_of_the_last_modified_age(
+    memory_cache: Cache, clock: FakeClock
+) -> None:
+    # Last modified 1000 s ago: fresh for 100 s with heuristic=0.1.
+    modified = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(clock.time() - 1000))
+    origin = Origin([(b"last-modified", modified.encode())])
+    app = _app(memory_cache, origin, ttl=None, heuristic=0.1)
+    await _get(app)
+    clock.advance(99)
+    assert (await _get(app)).headers["x-cache"] == "HIT"
+    clock.advance(2)
+    assert (await _get(app)).headers["x-cache"] == "REVALIDATED"  # stale: asked again
+    assert origin.full == 1
+
+
+async def test_no_heuristic_by_default_nor_for_explicit_or_unlisted_responses(
+    memory_cache: Cache,
+) -> None:
+    modified = b"Wed, 01 Jan 2020 00:00:00 GMT"
+    for headers in (
+        [(b"last-modified", modified), (b"cache-control", b"max-age=0")],
+        [(b"last-modified", modified), (b"expires", b"0")],
+    ):
+        origin = Origin(headers)
+        app = _app(memory_cache, origin, ttl=None, heuristic=0.1)
+        responses = [await _get(app, params={"h": str(headers)}) for _ in "12"]
+        assert responses[1].headers["x-cache"] != "HIT"
+    origin = Origin([(b"last-modified", modified)])
+    app = _app(memory_cache, origin, ttl=None)  # heuristic off
+    async with client_for(app) as client:
+        plain = [await client.get("/off") for _ in "12"]
+    assert plain[1].headers["x-cache"] == "REVALIDATED"

@@ -107,4 +107,5 @@ class Options:
     client_refresh: bool
     coalesce: bool
     targets: tuple[bytes, ...] = ()
+    heuristic: float = 0.0
     flow: Settings

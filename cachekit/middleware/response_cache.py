@@ -88,6 +88,9 @@ class ResponseCacheMiddleware:
       ``Cache-Control`` and ``Expires`` for this cache, most specific first: the first
       present and valid one wins (default ``Cachekit-Cache-Control``, then
       ``CDN-Cache-Control``; ``()`` to obey ``Cache-Control`` only).
+    * **heuristic** - with no default lifetime (``ttl=None``), a response stating no
+      freshness but a ``Last-Modified`` is fresh for this fraction of its age (RFC 9111
+      section 4.2.2; ``0.1`` is usual, at most a day). Default 0: never guess.
     """
 
     def __init__(
@@ -112,9 +115,12 @@ class ResponseCacheMiddleware:
         client_refresh: bool = False,
         coalesce: bool = True,
         targeted_fields: Sequence[str] = DEFAULT_TARGETS,
+        heuristic: float = 0.0,
     ) -> None:
         if 206 in statuses:
             raise ConfigurationError("206 responses are never stored: remove it from statuses")
+        if not 0 <= heuristic <= 1:
+            raise ConfigurationError("heuristic is a fraction between 0 and 1 (RFC 9111: 0.1)")
         if max_body_size < 0:
             raise ConfigurationError("max_body_size must be >= 0")
         keyed = lower_names(key_headers)
@@ -139,6 +145,7 @@ class ResponseCacheMiddleware:
             only_marked=only_marked,
             client_refresh=client_refresh,
             coalesce=coalesce,
+            heuristic=heuristic,
             targets=tuple(
                 dict.fromkeys(n.strip().lower().encode("latin-1") for n in targeted_fields)
             ),

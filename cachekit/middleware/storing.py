@@ -9,7 +9,7 @@ Usage::
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Final
 
 from cachekit.middleware.capture import Answer, Message, Receive, Scope, Send
@@ -26,7 +26,12 @@ from cachekit.middleware.httpdates import initial_age, parse_age, parse_http_dat
 from cachekit.middleware.options import Options, RouteOptions
 from cachekit.middleware.targeted import response_directives
 
-__all__ = ["build_entry", "collect", "freshened"]
+__all__ = ["HEURISTIC_MAX", "HEURISTIC_STATUSES", "build_entry", "collect", "freshened"]
+
+HEURISTIC_STATUSES: Final = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
+"""Statuses heuristically cacheable (RFC 9110 section 15.1); others only when ``public``."""
+HEURISTIC_MAX: Final = 86400.0
+"""A heuristic lifetime is at most a day, however old ``Last-Modified`` is."""
 
 _NOT_REPLAYED: Final = HOP_BY_HOP | {b"set-cookie", b"x-cache", b"age"}
 _NOT_UPDATED: Final = frozenset(
@@ -52,6 +57,25 @@ def freshened(entry: Entry, not_modified: Headers) -> Answer:
     return Answer(entry.status, tuple(kept), entry.body)
 
 
+def heuristic_lifetime(
+    status: int, cc: Mapping[str, str | None], headers: Headers, fraction: float, now: float
+) -> float:
+    """A lifetime guessed from ``Last-Modified`` (RFC 9111 section 4.2.2), or 0.
+
+    Only for a response without explicit freshness: ``fraction`` of the time since it was
+    last modified (as of its ``Date``), at most :data:`HEURISTIC_MAX`.
+    """
+    if "max-age" in cc or "s-maxage" in cc or header(headers, b"expires") is not None:
+        return 0.0
+    if status not in HEURISTIC_STATUSES and "public" not in cc:
+        return 0.0
+    modified = parse_http_date(header(headers, b"last-modified"), now)
+    if modified is None:
+        return 0.0
+    date = parse_http_date(header(headers, b"date"), now)
+    return min(max(0.0, ((now if date is None else date) - modified) * fraction), HEURISTIC_MAX)
+
+
 def build_entry(
     options: Options,
     answer: Answer,
@@ -68,6 +92,8 @@ def build_entry(
     # A targeted field replaces Expires as well as Cache-Control (RFC 9213 section 2.1).
     timing = [(k, v) for k, v in answer.headers if not targeted or k.lower() != b"expires"]
     default = route.ttl if route is not None and route.ttl is not None else options.ttl
+    if default <= 0 and options.heuristic > 0:
+        default = heuristic_lifetime(answer.status, cc, timing, options.heuristic, now)
     # Fresh for its lifetime less the age it arrived with (RFC 9111 section 4.2.3).
     age = initial_age(
         age=parse_age(header(answer.headers, b"age")),
