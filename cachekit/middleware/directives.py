@@ -21,6 +21,7 @@ from typing import Final
 from cachekit.middleware.httpdates import parse_http_date
 
 __all__ = [
+    "CONDITIONAL",
     "DEFAULT_BYPASS_HEADERS",
     "DEFAULT_ENCODINGS",
     "HOP_BY_HOP",
@@ -84,6 +85,11 @@ served one. Behind a trusted proxy that always sets one, key it instead (``key_h
   ``mod_proxy`` sends it with ``X-Forwarded-Host`` on every request: behind it, key both
   (``key_headers``) as the proxy sets them.
 """
+
+CONDITIONAL: Final = frozenset(
+    {b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since", b"if-range"}
+)
+"""Request headers that make a request conditional (RFC 9110 section 13.1)."""
 
 DEFAULT_ENCODINGS: Final = ("br", "deflate", "gzip", "zstd")
 """Content codings the key distinguishes under ``Vary: Accept-Encoding``."""

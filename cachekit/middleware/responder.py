@@ -23,16 +23,14 @@ Usage::
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 from cachekit.binding import Binding
-from cachekit.effects import Flow, Spawn
+from cachekit.middleware.background import spawn_refresh
 from cachekit.middleware.capture import (
-    Answer,
     Capture,
     Message,
     Receive,
@@ -42,6 +40,7 @@ from cachekit.middleware.capture import (
     with_headers,
 )
 from cachekit.middleware.directives import (
+    CONDITIONAL,
     Exchange,
     Headers,
     etag_matches,
@@ -50,10 +49,10 @@ from cachekit.middleware.directives import (
     refusal,
 )
 from cachekit.middleware.entry import Entry, Target, VaryValues
-from cachekit.middleware.flow import Ask, Direct, Hit, Lead, give_up, lookup, refresh, store
+from cachekit.middleware.flow import Ask, Direct, Hit, Lead, give_up, lookup, store
 from cachekit.middleware.invalidation import write_through
-from cachekit.middleware.options import UNSAFE_EXEMPT, Options, RouteOptions, route_options
-from cachekit.middleware.storing import build_entry, collect, freshened
+from cachekit.middleware.options import UNSAFE_EXEMPT, Options, route_options
+from cachekit.middleware.storing import build_entry, freshened
 from cachekit.middleware.targeted import response_directives
 from cachekit.stats import LogOnce, Stats
 
@@ -61,12 +60,8 @@ __all__ = ["Responder", "State"]
 
 logger = logging.getLogger("cachekit")
 _log = LogOnce(logger)
-_CONDITIONAL: Final = frozenset(
-    {b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since", b"if-range"}
-)
 # Refusals caused by the request, not by what the app answers for the URL: not remembered.
 _REQUEST_REFUSALS: Final = frozenset({"not-stored", "request-no-store", "authorization"})
-_REFRESH_TIMEOUT: Final = 60.0
 _MEMO_MAX: Final = 4096
 _MEMO_URL_MAX: Final = 2048
 
@@ -134,7 +129,9 @@ class Responder:
             self._remember(target, outcome.entry, outcome.key)
             await self._serve(binding, outcome.entry, stale=outcome.stale)
             if outcome.refresh:
-                await self._spawn_refresh(binding, target, outcome)
+                await spawn_refresh(
+                    self.state.app, self.options, self.scope, binding, target, outcome
+                )
             return
         await self._run_app(binding, target, outcome)
 
@@ -277,12 +274,10 @@ class Responder:
         seen = outcome.seen
         # A stored response with validators is revalidated: the app may answer 304.
         validators = seen.validators() if storing and seen is not None else []
-        if validators or (
-            storing and any(name.lower() in _CONDITIONAL for name, _ in self.headers)
-        ):
+        if validators or (storing and any(name.lower() in CONDITIONAL for name, _ in self.headers)):
             # The app must answer in full (or 304 to our own validators) so there is
             # something to store; we answer the client's condition ourselves.
-            headers = [(k, v) for k, v in self.headers if k.lower() not in _CONDITIONAL]
+            headers = [(k, v) for k, v in self.headers if k.lower() not in CONDITIONAL]
             scope = {**self.scope, "headers": [*headers, *validators]}
         gave_up = False
 
@@ -421,43 +416,3 @@ class Responder:
         await self._send_entry(
             self.send, binding, entry, stale=False, label=b"REVALIDATED", extra=cookies
         )
-
-    # ---------------------------------------------------------------- refresh
-
-    async def _spawn_refresh(self, binding: Binding, target: Target, hit: Hit) -> None:
-        """Start one background refresh of ``hit`` (stale-while-revalidate)."""
-        options, ctx = self.options, binding.ctx
-        headers = [(k, v) for k, v in self.headers if k.lower() not in _CONDITIONAL]
-        scope: Scope = {**self.scope, "method": "GET", "headers": headers}
-        app = self.state.app
-        request_headers = self.headers
-
-        async def load() -> tuple[Answer | None, RouteOptions | None]:
-            answer = await asyncio.wait_for(
-                collect(app, scope, options.max_body_size), _REFRESH_TIMEOUT
-            )
-            return answer, route_options(scope)
-
-        def build(result: Any) -> tuple[str, Entry] | bool:
-            answer, route = result
-            if answer is None:
-                return True  # too large
-            if (route is not None and not route.enabled) or (options.only_marked and route is None):
-                return True
-            exchange = Exchange(statuses=options.statuses, max_body_size=options.max_body_size)
-            if answer.status >= 500:
-                return False  # stale-if-error: keep serving what we have
-            cc = response_directives(answer.headers, options.targets)[0]
-            if refusal(answer.status, answer.headers, exchange, cc) is not None:
-                return True
-            return build_entry(options, answer, request_headers, target, route, ctx.clock.time())
-
-        def spawn() -> Flow[None]:
-            yield Spawn(
-                hit.key, refresh(ctx, options.flow, target, hit, options.flow.lock_ttl, build)
-            )
-
-        try:
-            await binding.aio.drive(spawn(), load)
-        except Exception as exc:
-            _cache_failed("refresh", exc)
