@@ -217,3 +217,20 @@ async def test_no_heuristic_by_default_nor_for_explicit_or_unlisted_responses(
     async with client_for(app) as client:
         plain = [await client.get("/off") for _ in "12"]
     assert plain[1].headers["x-cache"] == "REVALIDATED"
+
+
+async def test_a_changed_response_replaces_the_stored_one(
+    memory_cache: Cache, clock: FakeClock
+) -> None:
+    origin = Origin([(b"cache-control", b"max-age=1"), (b"etag", b'"v1"')])
+    app = _app(memory_cache, origin)
+    await _get(app)
+    clock.advance(2)
+    origin.headers = [(b"cache-control", b"max-age=100"), (b"etag", b'"v2"')]
+    changed = await _get(app)
+    assert origin.conditions[-1] == {b"if-none-match": b'"v1"'}  # asked with the old one
+    assert changed.headers["x-cache"] == "MISS"
+    assert changed.text == "full 2"
+    hit = await _get(app)
+    assert hit.headers["x-cache"] == "HIT"
+    assert (hit.text, hit.headers["etag"]) == ("full 2", '"v2"')
