@@ -170,3 +170,14 @@ def test_entries_and_records_round_trip_and_check_key_and_stamp() -> None:
     record = encode_record(target.record, Record(("x-lang",)), now=NOW, stamp=7)
     assert decode_record(target.record, record, 7) == Record(("x-lang",))
     assert decode_record(target.record, b"garbage", 7) is None
+
+
+def test_must_understand_replaces_no_store_only_for_statuses_this_cache_knows() -> None:
+    cc = [(b"cache-control", b"max-age=60, no-store, must-understand")]
+    everything = Exchange(statuses=range(200, 600))
+    assert refusal(200, cc, everything) is None
+    assert refusal(599, cc, everything) == "must-understand"
+    assert refusal(599, [(b"cache-control", b"max-age=60, must-understand")], everything) == (
+        "must-understand"
+    )
+    assert refusal(200, [(b"cache-control", b"no-store")], everything) == "no-store"

@@ -25,6 +25,7 @@ __all__ = [
     "DEFAULT_BYPASS_HEADERS",
     "DEFAULT_ENCODINGS",
     "HOP_BY_HOP",
+    "UNDERSTOOD_STATUSES",
     "Exchange",
     "Headers",
     "accept_encoding_key",
@@ -90,6 +91,11 @@ CONDITIONAL: Final = frozenset(
     {b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since", b"if-range"}
 )
 """Request headers that make a request conditional (RFC 9110 section 13.1)."""
+
+UNDERSTOOD_STATUSES: Final = frozenset(
+    (*range(200, 207), *range(300, 306), 307, 308, *range(400, 418), 421, 422, 426)
+).union(range(500, 506))
+"""The final statuses RFC 9110 defines, whose caching rules this cache knows (must-understand)."""
 
 DEFAULT_ENCODINGS: Final = ("br", "deflate", "gzip", "zstd")
 """Content codings the key distinguishes under ``Vary: Accept-Encoding``."""
@@ -212,9 +218,13 @@ def refusal(
         return "request-no-store"
     if cc is None:  # else: the directives that apply to us (a targeted field's, RFC 9213)
         cc = parse_cache_control(header(headers, b"cache-control"))
-    for directive in ("no-store", "private"):
-        if directive in cc:
-            return directive
+    if "must-understand" in cc:  # RFC 9111 5.2.2.3: it replaces no-store for known statuses
+        if status not in UNDERSTOOD_STATUSES:
+            return "must-understand"
+    elif "no-store" in cc:
+        return "no-store"
+    if "private" in cc:
+        return "private"
     if any(name.lower() == b"set-cookie" for name, _ in headers):
         return "set-cookie"
     if parse_vary(header(headers, b"vary")) == STAR:
