@@ -10,7 +10,7 @@ OLDEST_VENV ?= .venv-oldest
 OLDEST_STAMP := $(OLDEST_VENV)/.installed
 PIP_QUIET := --quiet --disable-pip-version-check
 
-.PHONY: install lock test test-fast test-oldest docs docs-serve lint format typecheck check bench bench-cart bench-http bench-outage bench-near loadtest demo clean
+.PHONY: install lock test test-fast test-oldest docs docs-serve lint format typecheck check bench bench-cart bench-http bench-outage bench-near loadtest conformance demo clean
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -82,3 +82,6 @@ demo: $(STAMP)  ## the demo shop; prints its URL (PORT, REDIS_URL, DATABASE_URL,
 
 clean:
 	rm -rf $(VENV) $(OLDEST_VENV) site .mypy_cache .ruff_cache .pytest_cache .hypothesis
+
+conformance: $(STAMP)  ## the response cache on the HTTP caching test suite (node, npm; CACHE_TESTS_DIR)
+	$(BIN)/python loadtests/conformance/runner.py $(CONFORMANCE_ARGS)

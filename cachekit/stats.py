@@ -41,6 +41,7 @@ COUNTERS: Final = (
     "write_errors",
     "http_bypasses",
     "http_uncacheable",
+    "http_revalidations",
     "breaker_opened",
     "breaker_half_opened",
     "breaker_closed",

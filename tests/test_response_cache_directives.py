@@ -70,7 +70,7 @@ def test_accept_encoding_gives_one_variant_per_accepted_coding_set() -> None:
         (206, [(b"content-range", b"bytes 0-1/2")], Exchange(statuses=(200, 206)), "partial"),
         (200, [(b"cache-control", b"no-store")], Exchange(), "no-store"),
         (200, [(b"cache-control", b"private")], Exchange(), "private"),
-        (200, [(b"cache-control", b"no-cache")], Exchange(), "no-cache"),
+        (200, [(b"cache-control", b"no-cache")], Exchange(), None),  # stored, revalidated
         (200, [(b"set-cookie", b"sid=1")], Exchange(), "set-cookie"),
         (200, [(b"vary", b"*")], Exchange(), "vary-star"),
         (200, [], Exchange(authorized=True), "authorization"),
@@ -107,7 +107,8 @@ def test_freshness_prefers_s_maxage_then_max_age_then_expires_then_the_default()
 def test_stale_windows_directives_win_and_must_revalidate_forbids_them() -> None:
     cc = parse_cache_control("max-age=1, stale-while-revalidate=7")
     assert stale_windows(cc, 3, 4) == (7.0, 4.0)
-    assert stale_windows(parse_cache_control("must-revalidate"), 3, 4) == (0.0, 0.0)
+    for forbids in ("must-revalidate", "proxy-revalidate", "s-maxage=5", "no-cache"):
+        assert stale_windows(parse_cache_control(forbids), 3, 4) == (0.0, 0.0)
 
 
 def test_etag_comparison_is_weak_as_if_none_match_requires() -> None:
@@ -169,3 +170,14 @@ def test_entries_and_records_round_trip_and_check_key_and_stamp() -> None:
     record = encode_record(target.record, Record(("x-lang",)), now=NOW, stamp=7)
     assert decode_record(target.record, record, 7) == Record(("x-lang",))
     assert decode_record(target.record, b"garbage", 7) is None
+
+
+def test_must_understand_replaces_no_store_only_for_statuses_this_cache_knows() -> None:
+    cc = [(b"cache-control", b"max-age=60, no-store, must-understand")]
+    everything = Exchange(statuses=range(200, 600))
+    assert refusal(200, cc, everything) is None
+    assert refusal(599, cc, everything) == "must-understand"
+    assert refusal(599, [(b"cache-control", b"max-age=60, must-understand")], everything) == (
+        "must-understand"
+    )
+    assert refusal(200, [(b"cache-control", b"no-store")], everything) == "no-store"

@@ -64,6 +64,7 @@ HELP: Final[Mapping[str, str]] = {
     "write_errors": "Cache writes that failed after a load.",
     "http_bypasses": "HTTP requests the response cache let through without consulting Redis.",
     "http_uncacheable": "HTTP responses the response cache could not store.",
+    "http_revalidations": "Stored HTTP responses the app confirmed with a 304 (revalidated).",
 }
 """The help text of each known counter; any other counter gets a generic one."""
 

@@ -14,15 +14,18 @@ Usage::
 
 from __future__ import annotations
 
-import email.utils
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from cachekit.middleware.httpdates import parse_http_date
+
 __all__ = [
+    "CONDITIONAL",
     "DEFAULT_BYPASS_HEADERS",
     "DEFAULT_ENCODINGS",
     "HOP_BY_HOP",
+    "UNDERSTOOD_STATUSES",
     "Exchange",
     "Headers",
     "accept_encoding_key",
@@ -60,16 +63,39 @@ DEFAULT_BYPASS_HEADERS: Final = (
     "x-forwarded-scheme",
     "x-forwarded-port",
     "x-forwarded-prefix",
+    "x-forwarded-server",
     "x-host",
+    "x-original-host",
     "x-original-url",
     "x-rewrite-url",
     "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
 )
 """Request headers that apps read into responses but that are not in the key (R7).
 
 A request carrying one bypasses the cache, so it can neither poison an entry nor be
 served one. Behind a trusted proxy that always sets one, key it instead (``key_headers``).
+
+* the ``X-HTTP-Method-Override`` family (``X-HTTP-Method``, ``X-Method-Override``) turns
+  a GET into another method in frameworks that honour it;
+* ``X-Original-Host`` replaces the host in some frameworks' routing and URL building
+  (ASP.NET's forwarded-headers middleware, IIS ARR);
+* ``X-Forwarded-Server`` names the proxy's host; apps that build absolute URLs from it
+  (some PHP frameworks, mod_proxy setups) would store a URL an attacker chose. Apache's
+  ``mod_proxy`` sends it with ``X-Forwarded-Host`` on every request: behind it, key both
+  (``key_headers``) as the proxy sets them.
 """
+
+CONDITIONAL: Final = frozenset(
+    {b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since", b"if-range"}
+)
+"""Request headers that make a request conditional (RFC 9110 section 13.1)."""
+
+UNDERSTOOD_STATUSES: Final = frozenset(
+    (*range(200, 207), *range(300, 306), 307, 308, *range(400, 418), 421, 422, 426)
+).union(range(500, 506))
+"""The final statuses RFC 9110 defines, whose caching rules this cache knows (must-understand)."""
 
 DEFAULT_ENCODINGS: Final = ("br", "deflate", "gzip", "zstd")
 """Content codings the key distinguishes under ``Vary: Accept-Encoding``."""
@@ -172,7 +198,12 @@ class Exchange:
     max_body_size: int = 1 << 20
 
 
-def refusal(status: int, headers: Headers, exchange: Exchange) -> str | None:
+def refusal(
+    status: int,
+    headers: Headers,
+    exchange: Exchange,
+    cc: Mapping[str, str | None] | None = None,
+) -> str | None:
     """Why this response must not be stored, or ``None`` when it may be (RFC 9111 section 3).
 
     Usage::
@@ -185,11 +216,15 @@ def refusal(status: int, headers: Headers, exchange: Exchange) -> str | None:
         return "status"
     if exchange.request_no_store:
         return "request-no-store"
-    cc = parse_cache_control(header(headers, b"cache-control"))
-    for directive in ("no-store", "private", "no-cache"):
-        if directive in cc:
-            # no-cache: every reuse would need revalidation with the app; we do not revalidate.
-            return directive
+    if cc is None:  # else: the directives that apply to us (a targeted field's, RFC 9213)
+        cc = parse_cache_control(header(headers, b"cache-control"))
+    if "must-understand" in cc:  # RFC 9111 5.2.2.3: it replaces no-store for known statuses
+        if status not in UNDERSTOOD_STATUSES:
+            return "must-understand"
+    elif "no-store" in cc:
+        return "no-store"
+    if "private" in cc:
+        return "private"
     if any(name.lower() == b"set-cookie" for name, _ in headers):
         return "set-cookie"
     if parse_vary(header(headers, b"vary")) == STAR:
@@ -212,7 +247,8 @@ def freshness(
 ) -> float:
     """Seconds a response stays fresh: ``s-maxage``, ``max-age``, ``Expires``, else the default.
 
-    An ``Expires`` that does not parse is in the past (RFC 9111 section 5.3): 0.
+    An ``Expires`` that is not a valid HTTP date (:func:`parse_http_date`, strict) is in
+    the past (RFC 9111 section 5.3): 0.
     """
     for name in ("s-maxage", "max-age"):
         seconds = _seconds(cc, name)
@@ -220,16 +256,11 @@ def freshness(
             return float(seconds)
     expires = header(headers, b"expires")
     if expires is not None:
-        try:
-            when = email.utils.parsedate_to_datetime(expires).timestamp()
-        except (TypeError, ValueError, IndexError, OverflowError):
+        when = parse_http_date(expires, now)
+        if when is None:
             return 0.0
-        date = header(headers, b"date")
-        try:
-            base = email.utils.parsedate_to_datetime(date).timestamp() if date else now
-        except (TypeError, ValueError, IndexError, OverflowError):
-            base = now
-        return max(0.0, when - base)
+        date = parse_http_date(header(headers, b"date"), now)
+        return max(0.0, when - (now if date is None else date))
     return default_ttl
 
 
@@ -238,10 +269,11 @@ def stale_windows(
 ) -> tuple[float, float]:
     """``(stale-while-revalidate, stale-if-error)`` seconds for a response (RFC 5861).
 
-    The response's own directives win over the middleware's options; ``must-revalidate``
-    and ``proxy-revalidate`` forbid serving it stale at all.
+    The response's own directives win over the middleware's options; ``must-revalidate``,
+    ``proxy-revalidate``, ``s-maxage`` (which implies it for a shared cache) and
+    ``no-cache`` forbid serving it stale at all (RFC 9111 5.2.2).
     """
-    if "must-revalidate" in cc or "proxy-revalidate" in cc:
+    if any(name in cc for name in ("must-revalidate", "proxy-revalidate", "s-maxage", "no-cache")):
         return 0.0, 0.0
     swr = _seconds(cc, "stale-while-revalidate")
     sie = _seconds(cc, "stale-if-error")

@@ -41,6 +41,7 @@ from cachekit.middleware.directives import Headers, accept_encoding_key, header,
 __all__ = [
     "CODEC",
     "GENERATION_SUFFIX",
+    "REVALIDATION_KEEP",
     "Entry",
     "Record",
     "Target",
@@ -127,6 +128,8 @@ class Target:
 
 
 GENERATION_SUFFIX: Final = ":g"
+REVALIDATION_KEEP: Final = 300.0
+"""Seconds a stale response with validators is kept for revalidation."""
 
 
 def path_home(keyspace: KeySpace, path: str) -> str:
@@ -185,6 +188,8 @@ class Entry:
     * ``url``, ``vary`` - the request it was stored for; served only to equal ones.
     * ``shared_authorized`` - it may answer requests carrying ``Authorization``.
     * ``created``, ``expires`` - wall-clock times it was stored and stops being fresh.
+    * ``age`` - how old it already was when stored (the origin's ``Age``, or its
+      ``Date`` in the past, RFC 9111 section 4.2.3): the ``Age`` served adds it.
     * ``stale_while_revalidate``, ``stale_if_error`` - seconds after ``expires`` in which
       it is served while one refresh runs, or while the app fails.
     """
@@ -200,6 +205,8 @@ class Entry:
     expires: float = 0.0
     stale_while_revalidate: float = 0.0
     stale_if_error: float = 0.0
+    age: float = 0.0
+    origin_etag: bool = False  # ``etag`` is the app's own, not a content hash of ours
 
     def matches(self, url: str, values: VaryValues) -> bool:
         """Whether this entry was stored for a request equal to this one (R10)."""
@@ -210,10 +217,29 @@ class Entry:
         """The header names this entry's variant depends on."""
         return tuple(name for name, _ in self.vary)
 
+    def current_age(self, now: float) -> int:
+        """The ``Age`` to send at ``now``: its age when stored plus its time here."""
+        return int(min(self.age + max(0.0, now - self.created), 2**31))
+
+    def validators(self) -> list[tuple[bytes, bytes]]:
+        """The conditional request headers that revalidate it with the app (RFC 9111 4.3.1)."""
+        out = []
+        if self.origin_etag:
+            out.append((b"if-none-match", self.etag.encode("latin-1")))
+        modified = header(self.headers, b"last-modified")
+        if modified is not None:
+            out.append((b"if-modified-since", modified.encode("latin-1")))
+        return out
+
     def lifetime(self) -> float:
-        """Seconds it must stay in Redis: fresh life plus the longer stale window."""
+        """Seconds it must stay in Redis: fresh life plus the longer stale window.
+
+        One with validators is kept at least :data:`REVALIDATION_KEEP` past its freshness,
+        so that it can be revalidated (a 304) instead of fetched again in full.
+        """
+        keep = REVALIDATION_KEEP if self.validators() else 0.0
         return max(self.expires - self.created, 0.0) + max(
-            self.stale_while_revalidate, self.stale_if_error
+            self.stale_while_revalidate, self.stale_if_error, keep
         )
 
 
@@ -242,6 +268,8 @@ class _Codec:
                 "a": entry.shared_authorized,
                 "w": entry.stale_while_revalidate,
                 "i": entry.stale_if_error,
+                "g": entry.age,
+                "o": entry.origin_etag,
             }
         )
         return _LENGTH.pack(len(meta)) + meta + entry.body
@@ -261,6 +289,8 @@ class _Codec:
             shared_authorized=bool(meta["a"]),
             stale_while_revalidate=float(meta["w"]),
             stale_if_error=float(meta["i"]),
+            age=float(meta.get("g", 0.0)),
+            origin_etag=bool(meta.get("o", False)),
         )
 
 

@@ -127,6 +127,7 @@ class _Probe:
     record: Record | None
     key: str  # the variant's entry key, or the record's key while no record is known
     entry: Entry | None
+    raw: bytes | None = None  # the bytes read at ``key``
 
 
 def _probe(ctx: Context, settings: Settings, ask: Ask) -> Flow[_Probe]:
@@ -141,7 +142,7 @@ def _probe(ctx: Context, settings: Settings, ask: Ask) -> Flow[_Probe]:
     stamp = tag_stamp((generation,))
     record = decode_record(target.record, raw_record, stamp)
     if record is None or record.uncacheable:
-        return _Probe(stamp, record, target.record, None)
+        return _Probe(stamp, record, target.record, None, raw_record)
     values = vary_values(record.vary, ask.headers, settings.encodings)
     if ask.guess is not None and ask.guess[0] == values:
         key, raw = ask.guess[1], raw_guess
@@ -152,7 +153,7 @@ def _probe(ctx: Context, settings: Settings, ask: Ask) -> Flow[_Probe]:
     if entry is not None and not entry.matches(target.url, values):
         ctx.stats.incr("invalid_payloads")  # stored for another request: never served (R10)
         entry = None
-    return _Probe(stamp, record, key, entry)
+    return _Probe(stamp, record, key, entry, raw)
 
 
 def _serve(ctx: Context, ask: Ask, probe: _Probe) -> Hit | Direct | None:
@@ -217,7 +218,20 @@ def _coalesce(ctx: Context, settings: Settings, ask: Ask, probe: _Probe) -> Flow
             read_failed(ctx, exc)
             return Direct(probe.stamp, store=False, seen=seen, failed=True)
         if got.acquired:
-            return Lead(key, lease, token, probe.stamp, seen)
+            if got.value is None or (got.value == probe.raw and probe.key == key):
+                return Lead(key, lease, token, probe.stamp, seen)
+            # The key was filled between our read and our lease (the holder stored and
+            # released just before we asked): serve that fill rather than run the app again.
+            try:
+                probe = yield from _probe(ctx, settings, ask)
+                verdict = _serve(ctx, ask, probe)
+                if verdict is None:
+                    return Lead(key, lease, token, probe.stamp, probe.entry or seen)
+                yield Release(lease, token, ctx.channel, key)
+            except BackendError as exc:
+                read_failed(ctx, exc)
+                return Direct(probe.stamp, store=False, seen=seen, failed=True)
+            return verdict
         if not waited:
             ctx.stats.incr("lock_waits")
             waited = True

@@ -106,4 +106,6 @@ class Options:
     only_marked: bool
     client_refresh: bool
     coalesce: bool
+    targets: tuple[bytes, ...] = ()
+    heuristic: float = 0.0
     flow: Settings

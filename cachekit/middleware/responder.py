@@ -7,7 +7,8 @@ middleware does it). The order of business:
 1. unsafe methods go to the app and, on a non-error status, invalidate their path before
    the response leaves (RFC 9111 section 4.4);
 2. requests the cache must not answer or learn from (credential cookies, ``Range``,
-   unkeyed override headers such as ``X-Forwarded-Host``) go to the app: ``BYPASS``;
+   unkeyed override headers such as ``X-Forwarded-Host``, a body: ``Content-Length``
+   above 0 or ``Transfer-Encoding``) go to the app: ``BYPASS``;
 3. otherwise the lookup flow decides: a stored response (``HIT`` or ``STALE``, with
    ``Age``, a 304 for a matching ``If-None-Match``, no body for HEAD), or the app
    (``MISS``), whose response is stored if the rules allow.
@@ -22,16 +23,14 @@ Usage::
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 from cachekit.binding import Binding
-from cachekit.effects import Flow, Spawn
+from cachekit.middleware.background import spawn_refresh
 from cachekit.middleware.capture import (
-    Answer,
     Capture,
     Message,
     Receive,
@@ -41,6 +40,7 @@ from cachekit.middleware.capture import (
     with_headers,
 )
 from cachekit.middleware.directives import (
+    CONDITIONAL,
     Exchange,
     Headers,
     etag_matches,
@@ -49,22 +49,19 @@ from cachekit.middleware.directives import (
     refusal,
 )
 from cachekit.middleware.entry import Entry, Target, VaryValues
-from cachekit.middleware.flow import Ask, Direct, Hit, Lead, give_up, lookup, refresh, store
+from cachekit.middleware.flow import Ask, Direct, Hit, Lead, give_up, lookup, store
 from cachekit.middleware.invalidation import write_through
-from cachekit.middleware.options import UNSAFE_EXEMPT, Options, RouteOptions, route_options
-from cachekit.middleware.storing import build_entry, collect
+from cachekit.middleware.options import UNSAFE_EXEMPT, Options, route_options
+from cachekit.middleware.storing import build_entry, freshened
+from cachekit.middleware.targeted import response_directives
 from cachekit.stats import LogOnce, Stats
 
 __all__ = ["Responder", "State"]
 
 logger = logging.getLogger("cachekit")
 _log = LogOnce(logger)
-_CONDITIONAL: Final = frozenset(
-    {b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since", b"if-range"}
-)
 # Refusals caused by the request, not by what the app answers for the URL: not remembered.
 _REQUEST_REFUSALS: Final = frozenset({"not-stored", "request-no-store", "authorization"})
-_REFRESH_TIMEOUT: Final = 60.0
 _MEMO_MAX: Final = 4096
 _MEMO_URL_MAX: Final = 2048
 
@@ -132,7 +129,9 @@ class Responder:
             self._remember(target, outcome.entry, outcome.key)
             await self._serve(binding, outcome.entry, stale=outcome.stale)
             if outcome.refresh:
-                await self._spawn_refresh(binding, target, outcome)
+                await spawn_refresh(
+                    self.state.app, self.options, self.scope, binding, target, outcome
+                )
             return
         await self._run_app(binding, target, outcome)
 
@@ -144,6 +143,11 @@ class Responder:
         for name, value in self.headers:
             lowered = name.lower()
             if lowered in options.bypass_headers or lowered == b"range":
+                return True
+            # A GET with a body: the key ignores the body, the app may not (issue 16).
+            if lowered == b"transfer-encoding" or (
+                lowered == b"content-length" and value.strip() not in (b"0", b"")
+            ):
                 return True
             if lowered == b"cookie" and self._credential_cookie(value):
                 return True
@@ -233,9 +237,19 @@ class Responder:
     async def _serve(self, binding: Binding, entry: Entry, *, stale: bool) -> None:
         await self._send_entry(self.send, binding, entry, stale=stale)
 
-    async def _send_entry(self, send: Send, binding: Binding, entry: Entry, *, stale: bool) -> None:
-        age = max(0, int(binding.ctx.clock.time() - entry.created))
-        extra = [(b"x-cache", b"STALE" if stale else b"HIT"), (b"age", b"%d" % age)]
+    async def _send_entry(
+        self,
+        send: Send,
+        binding: Binding,
+        entry: Entry,
+        *,
+        stale: bool,
+        label: bytes | None = None,
+        extra: Headers = (),
+    ) -> None:
+        age = entry.current_age(binding.ctx.clock.time())
+        label = label or (b"STALE" if stale else b"HIT")
+        extra = [(b"x-cache", label), (b"age", b"%d" % age), *extra]
         if etag_matches(self._header(b"if-none-match"), entry.etag):
             await send(not_modified(entry.headers, extra))
             await send({"type": "http.response.body", "body": b""})
@@ -257,11 +271,14 @@ class Responder:
         if failed:
             self.state.stats.incr("http_bypasses")  # Redis failed: the cache was not consulted
         scope = self.scope
-        if storing and any(name.lower() in _CONDITIONAL for name, _ in self.headers):
-            # The app must answer in full so there is something to store; we answer the
-            # client's condition ourselves.
-            headers = [(k, v) for k, v in self.headers if k.lower() not in _CONDITIONAL]
-            scope = {**self.scope, "headers": headers}
+        seen = outcome.seen
+        # A stored response with validators is revalidated: the app may answer 304.
+        validators = seen.validators() if storing and seen is not None else []
+        if validators or (storing and any(name.lower() in CONDITIONAL for name, _ in self.headers)):
+            # The app must answer in full (or 304 to our own validators) so there is
+            # something to store; we answer the client's condition ourselves.
+            headers = [(k, v) for k, v in self.headers if k.lower() not in CONDITIONAL]
+            scope = {**self.scope, "headers": [*headers, *validators]}
         gave_up = False
 
         async def release(remember: bool) -> None:
@@ -288,12 +305,13 @@ class Responder:
                 statuses=options.statuses,
                 max_body_size=options.max_body_size,
             )
-            return refusal(status, headers, exchange)
+            return refusal(
+                status, headers, exchange, response_directives(headers, options.targets)[0]
+            )
 
         async def refused(reason: str) -> None:
             await release(remember=storing and reason not in _REQUEST_REFUSALS)
 
-        seen = outcome.seen
         fallback = None
         if seen is not None and ctx.clock.time() < seen.expires + seen.stale_if_error:
             stale_entry = seen
@@ -312,8 +330,19 @@ class Responder:
             if_none_match=header(self.headers, b"if-none-match") if storing else None,
             fallback=fallback,
         )
+        not_modified: list[Headers] = []
+
+        async def app_send(message: Message) -> None:
+            if not_modified:
+                return  # the 304's (empty) body
+            start = message["type"] == "http.response.start"
+            if validators and start and int(message["status"]) == 304:
+                not_modified.append(list(message.get("headers", ())))
+                return
+            await capture.send(message)
+
         try:
-            await self.state.app(scope, self.receive, capture.send)
+            await self.state.app(scope, self.receive, app_send)
         except Exception:
             await release(remember=False)
             if capture.replaced:
@@ -322,6 +351,9 @@ class Responder:
                 await fallback(self.send)  # stale-if-error: the app failed, the copy did not
                 return
             raise
+        if not_modified and seen is not None:
+            await self._freshen(binding, target, seen, not_modified[0], stamp, lead, release)
+            return
         await capture.finish()
         if gave_up or not capture.storable:
             return
@@ -347,41 +379,40 @@ class Responder:
             _cache_failed("store", exc)
             await release(remember=False)
 
-    # ---------------------------------------------------------------- refresh
-
-    async def _spawn_refresh(self, binding: Binding, target: Target, hit: Hit) -> None:
-        """Start one background refresh of ``hit`` (stale-while-revalidate)."""
-        options, ctx = self.options, binding.ctx
-        headers = [(k, v) for k, v in self.headers if k.lower() not in _CONDITIONAL]
-        scope: Scope = {**self.scope, "method": "GET", "headers": headers}
-        app = self.state.app
-        request_headers = self.headers
-
-        async def load() -> tuple[Answer | None, RouteOptions | None]:
-            answer = await asyncio.wait_for(
-                collect(app, scope, options.max_body_size), _REFRESH_TIMEOUT
-            )
-            return answer, route_options(scope)
-
-        def build(result: Any) -> tuple[str, Entry] | bool:
-            answer, route = result
-            if answer is None:
-                return True  # too large
-            if (route is not None and not route.enabled) or (options.only_marked and route is None):
-                return True
-            exchange = Exchange(statuses=options.statuses, max_body_size=options.max_body_size)
-            if answer.status >= 500:
-                return False  # stale-if-error: keep serving what we have
-            if refusal(answer.status, answer.headers, exchange) is not None:
-                return True
-            return build_entry(options, answer, request_headers, target, route, ctx.clock.time())
-
-        def spawn() -> Flow[None]:
-            yield Spawn(
-                hit.key, refresh(ctx, options.flow, target, hit, options.flow.lock_ttl, build)
-            )
-
+    async def _freshen(
+        self,
+        binding: Binding,
+        target: Target,
+        seen: Entry,
+        headers: Headers,
+        stamp: int,
+        lead: Lead | None,
+        release: Callable[[bool], Awaitable[None]],
+    ) -> None:
+        """The app said 304 to our validators: update, store and serve the stored response."""
+        ctx = binding.ctx
+        ctx.stats.incr("http_revalidations")
+        entry = seen
         try:
-            await binding.aio.drive(spawn(), load)
+            built = build_entry(
+                self.options,
+                freshened(seen, headers),
+                self.headers,
+                target,
+                route_options(self.scope),
+                ctx.clock.time(),
+            )
+            if isinstance(built, bool):
+                await release(False)
+            else:
+                key, entry = built
+                await binding.aio.drive(store(ctx, target, key, entry, stamp, lead))
+                self._remember(target, entry, key)
         except Exception as exc:
-            _cache_failed("refresh", exc)
+            _cache_failed("store", exc)
+            await release(False)
+        # Set-Cookie of the 304 is for this client only: sent, never stored.
+        cookies = [(k, v) for k, v in headers if k.lower() == b"set-cookie"]
+        await self._send_entry(
+            self.send, binding, entry, stale=False, label=b"REVALIDATED", extra=cookies
+        )

@@ -11,7 +11,7 @@ Usage::
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from datetime import timedelta
 from typing import Literal
 
@@ -24,6 +24,7 @@ from cachekit.middleware.flow import Settings
 from cachekit.middleware.invalidation import invalidate, purge_all
 from cachekit.middleware.options import Options
 from cachekit.middleware.responder import Responder, State
+from cachekit.middleware.targeted import DEFAULT_TARGETS
 from cachekit.middleware.types import ASGIApp
 
 __all__ = ["GENERATION_TTL", "ResponseCacheMiddleware", "purge"]
@@ -53,7 +54,10 @@ class ResponseCacheMiddleware:
     **Parameters:**
 
     * **cache** - the :class:`~cachekit.Cache` to store in (its prefix and client).
-    * **ttl** - seconds fresh when the response states no ``s-maxage``/``max-age``/``Expires``.
+    * **ttl** - seconds fresh when the response states no ``s-maxage``/``max-age``/``Expires``
+      (a default lifetime, per route with ``@cacheable(ttl=...)``). ``None``: follow the
+      origin: only responses that state their own freshness are reused without asking the
+      app again (a standards-following shared cache, RFC 9111).
     * **statuses** - the statuses stored (default: 200 only; 206 never).
     * **max_body_size** - larger bodies stream through unstored (default 1 MiB).
     * **stale_while_revalidate** - seconds a stale response is served while one refresh
@@ -80,6 +84,13 @@ class ResponseCacheMiddleware:
     * **client_refresh** - honour a client's ``Cache-Control: no-cache`` by refreshing the
       entry; off by default, since it would let any client defeat the cache.
     * **coalesce** - concurrent misses of one response run the app once (default on).
+    * **targeted_fields** - targeted cache-control fields (RFC 9213) that replace
+      ``Cache-Control`` and ``Expires`` for this cache, most specific first: the first
+      present and valid one wins (default ``Cachekit-Cache-Control``, then
+      ``CDN-Cache-Control``; ``()`` to obey ``Cache-Control`` only).
+    * **heuristic** - with no default lifetime (``ttl=None``), a response stating no
+      freshness but a ``Last-Modified`` is fresh for this fraction of its age (RFC 9111
+      section 4.2.2; ``0.1`` is usual, at most a day). Default 0: never guess.
     """
 
     def __init__(
@@ -87,7 +98,7 @@ class ResponseCacheMiddleware:
         app: ASGIApp,
         *,
         cache: Cache,
-        ttl: float | timedelta = 60,
+        ttl: float | timedelta | None = 60,
         statuses: Collection[int] = (200,),
         max_body_size: int = 1 << 20,
         stale_while_revalidate: float | timedelta = 0,
@@ -103,9 +114,13 @@ class ResponseCacheMiddleware:
         only_marked: bool = False,
         client_refresh: bool = False,
         coalesce: bool = True,
+        targeted_fields: Sequence[str] = DEFAULT_TARGETS,
+        heuristic: float = 0.0,
     ) -> None:
         if 206 in statuses:
             raise ConfigurationError("206 responses are never stored: remove it from statuses")
+        if not 0 <= heuristic <= 1:
+            raise ConfigurationError("heuristic is a fraction between 0 and 1 (RFC 9111: 0.1)")
         if max_body_size < 0:
             raise ConfigurationError("max_body_size must be >= 0")
         keyed = lower_names(key_headers)
@@ -130,6 +145,10 @@ class ResponseCacheMiddleware:
             only_marked=only_marked,
             client_refresh=client_refresh,
             coalesce=coalesce,
+            heuristic=heuristic,
+            targets=tuple(
+                dict.fromkeys(n.strip().lower().encode("latin-1") for n in targeted_fields)
+            ),
             flow=Settings(
                 lock_ttl=to_seconds(lock_ttl, name="lock_ttl") or 10.0,
                 lock_wait=seconds_or_zero(lock_wait, "lock_wait"),
