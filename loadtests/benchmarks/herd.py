@@ -1,0 +1,539 @@
+"""Herd benchmark: 4 processes x 100 callers ask for one key at the same instant.
+
+``--workers`` processes (``multiprocessing`` "spawn"), each with ``--callers`` coroutines,
+call one decorated ``async def`` for the same key, released together at a start time the
+coordinator gives them all (the monotonic clock is system-wide on Linux). The loader
+counts itself in Redis (``INCRBY``, once per load, left out of the command counts) and
+sleeps the load time. Herds:
+
+* **cold** - a key nobody has loaded, with a ``--load-ms`` (50 ms) and a ``--slow-load-ms``
+  (0.5 s) loader: cachekit ``@cache.cached(ttl=60)`` with its cross-process lease
+  (``lock=True``, target: 1 load, slowest caller <= load + 30 ms, <= 4 commands a
+  caller) and ``lock=False`` (one load per process), cashews ``@cache(lock=True)`` (the
+  combination its README gives for stampedes) and a naive ``GET``/load/``SET``;
+* **stale** - a key whose logical TTL has passed inside its stale window: cachekit
+  ``@cache.cached(ttl=0.2, stale=30)``, cashews ``@cache.early(ttl=30.2, early_ttl=0.2)``.
+  Target for cachekit: no caller waits for the loader (latency >= the load time), one
+  rebuild; its p99 is set against a *hit herd* (the same herd on a fresh, primed key of
+  the same cache) run in the same repeat, the order alternating.
+
+Commands per caller are the server's own count (``CONFIG RESETSTAT`` before a herd, ``INFO
+commandstats`` after, commands inside Lua scripts included), on a private server by
+default so that nothing else is counted. Connection handshakes (``HELLO``, ``CLIENT
+SETINFO``/``SETNAME``, ``AUTH``, ``SELECT``) are left out, as are the coordinator's own
+commands: every worker warms up first (a miss on a key of its own and a full pool of hits)
+as a long-running process would have, so the herds measure a warm application. Every
+contender of a herd kind has its own processes, all alive at once, and each repeat runs
+them in an order rotated by the repeat (:func:`~loadtests.harness.rounds.rotation`):
+only ratios within one run mean anything on a shared machine.
+
+Usage::
+
+    .venv/bin/python -m loadtests herd                   # results: loadtests/results/herd.json
+    .venv/bin/python -m loadtests herd --repeats 1 --callers 20 --slow-load-ms 0 --markdown
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import secrets
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from contextlib import ExitStack, suppress
+from dataclasses import dataclass, field, replace
+from functools import partial
+from multiprocessing.connection import Connection
+from typing import Any
+
+import orjson
+import redis
+import redis.asyncio
+
+from loadtests.harness import RESULTS
+from loadtests.harness.args import bench_parser, parse, write_json
+from loadtests.harness.fleet import Fleet, WorkerError, receive, run_worker
+from loadtests.harness.progress import Progress
+from loadtests.harness.rounds import rotation
+from loadtests.harness.servers import command_counts, delete_run_keys, redis_server
+from loadtests.harness.tables import (
+    environment,
+    environment_line,
+    error_summary,
+    markdown_table,
+    percentile,
+    text_table,
+)
+
+COLD_TTL, STALE_TTL, STALE_WINDOW = 60.0, 0.2, 30.0
+SLACK_MS, CMDS_PER_CALLER = 30.0, 4.0  # targets: slowest <= load + slack; commands a caller
+NOT_COUNTED = frozenset(
+    {"config|resetstat", "info", "hello", "client|setinfo", "client|setname", "auth", "select"}
+)
+TEXT_COLUMNS = frozenset({"contender", "top commands (per herd)", "errors"})
+Call = Callable[[str], Awaitable[Any]]
+Loader = Callable[[str], Coroutine[Any, Any, dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Contender:
+    kind: str  # what the workers build
+    label: str
+    judged: bool  # cachekit's rows carry verdicts
+    family: str  # "cold" or "stale": which herds it runs
+
+
+CONTENDERS = (
+    Contender("ck-lock", "cachekit @cached lock=True", True, "cold"),
+    Contender("ck-nolock", "cachekit @cached lock=False", True, "cold"),
+    Contender("cashews-lock", "cashews @cache(lock=True)", False, "cold"),
+    Contender("naive", "naive GET / load / SET", False, "cold"),
+    Contender("ck-stale", "cachekit @cached ttl=0.2 stale=30", True, "stale"),
+    Contender("cashews-early", "cashews @cache.early early_ttl=0.2", False, "stale"),
+)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What a worker builds (pickled to the spawned process)."""
+
+    kind: str
+    url: str
+    run: str
+    index: int
+    callers: int
+    max_connections: int
+    herd_timeout: float
+    settle_ms: float
+
+
+# --------------------------------------------------------------------------- worker side
+
+LOAD_SECONDS = [0.05]  # the running herd's load time, set by each message
+
+
+async def build(spec: Spec, load: Loader) -> tuple[dict[str, Call], Callable[[], Awaitable[Any]]]:
+    """The contender's functions (``main``: the herd's, ``hot``: the hit herd's) and close."""
+    base = f"{spec.run}:{spec.kind}"
+    if spec.kind.startswith("ck-"):
+        from cachekit import Cache
+
+        cache = Cache.from_url(spec.url, prefix=base, max_connections=spec.max_connections)
+        if spec.kind == "ck-stale":
+            main = cache.cached(ttl=STALE_TTL, stale=STALE_WINDOW, key="herd:{item}")(load)
+            hot = cache.cached(ttl=COLD_TTL, stale=STALE_WINDOW, key="hot:{item}")(load)
+            return {"main": main, "hot": hot}, cache.close
+        cold = cache.cached(ttl=COLD_TTL, key="herd:{item}", lock=spec.kind == "ck-lock")(load)
+        return {"main": cold, "hot": cold}, cache.close
+    if spec.kind.startswith("cashews"):
+        from cashews import cache as cashews
+
+        cashews.setup(spec.url, client_side=False, max_connections=spec.max_connections)
+        if spec.kind == "cashews-early":
+            early = STALE_TTL + STALE_WINDOW
+            peer: Call = cashews.early(ttl=early, early_ttl=STALE_TTL, key=base + ":herd:{item}")(
+                load
+            )
+            peer_hot: Call = cashews.early(ttl=early, early_ttl=COLD_TTL, key=base + ":hot:{item}")(
+                load
+            )
+        else:
+            peer = peer_hot = cashews(ttl=COLD_TTL, key=base + ":herd:{item}", lock=True)(load)
+
+        async def fill(item: str) -> Any:  # cashews coalesces calls: fill its pool with GETs
+            return await cashews.get(f"{base}:{item}")
+
+        return {"main": peer, "hot": peer_hot, "fill": fill}, cashews.close
+    client = redis.asyncio.Redis.from_pool(
+        redis.asyncio.BlockingConnectionPool.from_url(
+            spec.url, max_connections=spec.max_connections, timeout=spec.herd_timeout
+        )
+    )
+
+    async def naive(item: str) -> Any:
+        raw = await client.get(f"{base}:{item}")
+        if raw is not None:
+            return orjson.loads(raw)
+        value = await load(item)
+        await client.set(f"{base}:{item}", orjson.dumps(value), ex=int(COLD_TTL))
+        return value
+
+    return {"main": naive, "hot": naive}, client.aclose
+
+
+async def herd(call: Call, item: str, start: float, spec: Spec) -> dict[str, Any]:
+    """Park ``callers`` coroutines on a gate, open it at ``start``; their latencies."""
+    gate = asyncio.Event()
+    latencies: list[float] = []
+    generations: Counter[int] = Counter()
+    errors: Counter[str] = Counter()
+
+    async def caller() -> None:
+        await gate.wait()
+        began = time.monotonic()
+        try:
+            value = await call(item)
+        except Exception as exc:
+            errors[type(exc).__name__] += 1
+            return
+        latencies.append((time.monotonic() - began) * 1000)
+        if not isinstance(value, dict) or value.get("item") != item:
+            errors["wrong value"] += 1
+        else:
+            generations[int(value["gen"])] += 1
+
+    tasks = [asyncio.create_task(caller()) for _ in range(spec.callers)]
+    await asyncio.sleep(0)  # every caller parks on the gate
+    gc.collect()
+    await asyncio.sleep(max(0.0, start - time.monotonic()))
+    gate.set()
+    with suppress(TimeoutError):
+        async with asyncio.timeout(spec.herd_timeout):
+            await asyncio.gather(*tasks)
+    await asyncio.sleep(spec.settle_ms / 1000)  # background rebuilds and unlocks finish
+    unfinished = spec.callers - len(latencies) - sum(errors.values())
+    return {
+        "latencies_ms": latencies,
+        "generations": dict(generations),
+        "errors": dict(errors) | ({"unfinished": unfinished} if unfinished else {}),
+    }
+
+
+async def serve(spec: Spec, conn: Connection) -> None:
+    """Build, warm up, say ready; then prime and herd as told until ``stop``."""
+    counter = redis.asyncio.Redis.from_url(spec.url, max_connections=2 * spec.callers)
+
+    async def load(item: str) -> dict[str, Any]:
+        generation = int(await counter.incr(f"{spec.run}:loads:{spec.kind}:{item}"))
+        await asyncio.sleep(LOAD_SECONDS[0])
+        return {"item": item, "gen": generation, "name": "Widget", "tags": ["a", "b"]}
+
+    await asyncio.gather(*(counter.ping() for _ in range(spec.callers)))  # its pool
+    funcs, close = await build(spec, load)
+    try:
+        warm = f"warm-{spec.index}"
+        await funcs["hot"](warm)  # lease scripts, notification listener, connections
+        fill = funcs.get("fill", funcs["hot"])
+        await asyncio.gather(*(fill(warm) for _ in range(spec.callers)))
+        conn.send(("ready", {}))
+        while (message := await asyncio.to_thread(receive, conn, 600))[0] != "stop":
+            command, func, item, load_s, start = message
+            LOAD_SECONDS[0] = load_s
+            if command == "prime":
+                value = await funcs[func](item)
+                conn.send(("primed", {"gen": value["gen"], "at": time.time()}))
+            else:
+                conn.send(("result", await herd(funcs[func], item, start, spec)))
+    finally:
+        await close()
+        await counter.aclose()
+
+
+def worker_main(spec: Spec, conn: Connection) -> None:
+    """A spawned worker's entry point."""
+    run_worker(serve, spec, conn)
+
+
+# --------------------------------------------------------------------------- coordinator
+
+
+@dataclass
+class Herd:
+    """One herd's figures over every worker."""
+
+    latencies_ms: list[float]
+    loads: int
+    commands: dict[str, int]
+    callers: int
+    errors: Counter[str]
+    served_gen: int = 0  # callers served the primed (old) value
+
+    @property
+    def per_caller(self) -> float:
+        return sum(self.commands.values()) / self.callers
+
+
+@dataclass
+class Row:
+    contender: Contender
+    herds: dict[str, list[Herd]] = field(default_factory=dict)  # herd name -> repeats
+    error: str | None = None
+
+
+@dataclass
+class Run:
+    admin: redis.Redis
+    run: str
+    workers: int
+    callers: int
+    lead_s: float
+    timeout: float
+    progress: Progress
+
+
+def run_herd(
+    r: Run, fleet: Fleet, c: Contender, func: str, item: str, load_s: float, primed: int = -1
+) -> Herd:
+    """One herd on ``item``: reset the server's counts, release every worker, count."""
+    counter = f"{r.run}:loads:{c.kind}:{item}"
+    before = int(r.admin.get(counter) or 0)
+    r.admin.config_resetstat()
+    fleet.broadcast(("herd", func, item, load_s, time.monotonic() + r.lead_s))
+    results = fleet.collect("result", r.timeout)
+    info = r.admin.info("commandstats")
+    loads = int(r.admin.get(counter) or 0) - before
+    commands = command_counts(info, NOT_COUNTED)
+    # redis-py's incr() sends INCRBY, which no contender sends: one per load is the loader's.
+    commands["incrby"] = commands.get("incrby", 0) - loads
+    if commands["incrby"] <= 0:
+        del commands["incrby"]
+    errors: Counter[str] = Counter()
+    generations: Counter[int] = Counter()
+    for result in results:
+        errors.update(result["errors"])
+        generations.update({int(k): v for k, v in result["generations"].items()})
+    return Herd(
+        [x for result in results for x in result["latencies_ms"]],
+        loads,
+        commands,
+        r.workers * r.callers,
+        errors,
+        generations.get(primed, 0),
+    )
+
+
+def prime(r: Run, fleet: Fleet, func: str, item: str, load_s: float) -> dict[str, Any]:
+    fleet.send(0, ("prime", func, item, load_s, 0.0))
+    return fleet.reply(0, "primed", r.timeout)
+
+
+def run_family(
+    r: Run, spec: Spec, family: str, herds: Sequence[tuple[str, float]], repeats: int
+) -> list[Row]:
+    """Every contender of ``family`` on its own processes, repeats in rotating order."""
+    rows = [Row(c) for c in CONTENDERS if c.family == family]
+    with ExitStack() as stack:
+        fleets: dict[str, Fleet] = {}
+        for row in rows:
+            c = row.contender
+            specs = [replace(spec, kind=c.kind, index=i) for i in range(r.workers)]
+            try:
+                fleets[c.kind] = stack.enter_context(Fleet(worker_main, specs, f"herd-{c.kind}"))
+                fleets[c.kind].collect("ready", r.timeout)
+                if family == "stale":
+                    prime(r, fleets[c.kind], "hot", "hot", herds[0][1])
+            except (WorkerError, OSError) as exc:
+                row.error = f"{type(exc).__name__}: {exc}"
+        for rep in range(repeats):
+            for row in rotation([row for row in rows if row.error is None], rep):
+                c, fleet = row.contender, fleets[row.contender.kind]
+                try:
+                    for name, load_s in herds:
+                        if family == "cold":
+                            herd = run_herd(r, fleet, c, "main", f"{name}-{rep}", load_s)
+                            row.herds.setdefault(name, []).append(herd)
+                            continue
+                        item = f"stale-{rep}"
+                        primed = prime(r, fleet, "main", item, load_s)
+                        time.sleep(max(0.0, primed["at"] + STALE_TTL + 0.1 - time.time()))
+                        order = ["hit", "stale"] if rep % 2 else ["stale", "hit"]
+                        for kind in order:
+                            args = ("hot", "hot") if kind == "hit" else ("main", item)
+                            herd = run_herd(r, fleet, c, *args, load_s, primed["gen"])
+                            row.herds.setdefault(kind, []).append(herd)
+                except (WorkerError, redis.RedisError, OSError) as exc:
+                    row.error = f"{type(exc).__name__}: {exc}"
+                    continue
+                summary = ", ".join(
+                    f"{k} loads {h[-1].loads} slowest {max(h[-1].latencies_ms, default=0):.0f} ms"
+                    for k, h in row.herds.items()
+                )
+                r.progress.say(f"herd {family} {rep + 1}/{repeats}", f"{c.label}: {summary}")
+    return rows
+
+
+# --------------------------------------------------------------------------- report
+
+
+def mark(ok: bool, judged: bool) -> str:
+    return (" ok" if ok else " MISSED") if judged else ""
+
+
+def pooled(herds: Sequence[Herd]) -> list[float]:
+    return [x for h in herds for x in h.latencies_ms]
+
+
+def loads_text(herds: Sequence[Herd]) -> str:
+    values = [h.loads for h in herds]
+    return str(values[0]) if len(set(values)) == 1 else ",".join(map(str, values))
+
+
+def common(herds: Sequence[Herd]) -> dict[str, str]:
+    total: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
+    for h in herds:
+        total.update(h.commands)
+        errors.update(h.errors)
+    per_caller = max(h.per_caller for h in herds)
+    top = ", ".join(f"{c} {n / len(herds):.0f}" for c, n in total.most_common(3))
+    return {
+        "cmds/caller": f"{per_caller:.2f}",
+        "top commands (per herd)": top or "-",
+        "errors": ", ".join(f"{n} {e}" for e, n in errors.most_common()) or "0",
+    }
+
+
+def cold_row(row: Row, name: str, load_ms: float, workers: int) -> dict[str, str]:
+    herds, judged = row.herds[name], row.contender.judged
+    want = workers if row.contender.kind == "ck-nolock" else 1
+    slowest = max(max(h.latencies_ms, default=float("nan")) for h in herds)
+    lat = pooled(herds)
+    cells = common(herds)
+    cells["cmds/caller"] += mark(float(cells["cmds/caller"]) <= CMDS_PER_CALLER, judged)
+    return {
+        "contender": row.contender.label,
+        "loads": loads_text(herds) + mark(all(h.loads == want for h in herds), judged),
+        "slowest ms": f"{slowest:.1f}" + mark(slowest <= load_ms + SLACK_MS, judged),
+        "p50 ms": f"{percentile(lat, 50):.1f}",
+        "p99 ms": f"{percentile(lat, 99):.1f}",
+        **cells,
+    }
+
+
+def stale_row(row: Row, load_ms: float) -> dict[str, str]:
+    stale, hit, judged = row.herds["stale"], row.herds["hit"], row.contender.judged
+    waited = max(sum(x >= load_ms for x in h.latencies_ms) for h in stale)
+    p99, hit_p99 = percentile(pooled(stale), 99), percentile(pooled(hit), 99)
+    return {
+        "contender": row.contender.label,
+        "waited": f"{waited}" + mark(waited == 0, judged),
+        "rebuilds": loads_text(stale) + mark(all(h.loads == 1 for h in stale), judged),
+        "served stale": f"{sum(h.served_gen for h in stale)}/{sum(h.callers for h in stale)}",
+        "p50 ms": f"{percentile(pooled(stale), 50):.1f}",
+        "p99 ms": f"{p99:.1f}",
+        "slowest ms": f"{max(pooled(stale), default=float('nan')):.1f}",
+        "hit p99 ms": f"{hit_p99:.1f}",
+        "p99 ratio": f"{p99 / hit_p99:.2f}x",
+        **common(stale),
+    }
+
+
+def table(rows: Sequence[Row], make: Callable[[Row], dict[str, str]]) -> list[dict[str, str]]:
+    return [
+        make(row)
+        if row.error is None
+        else {"contender": row.contender.label, "result": f"FAILED: {error_summary(row.error)}"}
+        for row in rows
+    ]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = bench_parser(
+        "herd",
+        "Herds on one key across processes: cachekit's stampede protection vs peers.",
+        json=RESULTS / "herd.json",
+        markdown=True,
+    )
+    parser.set_defaults(url=None)  # a private server: the command counts are the herd's only
+    parser.add_argument("--herds", choices=("cold", "stale", "all"), default="all")
+    parser.add_argument("--workers", type=int, default=4, help="processes per contender (4)")
+    parser.add_argument("--callers", type=int, default=100, help="coroutines per process (100)")
+    parser.add_argument("--load-ms", type=float, default=50.0, help="loader time in ms (50)")
+    parser.add_argument(
+        "--slow-load-ms", type=float, default=500.0, help="a second cold herd's (500; 0: none)"
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="herds per contender (3)")
+    parser.add_argument("--lead-ms", type=float, default=300.0, help="start time ahead (300)")
+    parser.add_argument("--settle-ms", type=float, default=250.0, help="run on after a herd")
+    parser.add_argument("--herd-timeout", type=float, default=10.0, help="seconds per herd")
+    parser.add_argument("--max-connections", type=int, default=64, help="pool size (64)")
+    args = parse(
+        parser,
+        argv,
+        at_least_1=("workers", "callers", "repeats", "max_connections"),
+        not_negative=("slow_load_ms", "settle_ms"),
+    )
+    progress = Progress()
+    cold = [("cold", args.load_ms / 1000)]
+    if args.slow_load_ms:
+        cold.append(("slow", args.slow_load_ms / 1000))
+    note = "its INFO commandstats also count other clients"
+    with redis_server(args.url, args.server, shared_note=note) as url:
+        admin = redis.Redis.from_url(url, socket_timeout=5)
+        run = Run(
+            admin,
+            f"benchherd-{secrets.token_hex(4)}",
+            args.workers,
+            args.callers,
+            args.lead_ms / 1000,
+            args.herd_timeout + args.settle_ms / 1000 + args.lead_ms / 1000 + 60,
+            progress,
+        )
+        spec = Spec(
+            "", url, run.run, 0, args.callers, args.max_connections, args.herd_timeout,
+            args.settle_ms,
+        )  # fmt: skip
+        try:
+            env = environment(
+                admin.info("server"), url, packages=("cachekit", "redis", "hiredis", "cashews")
+            )
+            rows: dict[str, list[Row]] = {}
+            if args.herds in ("cold", "all"):
+                rows["cold"] = run_family(run, spec, "cold", cold, args.repeats)
+            if args.herds in ("stale", "all"):
+                stale = [("stale", args.load_ms / 1000)]
+                rows["stale"] = run_family(run, spec, "stale", stale, args.repeats)
+        finally:
+            with suppress(redis.RedisError, OSError):
+                delete_run_keys(admin, run.run)
+            admin.close()
+    render = markdown_table if args.markdown else None
+    print(
+        f"cachekit herd benchmark: {args.workers} processes x {args.callers} callers on one key, "
+        f"{args.repeats} herd(s) per contender; targets judged on the worst herd"
+    )
+    print(environment_line(env))
+    tables: dict[str, list[dict[str, str]]] = {}
+    for name, load_s in cold if "cold" in rows else []:
+        tables[name] = table(
+            rows["cold"], partial(cold_row, name=name, load_ms=load_s * 1000, workers=args.workers)
+        )
+    if "stale" in rows:
+        tables["stale"] = table(rows["stale"], lambda row: stale_row(row, args.load_ms))
+    titles = {
+        "stale": f"logically expired herd (ttl {STALE_TTL:g} s passed, stale window "
+        f"{STALE_WINDOW:g} s, loader {args.load_ms:g} ms): targets for cachekit: 0 callers "
+        "waited (latency >= the load time), 1 rebuild; p99 ratio = p99 / p99 of a hit herd",
+    }
+    for name, load_s in cold:
+        ms = load_s * 1000
+        titles[name] = (
+            f"cold herd, loader {ms:g} ms: targets for cachekit: 1 load (lock=False: one a "
+            f"process), slowest <= {ms + SLACK_MS:g} ms, <= {CMDS_PER_CALLER:g} commands a caller"
+        )
+    for name, cells in tables.items():
+        print(f"\n{titles[name]}\n")
+        print(render(cells, TEXT_COLUMNS) if render else text_table(cells))
+    write_json(
+        args.json,
+        {
+            "settings": {k: v for k, v in vars(args).items() if k not in ("json", "url")},
+            "environment": env,
+            "tables": tables,
+            "herds": {
+                family: {
+                    row.contender.label: {
+                        name: [
+                            {"loads": h.loads, "commands": h.commands, "errors": dict(h.errors)}
+                            | {"latencies_ms": [round(x, 3) for x in h.latencies_ms]}
+                            for h in herds
+                        ]
+                        for name, herds in row.herds.items()
+                    }
+                    for row in family_rows
+                }
+                for family, family_rows in rows.items()
+            },
+        },
+    )
