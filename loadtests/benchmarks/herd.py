@@ -113,8 +113,12 @@ class Spec:
 LOAD_SECONDS = [0.05]  # the running herd's load time, set by each message
 
 
-async def build(spec: Spec, load: Loader) -> tuple[dict[str, Call], Callable[[], Awaitable[Any]]]:
-    """The contender's functions (``main``: the herd's, ``hot``: the hit herd's) and close."""
+Built = tuple[dict[str, Call], Callable[[], Awaitable[Any]], Callable[[], dict[str, int]]]
+
+
+async def build(spec: Spec, load: Loader) -> Built:
+    """The contender's functions (``main``: the herd's, ``hot``: the hit herd's), its close,
+    and its counters (cachekit's ``stats()``)."""
     base = f"{spec.run}:{spec.kind}"
     if spec.kind.startswith("ck-"):
         from cachekit import Cache
@@ -123,9 +127,9 @@ async def build(spec: Spec, load: Loader) -> tuple[dict[str, Call], Callable[[],
         if spec.kind == "ck-stale":
             main = cache.cached(ttl=STALE_TTL, stale=STALE_WINDOW, key="herd:{item}")(load)
             hot = cache.cached(ttl=COLD_TTL, stale=STALE_WINDOW, key="hot:{item}")(load)
-            return {"main": main, "hot": hot}, cache.close
+            return {"main": main, "hot": hot}, cache.close, cache.stats
         cold = cache.cached(ttl=COLD_TTL, key="herd:{item}", lock=spec.kind == "ck-lock")(load)
-        return {"main": cold, "hot": cold}, cache.close
+        return {"main": cold, "hot": cold}, cache.close, cache.stats
     if spec.kind.startswith("cashews"):
         from cashews import cache as cashews
 
@@ -144,7 +148,7 @@ async def build(spec: Spec, load: Loader) -> tuple[dict[str, Call], Callable[[],
         async def fill(item: str) -> Any:  # cashews coalesces calls: fill its pool with GETs
             return await cashews.get(f"{base}:{item}")
 
-        return {"main": peer, "hot": peer_hot, "fill": fill}, cashews.close
+        return {"main": peer, "hot": peer_hot, "fill": fill}, cashews.close, dict
     client = redis.asyncio.Redis.from_pool(
         redis.asyncio.BlockingConnectionPool.from_url(
             spec.url, max_connections=spec.max_connections, timeout=spec.herd_timeout
@@ -159,7 +163,7 @@ async def build(spec: Spec, load: Loader) -> tuple[dict[str, Call], Callable[[],
         await client.set(f"{base}:{item}", orjson.dumps(value), ex=int(COLD_TTL))
         return value
 
-    return {"main": naive, "hot": naive}, client.aclose
+    return {"main": naive, "hot": naive}, client.aclose, dict
 
 
 async def herd(call: Call, item: str, start: float, spec: Spec) -> dict[str, Any]:
@@ -210,7 +214,7 @@ async def serve(spec: Spec, conn: Connection) -> None:
         return {"item": item, "gen": generation, "name": "Widget", "tags": ["a", "b"]}
 
     await asyncio.gather(*(counter.ping() for _ in range(spec.callers)))  # its pool
-    funcs, close = await build(spec, load)
+    funcs, close, stats = await build(spec, load)
     try:
         warm = f"warm-{spec.index}"
         await funcs["hot"](warm)  # lease scripts, notification listener, connections
@@ -224,7 +228,9 @@ async def serve(spec: Spec, conn: Connection) -> None:
                 value = await funcs[func](item)
                 conn.send(("primed", {"gen": value["gen"], "at": time.time()}))
             else:
-                conn.send(("result", await herd(funcs[func], item, start, spec)))
+                before = stats().get("fallbacks", 0)
+                result = await herd(funcs[func], item, start, spec)
+                conn.send(("result", result | {"fallbacks": stats().get("fallbacks", 0) - before}))
     finally:
         await close()
         await counter.aclose()
@@ -247,6 +253,7 @@ class Herd:
     commands: dict[str, int]
     callers: int
     errors: Counter[str]
+    fallbacks: int  # cachekit's reads that failed open (no reply within their deadline)
     served_gen: int = 0  # callers served the primed (old) value
 
     @property
@@ -299,6 +306,7 @@ def run_herd(
         commands,
         r.workers * r.callers,
         errors,
+        sum(result["fallbacks"] for result in results),
         generations.get(primed, 0),
     )
 
@@ -378,6 +386,7 @@ def common(herds: Sequence[Herd]) -> dict[str, str]:
     per_caller = max(h.per_caller for h in herds)
     top = ", ".join(f"{c} {n / len(herds):.0f}" for c, n in total.most_common(3))
     return {
+        "fail-open reads": str(max(h.fallbacks for h in herds)),
         "cmds/caller": f"{per_caller:.2f}",
         "top commands (per herd)": top or "-",
         "errors": ", ".join(f"{n} {e}" for e, n in errors.most_common()) or "0",
