@@ -84,6 +84,7 @@ class Outcome:
     latencies_ns: list[int] = field(default_factory=list)
     wrong: int = 0  # absent ids answered with something
     commands: dict[str, int] = field(default_factory=dict)
+    fail_open: int = 0  # cachekit's reads that failed open (deadline, breaker): not cached
 
     @property
     def expected(self) -> float:
@@ -108,6 +109,7 @@ class Outcome:
             f"p99 {MU}s": f"{percentile(self.latencies_ns, 99) / 1000:.1f}",
             "cmds/req": f"{sum(self.commands.values()) / self.requests:.3f}",
             "top commands": top or "-",
+            "fail-open reads": f"{self.fail_open:,}",
             "wrong": str(self.wrong),
         }
 
@@ -127,12 +129,19 @@ async def pooled(
 
 
 async def requests(
-    call: Call, out: Outcome, loads: Counter[str], admin: redis.asyncio.Redis, n: int, c: int
+    call: Call,
+    out: Outcome,
+    loads: Counter[str],
+    admin: redis.asyncio.Redis,
+    cache: Cache,
+    n: int,
+    c: int,
 ) -> None:
     """Warm up on other absent ids, then time ``n`` distinct absent ids through ``call``."""
     await pooled(range(WARMUP, WARMUP + 1_000), c, call)  # pools, scripts: not counted
     gc.collect()
     loads[out.label] = 0
+    fallbacks = cache.stats()["fallbacks"]
     await admin.config_resetstat()
 
     async def one(pid: int) -> None:
@@ -146,6 +155,7 @@ async def requests(
     out.seconds = time.perf_counter() - began
     out.commands = command_counts(await admin.info("commandstats"), NOT_COUNTED)
     out.requests, out.loads = n, loads[out.label]
+    out.fail_open = cache.stats()["fallbacks"] - fallbacks
 
 
 async def penetration(
@@ -209,7 +219,7 @@ async def penetration(
     try:
         for i, (out, call) in enumerate(calls, 1):
             n = args.requests if out.p is not None else args.unprotected_requests
-            await requests(call, out, loads, admin, n, args.concurrency)
+            await requests(call, out, loads, admin, cache, n, args.concurrency)
             progress.say(
                 f"penetration {i}/{len(calls)}",
                 f"{out.label}: {out.loads:,} loads of {n:,} ({n / out.seconds:,.0f} req/s)",
