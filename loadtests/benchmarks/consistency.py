@@ -44,6 +44,7 @@ import os
 import random
 import secrets
 import time
+import traceback
 from array import array
 from collections import Counter
 from collections.abc import Sequence
@@ -177,6 +178,7 @@ async def serve(spec: Spec, conn: Connection) -> None:
         _, start, end = message
         reads, writes = array("q"), array("q")  # row, version, began ns, latency/done ns
         errors: Counter[str] = Counter()
+        first: dict[str, str] = {}  # the first traceback of each kind of error, for the JSON
 
         async def client(index: int) -> None:
             rng = random.Random(f"{spec.seed}:{spec.index}:{index}")
@@ -191,6 +193,7 @@ async def serve(spec: Spec, conn: Connection) -> None:
                         reads.extend((rid, version, began, time.time_ns() - began))
                 except Exception as exc:
                     errors[type(exc).__name__] += 1
+                    first.setdefault(type(exc).__name__, traceback.format_exc())
 
         await asyncio.sleep(max(0.0, start - time.time()))
         before = cache.stats()
@@ -198,7 +201,7 @@ async def serve(spec: Spec, conn: Connection) -> None:
         await asyncio.sleep(spec.path.double_delete + SETTLE)  # second deletes run
         stats = {k: v - before.get(k, 0) for k, v in cache.stats().items()}
         result = {"reads": reads.tobytes(), "writes": writes.tobytes(), "errors": dict(errors)}
-        conn.send(("result", result | {"stats": stats}))
+        conn.send(("result", result | {"stats": stats, "tracebacks": first}))
     finally:
         await cache.close()
         await engine.dispose()
@@ -225,6 +228,7 @@ class Outcome:
     read_ms: list[float] = field(default_factory=list)
     stats: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
+    tracebacks: dict[str, str] = field(default_factory=dict)
     left_stale: int = 0
     failure: str | None = None
 
@@ -246,6 +250,7 @@ def analyse(out: Outcome, results: Sequence[dict[str, Any]]) -> None:
             versions[version] = done
         out.stats.update(result["stats"])
         out.errors.update(result["errors"])
+        out.tracebacks |= result["tracebacks"]
     newer: dict[int, list[float]] = {}  # rid -> [v]: earliest completion of a version > v
     for rid, versions in committed.items():
         top = max(versions)
@@ -337,6 +342,7 @@ def row(outs: Sequence[Outcome], seconds: float) -> dict[str, str]:
         "left stale": str(sum(o.left_stale for o in outs)),
         "hit ratio": f"{stats['hits'] / looked:.3f}" if looked else "-",
         "fills refused": f"{stats['stale_sets_refused']:,}",
+        "fail-open reads / retried writes": f"{stats['fallbacks']} / {stats['deferred_retries']}",
         "ops/s": f"{(reads + sum(o.writes for o in outs)) / (seconds * len(outs)):,.0f}",
         "read p99 ms": f"{percentile([x for o in outs for x in o.read_ms], 99):.1f}",
         "target": ("ok" if stale_beyond == 0 else "MISSED") if path.judged else "",
@@ -438,5 +444,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             },
             "environment": env,
             "table": cells,
+            "stats": {p.slug: sum((o.stats for o in outcomes[p.slug]), Counter()) for p in paths},
+            "tracebacks": {p.slug: [o.tracebacks for o in outcomes[p.slug]] for p in paths},
         },
     )

@@ -1,31 +1,27 @@
 """Herd benchmark: 4 processes x 100 callers ask for one key at the same instant.
 
-``--workers`` processes (``multiprocessing`` "spawn"), each with ``--callers`` coroutines,
-call one decorated ``async def`` for the same key, released together at a start time the
-coordinator gives them all (the monotonic clock is system-wide on Linux). The loader
-counts itself in Redis (``INCRBY``, once per load, left out of the command counts) and
-sleeps the load time. Herds:
+``--workers`` processes (``multiprocessing`` "spawn") of ``--callers`` coroutines each call
+one decorated ``async def`` for one key, released together at a start time the coordinator
+gives them all (the monotonic clock is system-wide on Linux). The loader counts itself in
+Redis (``INCRBY``, left out of the command counts) and sleeps the load time. Herds:
 
 * **cold** - a key nobody has loaded, with a ``--load-ms`` (50 ms) and a ``--slow-load-ms``
   (0.5 s) loader: cachekit ``@cache.cached(ttl=60)`` with its cross-process lease
-  (``lock=True``, target: 1 load, slowest caller <= load + 30 ms, <= 4 commands a
-  caller) and ``lock=False`` (one load per process), cashews ``@cache(lock=True)`` (the
-  combination its README gives for stampedes) and a naive ``GET``/load/``SET``;
+  (``lock=True``; targets: 1 load, slowest caller <= load + 30 ms, <= 4 commands a caller)
+  and with ``lock=False`` (one load a process), cashews ``@cache(lock=True)`` (its README's
+  stampede recipe) and a naive ``GET``/load/``SET``;
 * **stale** - a key whose logical TTL has passed inside its stale window: cachekit
-  ``@cache.cached(ttl=0.2, stale=30)``, cashews ``@cache.early(ttl=30.2, early_ttl=0.2)``.
-  Target for cachekit: no caller waits for the loader (latency >= the load time), one
-  rebuild; its p99 is set against a *hit herd* (the same herd on a fresh, primed key of
-  the same cache) run in the same repeat, the order alternating.
+  ``@cache.cached(ttl=0.2, stale=30)``, cashews ``@cache.early(ttl=30.2, early_ttl=0.2)``;
+  targets: no caller waits (latency >= the load time), one rebuild. Its p99 is set against
+  a *hit herd* (the same herd on a primed key) run in the same repeat, order alternating.
 
-Commands per caller are the server's own count (``CONFIG RESETSTAT`` before a herd, ``INFO
-commandstats`` after, commands inside Lua scripts included), on a private server by
-default so that nothing else is counted. Connection handshakes (``HELLO``, ``CLIENT
-SETINFO``/``SETNAME``, ``AUTH``, ``SELECT``) are left out, as are the coordinator's own
-commands: every worker warms up first (a miss on a key of its own and a full pool of hits)
-as a long-running process would have, so the herds measure a warm application. Every
-contender of a herd kind has its own processes, all alive at once, and each repeat runs
-them in an order rotated by the repeat (:func:`~loadtests.harness.rounds.rotation`):
-only ratios within one run mean anything on a shared machine.
+Commands per caller are the server's count (``CONFIG RESETSTAT`` before, ``INFO
+commandstats`` after; commands inside Lua scripts included) on a private server, with
+connection handshakes and the coordinator's commands left out: each worker warms up first
+(a miss on a key of its own, then a full pool), as a long-running process would have.
+*fail-open reads* are cachekit's reads that got no reply within their deadline (its
+``fallbacks``). Every contender of a herd kind has its own processes, all alive at once,
+and each repeat runs them in rotated order: only ratios within one run mean anything.
 
 Usage::
 
@@ -45,7 +41,7 @@ from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field, replace
 from functools import partial
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import redis
@@ -68,16 +64,13 @@ from loadtests.harness.tables import (
 
 COLD_TTL, STALE_TTL, STALE_WINDOW = 60.0, 0.2, 30.0
 SLACK_MS, CMDS_PER_CALLER = 30.0, 4.0  # targets: slowest <= load + slack; commands a caller
-NOT_COUNTED = frozenset(
-    {"config|resetstat", "info", "hello", "client|setinfo", "client|setname", "auth", "select"}
-)
+LEAD_S, SETTLE_S, HERD_TIMEOUT, POOL = 0.3, 0.25, 10.0, 64  # start ahead; run on; pool size
 TEXT_COLUMNS = frozenset({"contender", "top commands (per herd)", "errors"})
 Call = Callable[[str], Awaitable[Any]]
 Loader = Callable[[str], Coroutine[Any, Any, dict[str, Any]]]
 
 
-@dataclass(frozen=True)
-class Contender:
+class Contender(NamedTuple):
     kind: str  # what the workers build
     label: str
     judged: bool  # cachekit's rows carry verdicts
@@ -98,21 +91,16 @@ CONTENDERS = (
 class Spec:
     """What a worker builds (pickled to the spawned process)."""
 
-    kind: str
+    kind: str  # a contender's
     url: str
     run: str
     index: int
     callers: int
-    max_connections: int
-    herd_timeout: float
-    settle_ms: float
 
 
 # --------------------------------------------------------------------------- worker side
 
 LOAD_SECONDS = [0.05]  # the running herd's load time, set by each message
-
-
 Built = tuple[dict[str, Call], Callable[[], Awaitable[Any]], Callable[[], dict[str, int]]]
 
 
@@ -123,7 +111,7 @@ async def build(spec: Spec, load: Loader) -> Built:
     if spec.kind.startswith("ck-"):
         from cachekit import Cache
 
-        cache = Cache.from_url(spec.url, prefix=base, max_connections=spec.max_connections)
+        cache = Cache.from_url(spec.url, prefix=base, max_connections=POOL)
         if spec.kind == "ck-stale":
             main = cache.cached(ttl=STALE_TTL, stale=STALE_WINDOW, key="herd:{item}")(load)
             hot = cache.cached(ttl=COLD_TTL, stale=STALE_WINDOW, key="hot:{item}")(load)
@@ -133,15 +121,11 @@ async def build(spec: Spec, load: Loader) -> Built:
     if spec.kind.startswith("cashews"):
         from cashews import cache as cashews
 
-        cashews.setup(spec.url, client_side=False, max_connections=spec.max_connections)
+        cashews.setup(spec.url, client_side=False, max_connections=POOL)
         if spec.kind == "cashews-early":
-            early = STALE_TTL + STALE_WINDOW
-            peer: Call = cashews.early(ttl=early, early_ttl=STALE_TTL, key=base + ":herd:{item}")(
-                load
-            )
-            peer_hot: Call = cashews.early(ttl=early, early_ttl=COLD_TTL, key=base + ":hot:{item}")(
-                load
-            )
+            early = partial(cashews.early, ttl=STALE_TTL + STALE_WINDOW)
+            peer: Call = early(early_ttl=STALE_TTL, key=base + ":herd:{item}")(load)
+            peer_hot: Call = early(early_ttl=COLD_TTL, key=base + ":hot:{item}")(load)
         else:
             peer = peer_hot = cashews(ttl=COLD_TTL, key=base + ":herd:{item}", lock=True)(load)
 
@@ -149,11 +133,8 @@ async def build(spec: Spec, load: Loader) -> Built:
             return await cashews.get(f"{base}:{item}")
 
         return {"main": peer, "hot": peer_hot, "fill": fill}, cashews.close, dict
-    client = redis.asyncio.Redis.from_pool(
-        redis.asyncio.BlockingConnectionPool.from_url(
-            spec.url, max_connections=spec.max_connections, timeout=spec.herd_timeout
-        )
-    )
+    pool = redis.asyncio.BlockingConnectionPool.from_url(spec.url, max_connections=POOL)
+    client = redis.asyncio.Redis.from_pool(pool)  # blocking: 100 callers share 64 connections
 
     async def naive(item: str) -> Any:
         raw = await client.get(f"{base}:{item}")
@@ -193,9 +174,9 @@ async def herd(call: Call, item: str, start: float, spec: Spec) -> dict[str, Any
     await asyncio.sleep(max(0.0, start - time.monotonic()))
     gate.set()
     with suppress(TimeoutError):
-        async with asyncio.timeout(spec.herd_timeout):
+        async with asyncio.timeout(HERD_TIMEOUT):
             await asyncio.gather(*tasks)
-    await asyncio.sleep(spec.settle_ms / 1000)  # background rebuilds and unlocks finish
+    await asyncio.sleep(SETTLE_S)  # background rebuilds and unlocks finish
     unfinished = spec.callers - len(latencies) - sum(errors.values())
     return {
         "latencies_ms": latencies,
@@ -274,9 +255,8 @@ class Run:
     run: str
     workers: int
     callers: int
-    lead_s: float
-    timeout: float
     progress: Progress
+    timeout: float = HERD_TIMEOUT + SETTLE_S + LEAD_S + 60
 
 
 def run_herd(
@@ -286,15 +266,15 @@ def run_herd(
     counter = f"{r.run}:loads:{c.kind}:{item}"
     before = int(r.admin.get(counter) or 0)
     r.admin.config_resetstat()
-    fleet.broadcast(("herd", func, item, load_s, time.monotonic() + r.lead_s))
+    fleet.broadcast(("herd", func, item, load_s, time.monotonic() + LEAD_S))
     results = fleet.collect("result", r.timeout)
     info = r.admin.info("commandstats")
     loads = int(r.admin.get(counter) or 0) - before
-    commands = command_counts(info, NOT_COUNTED)
+    commands = command_counts(info)
     # redis-py's incr() sends INCRBY, which no contender sends: one per load is the loader's.
-    commands["incrby"] = commands.get("incrby", 0) - loads
-    if commands["incrby"] <= 0:
-        del commands["incrby"]
+    commands = {
+        c: n - loads * (c == "incrby") for c, n in commands.items() if c != "incrby" or n > loads
+    }
     errors: Counter[str] = Counter()
     generations: Counter[int] = Counter()
     for result in results:
@@ -350,14 +330,9 @@ def run_family(
                             args = ("hot", "hot") if kind == "hit" else ("main", item)
                             herd = run_herd(r, fleet, c, *args, load_s, primed["gen"])
                             row.herds.setdefault(kind, []).append(herd)
+                    r.progress.say(f"herd {family} {rep + 1}/{repeats}", f"{c.label}: done")
                 except (WorkerError, redis.RedisError, OSError) as exc:
                     row.error = f"{type(exc).__name__}: {exc}"
-                    continue
-                summary = ", ".join(
-                    f"{k} loads {h[-1].loads} slowest {max(h[-1].latencies_ms, default=0):.0f} ms"
-                    for k, h in row.herds.items()
-                )
-                r.progress.say(f"herd {family} {rep + 1}/{repeats}", f"{c.label}: {summary}")
     return rows
 
 
@@ -370,11 +345,6 @@ def mark(ok: bool, judged: bool) -> str:
 
 def pooled(herds: Sequence[Herd]) -> list[float]:
     return [x for h in herds for x in h.latencies_ms]
-
-
-def loads_text(herds: Sequence[Herd]) -> str:
-    values = [h.loads for h in herds]
-    return str(values[0]) if len(set(values)) == 1 else ",".join(map(str, values))
 
 
 def common(herds: Sequence[Herd]) -> dict[str, str]:
@@ -402,7 +372,8 @@ def cold_row(row: Row, name: str, load_ms: float, workers: int) -> dict[str, str
     cells["cmds/caller"] += mark(float(cells["cmds/caller"]) <= CMDS_PER_CALLER, judged)
     return {
         "contender": row.contender.label,
-        "loads": loads_text(herds) + mark(all(h.loads == want for h in herds), judged),
+        "loads": ",".join(str(h.loads) for h in herds)
+        + mark(all(h.loads == want for h in herds), judged),
         "slowest ms": f"{slowest:.1f}" + mark(slowest <= load_ms + SLACK_MS, judged),
         "p50 ms": f"{percentile(lat, 50):.1f}",
         "p99 ms": f"{percentile(lat, 99):.1f}",
@@ -417,7 +388,8 @@ def stale_row(row: Row, load_ms: float) -> dict[str, str]:
     return {
         "contender": row.contender.label,
         "waited": f"{waited}" + mark(waited == 0, judged),
-        "rebuilds": loads_text(stale) + mark(all(h.loads == 1 for h in stale), judged),
+        "rebuilds": ",".join(str(h.loads) for h in stale)
+        + mark(all(h.loads == 1 for h in stale), judged),
         "served stale": f"{sum(h.served_gen for h in stale)}/{sum(h.callers for h in stale)}",
         "p50 ms": f"{percentile(pooled(stale), 50):.1f}",
         "p99 ms": f"{p99:.1f}",
@@ -449,100 +421,68 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=4, help="processes per contender (4)")
     parser.add_argument("--callers", type=int, default=100, help="coroutines per process (100)")
     parser.add_argument("--load-ms", type=float, default=50.0, help="loader time in ms (50)")
-    parser.add_argument(
-        "--slow-load-ms", type=float, default=500.0, help="a second cold herd's (500; 0: none)"
-    )
+    parser.add_argument("--slow-load-ms", type=float, default=500.0, help="2nd cold herd's (500)")
     parser.add_argument("--repeats", type=int, default=3, help="herds per contender (3)")
-    parser.add_argument("--lead-ms", type=float, default=300.0, help="start time ahead (300)")
-    parser.add_argument("--settle-ms", type=float, default=250.0, help="run on after a herd")
-    parser.add_argument("--herd-timeout", type=float, default=10.0, help="seconds per herd")
-    parser.add_argument("--max-connections", type=int, default=64, help="pool size (64)")
-    args = parse(
-        parser,
-        argv,
-        at_least_1=("workers", "callers", "repeats", "max_connections"),
-        not_negative=("slow_load_ms", "settle_ms"),
-    )
-    progress = Progress()
-    cold = [("cold", args.load_ms / 1000)]
-    if args.slow_load_ms:
-        cold.append(("slow", args.slow_load_ms / 1000))
+    args = parse(parser, argv, at_least_1=("workers", "callers", "repeats"))
+    loads_ms = {"cold": args.load_ms, "slow": args.slow_load_ms, "stale": args.load_ms}
+    families = {
+        "cold": [(n, loads_ms[n] / 1000) for n in ("cold", "slow") if loads_ms[n] > 0],
+        "stale": [("stale", args.load_ms / 1000)],
+    }
+    if args.herds != "all":
+        families = {args.herds: families[args.herds]}
     note = "its INFO commandstats also count other clients"
     with redis_server(args.url, args.server, shared_note=note) as url:
         admin = redis.Redis.from_url(url, socket_timeout=5)
         run = Run(
-            admin,
-            f"benchherd-{secrets.token_hex(4)}",
-            args.workers,
-            args.callers,
-            args.lead_ms / 1000,
-            args.herd_timeout + args.settle_ms / 1000 + args.lead_ms / 1000 + 60,
-            progress,
+            admin, f"benchherd-{secrets.token_hex(4)}", args.workers, args.callers, Progress()
         )
-        spec = Spec(
-            "", url, run.run, 0, args.callers, args.max_connections, args.herd_timeout,
-            args.settle_ms,
-        )  # fmt: skip
+        spec = Spec("", url, run.run, 0, args.callers)
         try:
-            env = environment(
-                admin.info("server"), url, packages=("cachekit", "redis", "hiredis", "cashews")
-            )
-            rows: dict[str, list[Row]] = {}
-            if args.herds in ("cold", "all"):
-                rows["cold"] = run_family(run, spec, "cold", cold, args.repeats)
-            if args.herds in ("stale", "all"):
-                stale = [("stale", args.load_ms / 1000)]
-                rows["stale"] = run_family(run, spec, "stale", stale, args.repeats)
+            packages = ("cachekit", "redis", "hiredis", "cashews")
+            env = environment(admin.info("server"), url, packages=packages)
+            rows = {f: run_family(run, spec, f, h, args.repeats) for f, h in families.items()}
         finally:
             with suppress(redis.RedisError, OSError):
                 delete_run_keys(admin, run.run)
             admin.close()
-    render = markdown_table if args.markdown else None
     print(
         f"cachekit herd benchmark: {args.workers} processes x {args.callers} callers on one key, "
         f"{args.repeats} herd(s) per contender; targets judged on the worst herd"
     )
     print(environment_line(env))
     tables: dict[str, list[dict[str, str]]] = {}
-    for name, load_s in cold if "cold" in rows else []:
-        tables[name] = table(
-            rows["cold"], partial(cold_row, name=name, load_ms=load_s * 1000, workers=args.workers)
-        )
-    if "stale" in rows:
-        tables["stale"] = table(rows["stale"], lambda row: stale_row(row, args.load_ms))
-    titles = {
-        "stale": f"logically expired herd (ttl {STALE_TTL:g} s passed, stale window "
-        f"{STALE_WINDOW:g} s, loader {args.load_ms:g} ms): targets for cachekit: 0 callers "
-        "waited (latency >= the load time), 1 rebuild; p99 ratio = p99 / p99 of a hit herd",
+    for family, herds in families.items():
+        for name, _ in herds:
+            ms = loads_ms[name]
+            make = (
+                partial(stale_row, load_ms=ms)
+                if name == "stale"
+                else partial(cold_row, name=name, load_ms=ms, workers=args.workers)
+            )
+            tables[name] = table(rows[family], make)
+            print(f"\n{title(name, ms)}\n")
+            cells = tables[name]
+            print(markdown_table(cells, TEXT_COLUMNS) if args.markdown else text_table(cells))
+    herds_json = {
+        row.contender.label: {name: [vars(h) for h in hs] for name, hs in row.herds.items()}
+        for family_rows in rows.values()
+        for row in family_rows
     }
-    for name, load_s in cold:
-        ms = load_s * 1000
-        titles[name] = (
-            f"cold herd, loader {ms:g} ms: targets for cachekit: 1 load (lock=False: one a "
-            f"process), slowest <= {ms + SLACK_MS:g} ms, <= {CMDS_PER_CALLER:g} commands a caller"
-        )
-    for name, cells in tables.items():
-        print(f"\n{titles[name]}\n")
-        print(render(cells, TEXT_COLUMNS) if render else text_table(cells))
+    settings = {k: v for k, v in vars(args).items() if k not in ("json", "url")}
     write_json(
-        args.json,
-        {
-            "settings": {k: v for k, v in vars(args).items() if k not in ("json", "url")},
-            "environment": env,
-            "tables": tables,
-            "herds": {
-                family: {
-                    row.contender.label: {
-                        name: [
-                            {"loads": h.loads, "commands": h.commands, "errors": dict(h.errors)}
-                            | {"latencies_ms": [round(x, 3) for x in h.latencies_ms]}
-                            for h in herds
-                        ]
-                        for name, herds in row.herds.items()
-                    }
-                    for row in family_rows
-                }
-                for family, family_rows in rows.items()
-            },
-        },
+        args.json, {"settings": settings, "environment": env, "tables": tables, "herds": herds_json}
+    )
+
+
+def title(name: str, ms: float) -> str:
+    if name == "stale":
+        return (
+            f"logically expired herd (ttl {STALE_TTL:g} s passed, stale window {STALE_WINDOW:g} "
+            f"s, loader {ms:g} ms): targets for cachekit: 0 callers waited (latency >= the load "
+            "time), 1 rebuild; p99 ratio = p99 / p99 of a hit herd"
+        )
+    return (
+        f"cold herd, loader {ms:g} ms: targets for cachekit: 1 load (lock=False: one a process), "
+        f"slowest <= {ms + SLACK_MS:g} ms, <= {CMDS_PER_CALLER:g} commands a caller"
     )

@@ -71,11 +71,19 @@ def redis_server(url: str | None, choice: str, *, shared_note: str | None = None
         yield server.url
 
 
-def command_counts(info: dict[str, object], exclude: frozenset[str]) -> dict[str, int]:
+NOT_COUNTED = frozenset(
+    {"config|resetstat", "info", "hello", "client|setinfo", "client|setname", "auth", "select"}
+)
+"""A run's own commands (reset, read the counts) and connection handshakes."""
+
+
+def command_counts(
+    info: dict[str, object], exclude: frozenset[str] = NOT_COUNTED
+) -> dict[str, int]:
     """``calls`` per command from an ``INFO commandstats`` reply, most first.
 
-    Commands run inside a Lua script are counted by the server too. ``exclude`` names the
-    run's own commands (say ``config|resetstat`` and ``info``).
+    Commands run inside a Lua script are counted by the server too. ``exclude``: by default
+    the run's own commands and connection handshakes (:data:`NOT_COUNTED`).
     """
     counts: dict[str, int] = {}
     for name, entry in info.items():
