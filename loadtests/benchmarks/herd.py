@@ -283,11 +283,11 @@ def run_herd(
     commands = command_counts(info)
     # redis-py's incr() sends INCRBY, which no contender sends: one per load is the loader's.
     commands = {
-        c: n - loads * (c == "incrby") for c, n in commands.items() if c != "incrby" or n > loads
+        cmd: n - loads * (cmd == "incrby")
+        for cmd, n in commands.items()
+        if cmd != "incrby" or n > loads
     }
-    errors: Counter[str] = Counter()
-    for result in results:
-        errors.update(result["errors"])
+    errors: Counter[str] = sum((Counter(result["errors"]) for result in results), Counter())
     return Herd(
         [x for result in results for x in result["latencies_ms"]],
         loads,
@@ -301,7 +301,7 @@ def run_herd(
 
 
 def prime(r: Run, fleet: Fleet, func: str, item: str, load_s: float) -> dict[str, Any]:
-    fleet.send(0, ("prime", func, item, load_s, 0.0))
+    fleet.send(0, ("prime", func, item, load_s, 0.0))  # one worker loads the key
     return fleet.reply(0, "primed", r.timeout)
 
 
@@ -431,7 +431,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         markdown=True,
     )
     parser.set_defaults(url=None)  # a private server: the command counts are the herd's only
-    parser.add_argument("--herds", choices=("cold", "stale", "all"), default="all")
     parser.add_argument("--workers", type=int, default=4, help="processes per contender (4)")
     parser.add_argument("--callers", type=int, default=100, help="coroutines per process (100)")
     parser.add_argument("--load-ms", type=float, default=50.0, help="loader time in ms (50)")
@@ -443,8 +442,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         "cold": [(n, loads_ms[n] / 1000) for n in ("cold", "slow") if loads_ms[n] > 0],
         "stale": [("stale", args.load_ms / 1000)],
     }
-    if args.herds != "all":
-        families = {args.herds: families[args.herds]}
     note = "its INFO commandstats also count other clients"
     with redis_server(args.url, args.server, shared_note=note) as url:
         admin = redis.Redis.from_url(url, socket_timeout=5)
@@ -491,14 +488,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def summary(h: Herd) -> dict[str, Any]:
     """A herd in the JSON: its counts and latency percentiles (not every caller's)."""
-    lat = h.latencies_ms
     return {
-        **{f"p{p}_ms": round(percentile(lat, p), 2) for p in (50, 99, 100)},
-        "loads": h.loads,
-        "commands": h.commands,
-        "fail_open_reads": h.fallbacks,
-        "errors": h.errors,
-        "served_stale": h.served_stale if h.primed >= 0 else None,
+        **{f"p{p}_ms": round(percentile(h.latencies_ms, p), 2) for p in (50, 99, 100)},
+        **{"loads": h.loads, "commands": h.commands, "fail_open_reads": h.fallbacks},
+        **{"errors": h.errors, "served_stale": h.served_stale if h.primed >= 0 else None},
     }
 
 
