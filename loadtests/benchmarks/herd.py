@@ -490,8 +490,11 @@ def summary(h: Herd) -> dict[str, Any]:
     """A herd in the JSON: its counts and latency percentiles (not every caller's)."""
     return {
         **{f"p{p}_ms": round(percentile(h.latencies_ms, p), 2) for p in (50, 99, 100)},
-        **{"loads": h.loads, "commands": h.commands, "fail_open_reads": h.fallbacks},
-        **{"errors": h.errors, "served_stale": h.served_stale if h.primed >= 0 else None},
+        "loads": h.loads,
+        "commands": h.commands,
+        "fail_open_reads": h.fallbacks,
+        "errors": h.errors,
+        "served_stale": h.served_stale if h.primed >= 0 else None,
     }
 
 
