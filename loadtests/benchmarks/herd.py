@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import math
 import secrets
 import time
 from collections import Counter
@@ -383,7 +384,7 @@ def common(herds: Sequence[Herd]) -> dict[str, str]:
 def cold_row(row: Row, name: str, load_ms: float, workers: int) -> dict[str, str]:
     herds, judged = row.herds[name], row.contender.judged
     want = workers if row.contender.kind == "ck-nolock" else 1
-    slowest = max(max(h.latencies_ms, default=float("nan")) for h in herds)
+    slowest = max(max(h.latencies_ms, default=math.nan) for h in herds)
     lat = pooled(herds)
     cells = common(herds)
     cells["cmds/caller"] += mark(float(cells["cmds/caller"]) <= CMDS_PER_CALLER, judged)
@@ -410,7 +411,7 @@ def stale_row(row: Row, load_ms: float) -> dict[str, str]:
         "served stale": f"{sum(h.served_stale for h in stale)}/{sum(h.callers for h in stale)}",
         "p50 ms": f"{percentile(pooled(stale), 50):.1f}",
         "p99 ms": f"{p99:.1f}",
-        "slowest ms": f"{max(pooled(stale), default=float('nan')):.1f}",
+        "slowest ms": f"{max(pooled(stale), default=math.nan):.1f}",
         "hit p99 ms": f"{hit_p99:.1f}",
         "p99 ratio": f"{p99 / hit_p99:.2f}x",
         **common(stale),
@@ -508,7 +509,7 @@ def goal(rows: Sequence[Row], name: str, ms: float) -> str:
     if ours.error or peer.error:
         return "goal: not judged (a contender failed)"
     key = "stale" if name == "stale" else name
-    slowest = [max(pooled(row.herds[key])) for row in (ours, peer)]
+    slowest = [max(pooled(row.herds[key]), default=math.nan) for row in (ours, peer)]
     if name == "stale":
         p99 = [percentile(pooled(row.herds[key]), 99) for row in (ours, peer)]
         met = p99[0] < p99[1] and slowest[0] <= STALE_SLOWEST_MS
