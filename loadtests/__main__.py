@@ -8,6 +8,9 @@ Usage::
     python -m loadtests cart [options]                 # cart and sessions vs SQL alone
     python -m loadtests http [options]                 # the response cache under uvicorn + wrk
     python -m loadtests outage [options]               # a Redis kill under open-loop load
+    python -m loadtests herd [options]                 # herds on one key across processes
+    python -m loadtests penetration [options]          # absent ids against Bloom gates
+    python -m loadtests consistency [options]          # write paths on SQL rows, 4 processes
 
 ``python -m loadtests <command> --help`` lists a command's options.
 """
@@ -18,7 +21,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-BENCHMARKS = ("hitpath", "near", "cart", "http", "outage")
+BENCHMARKS = ("hitpath", "near", "cart", "http", "outage", "herd", "penetration", "consistency")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

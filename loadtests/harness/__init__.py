@@ -4,6 +4,7 @@
 * :mod:`~loadtests.harness.servers` - ``REDIS_URL`` or a private server (the tests' launcher);
 * :mod:`~loadtests.harness.tables` - the environment of a report, percentiles, tables;
 * :mod:`~loadtests.harness.progress` - progress lines on stderr;
+* :mod:`~loadtests.harness.fleet` - spawned worker processes (the multi-process benchmarks);
 * :mod:`~loadtests.harness.openloop` - the open-loop request generator and its trace;
 * :mod:`~loadtests.harness.outcome` - a scenario's arms, headline and verdict (the JSON);
 * :mod:`~loadtests.harness.report` - ``REPORT.md``, ``SUMMARY.md`` and the charts;

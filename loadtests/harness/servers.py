@@ -24,6 +24,7 @@ from tests.servers import PrivateServer, free_port, server_binary
 __all__ = [
     "PrivateServer",
     "answers",
+    "command_counts",
     "delete_run_keys",
     "free_port",
     "redact",
@@ -68,6 +69,29 @@ def redis_server(url: str | None, choice: str, *, shared_note: str | None = None
         print(f"nothing answers at {redact(url)}: starting a private server", file=sys.stderr)
     with PrivateServer(binary=server_binary(choice)) as server:
         yield server.url
+
+
+NOT_COUNTED = frozenset(
+    {"config|resetstat", "info", "hello", "client|setinfo", "client|setname", "auth", "select"}
+)
+"""A run's own commands (reset, read the counts) and connection handshakes."""
+
+
+def command_counts(
+    info: dict[str, object], exclude: frozenset[str] = NOT_COUNTED
+) -> dict[str, int]:
+    """``calls`` per command from an ``INFO commandstats`` reply, most first.
+
+    Commands run inside a Lua script are counted by the server too. ``exclude``: by default
+    the run's own commands and connection handshakes (:data:`NOT_COUNTED`).
+    """
+    counts: dict[str, int] = {}
+    for name, entry in info.items():
+        command = name.removeprefix("cmdstat_")
+        if command != name and command not in exclude:
+            calls = entry["calls"] if isinstance(entry, dict) else entry
+            counts[command] = int(str(calls))
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def delete_run_keys(admin: redis.Redis, run: str, *, pattern: str = "*{run}*") -> int:

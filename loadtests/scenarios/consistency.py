@@ -1,6 +1,7 @@
 """Write consistency: writers update rows and invalidate while readers read, stale reads counted.
 
-The approach of the former ``bench_consistency.py``, open-loop, cashews the peer: every
+The approach of the ``consistency`` benchmark (:mod:`loadtests.benchmarks.consistency`:
+PostgreSQL in several processes), here open-loop with cashews the peer: every
 row carries a version; writers commit ``version + 1`` and then do the arm's cache work;
 readers read rows through the cache. A read is *stale* when it returned a version older
 than one whose write (commit and cache work) had completed before the read began; its

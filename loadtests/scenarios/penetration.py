@@ -14,7 +14,7 @@ Arms (library level, one loader query = ``DB_LATENCY`` of a 10-connection databa
   not cached;
 * **peer** - cashews ``@cache(ttl=60)``, which caches ``None`` results for the full TTL
   (its default condition stores every result): null caching, no Bloom filter (cashews'
-  separate ``@cache.bloom`` decorator was measured by the former ``bench_penetration.py``).
+  separate ``@cache.bloom`` decorator is measured by ``python -m loadtests penetration``).
 
 Demo level: ``GET /products/{id}`` for the same kind of ids against the demo with
 ``DEMO_PROTECTIONS=all`` and ``none``; database queries from its ``/metrics``.

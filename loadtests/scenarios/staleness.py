@@ -2,8 +2,8 @@
 
 A read is *stale* when it returned a version older than one whose write (commit and cache
 work) had completed before the read began; its staleness is by how much time. This is
-the definition of the former ``bench_consistency.py``; here every timestamp comes from one event
-loop's clock.
+the definition of the ``consistency`` benchmark (:mod:`loadtests.benchmarks.consistency`);
+here every timestamp comes from one event loop's clock.
 
 Usage::
 
