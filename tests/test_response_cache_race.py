@@ -60,14 +60,14 @@ async def test_a_request_leasing_just_after_the_fill_is_served_the_fill(
     app = build_app(shop, cache)
     async with client_for(app) as client:
         await client.get("/other")  # binds the cache (a 404: not stored)
-        face = cache._bound().aio
-        interleave = _Interleave(face.backend)
-        face.backend = interleave
+        here = cache._bound().aio._loops.get()  # this event loop's share of the async face
+        interleave = _Interleave(here.backend)
+        here.backend = interleave
         first = asyncio.create_task(client.get("/page"))
         await shop.called.wait()  # the first request is in the app, holding the lease
         second = await asyncio.wait_for(client.get("/page"), 10)
         first_response = await first
-        face.backend = interleave._backend
+        here.backend = interleave._backend
     assert interleave.leases == 2  # the second request did ask for the lease after the fill
     assert first_response.headers["x-cache"] == "MISS"
     assert second.headers["x-cache"] == "HIT"
