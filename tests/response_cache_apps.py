@@ -139,7 +139,11 @@ class Shop:
 
     async def text(self, request: Request) -> Response:
         n = self._count(request)
-        return PlainTextResponse(f"{'lorem ipsum ' * 100} #{n}")
+        # A compressing origin declares Vary on every variant (RFC 9110 12.5.5), identity
+        # too; Starlette's GZipMiddleware does so itself only from 0.46 on.
+        return PlainTextResponse(
+            f"{'lorem ipsum ' * 100} #{n}", headers={"Vary": "Accept-Encoding"}
+        )
 
 
 def build_app(shop: Shop, cache: Cache, *, gzip: bool = False, **options: Any) -> Starlette:

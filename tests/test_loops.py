@@ -21,7 +21,6 @@ import pytest
 import redis
 import redis.asyncio
 from sqlalchemy import create_engine
-from starlette.exceptions import StarletteDeprecationWarning
 
 from cachekit import Cache
 from cachekit.backends.perloop import client_of
@@ -31,11 +30,7 @@ from cachekit.notify import TaskListener
 from cachekit.sessions import CartStore
 from cachekit.testing import FakeClock
 from tests.response_cache_apps import Shop, build_app
-
-with warnings.catch_warnings():
-    # Starlette 1.x prefers httpx2 for its TestClient and warns when it falls back to httpx.
-    warnings.simplefilter("ignore", StarletteDeprecationWarning)
-    from starlette.testclient import TestClient
+from tests.starlette_testclient import TestClient
 
 pytest_plugins = ["pytester"]
 T = TypeVar("T")

@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import contextlib
 import re
-import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from typing import Any, Protocol
 
 import httpx
 import pytest
-from starlette import exceptions as starlette_exceptions
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -42,16 +40,7 @@ from cachekit import Cache
 from cachekit.exceptions import ConfigurationError
 from cachekit.sessions import RedisSessionStore, SessionMiddleware
 from cachekit.testing import FakeClock
-
-with warnings.catch_warnings():
-    # Starlette 1.x prefers httpx2 for its TestClient and warns when it falls back to
-    # httpx; the project tests with httpx, and the warning is not what these tests are about.
-    # (Starlette before 1.0, the oldest supported, has neither the warning nor its class.)
-    warnings.simplefilter(
-        "ignore",
-        getattr(starlette_exceptions, "StarletteDeprecationWarning", DeprecationWarning),
-    )
-    from starlette.testclient import TestClient
+from tests.starlette_testclient import TestClient
 
 PATIENT = {"socket_timeout": 10, "socket_connect_timeout": 10, "pool_timeout": 10}
 
