@@ -10,6 +10,7 @@ fail here, not in whichever test runs when the collector finds it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import threading
 import warnings
@@ -295,42 +296,43 @@ def test_sync_close_releases_a_hand_closed_loop(redis_url: str, prefix: str) -> 
     no_leaks()
 
 
-def test_close_reaches_a_loop_running_in_another_thread(redis_url: str, prefix: str) -> None:
-    cache = Cache.from_url(redis_url, prefix=prefix)
+@contextlib.contextmanager
+def loop_in_thread() -> Iterator[asyncio.AbstractEventLoop]:
+    """An event loop running in a thread of its own; stopped and closed afterwards."""
     other = asyncio.new_event_loop()
     thread = threading.Thread(target=other.run_forever, daemon=True)
     thread.start()
     try:
+        yield other
+    finally:
+        other.call_soon_threadsafe(other.stop)
+        thread.join(5)
+        other.run_until_complete(other.shutdown_asyncgens())
+        other.close()
+
+
+def test_close_reaches_a_loop_running_in_another_thread(redis_url: str, prefix: str) -> None:
+    cache = Cache.from_url(redis_url, prefix=prefix)
+    with loop_in_thread() as other:
         asyncio.run_coroutine_threadsafe(cache.set("k", 1), other).result(5)
         assert run(lambda: cache.get("k")) == 1
         assert face(cache).loops == 1  # the other thread's loop still runs
         run(cache.close)  # closes the other loop's client on that loop
         assert not cache.configured
-    finally:
-        other.call_soon_threadsafe(other.stop)
-        thread.join(5)
-        other.run_until_complete(other.shutdown_asyncgens())
-        other.close()
     no_leaks()
 
 
 def test_sync_close_reaches_a_loop_running_in_another_thread(redis_url: str, prefix: str) -> None:
     cache = Cache.from_url(redis_url, prefix=prefix)
-    other = asyncio.new_event_loop()
-    thread = threading.Thread(target=other.run_forever, daemon=True)
-    thread.start()
-    try:
-        asyncio.run_coroutine_threadsafe(cache.set("k", 1), other).result(5)
-        assert face(cache).loops == 1
-        cache.sync.close()  # the other loop closes its own client, and is waited for
-        assert face(cache).loops == 0
-        assert asyncio.run_coroutine_threadsafe(cache.get("k"), other).result(5) == 1
-    finally:
-        asyncio.run_coroutine_threadsafe(cache.close(), other).result(5)
-        other.call_soon_threadsafe(other.stop)
-        thread.join(5)
-        other.run_until_complete(other.shutdown_asyncgens())
-        other.close()
+    with loop_in_thread() as other:
+        try:
+            asyncio.run_coroutine_threadsafe(cache.set("k", 1), other).result(5)
+            assert face(cache).loops == 1
+            cache.sync.close()  # the other loop closes its own client, and is waited for
+            assert face(cache).loops == 0
+            assert asyncio.run_coroutine_threadsafe(cache.get("k"), other).result(5) == 1
+        finally:
+            asyncio.run_coroutine_threadsafe(cache.close(), other).result(5)
     no_leaks()
 
 
