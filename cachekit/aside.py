@@ -44,7 +44,7 @@ from cachekit.backends.ops import Delete, Get
 from cachekit.backends.tags import ReadTagged
 from cachekit.bloomflow import bloom_contains
 from cachekit.context import Context, Policy, new_token
-from cachekit.effects import LOAD, Flow, Hold, Join, Later, Spawn, Wait, Watch
+from cachekit.effects import LOAD, Flow, Forget, Hold, Join, Later, Read, Spawn, Wait, Watch
 from cachekit.envelope import Envelope, InvalidPayload, SchemaMismatch, decode, encode
 from cachekit.exceptions import (
     BackendError,
@@ -133,7 +133,7 @@ def cached_read(
         if tags:
             raw, stamp = yield from _read_tagged(ctx, key, tags)
         else:
-            raw = yield Get(key)
+            raw = yield Read(key)  # shared with this process's callers that ask meanwhile
     except BackendError as exc:
         read_failed(ctx, exc)
         # Redis is failing: no lease or write to attempt; the flight alone guards the source.
@@ -391,6 +391,10 @@ def _load_and_store(
         write_failed(ctx, exc)
         # The fill may not have run (cut, paused server): the lease may still be ours.
         yield from _abandon(ctx, key, lease)
+    if entry is not None:
+        # Callers that come after ours got the value must not share a read sent before
+        # the fill (a miss, or the stale value it replaced); the flight stays joinable.
+        yield Forget(key, flights=False)
     return value
 
 

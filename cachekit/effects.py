@@ -6,6 +6,7 @@ blocking calls or awaits. Backend operations (:class:`~cachekit.backends.ops.Op`
 effects too; the ones here are the face's own business:
 
 * :data:`LOAD` - call the wrapped function; the result is sent back.
+* :class:`Read` - ``GET`` a key, sharing the reply with this process's other readers of it.
 * :class:`Watch` - start collecting wake-ups for a key; a handle is sent back.
 * :class:`Listen` - make sure this process listens to the cache's channel.
 * :class:`Wait` - wait on a handle until woken or a timeout; whether it was woken.
@@ -13,7 +14,7 @@ effects too; the ones here are the face's own business:
 * :class:`Join` - run a sub-flow as this process's single flight for a key.
 * :class:`Spawn` - run a sub-flow in the background, at most one per key per process.
 * :class:`Later` - run a backend operation later (retried with backoff if it fails).
-* :class:`Forget` - detach this process's running flight of a key (all keys: ``None``).
+* :class:`Forget` - a key was written: new callers share no read (nor flight) begun before.
 
 Usage::
 
@@ -43,6 +44,7 @@ __all__ = [
     "Join",
     "Later",
     "Listen",
+    "Read",
     "Spawn",
     "Wait",
     "Watch",
@@ -70,6 +72,15 @@ LOAD: Final = _Signal.LOAD
 
 MISSING: Final[Any] = _Missing()
 """``cache.get(key, MISSING)`` returns this on a miss, so ``None`` can be a cached value."""
+
+
+@dataclass(slots=True)
+class Read:
+    """``GET key``, coalesced: callers of this process that ask while a read of ``key`` is
+    in flight share its reply, unless this process completed a write of ``key`` (a
+    :class:`Forget`) after that read began (:mod:`cachekit.singleflight`)."""
+
+    key: str
 
 
 @dataclass(slots=True)
@@ -129,9 +140,11 @@ class Spawn:
 
 @dataclass(slots=True)
 class Forget:
-    """New callers of ``key`` (every key, for ``None``) must not join a running flight."""
+    """This process wrote ``key`` (every key, for ``None``): new callers must not share a
+    :class:`Read` begun before now, nor (``flights``) join a running flight of it."""
 
     key: str | None
+    flights: bool = True
 
 
 @dataclass(slots=True)
@@ -143,7 +156,17 @@ class Later:
 
 
 Effect: TypeAlias = (
-    Op[Any] | Literal[_Signal.LOAD] | Watch | Listen | Wait | Hold | Join | Spawn | Later | Forget
+    Op[Any]
+    | Literal[_Signal.LOAD]
+    | Read
+    | Watch
+    | Listen
+    | Wait
+    | Hold
+    | Join
+    | Spawn
+    | Later
+    | Forget
 )
 Flow: TypeAlias = Generator[Effect, Any, T]
-CONTROL: Final = frozenset({Watch, Listen, Wait, Hold, Join, Spawn, Later, Forget})
+CONTROL: Final = frozenset({Read, Watch, Listen, Wait, Hold, Join, Spawn, Later, Forget})

@@ -2,7 +2,7 @@
 
 A face drives a flow (:mod:`cachekit.effects`): it runs backend operations on its
 backend, calls the wrapped function for :data:`~cachekit.effects.LOAD`, keeps the
-process's single flights (:mod:`cachekit.singleflight`), registers wake-ups
+process's coalesced reads and single flights (:mod:`cachekit.singleflight`), registers wake-ups
 (:mod:`cachekit.notify`), and runs background rebuilds - threads for the sync face, tasks
 for the async one, both bounded in number, deduplicated per key and finished at close.
 It decides nothing; the two faces are line-for-line the same loop, once with ``await``.
@@ -35,6 +35,7 @@ from cachekit.effects import (
     Join,
     Later,
     Listen,
+    Read,
     Spawn,
     Wait,
     Watch,
@@ -42,7 +43,7 @@ from cachekit.effects import (
 from cachekit.exceptions import BackendError
 from cachekit.loops import PerLoop
 from cachekit.notify import READY_WAIT, AsyncWaiter, Listener, SyncWaiter, Waiters
-from cachekit.singleflight import AsyncFlights, SyncFlights
+from cachekit.singleflight import WRITES, AsyncFlights, AsyncReads, SyncFlights, SyncReads
 from cachekit.stats import LogOnce, Stats
 from cachekit.watchdog import AsyncWatchdog, SyncWatchdog
 
@@ -124,6 +125,7 @@ class SyncFace(_Shared):
     ) -> None:
         super().__init__(waiters, listener, stats, log, background)
         self.backend = backend
+        self.reads = SyncReads(stats)
         self.flights = SyncFlights(stats)
         self.deferred = SyncDeferred(backend, stats, log)
         self._pool: ThreadPoolExecutor | None = None
@@ -170,6 +172,8 @@ class SyncFace(_Shared):
         watched: list[tuple[str, SyncWaiter]],
         held: list[SyncWatchdog],
     ) -> Any:
+        if isinstance(effect, Read):
+            return self.reads.get(effect.key, self.backend.run)
         if isinstance(effect, Join):
             return self.flights.run(effect.key, lambda: self.drive(effect.flow, load), effect.reuse)
         if isinstance(effect, Wait):
@@ -180,7 +184,8 @@ class SyncFace(_Shared):
         if isinstance(effect, Later):
             return self.deferred.schedule(effect.op, effect.delay)
         if isinstance(effect, Forget):
-            return self.flights.forget(effect.key)
+            WRITES.wrote(effect.key)
+            return self.flights.forget(effect.key) if effect.flights else None
         if isinstance(effect, Listen):
             return self._listen()
         if isinstance(effect, Watch):
@@ -226,10 +231,11 @@ class _Loop:
     """The async face's share of one event loop: its backend (client, pool) and the
     bookkeeping that is bound to the loop (single flights, deferred work, rebuild tasks)."""
 
-    __slots__ = ("backend", "deferred", "flights", "tasks")
+    __slots__ = ("backend", "deferred", "flights", "reads", "tasks")
 
     def __init__(self, backend: AsyncBackend, stats: Stats, log: LogOnce) -> None:
         self.backend = backend
+        self.reads = AsyncReads(stats)
         self.flights = AsyncFlights(stats)
         self.deferred = AsyncDeferred(backend, stats, log)
         self.tasks: dict[asyncio.Task[None], str] = {}  # rebuild -> its key
@@ -351,6 +357,8 @@ class AsyncFace(_Shared):
         watched: list[tuple[str, AsyncWaiter]],
         held: list[AsyncWatchdog],
     ) -> Any:
+        if isinstance(effect, Read):
+            return await state.reads.get(effect.key, state.backend.run)
         if isinstance(effect, Join):
             return await state.flights.run(
                 effect.key, lambda: self.drive(effect.flow, load), effect.reuse
@@ -371,7 +379,8 @@ class AsyncFace(_Shared):
         if isinstance(effect, Later):
             return state.deferred.schedule(effect.op, effect.delay)
         if isinstance(effect, Forget):
-            return state.flights.forget(effect.key)
+            WRITES.wrote(effect.key)
+            return state.flights.forget(effect.key) if effect.flights else None
         if isinstance(effect, Listen):
             return await self._listen()
         if isinstance(effect, Watch):

@@ -109,6 +109,7 @@ def set_value(
     """Store ``value`` (of type ``tp``) for ``ttl`` seconds, jittered; raises on errors."""
     key = ctx.keyspace.value(logical)
     yield Set(key, *_encode(ctx, key, value, ttl, jitter, tp))
+    yield Forget(key, flights=False)  # a read after this returns must not share an older GET
 
 
 def set_many(
@@ -125,11 +126,15 @@ def set_many(
         items.append((key, *_encode(ctx, key, value, ttl, jitter, tp)))
     if items:
         yield SetMany(items)
+        for key, _, _ in items:
+            yield Forget(key, flights=False)
 
 
 def delete(ctx: Context, logical: str) -> Flow[bool]:
     """Remove the entry under ``logical``; whether there was one. Raises on errors."""
-    removed = yield Delete([ctx.keyspace.value(logical)])
+    key = ctx.keyspace.value(logical)
+    removed = yield Delete([key])
+    yield Forget(key, flights=False)
     return bool(removed)
 
 

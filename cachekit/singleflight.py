@@ -1,4 +1,5 @@
-"""In-process single-flight: concurrent misses of one key share one flight.
+"""In-process single-flight: concurrent reads of one key share one GET, concurrent misses
+share one flight.
 
 Threads share a flight through :class:`SyncFlights`, coroutines of one event loop through
 :class:`AsyncFlights`. The leader runs the miss path (which itself re-reads the cache
@@ -10,9 +11,21 @@ cancelled does not inherit the cancellation: it runs the flight again itself.
 invalidation calls it, so a read that starts after ``invalidate()`` returned never joins a
 load that began before it (read-your-writes within a process).
 
+Reads are coalesced the same way, one level down: :class:`SyncReads` and
+:class:`AsyncReads` let a caller that asks for a key while a ``GET`` of it is in flight in
+its process (thread or same event loop) take that ``GET``'s reply instead of sending its
+own, so a herd of one process costs Redis one ``GET``. A shared reply must never be older
+than a write this process had completed when the caller asked (read-your-writes, and
+monotonic reads after a fill): :data:`WRITES` counts the writes each process completed
+(:meth:`WriteEpochs.wrote`, called when a flow says it wrote a key), and a caller joins
+only a ``GET`` that began after every write it could have seen. The count is process-wide,
+for every cache and both faces: a write through ``cache.sync`` or another ``Cache`` object
+on the same keys voids the sharing of an ``async`` read begun before it, too.
+
 Usage::
 
     value = flights.run("shop:{product:5}", lambda: load_product(5))
+    raw = reads.get("shop:{product:5}", backend.run)
 """
 
 from __future__ import annotations
@@ -22,12 +35,55 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from cachekit.backends.ops import Get
 from cachekit.stats import Stats
 
-__all__ = ["AsyncFlights", "SyncFlights"]
+__all__ = ["WRITES", "AsyncFlights", "AsyncReads", "SyncFlights", "SyncReads", "WriteEpochs"]
 
 T = TypeVar("T")
 Reuse = Callable[[Any], bool]
+_STRIPES = 1024  # per-key write counts, hashed into this many (a power of two) slots
+
+
+class WriteEpochs:
+    """How many writes this process completed: per key (hashed into stripes) and for "every
+    key" (a write whose keys are unknown, like a tag invalidation).
+
+    :meth:`epoch` of a key changes whenever a write of it completes: a read stamped with
+    the epoch before it was sent may be shared with a caller whose epoch is the same, and
+    with no one who arrived after a write of the key completed. Two keys that share a
+    stripe only share less. Both counts only grow (under a lock), so an epoch that reads
+    the same has seen no write in between.
+
+    Usage::
+
+        stamp = WRITES.epoch(key)    # before the GET goes out
+        WRITES.wrote(key)            # after a SET / DEL / fill of key returned
+        WRITES.epoch(key) != stamp   # True: that GET's reply is not shared any more
+    """
+
+    __slots__ = ("_every", "_keys", "_lock")
+
+    def __init__(self) -> None:
+        self._every = 0
+        self._keys = [0] * _STRIPES
+        self._lock = threading.Lock()
+
+    def epoch(self, key: str) -> int:
+        """The key's write epoch now (a sum of two counts that only grow)."""
+        return self._every + self._keys[hash(key) & (_STRIPES - 1)]
+
+    def wrote(self, key: str | None) -> None:
+        """A write of ``key`` (of unknown keys: ``None``) completed."""
+        with self._lock:
+            if key is None:
+                self._every += 1
+            else:
+                self._keys[hash(key) & (_STRIPES - 1)] += 1
+
+
+WRITES = WriteEpochs()
+"""This process's completed writes, shared by every cache and both faces."""
 
 
 class _Call:
@@ -153,3 +209,127 @@ class AsyncFlights:
         """New callers of ``key`` (of every key, for ``None``) start a new flight."""
         for slot in [s for s in self._calls if key is None or s[1] == key]:
             del self._calls[slot]
+
+
+class _SyncRead:
+    __slots__ = ("done", "epoch", "error", "result")
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.done: threading.Event | None = None  # made by the first follower
+        self.result: bytes | None = None
+        self.error: BaseException | None = None
+
+
+class SyncReads:
+    """Coalesced ``GET`` for threads: one read of a key in flight at a time, per epoch.
+
+    Usage::
+
+        reads = SyncReads(stats)
+        raw = reads.get(key, backend.run)
+    """
+
+    __slots__ = ("_calls", "_lock", "_stats")
+
+    def __init__(self, stats: Stats) -> None:
+        self._calls: dict[str, _SyncRead] = {}
+        self._lock = threading.Lock()
+        self._stats = stats
+
+    def get(self, key: str, run: Callable[[Get], bytes | None]) -> bytes | None:
+        """``run(Get(key))``, or the reply of such a read in flight since this caller's
+        epoch; a failed read's error is raised to every caller that shared it."""
+        epoch = WRITES.epoch(key)  # before looking: a write completed later is not ours
+        while True:
+            with self._lock:
+                call = self._calls.get(key)
+                if call is None or call.epoch != epoch:
+                    call = self._calls[key] = _SyncRead(epoch)
+                    break
+                done = call.done
+                if done is None:
+                    done = call.done = threading.Event()
+            self._stats.incr("reads_coalesced")
+            done.wait()
+            if call.error is None:
+                return call.result
+            if isinstance(call.error, Exception):
+                raise call.error
+            # The reader was interrupted (not a failed read): read again, or join another.
+        try:
+            call.result = run(Get(key))
+            return call.result
+        except BaseException as exc:
+            call.error = exc
+            raise
+        finally:
+            with self._lock:
+                if self._calls.get(key) is call:
+                    del self._calls[key]
+                done = call.done
+            if done is not None:
+                done.set()
+
+
+class _AsyncRead:
+    __slots__ = ("epoch", "followers")
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.followers: list[asyncio.Future[bytes | None]] = []
+
+
+class AsyncReads:
+    """Coalesced ``GET`` for the coroutines of one event loop (the face keeps one per loop).
+
+    Each follower waits on a future of its own, so a cancelled follower cancels nobody
+    else; a cancelled reader's followers read again themselves.
+
+    Usage::
+
+        reads = AsyncReads(stats)
+        raw = await reads.get(key, backend.run)
+    """
+
+    __slots__ = ("_calls", "_stats")
+
+    def __init__(self, stats: Stats) -> None:
+        self._calls: dict[str, _AsyncRead] = {}
+        self._stats = stats
+
+    async def get(self, key: str, run: Callable[[Get], Awaitable[bytes | None]]) -> bytes | None:
+        """``await run(Get(key))``, or the reply of such a read in flight since this
+        caller's epoch; a failed read's error is raised to every caller that shared it."""
+        epoch = WRITES.epoch(key)  # before looking: a write completed later is not ours
+        while (call := self._calls.get(key)) is not None and call.epoch == epoch:
+            self._stats.incr("reads_coalesced")
+            future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+            call.followers.append(future)
+            try:
+                return await future
+            except _Cancelled:
+                continue  # the reader was cancelled: read again (or join another)
+        call = self._calls[key] = _AsyncRead(epoch)
+        try:
+            result = await run(Get(key))
+        except BaseException as exc:
+            self._settle(key, call, None, exc)
+            raise
+        self._settle(key, call, result, None)
+        return result
+
+    def _settle(
+        self, key: str, call: _AsyncRead, result: bytes | None, exc: BaseException | None
+    ) -> None:
+        if self._calls.get(key) is call:
+            del self._calls[key]
+        if exc is not None and not isinstance(exc, Exception):
+            exc = _Cancelled()  # cancelled or interrupted: not the read's outcome
+        for future in call.followers:
+            if future.done():
+                continue  # that follower was cancelled
+            if exc is None:
+                future.set_result(result)
+            else:
+                future.set_exception(exc)

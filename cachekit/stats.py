@@ -24,6 +24,7 @@ COUNTERS: Final = (
     "loads",
     "load_errors",
     "coalesced",
+    "reads_coalesced",
     "lock_waits",
     "lock_timeouts",
     "fallbacks",
