@@ -20,21 +20,19 @@ from datetime import timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
+from cachekit.backends.breaker import DEFAULT_COOLDOWN, DEFAULT_FAILURES, Breaker
 from cachekit.backends.guard import DEFAULT_DEADLINE
-from cachekit.binding import Binding, Settings, bind
-from cachekit.bloom import BloomState, Geometry
-from cachekit.bloomfilter import Bloom
-from cachekit.breaker import DEFAULT_COOLDOWN, DEFAULT_FAILURES, Breaker
+from cachekit.bloom.filter import Bloom
+from cachekit.bloom.state import BloomState, Geometry
 from cachekit.clock import SYSTEM_CLOCK, Clock
 from cachekit.config import seconds_or_zero, spread, to_seconds
-from cachekit.context import DEFAULT_MAX_VALUE_SIZE, OnLockTimeout, Policy
 from cachekit.contrib import set_default_cache
 from cachekit.decorators import Decorator
+from cachekit.drivers.binding import Binding, Settings, bind
 from cachekit.exceptions import ConfigurationError, NotConfigured
-from cachekit.keys import KeySpace
-from cachekit.local import LOCAL_COUNTERS, LocalCache
-from cachekit.lock import Lock
-from cachekit.raw import (
+from cachekit.flow.context import DEFAULT_MAX_VALUE_SIZE, OnLockTimeout, Policy
+from cachekit.flow.keys import KeySpace
+from cachekit.flow.raw import (
     delete,
     get,
     get_many,
@@ -43,6 +41,8 @@ from cachekit.raw import (
     set_many,
     set_value,
 )
+from cachekit.lock import Lock
+from cachekit.near.local import LOCAL_COUNTERS, LocalCache
 from cachekit.serializers import Serializer
 from cachekit.stats import LogOnce, Stats
 from cachekit.sync import SyncCache
@@ -93,7 +93,7 @@ class Cache:
     * **max_value_size** - bytes (encoded) above which a decorated function's result is
       returned uncached and counted (``oversized_values``), and ``set`` raises
       :class:`~cachekit.exceptions.Uncacheable` (default 1 MiB): big values block Redis.
-    * **local** - a :class:`~cachekit.local.LocalCache`: a bounded in-process layer in
+    * **local** - a :class:`~cachekit.near.local.LocalCache`: a bounded in-process layer in
       front of Redis, invalidated by the server (CLIENT TRACKING, else pub/sub); Redis
       standalone URLs and clients only.
 

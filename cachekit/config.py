@@ -33,7 +33,7 @@ from datetime import timedelta
 from typing import Any, Final, Literal, overload
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
-from .exceptions import ConfigurationError
+from cachekit.exceptions import ConfigurationError
 
 __all__ = [
     "REDIS_DEFAULTS",

@@ -1,18 +1,18 @@
 """``cache.lock(name)``: a distributed lock with a watchdog, fencing and notified waiters.
 
-The protocol is redis-py's ``lock.py`` made safer, written once for both faces:
+The protocol is redis-py's ``lock.py`` made safer, written once for both drivers:
 
 * acquire: ``SET key token NX PX ttl`` with a random token, and in the same script the
   next value of a fencing counter, so every acquisition gets a strictly increasing
   :attr:`fencing_token`: above the last one and above the server clock in microseconds,
   so it keeps rising when the counter is lost (a Redis restart, a failover, its expiry).
   The counter expires ten leases (at least ten minutes) after its last token, so lock
-  names used once leave no key behind (:func:`~cachekit.backends.leases.fence_ttl`).
+  names used once leave no key behind (:func:`~cachekit.backends.ops.leases.fence_ttl`).
   Give the token to the resource you protect and let it refuse lower tokens: a lease can
   lapse under a paused holder, a fence cannot (Kleppmann).
 * wait: bounded by ``wait``; a waiter sleeps until a release is announced on the cache's
   channel or the holder's lease runs out, never on a fixed polling interval.
-* hold: a watchdog (:mod:`cachekit.watchdog`) renews the lease every ``ttl / 3`` by a
+* hold: a watchdog (:mod:`cachekit.drivers.watchdog`) renews the lease every ``ttl / 3`` by a
   token-checked script and stops on release, cancellation or process exit (the key
   always keeps a TTL, so a dead holder's lock frees within ``ttl``).
 * release: a token-checked delete that announces the release; a lock that was lost
@@ -38,15 +38,15 @@ import threading
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
-from cachekit.backends.leases import Acquire, Release
 from cachekit.backends.ops import ExpireIfEqual, Get
-from cachekit.context import Context, new_token
-from cachekit.effects import Flow, Wait, Watch
+from cachekit.backends.ops.leases import Acquire, Release
 from cachekit.exceptions import BackendError, LockError, LockNotOwnedError, LockTimeout
+from cachekit.flow.context import Context, new_token
+from cachekit.flow.effects import Flow, Wait, Watch
 
 if TYPE_CHECKING:
-    from cachekit.faces import AsyncFace, SyncFace
-    from cachekit.watchdog import AsyncWatchdog, SyncWatchdog
+    from cachekit.drivers.drive import AsyncDriver, SyncDriver
+    from cachekit.drivers.watchdog import AsyncWatchdog, SyncWatchdog
 
 __all__ = ["Lock", "SyncLock", "acquire_flow"]
 
@@ -149,17 +149,17 @@ class Lock(_LockState):
     """
 
     def __init__(
-        self, face: AsyncFace, ctx: Context, name: str, ttl: float, wait: float, fail_open: bool
+        self, driver: AsyncDriver, ctx: Context, name: str, ttl: float, wait: float, fail_open: bool
     ) -> None:
         super().__init__(ctx, name, ttl, wait, fail_open)
-        self._face = face
+        self._driver = driver
         self._watchdog: AsyncWatchdog | None = None
 
     async def acquire(self) -> Self:
         """Take the lock; raises ``LockTimeout`` or, failing closed, ``BackendUnavailable``."""
         owner = asyncio.current_task()
         try:
-            fence: int | None = await self._face.drive(acquire_flow(self.ctx, self))
+            fence: int | None = await self._driver.drive(acquire_flow(self.ctx, self))
         except BackendError as exc:
             if not self.fail_open:
                 raise
@@ -167,14 +167,14 @@ class Lock(_LockState):
             fence = None
         self.acquired(fence, owner)
         if fence is not None:
-            self._watchdog = self._face.hold(self.key, self.token, self.ttl)
+            self._watchdog = self._driver.hold(self.key, self.token, self.ttl)
         return self
 
     async def extend(self, ttl: float | None = None) -> None:
         """Reset the lease to ``ttl`` (default: the lock's) now."""
         self.check_owner(asyncio.current_task())
         sent = self.ctx.clock.monotonic()
-        if not await self._face.backend.run(ExpireIfEqual(self.key, self.token, ttl or self.ttl)):
+        if not await self._driver.backend.run(ExpireIfEqual(self.key, self.token, ttl or self.ttl)):
             self.lost = True
             raise LockNotOwnedError(f"lock {self.name!r} was lost", name=self.name)
         self.leased(sent, ttl or self.ttl)
@@ -190,9 +190,9 @@ class Lock(_LockState):
             self.held = False
             return
         op = Release(self.key, self.token, self.ctx.channel)
-        ok = await self._face.backend.run(op)
+        ok = await self._driver.backend.run(op)
         if self.maybe_resent(ok):
-            ok = await self._face.backend.run(Get(self.key)) is None
+            ok = await self._driver.backend.run(Get(self.key)) is None
         self.released(ok)
 
     async def __aenter__(self) -> Self:
@@ -217,16 +217,16 @@ class SyncLock(_LockState):
     """
 
     def __init__(
-        self, face: SyncFace, ctx: Context, name: str, ttl: float, wait: float, fail_open: bool
+        self, driver: SyncDriver, ctx: Context, name: str, ttl: float, wait: float, fail_open: bool
     ) -> None:
         super().__init__(ctx, name, ttl, wait, fail_open)
-        self._face = face
+        self._driver = driver
         self._watchdog: SyncWatchdog | None = None
 
     def acquire(self) -> Self:
         """Take the lock; raises ``LockTimeout`` or, failing closed, ``BackendUnavailable``."""
         try:
-            fence: int | None = self._face.drive(acquire_flow(self.ctx, self))
+            fence: int | None = self._driver.drive(acquire_flow(self.ctx, self))
         except BackendError as exc:
             if not self.fail_open:
                 raise
@@ -234,14 +234,14 @@ class SyncLock(_LockState):
             fence = None
         self.acquired(fence, threading.get_ident())
         if fence is not None:
-            self._watchdog = self._face.hold(self.key, self.token, self.ttl)
+            self._watchdog = self._driver.hold(self.key, self.token, self.ttl)
         return self
 
     def extend(self, ttl: float | None = None) -> None:
         """Reset the lease to ``ttl`` (default: the lock's) now."""
         self.check_owner(threading.get_ident())
         sent = self.ctx.clock.monotonic()
-        if not self._face.backend.run(ExpireIfEqual(self.key, self.token, ttl or self.ttl)):
+        if not self._driver.backend.run(ExpireIfEqual(self.key, self.token, ttl or self.ttl)):
             self.lost = True
             raise LockNotOwnedError(f"lock {self.name!r} was lost", name=self.name)
         self.leased(sent, ttl or self.ttl)
@@ -256,9 +256,9 @@ class SyncLock(_LockState):
         if self.fencing_token is None:
             self.held = False
             return
-        ok = self._face.backend.run(Release(self.key, self.token, self.ctx.channel))
+        ok = self._driver.backend.run(Release(self.key, self.token, self.ctx.channel))
         if self.maybe_resent(ok):
-            ok = self._face.backend.run(Get(self.key)) is None
+            ok = self._driver.backend.run(Get(self.key)) is None
         self.released(ok)
 
     def __enter__(self) -> Self:

@@ -14,8 +14,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from cachekit.config import spread, to_seconds
-from cachekit.lock import SyncLock
-from cachekit.raw import (
+from cachekit.flow.raw import (
     delete,
     get,
     get_many,
@@ -24,6 +23,7 @@ from cachekit.raw import (
     set_many,
     set_value,
 )
+from cachekit.lock import SyncLock
 
 if TYPE_CHECKING:
     from cachekit.cache import Cache

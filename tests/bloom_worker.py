@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 from cachekit import Cache
-from cachekit.bloom import Geometry, offsets
+from cachekit.bloom.state import Geometry, offsets
 
 
 def decode_item(kind: str, value: str) -> object:

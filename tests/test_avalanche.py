@@ -8,15 +8,15 @@ import random
 import pytest
 
 from cachekit import Cache, ConfigurationError
-from cachekit.backends.memory import MemoryBackend
-from cachekit.jitter import jittered
-from cachekit.keys import KeySpace
+from cachekit.backends.memory import SyncMemoryBackend
+from cachekit.flow.keys import KeySpace
+from cachekit.flow.ttl import jittered
 from cachekit.testing import FakeClock
 
 
 def _remaining(cache: Cache, logical: str) -> float:
     backend = cache._bound().sync.backend
-    assert isinstance(backend, MemoryBackend)
+    assert isinstance(backend, SyncMemoryBackend)
     left = backend.store.remaining(KeySpace("cachekit").value(logical))
     assert left is not None
     return left

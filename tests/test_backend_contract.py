@@ -17,8 +17,7 @@ import pytest
 
 from cachekit.backends.base import AsyncBackend, SyncBackend
 from cachekit.backends.cluster import connect_cluster
-from cachekit.backends.leases import Acquire, Fill, Invalidate, Leased, Release, TakeLease
-from cachekit.backends.memory import AsyncMemoryBackend, MemoryBackend, MemoryStore
+from cachekit.backends.memory import AsyncMemoryBackend, MemoryStore, SyncMemoryBackend
 from cachekit.backends.ops import (
     CompareAndSet,
     Delete,
@@ -33,9 +32,10 @@ from cachekit.backends.ops import (
     SetMany,
     Ttl,
 )
+from cachekit.backends.ops.leases import Acquire, Fill, Invalidate, Leased, Release, TakeLease
+from cachekit.backends.ops.responses import ScanKeys, UnlinkEach
+from cachekit.backends.ops.tags import ReadTagged, RetireTags
 from cachekit.backends.redis import connect
-from cachekit.backends.responses import ScanKeys, UnlinkEach
-from cachekit.backends.tags import ReadTagged, RetireTags
 from tests.servers import PrivateCluster, PrivateSentinel
 
 T = TypeVar("T")
@@ -56,7 +56,7 @@ async def run(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[R
     async_backend: AsyncBackend
     if kind == "memory":
         store = MemoryStore()
-        sync_backend, async_backend = MemoryBackend(store), AsyncMemoryBackend(store)
+        sync_backend, async_backend = SyncMemoryBackend(store), AsyncMemoryBackend(store)
     elif kind == "cluster":
         cluster: PrivateCluster = request.getfixturevalue("private_cluster")
         sync_backend, async_backend = connect_cluster(cluster.url, {})

@@ -1,4 +1,4 @@
-"""Bloom filters shared through Redis (``cachekit.bloom``, ``cachekit.bloomflow``) and the gate.
+"""Bloom filters shared through Redis (``cachekit.bloom.state``, ``.flow``) and the gate.
 
 Against the real test Redis: no false negatives over 100,000 ids, the measured
 false-positive rate, the bitmap's size against the textbook formula, offsets that agree
@@ -8,7 +8,7 @@ their items are read, overlapping rebuilds (the later one wins), adds refused by
 when the generations they name are no longer current, filters split over several keys,
 counts of distinct items, the capacity warning, and the gate of ``@cache.cached(bloom=...)``.
 
-Some races are exercised deterministically by driving a flow of :mod:`cachekit.bloomflow`
+Some races are exercised deterministically by driving a flow of :mod:`cachekit.bloom.flow`
 by hand (:class:`Stepper`): the test runs the flow's effects one by one and acts between two
 of them, exactly where another process (or another task of this one) could act.
 
@@ -40,15 +40,15 @@ import pytest
 import redis
 from bitarray import bitarray
 
-import cachekit.bloom
-import cachekit.bloomflow
+import cachekit.bloom.flow
+import cachekit.bloom.state
 from cachekit import Bloom, Cache, ConfigurationError
 from cachekit.backends.base import SyncBackend
-from cachekit.backends.bitmaps import AddBits, BeginRebuild, MergeBits, SwapGeneration
 from cachekit.backends.ops import Get, Op
-from cachekit.bloom import Geometry, empty_bits, offsets
-from cachekit.bloomflow import bloom_add, bloom_rebuild, bloom_sync
-from cachekit.effects import Flow, Listen
+from cachekit.backends.ops.bitmaps import AddBits, BeginRebuild, MergeBits, SwapGeneration
+from cachekit.bloom.flow import bloom_add, bloom_rebuild, bloom_sync
+from cachekit.bloom.state import Geometry, empty_bits, offsets
+from cachekit.flow.effects import Flow, Listen
 from tests.bloom_worker import decode_item
 from tests.servers import PrivateServer
 
@@ -126,7 +126,7 @@ def bitmap_of(geometry: Geometry, items: Iterable[object]) -> bitarray:
 
 def stored_bitmap(client: redis.Redis, keys: list[str], geometry: Geometry) -> bitarray:
     """The parts ``keys`` concatenated, as the filter's ``geometry.bits`` bits."""
-    part = cachekit.bloom.PART_BITS  # a multiple of 8 (tests patch it to 4096)
+    part = cachekit.bloom.state.PART_BITS  # a multiple of 8 (tests patch it to 4096)
     stored = bitarray(endian="big")
     for index, key in enumerate(keys):
         data = cast(bytes | None, client.get(key)) or b""
@@ -1001,8 +1001,8 @@ def test_a_filter_split_over_several_keys(
     monkeypatch: pytest.MonkeyPatch, redis_url: str, prefix: str, raw_redis: redis.Redis
 ) -> None:
     part = 4096
-    monkeypatch.setattr(cachekit.bloom, "PART_BITS", part)  # BloomKeys: how many parts
-    monkeypatch.setattr(cachekit.bloomflow, "PART_BITS", part)  # the flows: where a bit is
+    monkeypatch.setattr(cachekit.bloom.state, "PART_BITS", part)  # BloomKeys: how many parts
+    monkeypatch.setattr(cachekit.bloom.flow, "PART_BITS", part)  # the flows: where a bit is
     geometry = Geometry.of(2_000, 0.01)
     parts = math.ceil(geometry.bits / part)
     assert parts >= 4
@@ -1472,11 +1472,11 @@ def test_two_merges_at_once_never_lose_the_winners_bits(
         b = second.bloom("twowarm", capacity=1_000, error_rate=0.001)
         ids = [f"id-{i}" for i in range(500)]
         warm_a = Stepper(
-            cachekit.bloomflow.bloom_warm(first._bound().ctx, a.state, ids, 10_000, None),
+            cachekit.bloom.flow.bloom_warm(first._bound().ctx, a.state, ids, 10_000, None),
             backend_of(first),
         )
         warm_b = Stepper(
-            cachekit.bloomflow.bloom_warm(second._bound().ctx, b.state, ids, 10_000, None),
+            cachekit.bloom.flow.bloom_warm(second._bound().ctx, b.state, ids, 10_000, None),
             backend_of(second),
         )
         merge_a = warm_a.until(is_op(MergeBits))  # both start-ups build the same ids

@@ -37,14 +37,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from cachekit import Cache
+from cachekit.backends.breaker import Breaker
 from cachekit.backends.guard import (
     DEFAULT_DEADLINE,
     AsyncGuardedBackend,
-    GuardedBackend,
+    SyncGuardedBackend,
     time_left,
 )
 from cachekit.backends.ops import Get, Op
-from cachekit.breaker import Breaker
+from cachekit.drivers.notify import READY_WAIT
 from cachekit.exceptions import (
     BackendError,
     BackendTimeout,
@@ -54,7 +55,6 @@ from cachekit.exceptions import (
     ConfigurationError,
 )
 from cachekit.middleware import ResponseCacheMiddleware
-from cachekit.notify import READY_WAIT
 from cachekit.sessions import RedisSessionStore, SessionMiddleware, load_session
 from cachekit.stats import Stats
 from cachekit.testing import FakeClock
@@ -374,10 +374,10 @@ def raises(exc: BaseException) -> Callable[[], Any]:
 
 def guarded(
     inner: FakeSync, *, failures: int = 2, deadline: float = 0.25, slots: int = 8
-) -> tuple[GuardedBackend, Breaker, Stats]:
+) -> tuple[SyncGuardedBackend, Breaker, Stats]:
     stats = Stats()
     breaker = Breaker(failures=failures, cooldown=COOLDOWN, on_transition=stats.incr)
-    return GuardedBackend(inner, breaker, stats, deadline=deadline, slots=slots), breaker, stats
+    return SyncGuardedBackend(inner, breaker, stats, deadline=deadline, slots=slots), breaker, stats
 
 
 def aguarded(
@@ -529,7 +529,7 @@ def test_a_half_open_guard_sends_one_probe_and_refuses_the_others() -> None:
         return b"v"
 
     inner = FakeSync(behaviour)
-    backend = GuardedBackend(inner, breaker, stats, deadline=0.25, slots=8)
+    backend = SyncGuardedBackend(inner, breaker, stats, deadline=0.25, slots=8)
     with pytest.raises(BackendUnavailable):
         backend.run(Get("k"))
     clock.advance(COOLDOWN)
@@ -685,7 +685,7 @@ def test_the_sync_face_charges_a_timeout_only_after_a_whole_deadline_of_silence(
             raise reply
         return reply
 
-    backend = GuardedBackend(FakeSync(behaviour), breaker, stats, deadline=0.25)
+    backend = SyncGuardedBackend(FakeSync(behaviour), breaker, stats, deadline=0.25)
     assert backend.run(Get("k")) == b"v"
     with pytest.raises(BackendTimeout):
         backend.run(Get("k"))
@@ -714,7 +714,7 @@ def test_a_call_that_queued_for_its_slot_is_not_charged_even_after_silence() -> 
         clock.advance(silence.pop(0))
         raise BackendTimeout("no reply")
 
-    backend = GuardedBackend(FakeSync(behaviour), breaker, stats, deadline=0.2, slots=1)
+    backend = SyncGuardedBackend(FakeSync(behaviour), breaker, stats, deadline=0.2, slots=1)
     for expected_state in ("closed", "closed"):
         holding.clear()
         holder = threading.Thread(target=backend.run, args=(Get("k"),), name="holder")

@@ -20,19 +20,19 @@ from cachekit import (
     NotConfigured,
     SerializationError,
 )
-from cachekit.backends.guard import AsyncGuardedBackend, GuardedBackend
-from cachekit.backends.redis import AsyncRedisBackend, RedisBackend
+from cachekit.backends.guard import AsyncGuardedBackend, SyncGuardedBackend
+from cachekit.backends.redis import AsyncRedisBackend, SyncRedisBackend
 from cachekit.config import REDIS_DEFAULTS, parse_url
 from cachekit.testing import FakeClock
 from tests.servers import PrivateServer
 
 
-def _faces(cache: Cache) -> tuple[RedisBackend, AsyncRedisBackend]:
+def _faces(cache: Cache) -> tuple[SyncRedisBackend, AsyncRedisBackend]:
     binding = cache._bound()
     sync_guard, async_guard = binding.sync.backend, binding.aio.backend
-    assert isinstance(sync_guard, GuardedBackend)
+    assert isinstance(sync_guard, SyncGuardedBackend)
     assert isinstance(async_guard, AsyncGuardedBackend)
-    assert isinstance(sync_guard.inner, RedisBackend)
+    assert isinstance(sync_guard.inner, SyncRedisBackend)
     assert isinstance(async_guard.inner, AsyncRedisBackend)
     return sync_guard.inner, async_guard.inner
 

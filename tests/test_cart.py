@@ -47,7 +47,7 @@ from starlette.routing import Route
 
 from cachekit import Cache
 from cachekit.backends.ops import Delete, Get, Set
-from cachekit.backends.records import CartRead, CartRecord, ReadCart, StoreCart
+from cachekit.backends.ops.records import CartRead, CartRecord, ReadCart, StoreCart
 from cachekit.exceptions import (
     CartUnavailable,
     ConfigurationError,

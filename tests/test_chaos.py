@@ -38,9 +38,9 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from cachekit import Cache
+from cachekit.backends.breaker import DEFAULT_COOLDOWN
 from cachekit.backends.guard import DEFAULT_DEADLINE
-from cachekit.backends.leases import LEASE_PROBATION
-from cachekit.breaker import DEFAULT_COOLDOWN
+from cachekit.backends.ops.leases import LEASE_PROBATION
 from tests.chaos_proxy import ChaosProxy
 from tests.servers import PrivateServer
 

@@ -30,7 +30,7 @@ from cachekit import Cache, MsgpackSerializer, PickleSerializer
 from cachekit.cli import main
 from cachekit.cli.server import DEFAULT_PREFIX
 from cachekit.contrib import default_cache, set_default_cache
-from cachekit.envelope import encode
+from cachekit.flow.envelope import encode
 from cachekit.testing import FakeClock
 from tests.servers import free_port
 

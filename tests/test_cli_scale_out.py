@@ -29,7 +29,7 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 
 from cachekit import Cache
-from cachekit.backends.memory import MemoryBackend, MemoryStore
+from cachekit.backends.memory import MemoryStore, SyncMemoryBackend
 from cachekit.backends.ops import Set
 from cachekit.cli import main
 from cachekit.cli.ops import Unlink, UnlinkPerSlot
@@ -426,7 +426,7 @@ def test_unlink_on_cluster_sends_one_unlink_per_slot() -> None:
 
 
 def test_unlink_per_slot_has_the_same_meaning_in_memory() -> None:
-    backend = MemoryBackend(MemoryStore())
+    backend = SyncMemoryBackend(MemoryStore())
     for key in ("p:{a}", "p:{a}:lease", "p:{b}"):
         backend.run(Set(key, b"1", 60))
     assert backend.run(UnlinkPerSlot(["p:{a}", "p:{a}:lease", "p:{a}", "p:{zzz}"])) == 2

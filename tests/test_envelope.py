@@ -17,15 +17,25 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cachekit.envelope import HEADER, HEADER_SIZE, VERSION, Envelope, InvalidPayload, decode, encode
 from cachekit.exceptions import ConfigurationError, SerializationError
+from cachekit.flow.envelope import (
+    HEADER,
+    HEADER_SIZE,
+    VERSION,
+    Envelope,
+    InvalidPayload,
+    decode,
+    encode,
+)
 from cachekit.serializers import (
+    MAC_SIZE,
+    MIN_KEY_BYTES,
     JsonSerializer,
+    Keyring,
     MsgpackSerializer,
     PickleSerializer,
     Serializer,
 )
-from cachekit.signing import MAC_SIZE, MIN_KEY_BYTES, Keyring
 
 KEY = "t:{product:5}"
 OTHER_KEY = "t:{product:6}"

@@ -22,9 +22,9 @@ import pytest
 import redis
 
 from cachekit import Cache, JsonSerializer, PickleSerializer, Serializer
-from cachekit.envelope import HEADER, HEADER_SIZE, VERSION, encode
-from cachekit.keys import KeySpace
-from cachekit.signing import MAC_SIZE, Keyring
+from cachekit.flow.envelope import HEADER, HEADER_SIZE, VERSION, encode
+from cachekit.flow.keys import KeySpace
+from cachekit.serializers import MAC_SIZE, Keyring
 
 SECRET = b"s" * 32
 OTHER_SECRET = b"o" * 32

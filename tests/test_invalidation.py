@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from cachekit import Cache
-from cachekit.deferred import BACKOFF
+from cachekit.drivers.deferred import BACKOFF
 from tests.servers import PrivateServer
 
 

@@ -16,7 +16,14 @@ from hypothesis import strategies as st
 
 from cachekit import Cache
 from cachekit.exceptions import ConfigurationError, KeyTemplateError
-from cachekit.keys import MAX_KEY_BYTES, MAX_PREFIX_CHARS, KeyBuilder, KeySpace, _Binder, escape
+from cachekit.flow.keys import (
+    MAX_KEY_BYTES,
+    MAX_PREFIX_CHARS,
+    KeyBuilder,
+    KeySpace,
+    _Binder,
+    escape,
+)
 
 MODULE = __name__
 

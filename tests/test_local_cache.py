@@ -1,4 +1,4 @@
-"""The near cache: LocalCache rules with a fake clock, then NearBackend on real servers.
+"""The near cache: LocalCache rules with a fake clock, then SyncNearBackend on real servers.
 
 Unit tests drive the invalidation channel by hand (``local.start(None, prefix)`` and
 ``channel_up`` / ``channel_down`` / ``invalidate``) over the memory backend. Integration
@@ -25,16 +25,16 @@ import redis.asyncio
 import redis.sentinel
 
 from cachekit.backends.base import SyncBackend
-from cachekit.backends.bitmaps import MergeBits
-from cachekit.backends.leases import Fill
-from cachekit.backends.memory import AsyncMemoryBackend, MemoryBackend, MemoryStore
-from cachekit.backends.near import AsyncNearBackend, NearBackend, ReadWithTtl, written_keys
+from cachekit.backends.memory import AsyncMemoryBackend, MemoryStore, SyncMemoryBackend
 from cachekit.backends.ops import Delete, Get, Incr, Op, Ping, Publish, Set
+from cachekit.backends.ops.bitmaps import MergeBits
+from cachekit.backends.ops.leases import Fill
+from cachekit.backends.ops.tags import ReadTagged, RetireTags
 from cachekit.backends.redis import connect
-from cachekit.backends.tags import ReadTagged, RetireTags
-from cachekit.envelope import encode
 from cachekit.exceptions import BackendError, BackendUnavailable, ConfigurationError
-from cachekit.local import LOCAL_COUNTERS, LocalCache
+from cachekit.flow.envelope import encode
+from cachekit.near.backend import AsyncNearBackend, ReadWithTtl, SyncNearBackend, written_keys
+from cachekit.near.local import LOCAL_COUNTERS, LocalCache
 from cachekit.serializers import JsonSerializer
 from cachekit.testing import FakeClock
 from tests.servers import PrivateServer
@@ -78,12 +78,12 @@ def local(clock: FakeClock) -> Iterator[LocalCache]:
 
 
 @pytest.fixture
-def near(store: MemoryStore, local: LocalCache) -> NearBackend:
-    return NearBackend(MemoryBackend(store), local)
+def near(store: MemoryStore, local: LocalCache) -> SyncNearBackend:
+    return SyncNearBackend(SyncMemoryBackend(store), local)
 
 
 def test_the_lru_is_bounded_and_drops_the_least_recently_used(
-    store: MemoryStore, local: LocalCache, near: NearBackend
+    store: MemoryStore, local: LocalCache, near: SyncNearBackend
 ) -> None:
     keys = [f"u:{{{n}}}" for n in range(4)]
     for key in keys[:3]:
@@ -103,7 +103,7 @@ def test_the_lru_is_bounded_and_drops_the_least_recently_used(
 
 
 def test_a_local_copy_never_outlives_the_keys_redis_ttl(
-    store: MemoryStore, clock: FakeClock, near: NearBackend
+    store: MemoryStore, clock: FakeClock, near: SyncNearBackend
 ) -> None:
     old, new = envelope(KEY, "old"), envelope(KEY, "new")
     store.write(KEY, old, 2.0)
@@ -116,7 +116,7 @@ def test_a_local_copy_never_outlives_the_keys_redis_ttl(
 
 
 def test_a_key_without_ttl_gets_the_local_ttl(
-    store: MemoryStore, clock: FakeClock, near: NearBackend
+    store: MemoryStore, clock: FakeClock, near: SyncNearBackend
 ) -> None:
     old, new = envelope(KEY, "old"), envelope(KEY, "new")
     store.write(KEY, old, None)
@@ -147,7 +147,7 @@ class SlowRead:
 def test_a_copys_life_counts_from_when_its_read_was_sent(
     store: MemoryStore, clock: FakeClock, local: LocalCache
 ) -> None:
-    near = NearBackend(SlowRead(MemoryBackend(store), clock, 0.5), local)
+    near = SyncNearBackend(SlowRead(SyncMemoryBackend(store), clock, 0.5), local)
     store.write(KEY, envelope(KEY, "v"), 2.0)
     near.run(Get(KEY))  # read at t, answered at t + 0.5, PTTL 2: the copy ends at t + 2
     hits = local.stats()["local_hits"]
@@ -160,7 +160,7 @@ def test_a_copys_life_counts_from_when_its_read_was_sent(
 
 
 def test_losing_the_channel_flushes_and_passes_reads_through(
-    store: MemoryStore, local: LocalCache, near: NearBackend
+    store: MemoryStore, local: LocalCache, near: SyncNearBackend
 ) -> None:
     store.write(KEY, envelope(KEY, "old"), None)
     near.run(Get(KEY))
@@ -197,7 +197,7 @@ def test_an_invalidation_or_flush_voids_a_fill_in_flight(local: LocalCache) -> N
     assert local.lookup(KEY) == value
 
 
-def test_own_writes_are_read_at_once(store: MemoryStore, near: NearBackend) -> None:
+def test_own_writes_are_read_at_once(store: MemoryStore, near: SyncNearBackend) -> None:
     near.run(Set(KEY, envelope(KEY, "old"), ttl=60))
     near.run(Get(KEY))
     near.run(Set(KEY, envelope(KEY, "new"), ttl=60))  # no invalidation from a server here
@@ -226,12 +226,12 @@ class Interleave:
 def test_a_fill_that_read_before_an_own_write_is_not_kept(
     store: MemoryStore, local: LocalCache
 ) -> None:
-    writer = NearBackend(MemoryBackend(store), local)
+    writer = SyncNearBackend(SyncMemoryBackend(store), local)
 
     def write() -> None:
         writer.run(Set(KEY, envelope(KEY, "new"), 60))
 
-    reader = NearBackend(Interleave(MemoryBackend(store), write), local)
+    reader = SyncNearBackend(Interleave(SyncMemoryBackend(store), write), local)
     store.write(KEY, envelope(KEY, "old"), 60)
     assert reader.run(Get(KEY)) == envelope(KEY, "old")  # it asked before the write
     assert writer.run(Get(KEY)) == envelope(KEY, "new")  # but did not install "old"
@@ -253,7 +253,7 @@ def test_written_keys() -> None:
 
 
 def test_only_envelopes_under_the_prefix_are_kept(
-    store: MemoryStore, local: LocalCache, near: NearBackend
+    store: MemoryStore, local: LocalCache, near: SyncNearBackend
 ) -> None:
     store.write("u:bloom:{p}", b"\x00\xff", None)  # not an envelope: never kept
     store.write("other:{k}", envelope("other:{k}", 1), None)  # not under the prefix
@@ -269,7 +269,7 @@ def test_nothing_is_served_before_start_or_after_close(
     store: MemoryStore, clock: FakeClock
 ) -> None:
     local = LocalCache(clock=clock)
-    near = NearBackend(MemoryBackend(store), local)
+    near = SyncNearBackend(SyncMemoryBackend(store), local)
     store.write(KEY, envelope(KEY, 1), None)
     near.run(Get(KEY))
     local.start(None, PREFIX)
@@ -287,7 +287,7 @@ def test_nothing_is_served_before_start_or_after_close(
 
 
 async def test_the_async_face_shares_the_layer(
-    store: MemoryStore, local: LocalCache, near: NearBackend
+    store: MemoryStore, local: LocalCache, near: SyncNearBackend
 ) -> None:
     aio = AsyncNearBackend(AsyncMemoryBackend(store), local)
     await aio.run(Set(KEY, envelope(KEY, "v"), ttl=60))
@@ -308,7 +308,7 @@ def test_pubsub_mode_announces_writes_and_tracking_mode_does_not(
         local.start(None, PREFIX)
         if mode == "auto":
             local.channel_up("tracking")  # the server tracks keys: no announcements
-        NearBackend(MemoryBackend(store), local).run(Delete([KEY, "u:{b}"]))
+        SyncNearBackend(SyncMemoryBackend(store), local).run(Delete([KEY, "u:{b}"]))
         local.close()
     assert heard == [("u:__local__", f"{KEY}\nu:{{b}}")]
 
@@ -322,7 +322,7 @@ class Failing:
 
 
 def test_backend_errors_pass_through(local: LocalCache) -> None:
-    near = NearBackend(Failing(), local)
+    near = SyncNearBackend(Failing(), local)
     with pytest.raises(BackendUnavailable):
         near.run(Get(KEY))
     with pytest.raises(BackendUnavailable):
@@ -358,7 +358,7 @@ def test_pubsub_announcements_follow_the_outcome_of_the_write(clock: FakeClock) 
     ]
     for write_error, publish_error, announced in cases:
         backend = Scripted(write_error, publish_error)
-        near = NearBackend(backend, local)
+        near = SyncNearBackend(backend, local)
         if write_error is None:
             assert near.run(Set(KEY, b"v", 1)) is True
         else:
@@ -390,7 +390,7 @@ class Near:
         self.sync, self.aio = connect(url, {})
         self.local = LocalCache(mode=mode, ttl=30)
         self.local.start(self.sync.client, prefix)
-        self.near = NearBackend(inner(self.sync) if inner else self.sync, self.local)
+        self.near = SyncNearBackend(inner(self.sync) if inner else self.sync, self.local)
         self.anear = AsyncNearBackend(self.aio, self.local)
 
     def close(self) -> None:

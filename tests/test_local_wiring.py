@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from cachekit import Cache, LocalCache
-from cachekit.local import LOCAL_COUNTERS
+from cachekit.near.local import LOCAL_COUNTERS
 
 
 def _until(predicate: Any, timeout: float = 2.0) -> bool:

@@ -34,9 +34,9 @@ from cachekit import (
     LockNotOwnedError,
     LockTimeout,
 )
-from cachekit.backends.leases import Acquire, Acquired, fence_ttl
 from cachekit.backends.ops import Delete, ExpireIfEqual, Get, Op, Set, Store, Ttl
-from cachekit.notify import AsyncWaiter, SyncWaiter
+from cachekit.backends.ops.leases import Acquire, Acquired, fence_ttl
+from cachekit.drivers.notify import AsyncWaiter, SyncWaiter
 from cachekit.testing import FakeClock
 from tests.servers import PrivateServer
 

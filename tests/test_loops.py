@@ -25,9 +25,9 @@ from sqlalchemy import create_engine
 
 from cachekit import Cache
 from cachekit.backends.perloop import client_of
-from cachekit.faces import AsyncFace
-from cachekit.local import LocalCache
-from cachekit.notify import TaskListener
+from cachekit.drivers.drive import AsyncDriver
+from cachekit.drivers.notify import TaskListener
+from cachekit.near.local import LocalCache
 from cachekit.sessions import CartStore
 from cachekit.testing import FakeClock
 from tests.response_cache_apps import Shop, build_app
@@ -47,7 +47,7 @@ def run(make: Callable[[], Awaitable[T]]) -> T:
     return asyncio.run(main())
 
 
-def face(cache: Cache) -> AsyncFace:
+def face(cache: Cache) -> AsyncDriver:
     return cache._bound().aio
 
 

@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from cachekit import Cache
-from cachekit.envelope import decode
+from cachekit.flow.envelope import decode
 from cachekit.middleware import ResponseCacheMiddleware, purge
 from cachekit.middleware.entry import CODEC, encode_entry
 from tests.response_cache_apps import Shop, build_app, client_for

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cachekit.keys import KeySpace
+from cachekit.flow.keys import KeySpace
 from cachekit.middleware.directives import (
     Exchange,
     accept_encoding_key,

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from cachekit import Cache
-from cachekit.backends.leases import Fill, TakeLease
-from cachekit.backends.responses import ReadResponse
+from cachekit.backends.ops.leases import Fill, TakeLease
+from cachekit.backends.ops.responses import ReadResponse
 from tests.response_cache_apps import Shop, build_app, client_for
 
 

@@ -44,16 +44,17 @@ from cachekit import Cache, LocalCache
 from cachekit.backends.cluster import (
     SLOTS,
     AsyncClusterBackend,
-    ClusterBackend,
+    SyncClusterBackend,
     scan_cursor,
     scan_step,
 )
-from cachekit.backends.guard import AsyncGuardedBackend, GuardedBackend
+from cachekit.backends.guard import AsyncGuardedBackend, SyncGuardedBackend
 from cachekit.backends.ops import Get
-from cachekit.backends.redis import RedisBackend, connect
+from cachekit.backends.redis import SyncRedisBackend, connect
 from cachekit.config import REDIS_DEFAULTS, SCHEMES, parse_nodes, parse_url
+from cachekit.drivers.sharded_notify import ShardedListener
 from cachekit.exceptions import BackendUnavailable, ConfigurationError
-from cachekit.keys import KeySpace
+from cachekit.flow.keys import KeySpace
 from cachekit.middleware import purge
 from cachekit.middleware.entry import http_pattern
 from cachekit.sessions import (
@@ -63,7 +64,6 @@ from cachekit.sessions import (
     load_session,
     regenerate_session,
 )
-from cachekit.sharded_notify import ShardedListener
 from tests.response_cache_apps import Shop, build_app, client_for
 from tests.servers import PrivateCluster, PrivateSentinel, free_port
 
@@ -179,9 +179,9 @@ def test_a_cluster_url_builds_cluster_faces_within_the_budget_and_without_io() -
     cache = Cache.from_url("redis+cluster://127.0.0.1:7000,127.0.0.1:7001?max_connections=9")
     binding = cache._bound()
     sync_guard, async_guard = binding.sync.backend, binding.aio.backend
-    assert isinstance(sync_guard, GuardedBackend)
+    assert isinstance(sync_guard, SyncGuardedBackend)
     assert isinstance(async_guard, AsyncGuardedBackend)
-    assert isinstance(sync_guard.inner, ClusterBackend)
+    assert isinstance(sync_guard.inner, SyncClusterBackend)
     assert isinstance(async_guard.inner, AsyncClusterBackend)
     client = async_guard.inner.client
     assert client.retry.get_retries() == 1  # redis-py's default is 3 topology refreshes
@@ -239,12 +239,12 @@ def test_only_redis_py_internals_count_as_a_connection_torn_mid_command() -> Non
 
     inside = os.path.join(os.path.dirname(redis.__file__), "connection.py")
     vanished_socket.__code__ = vanished_socket.__code__.replace(co_filename=inside)
-    torn = ClusterBackend(
+    torn = SyncClusterBackend(
         lambda: cast(RedisCluster, SimpleNamespace(execute_command=vanished_socket))
     )
     with pytest.raises(BackendUnavailable, match="connection closed under the command"):
         torn.run(Get("k"))
-    buggy = ClusterBackend(lambda: cast(RedisCluster, SimpleNamespace(execute_command=ours)))
+    buggy = SyncClusterBackend(lambda: cast(RedisCluster, SimpleNamespace(execute_command=ours)))
     with pytest.raises(AttributeError, match="a bug"):
         buggy.run(Get("k"))
 
@@ -443,15 +443,15 @@ async def test_a_sync_waiter_is_woken_by_the_fill(cache: Cache, other: Cache) ->
 async def test_sync_reads_keep_the_deadline_on_every_node(cache: Cache) -> None:
     """The sync face's connections bound each reply by the operation's deadline."""
     cache.sync.set("k", 1)
-    inner = cast(GuardedBackend, cache._bound().sync.backend).inner
-    if isinstance(inner, ClusterBackend):
+    inner = cast(SyncGuardedBackend, cache._bound().sync.backend).inner
+    if isinstance(inner, SyncClusterBackend):
         client: Any = inner.connect()
         pools = [node.redis_connection.connection_pool for node in client.get_nodes()]
         assert len(pools) == 6
         assert all(isinstance(pool, redis.BlockingConnectionPool) for pool in pools)
         assert {pool.max_connections for pool in pools} == {REDIS_DEFAULTS["max_connections"] + 1}
     else:
-        pools = [cast(RedisBackend, inner).client.connection_pool]
+        pools = [cast(SyncRedisBackend, inner).client.connection_pool]
     assert all("Budgeted" in pool.connection_class.__name__ for pool in pools)
 
 

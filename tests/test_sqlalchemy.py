@@ -53,8 +53,8 @@ from cachekit.contrib.sqlalchemy import (
     invalidate_rows,
 )
 from cachekit.decorators import AsyncCachedFunction, SyncCachedFunction
-from cachekit.effects import MISSING
 from cachekit.exceptions import ConfigurationError
+from cachekit.flow.effects import MISSING
 from cachekit.sync import SyncCache
 from tests.servers import PrivateServer
 

@@ -24,7 +24,7 @@ from sqlalchemy import Integer, create_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from cachekit import Cache, MsgpackSerializer, PickleSerializer, Uncacheable
-from cachekit.effects import MISSING
+from cachekit.flow.effects import MISSING
 
 
 @dataclasses.dataclass(frozen=True)
@@ -386,7 +386,7 @@ async def test_hostile_bytes_under_a_typed_key_are_a_miss(
     redis_url: str, prefix: str, raw_redis: redis.Redis, attack: str
 ) -> None:
     """A valid envelope (right key, right format) around a payload an attacker chose."""
-    from cachekit.envelope import encode
+    from cachekit.flow.envelope import encode
     from cachekit.serializers import JsonSerializer
 
     class Raw(JsonSerializer):

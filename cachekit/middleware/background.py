@@ -17,8 +17,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
-from cachekit.binding import Binding
-from cachekit.effects import Flow, Spawn
+from cachekit.drivers.binding import Binding
+from cachekit.flow.effects import Flow, Spawn
 from cachekit.middleware.capture import Answer, Receive, Scope, Send
 from cachekit.middleware.directives import CONDITIONAL, Exchange, refusal
 from cachekit.middleware.entry import Entry, Target

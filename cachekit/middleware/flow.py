@@ -1,12 +1,13 @@
-"""The response cache's decisions as sans-I/O flows, driven by the cache's async face.
+"""The response cache's decisions as sans-I/O flows, driven by the cache's async driver.
 
 :func:`lookup` reads a path's generation, a URL's record and a variant in one script (one
 round trip) and decides: serve it (:class:`Hit`), run the app and store the response
 (:class:`Lead`, holding the variant's lease), or run the app without waiting
-(:class:`Direct`). Concurrent misses of one key reuse :mod:`cachekit.aside`'s machinery:
-an in-process :class:`~cachekit.effects.Join` so a process's waiters share one wait,
-the cross-process lease (:class:`~cachekit.backends.leases.TakeLease`), and wake-ups on
-the fill's notification (:class:`~cachekit.effects.Watch`/:class:`~cachekit.effects.Wait`);
+(:class:`Direct`). Concurrent misses of one key reuse :mod:`cachekit.flow.read`'s machinery:
+an in-process :class:`~cachekit.flow.effects.Join` so a process's waiters share one wait,
+the cross-process lease (:class:`~cachekit.backends.ops.leases.TakeLease`), and wake-ups on
+the fill's notification (:class:`~cachekit.flow.effects.Watch` /
+:class:`~cachekit.flow.effects.Wait`);
 the wait is bounded, and a waiter that times out runs the app itself.
 
 :func:`store`, :func:`give_up` and :func:`refresh` write what the app answered; every
@@ -15,7 +16,7 @@ meanwhile is never served (no stale set; :mod:`cachekit.middleware.invalidation`
 
 Usage::
 
-    outcome = await face.drive(lookup(ctx, settings, ask))
+    outcome = await driver.drive(lookup(ctx, settings, ask))
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cachekit.aside import lease_key, read_failed, tag_stamp
-from cachekit.backends.leases import Fill, Release, TakeLease
 from cachekit.backends.ops import Get, Set
-from cachekit.backends.responses import ReadResponse
-from cachekit.context import Context, new_token
-from cachekit.effects import LOAD, Flow, Hold, Join, Wait, Watch
+from cachekit.backends.ops.leases import Fill, Release, TakeLease
+from cachekit.backends.ops.responses import ReadResponse
 from cachekit.exceptions import BackendError
+from cachekit.flow.context import Context, new_token
+from cachekit.flow.effects import LOAD, Flow, Hold, Join, Wait, Watch
+from cachekit.flow.read import lease_key, read_failed, tag_stamp
 from cachekit.middleware.directives import Headers
 from cachekit.middleware.entry import (
     Entry,
@@ -347,7 +348,7 @@ def refresh(
     """A background refresh of a stale ``hit``: one per key across the fleet.
 
     The LOAD effect runs the app on a copy of the request. Returns how long this process
-    need not try again (another holder's lease), or 0, as :func:`cachekit.aside` rebuilds do.
+    need not try again (another holder's lease), or 0, as :func:`cachekit.flow.read` rebuilds do.
     """
     lease, token = lease_key(hit.key), new_token()
     try:

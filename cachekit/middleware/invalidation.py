@@ -19,16 +19,16 @@ import logging
 from collections.abc import Callable, Iterable
 from urllib.parse import unquote, urlsplit
 
-from cachekit.backends.responses import RenewGenerations, ScanKeys, UnlinkEach
-from cachekit.binding import Binding
-from cachekit.context import Context, new_token
-from cachekit.effects import Flow, Forget
+from cachekit.backends.ops.responses import RenewGenerations, ScanKeys, UnlinkEach
+from cachekit.drivers.binding import Binding
+from cachekit.flow.context import Context, new_token
+from cachekit.flow.effects import Flow, Forget
+from cachekit.flow.raw import deferrable
 from cachekit.middleware.capture import Message, Receive, Scope, Send, with_headers
 from cachekit.middleware.directives import Headers, header
 from cachekit.middleware.entry import GENERATION_SUFFIX, http_pattern, path_home
 from cachekit.middleware.flow import Settings
 from cachekit.middleware.types import ASGIApp
-from cachekit.raw import deferrable
 from cachekit.stats import LogOnce
 
 __all__ = ["invalidate", "purge_all", "write_through"]

@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from cachekit.binding import Binding
+from cachekit.drivers.binding import Binding
 from cachekit.middleware.background import spawn_refresh
 from cachekit.middleware.capture import (
     Capture,

@@ -37,15 +37,15 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 from sqlalchemy import Connection, Engine, MetaData
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from cachekit.aside import read_failed
 from cachekit.backends.ops import Delete
-from cachekit.backends.records import CartRead, CartRecord, ReadCart, StoreCart
+from cachekit.backends.ops.records import CartRead, CartRecord, ReadCart, StoreCart
 from cachekit.config import to_seconds
-from cachekit.context import Context, new_token
-from cachekit.effects import LOAD, Flow
 from cachekit.exceptions import BackendError, SerializationError
-from cachekit.keys import escape
-from cachekit.raw import deferrable
+from cachekit.flow.context import Context, new_token
+from cachekit.flow.effects import LOAD, Flow
+from cachekit.flow.keys import escape
+from cachekit.flow.raw import deferrable
+from cachekit.flow.read import read_failed
 from cachekit.sessions.cart_rules import Add, CartLimits, Change, Clear, Remove, SetQuantity
 from cachekit.sessions.cart_sql import CartSql, CartTables
 

@@ -37,12 +37,12 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from cachekit.backends.ops import Delete
-from cachekit.backends.records import SaveSession, TouchSession
+from cachekit.backends.ops.records import SaveSession, TouchSession
 from cachekit.config import to_seconds
-from cachekit.context import Context
-from cachekit.effects import Flow
 from cachekit.exceptions import ConfigurationError, SerializationError, SessionError
-from cachekit.raw import deferrable
+from cachekit.flow.context import Context
+from cachekit.flow.effects import Flow
+from cachekit.flow.raw import deferrable
 from cachekit.sessions.crypto import SessionCipher
 from cachekit.sessions.record import (
     DATA,

@@ -21,8 +21,8 @@ platform's byte order, is never used.
   *missing*: ``contains`` answers "maybe" (a real identifier is never rejected), the state
   shows in :meth:`info`, and ``on_missing(name)`` is called so you can rebuild it.
 
-The flows that do the I/O are in :mod:`cachekit.bloomflow`; the public objects in
-:mod:`cachekit.bloomfilter`.
+The flows that do the I/O are in :mod:`cachekit.bloom.flow`; the public objects in
+:mod:`cachekit.bloom.filter`.
 
 Usage::
 
@@ -43,8 +43,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from cachekit.context import Context
 from cachekit.exceptions import ConfigurationError
+from cachekit.flow.context import Context
 
 if TYPE_CHECKING:
     from bitarray import bitarray

@@ -1,6 +1,6 @@
-"""A backend wrapper that answers reads of hot keys from a :class:`~cachekit.local.LocalCache`.
+"""A backend wrapper that answers reads of hot keys from a :class:`~cachekit.near.local.LocalCache`.
 
-:class:`NearBackend` and :class:`AsyncNearBackend` implement the backend protocols around
+:class:`SyncNearBackend` and :class:`AsyncNearBackend` implement the backend protocols around
 an inner backend. A :class:`~cachekit.backends.ops.Get` of a key the local layer keeps is
 answered locally when a fresh copy is there; otherwise it is sent as :class:`ReadWithTtl`
 (the value and its PTTL, atomically, in one round trip) and the answer is installed, unless
@@ -15,7 +15,7 @@ Usage::
 
     local = LocalCache(max_entries=10_000, ttl=5)
     local.start(sync_client, "shop")
-    sync_backend = NearBackend(sync_backend, local)
+    sync_backend = SyncNearBackend(sync_backend, local)
     async_backend = AsyncNearBackend(async_backend, local)
 """
 
@@ -26,16 +26,15 @@ from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar, cast
 
+from cachekit.backends.base import AsyncBackend, SyncBackend
+from cachekit.backends.ops import Command, Get, Op, Publish, Script, Store
 from cachekit.exceptions import BackendError, BackendUnavailable
-from cachekit.local import LocalCache
-
-from .base import AsyncBackend, SyncBackend
-from .ops import Command, Get, Op, Publish, Script, Store
+from cachekit.near.local import LocalCache
 
 __all__ = [
     "AsyncNearBackend",
-    "NearBackend",
     "ReadWithTtl",
+    "SyncNearBackend",
     "local_answer",
     "plan",
     "written_keys",
@@ -184,17 +183,17 @@ def _announce(local: LocalCache, keys: Sequence[str]) -> Plan:
         local.publish_failed(exc)
 
 
-class NearBackend:
+class SyncNearBackend:
     """A :class:`~cachekit.backends.base.SyncBackend` with a local layer in front.
 
     **Parameters:**
 
     * **inner** - the backend that reaches Redis (guarded, if the cache has a breaker).
-    * **local** - the :class:`~cachekit.local.LocalCache`, shared with the async face.
+    * **local** - the :class:`~cachekit.near.local.LocalCache`, shared with the async face.
 
     Usage::
 
-        backend = NearBackend(RedisBackend(redis.Redis()), local)
+        backend = SyncNearBackend(SyncRedisBackend(redis.Redis()), local)
         backend.run(Get("shop:{product:5}"))
     """
 

@@ -1,8 +1,8 @@
-"""One of a thing per event loop: what the async face keeps for each loop that uses it.
+"""One of a thing per event loop: what the async driver keeps for each loop that uses it.
 
 A Redis connection pool, a lock, a future or a task belongs to the event loop it was made
 on. A cache outlives loops: ``asyncio.run`` per script or job, pytest-asyncio's loop per
-test, Starlette's ``TestClient`` without ``with`` (a loop per request). So the async face
+test, Starlette's ``TestClient`` without ``with`` (a loop per request). So the async driver
 keeps its loop-bound parts in a :class:`PerLoop`: one state per running loop, made on the
 loop's first use, and retired with it:
 
@@ -11,7 +11,7 @@ loop's first use, and retired with it:
   generators (``loop.shutdown_asyncgens()``) before they close the loop, so the state is
   retired *on* its loop: connections closed properly, nothing left for the collector;
 * **found dead** - a loop closed without that (``loop.close()`` by hand) is noticed when
-  another loop next uses the face, or at close: its state is *abandoned*, its sockets
+  another loop next uses the driver, or at close: its state is *abandoned*, its sockets
   closed without the dead loop's help (which would raise, or warn);
 * **by close()** - the running loop's state is retired there, a loop running in another
   thread retires its own, an idle loop keeps its guard until it shuts down.
@@ -41,7 +41,7 @@ S = TypeVar("S")
 logger = logging.getLogger("cachekit")
 #: Seconds ``close()`` gives a loop running in another thread to retire its state.
 CLOSE_WAIT: Final = 5.0
-# Guards whose loop is idle (alive, not running) when the face closes: kept alive here so
+# Guards whose loop is idle (alive, not running) when the driver closes: kept alive here so
 # that the loop's own shutdown still retires them (a loop only holds them weakly).
 _PARKED: dict[int, AsyncGenerator[None, None]] = {}
 _CLOSING: set[asyncio.Task[None]] = set()

@@ -1,12 +1,12 @@
 """Backend operations, each written once: its Redis command and its in-memory meaning.
 
-An operation is a small value object. A Redis face sends :attr:`Op.command` (or the
+An operation is a small value object. A Redis backend sends :attr:`Op.command` (or the
 pipeline of :attr:`Op.commands`, or the Lua :attr:`Op.script`) and hands the replies to
 :meth:`Op.parse`; the memory backend calls :meth:`Op.apply` under its lock, which makes
 every operation atomic there as a Lua script is in Redis. Keeping both meanings side by
 side is what keeps the two backends' semantics equal; the contract suite checks it.
 
-On Redis Cluster a face runs :meth:`Op.for_cluster` instead: scripts that announce a
+On Redis Cluster a backend runs :meth:`Op.for_cluster` instead: scripts that announce a
 change then ``SPUBLISH`` it in their own slot (:mod:`.shards`).
 
 Usage::
@@ -98,7 +98,7 @@ class Script:
 class Op(ABC, Generic[T]):
     """One backend operation returning ``T``.
 
-    ``kind`` tells a Redis face what to send: one :meth:`command`, a :meth:`pipeline` of
+    ``kind`` tells a Redis backend what to send: one :meth:`command`, a :meth:`pipeline` of
     commands in one round trip, or :attr:`script` with :meth:`script_call`'s keys and args.
     Subclasses are slotted dataclasses, not frozen ones: a frozen ``__init__`` costs a
     measurable share of a cache hit, and an op is never kept after it ran.
@@ -158,7 +158,7 @@ class Get(Op[bytes | None]):
 
 @dataclass(slots=True)
 class GetMany(Op[list[bytes | None]]):
-    """``MGET keys...`` (a Cluster face splits it by key)."""
+    """``MGET keys...`` (a Cluster backend splits it by key)."""
 
     keys: Sequence[str]
 

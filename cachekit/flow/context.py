@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from cachekit.clock import Clock
-from cachekit.keys import KeySpace
+from cachekit.flow.keys import KeySpace
 from cachekit.serializers import Serializer
 from cachekit.stats import LogOnce, Stats
 
 if TYPE_CHECKING:
-    from cachekit.bloom import BloomState
+    from cachekit.bloom.state import BloomState
 
 __all__ = ["DEFAULT_MAX_VALUE_SIZE", "Context", "OnLockTimeout", "Policy", "new_token"]
 

@@ -2,13 +2,13 @@
 
 A :class:`LocalCache` keeps ``key -> (envelope bytes, local expiry)`` in an LRU of at most
 ``max_entries`` entries, shared by a cache's sync and async faces (a lock held for
-microseconds, never across an ``await``). :class:`~cachekit.backends.near.NearBackend`
+microseconds, never across an ``await``). :class:`~cachekit.near.backend.SyncNearBackend`
 answers a ``Get`` from it and fills it; everything else goes to Redis. Its rules:
 
 * **Never older than Redis says.** A local copy lives ``min(ttl, the key's PTTL)``, the
   PTTL read in the same round trip as the value and counted from when that read was
   *sent*, so a copy never outlives its key.
-* **Invalidated by the server.** One background thread (:mod:`cachekit.tracking`) holds a
+* **Invalidated by the server.** One background thread (:mod:`cachekit.near.channel`) holds a
   RESP3 connection with ``CLIENT TRACKING ON BCAST PREFIX <prefix>:``; every write to a key
   under the prefix, by any client, drops the local copy. Servers without tracking: pub/sub
   messages that every near cache of the fleet publishes after its writes.
@@ -27,7 +27,7 @@ no lock tokens), and a miss is never kept.
 Usage::
 
     from cachekit import Cache
-    from cachekit.local import LocalCache
+    from cachekit.near.local import LocalCache
 
     cache = Cache.from_url("redis://127.0.0.1:6379/0", local=LocalCache(max_entries=10_000, ttl=5))
 """
@@ -45,15 +45,15 @@ from typing import TYPE_CHECKING, Final, Literal
 
 from cachekit.clock import SYSTEM_CLOCK, Clock
 from cachekit.config import to_seconds
-from cachekit.envelope import MAGIC
 from cachekit.exceptions import BackendError, ConfigurationError
+from cachekit.flow.envelope import MAGIC
 from cachekit.stats import LogOnce
 
 if TYPE_CHECKING:
     import redis
     import redis.asyncio
 
-    from cachekit.tracking import InvalidationChannel
+    from cachekit.near.channel import InvalidationChannel
 
 __all__ = ["LOCAL_COUNTERS", "LocalCache", "Mode"]
 
@@ -157,7 +157,7 @@ class LocalCache:
             raise ConfigurationError("a near cache needs a non-empty key prefix")
         channel = None
         if source is not None:
-            from cachekit.tracking import InvalidationChannel
+            from cachekit.near.channel import InvalidationChannel
 
             channel = InvalidationChannel(source, prefix, self, mode=self.mode)  # checks source
         with self._lock:

@@ -113,7 +113,7 @@ class RenewGenerations(Op[None]):
 class ScanKeys(Op[tuple[int, list[str]]]):
     """``SCAN cursor MATCH pattern COUNT count``: the next cursor (0: done) and some keys.
 
-    Never ``KEYS``: each call does a bounded amount of work. (On Cluster, a face must send
+    Never ``KEYS``: each call does a bounded amount of work. (On Cluster, a backend must send
     it to every primary.) The memory store lists all of them at once.
     """
 

@@ -1,6 +1,6 @@
 """The public Bloom filter objects: :class:`Bloom` (async) and its twin :class:`SyncBloom`.
 
-Both drive the flows of :mod:`cachekit.bloom` over one shared mirror. Get one with
+Both drive the flows of :mod:`cachekit.bloom.state` over one shared mirror. Get one with
 ``cache.bloom(name, capacity=..., error_rate=...)``; declaring it needs no I/O, so it can
 happen at import time, before the cache is configured.
 
@@ -17,8 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from cachekit.bloom import BloomState
-from cachekit.bloomflow import (
+from cachekit.bloom.flow import (
     Progress,
     bloom_add,
     bloom_contains,
@@ -26,9 +25,10 @@ from cachekit.bloomflow import (
     bloom_rebuild,
     bloom_warm,
 )
+from cachekit.bloom.state import BloomState
 
 if TYPE_CHECKING:
-    from cachekit.binding import Binding
+    from cachekit.drivers.binding import Binding
 
 __all__ = ["Bloom", "SyncBloom"]
 

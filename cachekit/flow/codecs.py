@@ -14,7 +14,7 @@ the envelope can use) that:
   (it decodes what it encoded and compares): :class:`~cachekit.exceptions.Uncacheable`;
 * prefixes every payload with a marker and a fingerprint of the type's shape, so a hit
   written for another shape (a deploy that added, renamed or retyped a field) is a
-  :class:`~cachekit.envelope.SchemaMismatch`: a counted miss, never an exception.
+  :class:`~cachekit.flow.envelope.SchemaMismatch`: a counted miss, never an exception.
 
 Without a usable annotation (none, ``Any``, ``object``, or a type neither engine can
 decode) the codec stores only JSON-native data (``dict`` with ``str`` keys, ``list``,
@@ -43,10 +43,9 @@ from typing import Any, Final, cast
 import msgspec
 import orjson
 
-from cachekit.envelope import SchemaMismatch
 from cachekit.exceptions import Uncacheable
-from cachekit.serializers import JsonSerializer, MsgpackSerializer, Serializer
-from cachekit.signing import Keyring
+from cachekit.flow.envelope import SchemaMismatch
+from cachekit.serializers import JsonSerializer, Keyring, MsgpackSerializer, Serializer
 
 __all__ = ["ReturnType", "codec_for", "return_type", "split_typed"]
 

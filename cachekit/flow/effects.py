@@ -1,9 +1,9 @@
-"""What a flow may ask its face to do, besides a backend operation.
+"""What a flow may ask its driver to do, besides a backend operation.
 
-A flow (:mod:`cachekit.aside`, :mod:`cachekit.raw`, :mod:`cachekit.lock`) is a generator
-that yields effects and is sent their results; :mod:`cachekit.faces` performs them, with
+A flow (:mod:`cachekit.flow.read`, :mod:`cachekit.flow.raw`, :mod:`cachekit.lock`) is a generator
+that yields effects and is sent their results; :mod:`cachekit.drivers.drive` performs them, with
 blocking calls or awaits. Backend operations (:class:`~cachekit.backends.ops.Op`) are
-effects too; the ones here are the face's own business:
+effects too; the ones here are the driver's own business:
 
 * :data:`LOAD` - call the wrapped function; the result is sent back.
 * :class:`Watch` - start collecting wake-ups for a key; a handle is sent back.
@@ -66,7 +66,7 @@ class _Missing:
 
 
 LOAD: Final = _Signal.LOAD
-"""Yielded by a flow to ask its face for the wrapped function's result."""
+"""Yielded by a flow to ask its driver for the wrapped function's result."""
 
 MISSING: Final[Any] = _Missing()
 """``cache.get(key, MISSING)`` returns this on a miss, so ``None`` can be a cached value."""
@@ -97,7 +97,7 @@ class Hold:
     """Renew the lease ``key`` (holding ``token``) every ``ttl / 3`` until the flow ends.
 
     A lease taken on ``probation`` (for only that long) is renewed first within it, which
-    confirms it (:func:`cachekit.watchdog.first_renewal`).
+    confirms it (:func:`cachekit.drivers.watchdog.first_renewal`).
     """
 
     key: str

@@ -1,8 +1,8 @@
 """The cache-aside read path of decorated functions, written once as sans-I/O flows.
 
 A flow is a generator that yields what it needs done (a backend operation, a call of the
-wrapped function, a wait, a background task: see :mod:`cachekit.effects`) and is sent the
-result. It decides everything else; :mod:`cachekit.faces` only performs the I/O, so
+wrapped function, a wait, a background task: see :mod:`cachekit.flow.effects`) and is sent the
+result. It decides everything else; :mod:`cachekit.drivers.drive` only performs the I/O, so
 ``def`` and ``async def`` callers get the same semantics by construction.
 
 The read path (DESIGN.md, "Read path"):
@@ -24,12 +24,12 @@ not a failed read. A lease this flow may hold but can no longer use (a lease or 
 request that timed out, a load that was cancelled) is released, token-checked, so the
 key's next callers need not wait for it to lapse. That release may run before the server
 runs the request it undoes (a paused server answers both later, in either order), so every
-lease is taken on probation (:data:`~cachekit.backends.leases.LEASE_PROBATION`, confirmed
+lease is taken on probation (:data:`~cachekit.backends.ops.leases.LEASE_PROBATION`, confirmed
 by its holder's watchdog): a lease nobody holds lapses within it, whatever ran first.
 
 Usage::
 
-    value = face.drive(cached_read(ctx, policy, "product:5"), load)
+    value = driver.drive(cached_read(ctx, policy, "product:5"), load)
 """
 
 from __future__ import annotations
@@ -39,13 +39,10 @@ import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from cachekit.backends.leases import LEASE_PROBATION, Fill, Release, TakeLease
 from cachekit.backends.ops import Delete, Get
-from cachekit.backends.tags import ReadTagged
-from cachekit.bloomflow import bloom_contains
-from cachekit.context import Context, Policy, new_token
-from cachekit.effects import LOAD, Flow, Hold, Join, Later, Spawn, Wait, Watch
-from cachekit.envelope import Envelope, InvalidPayload, SchemaMismatch, decode, encode
+from cachekit.backends.ops.leases import LEASE_PROBATION, Fill, Release, TakeLease
+from cachekit.backends.ops.tags import ReadTagged
+from cachekit.bloom.flow import bloom_contains
 from cachekit.exceptions import (
     BackendError,
     BackendUnavailable,
@@ -55,7 +52,10 @@ from cachekit.exceptions import (
     SerializationError,
     Uncacheable,
 )
-from cachekit.jitter import jittered
+from cachekit.flow.context import Context, Policy, new_token
+from cachekit.flow.effects import LOAD, Flow, Hold, Join, Later, Spawn, Wait, Watch
+from cachekit.flow.envelope import Envelope, InvalidPayload, SchemaMismatch, decode, encode
+from cachekit.flow.ttl import jittered
 from cachekit.serializers import Serializer
 
 __all__ = [
@@ -365,7 +365,7 @@ def _load_and_store(
 ) -> Flow[Any]:
     key = target.key
     # A load slower than the lease must not lose it: renew until the flow ends. The first
-    # renewal also confirms a lease taken on probation (cachekit.watchdog).
+    # renewal also confirms a lease taken on probation (cachekit.drivers.watchdog).
     yield Hold(lease[0], lease[1], policy.lock_ttl, probation=LEASE_PROBATION)
     try:
         value, load_time = yield from _load(ctx)
@@ -466,7 +466,7 @@ def _abandon(ctx: Context, key: str, lease: tuple[str, bytes]) -> Flow[None]:
     """Release a lease we may hold, off the caller's path and retried until Redis answers.
 
     The release is token-checked, so it is harmless if the lease was never (or is no
-    longer) ours. Later is scheduled at once by the face, so this is safe to yield while
+    longer) ours. Later is scheduled at once by the driver, so this is safe to yield while
     a cancellation unwinds the flow.
     """
     yield Later(Release(lease[0], lease[1], ctx.channel, key), 0.0)

@@ -27,7 +27,7 @@ from typing import Any, Final
 
 import orjson
 
-from .exceptions import ConfigurationError, KeyTemplateError
+from cachekit.exceptions import ConfigurationError, KeyTemplateError
 
 __all__ = ["MAX_KEY_BYTES", "MAX_PREFIX_CHARS", "KeyBuilder", "KeySpace", "escape"]
 

@@ -5,7 +5,7 @@ Reads fail open (a backend error is a miss); writes raise
 
 Usage::
 
-    value = face.drive(get(ctx, "greeting", None))
+    value = driver.drive(get(ctx, "greeting", None))
 """
 
 from __future__ import annotations
@@ -13,17 +13,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from cachekit.aside import decode_or_none, lease_key, read_envelope, read_failed
-from cachekit.backends.leases import Invalidate
 from cachekit.backends.ops import Delete, GetMany, Op, Set, SetMany
-from cachekit.backends.tags import RetireTags
-from cachekit.codecs import codec_for
-from cachekit.context import Context, new_token
-from cachekit.deferred import BACKOFF
-from cachekit.effects import MISSING, Flow, Forget, Later
-from cachekit.envelope import Envelope, encode
+from cachekit.backends.ops.leases import Invalidate
+from cachekit.backends.ops.tags import RetireTags
+from cachekit.drivers.deferred import BACKOFF
 from cachekit.exceptions import BackendError, Uncacheable
-from cachekit.jitter import jittered
+from cachekit.flow.codecs import codec_for
+from cachekit.flow.context import Context, new_token
+from cachekit.flow.effects import MISSING, Flow, Forget, Later
+from cachekit.flow.envelope import Envelope, encode
+from cachekit.flow.read import decode_or_none, lease_key, read_envelope, read_failed
+from cachekit.flow.ttl import jittered
 
 __all__ = [
     "deferrable",

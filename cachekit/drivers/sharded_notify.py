@@ -5,7 +5,7 @@ by ``SPUBLISH`` on the key's shard channel, ``<prefix>:notify:{<hash tag>}``
 (:mod:`cachekit.backends.shards`). Each node delivers its shard channels' messages only
 to subscribers connected to it, and there is a channel per hash tag, so a process cannot
 subscribe to them all in advance. It subscribes to those someone waits on instead:
-:class:`~cachekit.notify.Waiters` reports when a key gains its first waiter or loses its
+:class:`~cachekit.drivers.notify.Waiters` reports when a key gains its first waiter or loses its
 last, and one thread per process keeps one ``SSUBSCRIBE`` connection per node for the
 channels of those keys (and of the followed topics, such as Bloom filters' adds).
 
@@ -33,8 +33,8 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from cachekit.backends.shards import shard_channel
-from cachekit.keys import KeySpace
-from cachekit.notify import Waiters
+from cachekit.drivers.notify import Waiters
+from cachekit.flow.keys import KeySpace
 from cachekit.stats import LogOnce
 
 __all__ = ["ShardedListener"]
@@ -51,7 +51,7 @@ _BACKOFF_MAX: Final = 1.0
 
 
 class ShardedListener:
-    """The :class:`~cachekit.notify.Listener` for Redis Cluster, on a daemon thread.
+    """The :class:`~cachekit.drivers.notify.Listener` for Redis Cluster, on a daemon thread.
 
     ``client`` returns the sync ``RedisCluster`` (it may raise while the cluster cannot
     be reached: the thread tries again later); ``channel`` is the cache's channel, whose

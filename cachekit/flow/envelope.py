@@ -28,9 +28,8 @@ import struct
 import zlib
 from typing import Any, Final, NamedTuple
 
-from .exceptions import SerializationError
-from .serializers import Serializer
-from .signing import MAC_SIZE
+from cachekit.exceptions import SerializationError
+from cachekit.serializers import MAC_SIZE, Serializer
 
 __all__ = [
     "HEADER",

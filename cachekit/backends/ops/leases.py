@@ -9,7 +9,7 @@ and on Cluster the announcement goes by ``SPUBLISH`` to that slot's shard channe
 (:mod:`cachekit.backends.shards`): the scripts take the command and channel as arguments.
 A lease taken by a read path is first *on probation* (:data:`LEASE_PROBATION`): its
 request carries that short expiry, and the holder's watchdog extends it to the whole lease
-(a token-checked renewal, :mod:`cachekit.watchdog`) once the holder has the reply and is
+(a token-checked renewal, :mod:`cachekit.drivers.watchdog`) once the holder has the reply and is
 still at work. A request whose caller gave up waiting (a paused or stopped server answers
 it seconds later, perhaps after the caller's release of it already ran) then takes a lease
 nobody holds, and it lapses within the probation, not after a whole lease.

@@ -1,11 +1,11 @@
-"""The two faces that perform what flows ask for: :class:`SyncFace` and :class:`AsyncFace`.
+"""The two drivers that perform what flows ask for: :class:`SyncDriver` and :class:`AsyncDriver`.
 
-A face drives a flow (:mod:`cachekit.effects`): it runs backend operations on its
-backend, calls the wrapped function for :data:`~cachekit.effects.LOAD`, keeps the
-process's single flights (:mod:`cachekit.singleflight`), registers wake-ups
-(:mod:`cachekit.notify`), and runs background rebuilds - threads for the sync face, tasks
+A driver drives a flow (:mod:`cachekit.flow.effects`): it runs backend operations on its
+backend, calls the wrapped function for :data:`~cachekit.flow.effects.LOAD`, keeps the
+process's single flights (:mod:`cachekit.drivers.singleflight`), registers wake-ups
+(:mod:`cachekit.drivers.notify`), and runs background rebuilds - threads for the sync driver, tasks
 for the async one, both bounded in number, deduplicated per key and finished at close.
-It decides nothing; the two faces are line-for-line the same loop, once with ``await``.
+It decides nothing; the two drivers are line-for-line the same loop, once with ``await``.
 
 Usage::
 
@@ -24,8 +24,13 @@ from typing import Any, TypeVar
 
 from cachekit.backends.base import AsyncBackend, SyncBackend
 from cachekit.backends.perloop import abandon
-from cachekit.deferred import AsyncDeferred, SyncDeferred
-from cachekit.effects import (
+from cachekit.drivers.deferred import AsyncDeferred, SyncDeferred
+from cachekit.drivers.loops import PerLoop
+from cachekit.drivers.notify import READY_WAIT, AsyncWaiter, Listener, SyncWaiter, Waiters
+from cachekit.drivers.singleflight import AsyncFlights, SyncFlights
+from cachekit.drivers.watchdog import AsyncWatchdog, SyncWatchdog
+from cachekit.exceptions import BackendError
+from cachekit.flow.effects import (
     CONTROL,
     LOAD,
     Effect,
@@ -39,17 +44,12 @@ from cachekit.effects import (
     Wait,
     Watch,
 )
-from cachekit.exceptions import BackendError
-from cachekit.loops import PerLoop
-from cachekit.notify import READY_WAIT, AsyncWaiter, Listener, SyncWaiter, Waiters
-from cachekit.singleflight import AsyncFlights, SyncFlights
 from cachekit.stats import LogOnce, Stats
-from cachekit.watchdog import AsyncWatchdog, SyncWatchdog
 
-__all__ = ["AsyncFace", "SyncFace"]
+__all__ = ["AsyncDriver", "SyncDriver"]
 
 T = TypeVar("T")
-DEFAULT_BACKGROUND = 32  # rebuilds in flight per face; more stale reads just serve stale
+DEFAULT_BACKGROUND = 32  # rebuilds in flight per driver; more stale reads just serve stale
 _QUIET_LIMIT = 4096
 
 
@@ -62,7 +62,7 @@ async def _no_async_load() -> Any:
 
 
 class _Shared:
-    """What both faces hold: waiters, listener, counters, the background bookkeeping."""
+    """What both drivers hold: waiters, listener, counters, the background bookkeeping."""
 
     def __init__(
         self,
@@ -110,7 +110,7 @@ class _Shared:
         self.log.warning(("background", type(exc)), "cachekit: background work failed: %r", exc)
 
 
-class SyncFace(_Shared):
+class SyncDriver(_Shared):
     """Drives flows with blocking calls; background rebuilds run on a small thread pool."""
 
     def __init__(
@@ -223,7 +223,7 @@ class SyncFace(_Shared):
 
 
 class _Loop:
-    """The async face's share of one event loop: its backend (client, pool) and the
+    """The async driver's share of one event loop: its backend (client, pool) and the
     bookkeeping that is bound to the loop (single flights, deferred work, rebuild tasks)."""
 
     __slots__ = ("backend", "deferred", "flights", "tasks")
@@ -235,11 +235,11 @@ class _Loop:
         self.tasks: dict[asyncio.Task[None], str] = {}  # rebuild -> its key
 
 
-class AsyncFace(_Shared):
+class AsyncDriver(_Shared):
     """Drives flows on the event loop; background rebuilds are tracked tasks.
 
-    Everything bound to a loop is kept per event loop (:mod:`cachekit.loops`): the first
-    loop to use the face gets ``backend``, every other one a backend of its own from
+    Everything bound to a loop is kept per event loop (:mod:`cachekit.drivers.loops`): the first
+    loop to use the driver gets ``backend``, every other one a backend of its own from
     ``connect`` (``None``: ``backend`` is not bound to a loop and is shared), each with the
     same pool bounds, closed with its loop or by :meth:`close`.
     """
@@ -276,7 +276,7 @@ class AsyncFace(_Shared):
 
     @property
     def loops(self) -> int:
-        """How many event loops hold a client of this face now."""
+        """How many event loops hold a client of this driver now."""
         return len(self._loops)
 
     def _new_loop(self) -> _Loop:
@@ -408,7 +408,7 @@ class AsyncFace(_Shared):
 
     async def close(self) -> None:
         """Retire every loop's client (rebuilds cancelled, deferred work run once); the
-        face may be used again after, with new clients."""
+        driver may be used again after, with new clients."""
         await self._loops.aclose()
         await self._close_unused()
 

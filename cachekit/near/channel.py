@@ -8,11 +8,11 @@ costs the server no memory per key read, and the one connection serves both face
 
 Fallback, where the server refuses ``HELLO 3`` or ``CLIENT TRACKING``: the connection
 subscribes to ``<prefix>:__local__`` and every near cache of the fleet publishes the keys
-of its writes there (:mod:`cachekit.backends.near`). Writes made without a near cache are
+of its writes there (:mod:`cachekit.near.backend`). Writes made without a near cache are
 then seen only when local copies expire (``ttl``).
 
 Liveness: an error or EOF on the connection flushes the local layer and makes it pass every
-read through (:meth:`~cachekit.local.LocalCache.channel_down`); the thread reconnects with a
+read through (:meth:`~cachekit.near.local.LocalCache.channel_down`); the thread reconnects with a
 short capped backoff and serves again only once the channel is back. A connection that went
 silent (a partition) is found by a PING after 1 s without traffic, which must be answered
 within 1 s.
@@ -79,7 +79,7 @@ logger = logging.getLogger("cachekit")
 
 
 class Sink(Protocol):
-    """What the channel reports to (a :class:`~cachekit.local.LocalCache`)."""
+    """What the channel reports to (a :class:`~cachekit.near.local.LocalCache`)."""
 
     def channel_up(self, mode: ChannelMode) -> None:
         """The channel is established; invalidations flow from now on."""

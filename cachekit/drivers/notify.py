@@ -6,7 +6,7 @@ the cache's channel (``<prefix>:notify``). Each process keeps *one* subscription
 client when only that was given) and hands each message to :class:`Waiters`, which wakes
 the threads and coroutines waiting on that key. The memory backend calls
 :meth:`Waiters.notify` directly. On Redis Cluster the changes go out on sharded channels,
-one per hash tag, and a :class:`~cachekit.sharded_notify.ShardedListener` subscribes to
+one per hash tag, and a :class:`~cachekit.drivers.sharded_notify.ShardedListener` subscribes to
 just those that someone waits on (it follows :meth:`Waiters.on_change`).
 
 A waiter registers *before* it looks at the state it waits on, so an event between its
@@ -124,7 +124,7 @@ class AsyncWaiter:
 
 
 class Waiters:
-    """Who waits on which key, shared by both faces of one cache.
+    """Who waits on which key, shared by both drivers of one cache.
 
     Usage::
 
@@ -265,7 +265,7 @@ class _Subscription:
 
 
 class ThreadListener(_Subscription):
-    """The subscription on a daemon thread with a blocking client (both faces use it).
+    """The subscription on a daemon thread with a blocking client (both drivers use it).
 
     Usage::
 

@@ -8,7 +8,7 @@ the thread or task that started it, so a holder that dies or is cancelled withou
 releasing leaves a lease that lapses within its TTL instead of one renewed forever. The
 sync one is a daemon thread, so it dies with its process; the async one is a task.
 
-A lease taken on probation (:class:`~cachekit.backends.leases.TakeLease`) lives only that
+A lease taken on probation (:class:`~cachekit.backends.ops.leases.TakeLease`) lives only that
 long until its holder confirms it: its watchdog renews first a quarter into the probation,
 and retries that often until answered. A holder that finishes sooner (most loads do) never
 renews at all.

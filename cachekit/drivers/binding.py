@@ -1,4 +1,4 @@
-"""What ``Cache.configure`` builds: backends, the notification listener and both faces.
+"""What ``Cache.configure`` builds: backends, the notification listener and both drivers.
 
 Usage::
 
@@ -15,19 +15,19 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from cachekit.backends.base import AsyncBackend, SyncBackend
-from cachekit.backends.guard import AsyncGuardedBackend, GuardedBackend
-from cachekit.backends.memory import AsyncMemoryBackend, MemoryBackend, MemoryStore
-from cachekit.backends.near import AsyncNearBackend, NearBackend
+from cachekit.backends.breaker import Breaker
+from cachekit.backends.guard import AsyncGuardedBackend, SyncGuardedBackend
+from cachekit.backends.memory import AsyncMemoryBackend, MemoryStore, SyncMemoryBackend
 from cachekit.backends.ops import Op
 from cachekit.backends.perloop import client_of, clonable, clone_client
-from cachekit.breaker import Breaker
 from cachekit.clock import Clock
 from cachekit.config import REDIS_DEFAULTS, parse_url
-from cachekit.context import Context
+from cachekit.drivers.drive import AsyncDriver, SyncDriver
+from cachekit.drivers.notify import Listener, TaskListener, ThreadListener, Waiters
 from cachekit.exceptions import ConfigurationError, NotConfigured
-from cachekit.faces import AsyncFace, SyncFace
-from cachekit.keys import KeySpace
-from cachekit.notify import Listener, TaskListener, ThreadListener, Waiters
+from cachekit.flow.context import Context
+from cachekit.flow.keys import KeySpace
+from cachekit.near.backend import AsyncNearBackend, SyncNearBackend
 from cachekit.serializers import JsonSerializer, MsgpackSerializer, Serializer
 from cachekit.stats import LogOnce, Stats
 
@@ -37,9 +37,9 @@ if TYPE_CHECKING:
     import redis
     import redis.asyncio
 
-    from cachekit.backends.cluster import ClusterBackend
-    from cachekit.bloom import BloomState
-    from cachekit.local import LocalCache
+    from cachekit.backends.cluster import SyncClusterBackend
+    from cachekit.bloom.state import BloomState
+    from cachekit.near.local import LocalCache
 
 __all__ = ["Binding", "Settings", "bind"]
 
@@ -70,11 +70,11 @@ class Settings:
 
 @dataclass(frozen=True, slots=True)
 class Binding:
-    """The flow context and the two faces of a configured cache."""
+    """The flow context and the two drivers of a configured cache."""
 
     ctx: Context
-    sync: SyncFace
-    aio: AsyncFace
+    sync: SyncDriver
+    aio: AsyncDriver
     listener: Listener | None
     waiters: Waiters
     breaker: Breaker | None = None
@@ -86,8 +86,8 @@ class Binding:
         self.waiters.subscribe(f"bloom:{bloom.name}", bloom.on_message)
 
     def close_sync(self) -> None:
-        """Stop listening, close the sync face (finishing its rebuilds) and the async
-        face's clients as far as sync code can (see :meth:`AsyncFace.close_sync`)."""
+        """Stop listening, close the sync driver (finishing its rebuilds) and the async
+        driver's clients as far as sync code can (see :meth:`AsyncDriver.close_sync`)."""
         if self.listener is not None:
             self.listener.stop()
         if self.local is not None:
@@ -96,7 +96,7 @@ class Binding:
         self.aio.close_sync()
 
     async def close(self) -> None:
-        """Close both faces, waiting for the listener without blocking the loop."""
+        """Close both drivers, waiting for the listener without blocking the loop."""
         if self.listener is not None:
             await self.listener.aclose()
         if self.local is not None:
@@ -133,7 +133,7 @@ def bind(
     prefix, serializer = settings.prefix, settings.serializer
     waiters = Waiters()
     listener: Listener | None = None
-    cluster: ClusterBackend | None = None  # Cluster notifies on sharded channels
+    cluster: SyncClusterBackend | None = None  # Cluster notifies on sharded channels
     sync_backend: SyncBackend
     async_backend: AsyncBackend
     # Another event loop's async backend (None: async_backend is not bound to a loop).
@@ -148,7 +148,7 @@ def bind(
         if target.scheme == "memory":
             store = MemoryStore(clock=settings.clock)
             store.subscribers.append(waiters.on_message)
-            sync_backend, async_backend = MemoryBackend(store), AsyncMemoryBackend(store)
+            sync_backend, async_backend = SyncMemoryBackend(store), AsyncMemoryBackend(store)
         elif target.scheme == "redis+cluster":
             from cachekit.backends.cluster import connect_cluster
 
@@ -180,9 +180,9 @@ def bind(
     elif options:
         raise ConfigurationError(f"options {sorted(options)} need a URL")
     else:
-        from cachekit.backends.redis import AsyncRedisBackend, RedisBackend
+        from cachekit.backends.redis import AsyncRedisBackend, SyncRedisBackend
 
-        sync_backend = RedisBackend(sync_client) if sync_client else _NoSyncBackend()
+        sync_backend = SyncRedisBackend(sync_client) if sync_client else _NoSyncBackend()
         async_backend = AsyncRedisBackend(client) if client else _NoAsyncBackend()
         if client is not None and clonable(client):
             # Every further event loop gets a sibling of the injected client.
@@ -190,7 +190,7 @@ def bind(
         guard["slots"] = _pool_slots(sync_client or client)
     breaker = None
     budget: dict[str, Any] = {}
-    if "slots" in guard:  # a Redis endpoint: guard both faces with one shared breaker
+    if "slots" in guard:  # a Redis endpoint: guard both drivers with one shared breaker
         breaker = Breaker(
             failures=guard["breaker_failures"],
             cooldown=guard["breaker_cooldown"],
@@ -199,18 +199,18 @@ def bind(
             name=_endpoint(url, sync_client or client),
         )
         budget = {"deadline": guard["deadline"], "slots": guard["slots"]}
-        sync_backend = GuardedBackend(sync_backend, breaker, settings.stats, **budget)
+        sync_backend = SyncGuardedBackend(sync_backend, breaker, settings.stats, **budget)
     local = settings.local
     if local is not None and breaker is not None:  # memory:// is local already
         # Outermost, so a local hit costs neither the deadline nor the breaker.
         local.start(sync_client or client, prefix)
-        sync_backend = NearBackend(sync_backend, local)
+        sync_backend = SyncNearBackend(sync_backend, local)
     else:
         local = None
 
     def wrap(inner: AsyncBackend) -> AsyncBackend:
         # Each loop's backend gets a budget of its own (the same bounds) and the shared
-        # breaker; the near cache in front is shared by all loops and both faces.
+        # breaker; the near cache in front is shared by all loops and both drivers.
         if breaker is not None:
             inner = AsyncGuardedBackend(inner, breaker, settings.stats, **budget)
         return AsyncNearBackend(inner, local) if local is not None else inner
@@ -230,9 +230,9 @@ def bind(
         stats=settings.stats,
         log=settings.log,
     )
-    # One subscription per process serves both faces: the sync client's if there is one.
+    # One subscription per process serves both drivers: the sync client's if there is one.
     if cluster is not None:
-        from cachekit.sharded_notify import ShardedListener
+        from cachekit.drivers.sharded_notify import ShardedListener
 
         listener = ShardedListener(
             cluster.connect, ctx.channel, waiters, settings.log, ctx.keyspace
@@ -244,9 +244,11 @@ def bind(
         # On the running loop's client: the listener restarts on a new loop when its own
         # loop is gone.
         listener = TaskListener(lambda: client_of(aio.backend), ctx.channel, waiters, settings.log)
-    faces = (waiters, listener, settings.stats, settings.log)
-    aio = AsyncFace(async_backend, *faces, connect=connect_async)
-    binding = Binding(ctx, SyncFace(sync_backend, *faces), aio, listener, waiters, breaker, local)
+    shared = (waiters, listener, settings.stats, settings.log)
+    aio = AsyncDriver(async_backend, *shared, connect=connect_async)
+    binding = Binding(
+        ctx, SyncDriver(sync_backend, *shared), aio, listener, waiters, breaker, local
+    )
     for bloom in settings.blooms.values():
         binding.adopt(bloom)
     return binding

@@ -1,11 +1,11 @@
 """The I/O of Bloom filters as sans-I/O flows: load and follow, test, add, warm, rebuild.
 
-See :mod:`cachekit.bloom` for the model. Every flow fails open: a filter that cannot be
+See :mod:`cachekit.bloom.state` for the model. Every flow fails open: a filter that cannot be
 read answers "maybe", so a real identifier is never rejected because Redis misbehaved.
 
 Usage::
 
-    present = face.drive(bloom_contains(ctx, state, 5))
+    present = driver.drive(bloom_contains(ctx, state, 5))
 """
 
 from __future__ import annotations
@@ -17,19 +17,19 @@ from typing import Any
 
 import orjson
 
-from cachekit.backends.bitmaps import (
+from cachekit.backends.ops import Delete, Get
+from cachekit.backends.ops.bitmaps import (
     AbortRebuild,
     AddBits,
     BeginRebuild,
     MergeBits,
     SwapGeneration,
 )
-from cachekit.backends.ops import Delete, Get
-from cachekit.bloom import PART_BITS, BloomKeys, BloomState, Geometry, empty_bits, offsets
-from cachekit.context import Context
-from cachekit.effects import Flow, Listen
+from cachekit.bloom.state import PART_BITS, BloomKeys, BloomState, Geometry, empty_bits, offsets
+from cachekit.drivers.notify import topic_message
 from cachekit.exceptions import BackendError
-from cachekit.notify import topic_message
+from cachekit.flow.context import Context
+from cachekit.flow.effects import Flow, Listen
 
 __all__ = ["bloom_add", "bloom_contains", "bloom_info", "bloom_rebuild", "bloom_sync", "bloom_warm"]
 
