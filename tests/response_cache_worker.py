@@ -80,7 +80,7 @@ async def run(mode: str, cfg: dict[str, Any]) -> dict[str, Any]:
             responses = await asyncio.gather(*(client.get("/hot") for _ in range(cfg["callers"])))
             if mode == "stale":
                 await raw.rpush(cfg["done"], os.getpid())
-                face = cache._bound().aio
+                face = cache.bound().aio
                 for _ in range(2000):  # at most 20 s: the test releases the refresh first
                     if not face.rebuilding:
                         break

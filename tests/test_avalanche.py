@@ -15,7 +15,7 @@ from cachekit.testing import FakeClock
 
 
 def _remaining(cache: Cache, logical: str) -> float:
-    backend = cache._bound().sync.backend
+    backend = cache.bound().sync.backend
     assert isinstance(backend, SyncMemoryBackend)
     left = backend.store.remaining(KeySpace("cachekit").value(logical))
     assert left is not None

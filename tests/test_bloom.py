@@ -243,7 +243,7 @@ class Stepper(Generic[T]):
 
 
 def backend_of(cache: Cache) -> SyncBackend:
-    return cache._bound().sync.backend
+    return cache.bound().sync.backend
 
 
 def is_get_of(key: str) -> Callable[[object], bool]:
@@ -256,7 +256,7 @@ def is_op(kind: type[Op[Any]]) -> Callable[[object], bool]:
 
 def rebuild_stepper(cache: Cache, bloom: Bloom, items: Iterable[object]) -> Stepper[int]:
     """``bloom.sync.rebuild(items)``, driven by hand."""
-    flow = bloom_rebuild(cache._bound().ctx, bloom.state, items, 10_000, None)
+    flow = bloom_rebuild(cache.bound().ctx, bloom.state, items, 10_000, None)
     return Stepper(flow, backend_of(cache))
 
 
@@ -654,7 +654,7 @@ def test_a_load_racing_a_rebuild_never_sees_an_empty_filter(
         write.sync.rebuild(range(100))  # generation 2: the reader will reload
         wait_for(lambda: read.state.stale, timeout=2.0)
 
-        stepper = Stepper(bloom_sync(reader._bound().ctx, read.state), backend_of(reader))
+        stepper = Stepper(bloom_sync(reader.bound().ctx, read.state), backend_of(reader))
         # The reader has read the descriptor (generation 2) and is about to GET its part...
         get_part = stepper.until(is_get_of(part_key(prefix, "race", 2)))
         reloads = read.state.reloads
@@ -832,7 +832,7 @@ def test_an_add_made_while_a_rebuild_reads_its_items_lands_in_both_generations(
             # and after the listing has passed where it would be.
             yield from range(50)
             stepper = Stepper(
-                bloom_add(adder._bound().ctx, add.state, ["created-meanwhile"]),
+                bloom_add(adder.bound().ctx, add.state, ["created-meanwhile"]),
                 backend_of(adder),
             )
             assert stepper.finish(None) == 1
@@ -900,7 +900,7 @@ def test_an_add_landing_after_a_swap_is_refused_and_retried_in_the_new_generatio
         build.sync.rebuild(range(100))
         assert add.sync.contains(5)  # the adder's mirror: generation 1
 
-        stepper = Stepper(bloom_add(adder._bound().ctx, add.state, ["late-id"]), backend_of(adder))
+        stepper = Stepper(bloom_add(adder.bound().ctx, add.state, ["late-id"]), backend_of(adder))
         add_bits = stepper.until(is_op(AddBits))
         assert (add_bits.live, add_bits.next) == (1, 0)
         build.sync.rebuild(range(100))  # generation 2 is swapped in (and 1 deleted) first
@@ -936,7 +936,7 @@ def test_an_add_notified_during_a_reload_is_kept(redis_url: str, prefix: str) ->
         assert mine.sync.contains(5)  # loaded and subscribed
         mine.state.on_message(None)  # what a reconnect does: reload at the next check
 
-        stepper = Stepper(bloom_sync(loader._bound().ctx, mine.state), backend_of(loader))
+        stepper = Stepper(bloom_sync(loader.bound().ctx, mine.state), backend_of(loader))
         get_part = stepper.until(is_get_of(part_key(prefix, "reload", 1)))
         bitmap = stepper.perform(get_part)  # read before the other process's add...
         assert theirs.sync.add("added-meanwhile")
@@ -969,7 +969,7 @@ def test_one_load_at_a_time_keeps_an_add_notified_meanwhile(redis_url: str, pref
         theirs.sync.rebuild(range(100))
         assert mine.sync.contains(5)
         mine.state.on_message(None)  # a reconnect: every call now reloads until one is done
-        ctx, backend = loader._bound().ctx, backend_of(loader)
+        ctx, backend = loader.bound().ctx, backend_of(loader)
         part = part_key(prefix, "twoloads", 1)
 
         first = Stepper(bloom_sync(ctx, mine.state), backend)  # one task's contains()...
@@ -1443,7 +1443,7 @@ def test_the_mirror_answering_during_a_load_has_the_adds_notified_meanwhile(
         theirs.sync.rebuild(range(100))
         assert mine.sync.contains(5)
         mine.state.on_message(None)  # a reconnect: reload at the next call
-        loading = Stepper(bloom_sync(loader._bound().ctx, mine.state), backend_of(loader))
+        loading = Stepper(bloom_sync(loader.bound().ctx, mine.state), backend_of(loader))
         bitmap = loading.perform(loading.until(is_get_of(part_key(prefix, "midload", 1))))
         assert theirs.sync.add("added-meanwhile")
         wait_for(lambda: bool(mine.state.pending), timeout=2.0)  # notified here
@@ -1472,11 +1472,11 @@ def test_two_merges_at_once_never_lose_the_winners_bits(
         b = second.bloom("twowarm", capacity=1_000, error_rate=0.001)
         ids = [f"id-{i}" for i in range(500)]
         warm_a = Stepper(
-            cachekit.bloom.flow.bloom_warm(first._bound().ctx, a.state, ids, 10_000, None),
+            cachekit.bloom.flow.bloom_warm(first.bound().ctx, a.state, ids, 10_000, None),
             backend_of(first),
         )
         warm_b = Stepper(
-            cachekit.bloom.flow.bloom_warm(second._bound().ctx, b.state, ids, 10_000, None),
+            cachekit.bloom.flow.bloom_warm(second.bound().ctx, b.state, ids, 10_000, None),
             backend_of(second),
         )
         merge_a = warm_a.until(is_op(MergeBits))  # both start-ups build the same ids

@@ -479,7 +479,7 @@ async def test_stale_value_is_served_while_one_rebuild_runs(
     stats = fake_cache.stats()
     assert (stats["stale_hits"], stats["loads"]) == (1, 1)  # the rebuild has not run yet
     await eventually(lambda: fake_cache.stats()["loads"] == 2, "the rebuild loads")
-    await eventually(lambda: not fake_cache._bound().aio._tasks, "the rebuild task ends")
+    await eventually(lambda: not fake_cache.bound().aio._tasks, "the rebuild task ends")
     assert fake_cache.stats()["rebuilds"] == 1
     assert await read_row() == "v2"  # a fresh hit now
     stats = fake_cache.stats()
@@ -505,7 +505,7 @@ async def test_many_concurrent_stale_reads_start_one_rebuild(
 
     assert values == ["v1"] * 50
     await eventually(lambda: fake_cache.stats()["loads"] == 2, "the rebuild loads")
-    await eventually(lambda: not fake_cache._bound().aio._tasks, "the rebuild task ends")
+    await eventually(lambda: not fake_cache.bound().aio._tasks, "the rebuild task ends")
     stats = fake_cache.stats()
     assert (stats["stale_hits"], stats["rebuilds"], stats["loads"]) == (50, 1, 2)
     assert await read_row() == "v2"
@@ -579,7 +579,7 @@ async def test_stale_if_error_keeps_serving_the_old_value(
         assert await read_row() == "v1"  # no exception reaches the caller
         errors = functools.partial(lambda n: fake_cache.stats()["load_errors"] == n, attempt)
         await eventually(errors, "the rebuild fails")
-        await eventually(lambda: not fake_cache._bound().aio._tasks, "the rebuild task ends")
+        await eventually(lambda: not fake_cache.bound().aio._tasks, "the rebuild task ends")
     stats = fake_cache.stats()
     assert (stats["stale_hits"], stats["rebuilds"], stats["load_errors"]) == (3, 3, 3)
     assert stats["loads"] == 1
@@ -589,7 +589,7 @@ async def test_stale_if_error_keeps_serving_the_old_value(
     down, row.value = False, "v2"  # the database is back: the next stale read rebuilds
     assert await read_row() == "v1"
     await eventually(lambda: fake_cache.stats()["loads"] == 2, "the rebuild loads")
-    await eventually(lambda: not fake_cache._bound().aio._tasks, "the rebuild task ends")
+    await eventually(lambda: not fake_cache.bound().aio._tasks, "the rebuild task ends")
     assert await read_row() == "v2"
 
 
@@ -685,7 +685,7 @@ async def test_early_refresh_triggers_only_near_expiry(seed: int) -> None:
             clock.advance(1)
         assert triggered_at is not None, "no early refresh before expiry"
         await eventually(lambda: loads == 2, "the early refresh loads")
-        await eventually(lambda: not cache._bound().aio._tasks, "the refresh task ends")
+        await eventually(lambda: not cache.bound().aio._tasks, "the refresh task ends")
         stats = cache.stats()
         assert (stats["rebuilds"], stats["stale_hits"], stats["misses"]) == (1, 0, 1)
         assert await report() == 2  # the refreshed value, before the old one ever expired

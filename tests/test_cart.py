@@ -120,7 +120,7 @@ def dump(raw: redis.Redis, key: str) -> bytes | None:
 def mem_read(cache: Cache, owner: str) -> CartRecord | None:
     """The cart record a memory-backed cache holds for ``owner``."""
     key = mem_key(owner)
-    read: CartRead = cache._bound().sync.backend.run(ReadCart(key, key + ":fill", owner, b"t", 10))
+    read: CartRead = cache.bound().sync.backend.run(ReadCart(key, key + ":fill", owner, b"t", 10))
     return read.record
 
 
@@ -263,7 +263,7 @@ def test_clear_keeps_the_version_so_an_old_copy_cannot_return(
     assert sql_state(mem_engine, owner) == (3, {})
     assert mem_read(memory_cache, owner) == CartRecord(3, {})
     refill = StoreCart(mem_key(owner), mem_key(owner) + ":fill", owner, 2, {"A": 1, "B": 1}, 60)
-    assert memory_cache._bound().sync.backend.run(refill) is False
+    assert memory_cache.bound().sync.backend.run(refill) is False
     assert mem_cart.sync.get(owner) == {}
     assert mem_cart.sync.clear(owner) == {}  # clearing an empty cart is fine
 
@@ -310,7 +310,7 @@ def test_stats_count_hits_and_misses(
     assert (after_changes["hits"], after_changes["misses"]) == (base["hits"], base["misses"])
     assert mem_cart.sync.get(owner) == {"A": 2}
     assert memory_cache.stats()["hits"] == base["hits"] + 1
-    memory_cache._bound().sync.backend.run(Delete([mem_key(owner)]))
+    memory_cache.bound().sync.backend.run(Delete([mem_key(owner)]))
     assert mem_cart.sync.get(owner) == {"A": 2}
     assert memory_cache.stats()["misses"] == base["misses"] + 1
     assert mem_cart.sync.get(owner) == {"A": 2}  # refilled: a hit again
@@ -802,7 +802,7 @@ class Carts:
 
     def __init__(self, store: CartStore, key: Callable[[str], str], raw: redis.Redis | None):
         self.store, self.key, self.raw = store, key, raw
-        self.run = store.cache._bound().sync.backend.run
+        self.run = store.cache.bound().sync.backend.run
 
     async def get(self, face: str, owner: str) -> Items:
         return await self.store.get(owner) if face == "async" else self.store.sync.get(owner)
@@ -971,7 +971,7 @@ def test_store_cart_replaces_a_foreign_record_but_respects_an_unnamed_ones_versi
     """StoreCart: a record naming another owner is replaced at any version; one naming
     none (stored before records named their owner) still refuses older versions."""
     cache: Cache = request.getfixturevalue(f"{backend}_cache")
-    run = cache._bound().sync.backend.run
+    run = cache.bound().sync.backend.run
     key = f"{prefix}:cart:{{bob}}"
     lease = key + ":fill"
     assert run(StoreCart(key, lease, "alice", 9, {"SECRET": 1}, 60)) is True  # a bad copy
@@ -1393,7 +1393,7 @@ def test_store_cart_refuses_older_and_equal_versions(
 ) -> None:
     """StoreCart replaces the copy only with a newer version, and replaces it whole."""
     cache: Cache = request.getfixturevalue(f"{backend}_cache")
-    run = cache._bound().sync.backend.run
+    run = cache.bound().sync.backend.run
     who = "fence"
     key = f"{prefix}:cart:{{{who}}}"
     lease = key + ":fill"
@@ -1421,7 +1421,7 @@ def test_a_refill_needs_its_lease(
 ) -> None:
     """A refill stores only while its miss's lease stands; a change voids the lease."""
     cache: Cache = request.getfixturevalue(f"{backend}_cache")
-    run = cache._bound().sync.backend.run
+    run = cache.bound().sync.backend.run
     who = "lease"
     key = f"{prefix}:cart:{{{who}}}"
     lease = key + ":fill"
@@ -1453,7 +1453,7 @@ async def test_slow_readers_refill_cannot_overwrite_a_newer_cart(
         cart.sync.add(owner, "B", 2)  # ...then a change commits and stores version 2
         return record
 
-    stale = redis_cache._bound().sync.drive(plan.flow, slow_load)
+    stale = redis_cache.bound().sync.drive(plan.flow, slow_load)
     assert stale == {"A": 1}  # the reader answers what it read
     assert redis_cart(raw_redis, key) == (2, {"A": 1, "B": 2})  # its refill was refused
     assert await cart.get(owner) == {"A": 1, "B": 2}
@@ -1475,7 +1475,7 @@ async def test_slow_readers_refill_after_eviction_cannot_hide_a_commit(
         raw_redis.delete(key)  # evicted (or Redis restarted) before the refill
         return record
 
-    redis_cache._bound().sync.drive(plan.flow, slow_load)
+    redis_cache.bound().sync.drive(plan.flow, slow_load)
     assert await cart.get(owner) == sql_items(engine, owner) == {"A": 1, "B": 2}
 
 

@@ -85,7 +85,7 @@ async def test_another_writer_is_seen_through_the_server(redis_url: str, prefix:
 async def test_counters_are_always_reported(redis_url: str, prefix: str) -> None:
     plain = Cache.from_url("memory://", local=LocalCache())  # memory:// needs no near layer
     assert set(LOCAL_COUNTERS) <= set(plain.stats())
-    assert plain._bound().local is None
+    assert plain.bound().local is None
     await plain.close()
 
 

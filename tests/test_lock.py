@@ -533,7 +533,7 @@ async def test_a_renewal_in_flight_at_release_does_not_poison_the_next_hold(
 
     Its late renewal (old token) is refused; that must not mark the lock's next hold lost.
     """
-    backend_type = type(any_cache._bound().sync.backend)
+    backend_type = type(any_cache.bound().sync.backend)
     original = backend_type.run
     in_flight, proceed = threading.Event(), threading.Event()
     stale: list[threading.Thread] = []
@@ -673,7 +673,7 @@ def fence_key(prefix: str, name: str) -> str:
 
 def run_op(cache: Cache, op: Op[Any]) -> Any:
     """Run one backend op on ``cache`` (either backend), bypassing the lock API."""
-    return cache._bound().sync.backend.run(op)
+    return cache.bound().sync.backend.run(op)
 
 
 def now_us() -> int:

@@ -48,11 +48,11 @@ def run(make: Callable[[], Awaitable[T]]) -> T:
 
 
 def face(cache: Cache) -> AsyncDriver:
-    return cache._bound().aio
+    return cache.bound().aio
 
 
 def has_sync(cache: Cache) -> bool:
-    backend = cache._bound().sync.backend
+    backend = cache.bound().sync.backend
     return type(getattr(backend, "inner", backend)).__name__ != "_NoSyncBackend"
 
 
@@ -384,7 +384,7 @@ def test_pytest_asyncio_function_scoped_loops(
             assert cache.stats()["hits"] == 1
 
         def test_closed_with_their_loops():
-            assert cache._bound().aio.loops == 0
+            assert cache.bound().aio.loops == 0
             cache.sync.close()
             gc.collect()
         """

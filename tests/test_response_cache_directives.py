@@ -19,7 +19,7 @@ from cachekit.middleware.directives import (
 from cachekit.middleware.entry import (
     Entry,
     Record,
-    Target,
+    RequestKeys,
     content_etag,
     decode_entry,
     decode_record,
@@ -129,8 +129,8 @@ def test_content_etag_is_strong_quoted_and_stable() -> None:
 def test_keys_separate_hosts_schemes_queries_and_variants() -> None:
     space = KeySpace("t")
 
-    def target(scheme: str, host: bytes, query: bytes) -> Target:
-        return Target.of(space, scheme, host, b"/p", query, "/p")
+    def target(scheme: str, host: bytes, query: bytes) -> RequestKeys:
+        return RequestKeys.of(space, scheme, host, b"/p", query, "/p")
 
     base = target("http", b"a.test", b"x=1")
     assert base.record == target("http", b"A.TEST", b"x=1").record
@@ -148,7 +148,7 @@ def test_keys_separate_hosts_schemes_queries_and_variants() -> None:
 
 def test_entries_and_records_round_trip_and_check_key_and_stamp() -> None:
     space = KeySpace("t")
-    target = Target.of(space, "http", b"a.test", b"/p", b"", "/p")
+    target = RequestKeys.of(space, "http", b"a.test", b"/p", b"", "/p")
     entry = Entry(
         status=200,
         headers=((b"content-type", b"application/octet-stream"),),

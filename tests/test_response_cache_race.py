@@ -60,7 +60,7 @@ async def test_a_request_leasing_just_after_the_fill_is_served_the_fill(
     app = build_app(shop, cache)
     async with client_for(app) as client:
         await client.get("/other")  # binds the cache (a 404: not stored)
-        here = cache._bound().aio._loops.get()  # this event loop's share of the async face
+        here = cache.bound().aio._loops.get()  # this event loop's share of the async face
         interleave = _Interleave(here.backend)
         here.backend = interleave
         first = asyncio.create_task(client.get("/page"))

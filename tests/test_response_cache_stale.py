@@ -16,7 +16,7 @@ from tests.response_cache_apps import Shop, build_app, client_for
 
 async def _settle(cache: Cache) -> None:
     """Wait until the cache's background refreshes have finished."""
-    face = cache._bound().aio
+    face = cache.bound().aio
     for _ in range(400):
         await asyncio.sleep(0.005)
         if not face.rebuilding:

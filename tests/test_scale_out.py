@@ -177,7 +177,7 @@ def test_addresses_ports_service_and_database_are_parsed() -> None:
 
 def test_a_cluster_url_builds_cluster_faces_within_the_budget_and_without_io() -> None:
     cache = Cache.from_url("redis+cluster://127.0.0.1:7000,127.0.0.1:7001?max_connections=9")
-    binding = cache._bound()
+    binding = cache.bound()
     sync_guard, async_guard = binding.sync.backend, binding.aio.backend
     assert isinstance(sync_guard, SyncGuardedBackend)
     assert isinstance(async_guard, AsyncGuardedBackend)
@@ -443,7 +443,7 @@ async def test_a_sync_waiter_is_woken_by_the_fill(cache: Cache, other: Cache) ->
 async def test_sync_reads_keep_the_deadline_on_every_node(cache: Cache) -> None:
     """The sync face's connections bound each reply by the operation's deadline."""
     cache.sync.set("k", 1)
-    inner = cast(SyncGuardedBackend, cache._bound().sync.backend).inner
+    inner = cast(SyncGuardedBackend, cache.bound().sync.backend).inner
     if isinstance(inner, SyncClusterBackend):
         client: Any = inner.connect()
         pools = [node.redis_connection.connection_pool for node in client.get_nodes()]
@@ -670,7 +670,7 @@ async def serve_through_failover(
 
 async def wake_after_failover(cache: Cache, url: str) -> float:
     """After the failover ``cache``'s subscription is back: a fill elsewhere wakes it."""
-    listener = cache._bound().listener
+    listener = cache.bound().listener
     assert listener is not None
     for _ in range(100):
         if listener.ready.is_set():
@@ -686,7 +686,7 @@ async def wake_after_failover(cache: Cache, url: str) -> float:
             break
         assert time.monotonic() < deadline, "reads never reached the new primary"
         await asyncio.sleep(0.05)
-    async with Cache.from_url(url, prefix=cache._bound().ctx.keyspace.prefix) as other:
+    async with Cache.from_url(url, prefix=cache.bound().ctx.keyspace.prefix) as other:
         waited = await woken_by_the_fill(other, cache, 99)
     assert waited < 3.0  # the fill's notification, not the 8 s wait
     return round(waited, 3)

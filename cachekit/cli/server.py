@@ -31,7 +31,7 @@ from cachekit.backends.ops import Op
 from cachekit.backends.redis import SyncRedisBackend, connect
 from cachekit.cache import Cache
 from cachekit.cli.output import Failure, redact
-from cachekit.config import Target, parse_url
+from cachekit.config import ParsedUrl, parse_url
 from cachekit.contrib import default_cache, set_default_cache
 from cachekit.flow.keys import KeySpace
 
@@ -103,7 +103,7 @@ class Server:
         *,
         deployment: Deployment = "server",
         db: int = 0,
-        target: Target | None = None,
+        target: ParsedUrl | None = None,
     ) -> None:
         self.url = url
         self.keyspace = keyspace

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from cachekit.bloom.state import BloomState
     from cachekit.near.local import LocalCache
 
-__all__ = ["Binding", "Settings", "bind"]
+__all__ = ["Binding", "CacheSettings", "bind"]
 
 _SERIALIZERS: Mapping[str, type[JsonSerializer] | type[MsgpackSerializer]] = {
     "json": JsonSerializer,
@@ -50,7 +50,7 @@ _SERIALIZERS: Mapping[str, type[JsonSerializer] | type[MsgpackSerializer]] = {
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Settings:
+class CacheSettings:
     """What a :class:`~cachekit.Cache` brings to every configuration of it."""
 
     prefix: str
@@ -122,7 +122,7 @@ class _NoAsyncBackend:
 
 
 def bind(
-    settings: Settings,
+    settings: CacheSettings,
     *,
     url: str | None = None,
     options: Mapping[str, Any] | None = None,

@@ -108,7 +108,7 @@ def read_envelope(ctx: Context, key: str, serializer: Serializer) -> Flow[Envelo
     return None if raw is None else decode_or_none(ctx, key, raw, serializer)
 
 
-class Target(NamedTuple):
+class Address(NamedTuple):
     """Where a call's value lives and how it is checked: key, serializer, tag stamp."""
 
     key: str
@@ -143,17 +143,17 @@ def cached_read(
         now = ctx.clock.time()
         if envelope.is_fresh(now):
             if policy.early and _refresh_early(ctx, policy, envelope, now):
-                yield Spawn(key, _rebuild(ctx, policy, Target(key, serializer, stamp), envelope))
+                yield Spawn(key, _rebuild(ctx, policy, Address(key, serializer, stamp), envelope))
             ctx.stats.incr("null_hits" if envelope.is_null else "hits")
             return envelope.value
         if now < envelope.expires + policy.stale:
             ctx.stats.incr("stale_hits")
-            yield Spawn(key, _rebuild(ctx, policy, Target(key, serializer, stamp), envelope))
+            yield Spawn(key, _rebuild(ctx, policy, Address(key, serializer, stamp), envelope))
             return envelope.value
     else:
         envelope = None  # a tag it carried was invalidated: not even stale
     ctx.stats.incr("misses")
-    flow = _miss(ctx, policy, Target(key, serializer, stamp), envelope)
+    flow = _miss(ctx, policy, Address(key, serializer, stamp), envelope)
     return _unwrap((yield Join(key, flow, _shareable)))
 
 
@@ -213,7 +213,7 @@ def refresh(ctx: Context, policy: Policy, logical: str, tags: Sequence[str] = ()
             _, stamp = yield from _read_tagged(ctx, key, tags)
     except BackendError as exc:
         read_failed(ctx, exc)
-    target = Target(key, policy.serializer or ctx.serializer, stamp)
+    target = Address(key, policy.serializer or ctx.serializer, stamp)
     return _unwrap((yield from _load_maybe_store(ctx, policy, target)))
 
 
@@ -222,13 +222,13 @@ def lease_key(key: str) -> str:
     return key + ":lease"  # same hash tag as the value: one Cluster slot
 
 
-def _valid(ctx: Context, target: Target, raw: bytes | None) -> Envelope | None:
+def _valid(ctx: Context, target: Address, raw: bytes | None) -> Envelope | None:
     """The envelope in ``raw`` if it decodes and carries the target's tag stamp."""
     envelope = None if raw is None else decode_or_none(ctx, target.key, raw, target.serializer)
     return envelope if envelope is not None and envelope.stamp == target.stamp else None
 
 
-def _fresh(ctx: Context, target: Target, raw: bytes | None) -> Envelope | None:
+def _fresh(ctx: Context, target: Address, raw: bytes | None) -> Envelope | None:
     envelope = _valid(ctx, target, raw)
     return envelope if envelope is not None and envelope.is_fresh(ctx.clock.time()) else None
 
@@ -241,7 +241,7 @@ def _refresh_early(ctx: Context, policy: Policy, envelope: Envelope, now: float)
     return now - envelope.load_time * policy.early * math.log(u) >= envelope.expires
 
 
-def _miss(ctx: Context, policy: Policy, target: Target, seen: Envelope | None) -> Flow[Any]:
+def _miss(ctx: Context, policy: Policy, target: Address, seen: Envelope | None) -> Flow[Any]:
     """This process's flight for a missing key: lease, load and fill, or wait for one."""
     if not policy.lock:
         return (yield from _load_maybe_store(ctx, policy, target))
@@ -297,7 +297,7 @@ def _take_lease(policy: Policy, lease: str, token: bytes, key: str) -> TakeLease
     return TakeLease(lease, token, policy.lock_ttl, key, probation=LEASE_PROBATION)
 
 
-def _rebuild(ctx: Context, policy: Policy, target: Target, seen: Envelope) -> Flow[float]:
+def _rebuild(ctx: Context, policy: Policy, target: Address, seen: Envelope) -> Flow[float]:
     """A background rebuild of ``seen``: one per key across the fleet, never failing callers.
 
     Returns how long this process need not try again (another holder's lease), or 0.
@@ -327,7 +327,7 @@ def _rebuild(ctx: Context, policy: Policy, target: Target, seen: Envelope) -> Fl
     return 0.0
 
 
-def _load_maybe_store(ctx: Context, policy: Policy, target: Target) -> Flow[Any]:
+def _load_maybe_store(ctx: Context, policy: Policy, target: Address) -> Flow[Any]:
     """Load without waiting for anyone; store only under a lease taken without waiting.
 
     Every write of a loaded value is checked against a lease, so no path can write back a
@@ -361,7 +361,7 @@ def _load(ctx: Context) -> Flow[tuple[Any, float]]:
 
 
 def _load_and_store(
-    ctx: Context, policy: Policy, target: Target, lease: tuple[str, bytes]
+    ctx: Context, policy: Policy, target: Address, lease: tuple[str, bytes]
 ) -> Flow[Any]:
     key = target.key
     # A load slower than the lease must not lose it: renew until the flow ends. The first
@@ -395,7 +395,7 @@ def _load_and_store(
 
 
 def _entry(
-    ctx: Context, policy: Policy, target: Target, value: Any, load_time: float
+    ctx: Context, policy: Policy, target: Address, value: Any, load_time: float
 ) -> tuple[bytes, float] | None:
     """``(envelope bytes, physical TTL)`` to store, or ``None`` when nothing is stored."""
     if value is None and policy.null_ttl <= 0:

@@ -21,7 +21,7 @@ from cachekit.drivers.binding import Binding
 from cachekit.flow.effects import Flow, Spawn
 from cachekit.middleware.capture import Answer, Receive, Scope, Send
 from cachekit.middleware.directives import CONDITIONAL, Exchange, refusal
-from cachekit.middleware.entry import Entry, Target
+from cachekit.middleware.entry import Entry, RequestKeys
 from cachekit.middleware.flow import Hit, refresh
 from cachekit.middleware.options import Options, RouteOptions, route_options
 from cachekit.middleware.storing import build_entry, collect
@@ -39,7 +39,7 @@ async def spawn_refresh(
     options: Options,
     request: Scope,
     binding: Binding,
-    target: Target,
+    target: RequestKeys,
     hit: Hit,
 ) -> None:
     """Start one background refresh of ``hit``; never raises."""

@@ -20,7 +20,7 @@ equal the request's (R10), whatever the key hashing did.
 
 Usage::
 
-    target = Target.of(keyspace, "https", "shop.test", b"/p", b"b=2&a=1", "/p")
+    target = RequestKeys.of(keyspace, "https", "shop.test", b"/p", b"b=2&a=1", "/p")
     key = target.variant_key(vary_values(("accept-encoding",), headers, DEFAULT_ENCODINGS))
 """
 
@@ -44,7 +44,7 @@ __all__ = [
     "REVALIDATION_KEEP",
     "Entry",
     "Record",
-    "Target",
+    "RequestKeys",
     "VaryValues",
     "content_etag",
     "decode_entry",
@@ -70,7 +70,7 @@ def _digest(*parts: bytes) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Target:
+class RequestKeys:
     """The keys of one request URL.
 
     * ``url`` - ``scheme://host/raw-path?normalized-query``, latin-1 text (any bytes fit).
@@ -96,7 +96,7 @@ class Target:
         query: bytes,
         path: str,
         extra: bytes = b"",
-    ) -> Target:
+    ) -> RequestKeys:
         """The keys of a request for ``scheme://host raw_path ? query``.
 
         ``extra`` is keyed too: the values of the headers configured as ``key_headers``.

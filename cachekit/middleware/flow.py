@@ -36,7 +36,7 @@ from cachekit.middleware.directives import Headers
 from cachekit.middleware.entry import (
     Entry,
     Record,
-    Target,
+    RequestKeys,
     VaryValues,
     decode_entry,
     decode_record,
@@ -50,7 +50,7 @@ __all__ = [
     "Direct",
     "Hit",
     "Lead",
-    "Settings",
+    "ResponsePolicy",
     "give_up",
     "lookup",
     "refresh",
@@ -61,7 +61,7 @@ _LEASE_MARGIN = 0.005  # wake a little after a holder's lease lapses
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Settings:
+class ResponsePolicy:
     """The middleware's options that flows read (see ``ResponseCacheMiddleware``)."""
 
     lock_ttl: float
@@ -79,7 +79,7 @@ class Ask:
     when the request has the same values, the key needs no hashing.
     """
 
-    target: Target
+    target: RequestKeys
     headers: Headers
     authorized: bool
     coalesce: bool
@@ -131,7 +131,7 @@ class _Probe:
     raw: bytes | None = None  # the bytes read at ``key``
 
 
-def _probe(ctx: Context, settings: Settings, ask: Ask) -> Flow[_Probe]:
+def _probe(ctx: Context, settings: ResponsePolicy, ask: Ask) -> Flow[_Probe]:
     target = ask.target
     generation, raw_record, raw_guess = yield ReadResponse(
         target.generation,
@@ -178,7 +178,7 @@ def _usable_stale(ctx: Context, entry: Entry | None) -> bool:
     return entry is not None and ctx.clock.time() < entry.expires + entry.stale_if_error
 
 
-def lookup(ctx: Context, settings: Settings, ask: Ask) -> Flow[Outcome]:
+def lookup(ctx: Context, settings: ResponsePolicy, ask: Ask) -> Flow[Outcome]:
     """What to do with a GET or HEAD: serve a stored response, lead, or go to the app."""
     try:
         probe = yield from _probe(ctx, settings, ask)
@@ -204,7 +204,7 @@ def lookup(ctx: Context, settings: Settings, ask: Ask) -> Flow[Outcome]:
     return outcome
 
 
-def _coalesce(ctx: Context, settings: Settings, ask: Ask, probe: _Probe) -> Flow[Outcome]:
+def _coalesce(ctx: Context, settings: ResponsePolicy, ask: Ask, probe: _Probe) -> Flow[Outcome]:
     """Take the key's lease and lead, or wait (bounded) for its holder's fill."""
     key, seen = probe.key, probe.entry
     token = new_token()
@@ -260,7 +260,7 @@ def _coalesce(ctx: Context, settings: Settings, ask: Ask, probe: _Probe) -> Flow
 
 def store(
     ctx: Context,
-    target: Target,
+    target: RequestKeys,
     entry_key: str,
     entry: Entry,
     stamp: int,
@@ -300,7 +300,12 @@ def store(
 
 
 def give_up(
-    ctx: Context, settings: Settings, target: Target, stamp: int, lead: Lead | None, remember: bool
+    ctx: Context,
+    settings: ResponsePolicy,
+    target: RequestKeys,
+    stamp: int,
+    lead: Lead | None,
+    remember: bool,
 ) -> Flow[None]:
     """Nothing will be stored: release the lease, and ``remember`` the URL as hit-for-miss.
 
@@ -343,7 +348,12 @@ Build = Callable[[Any], "tuple[str, Entry] | bool"]
 
 
 def refresh(
-    ctx: Context, settings: Settings, target: Target, hit: Hit, lock_ttl: float, build: Build
+    ctx: Context,
+    settings: ResponsePolicy,
+    target: RequestKeys,
+    hit: Hit,
+    lock_ttl: float,
+    build: Build,
 ) -> Flow[float]:
     """A background refresh of a stale ``hit``: one per key across the fleet.
 

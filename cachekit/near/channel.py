@@ -265,10 +265,10 @@ def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
 
 
-Target = tuple[type[redis.connection.AbstractConnection], dict[str, Any]]
+Endpoint = tuple[type[redis.connection.AbstractConnection], dict[str, Any]]
 
 
-def _target(source: Source) -> Target:
+def _target(source: Source) -> Endpoint:
     """The sync connection class and the identity settings (server, database, account) of
     ``source``; its own timeouts, retries and protocol are left behind, and so are options
     that are not redis-py's (a cachekit URL's ``prefix=``, say)."""
@@ -301,7 +301,7 @@ def _target(source: Source) -> Target:
     )
 
 
-def _pool(target: Target, *, protocol: int) -> redis.ConnectionPool:
+def _pool(target: Endpoint, *, protocol: int) -> redis.ConnectionPool:
     """A pool for the channel's one connection: short timeouts, no hidden retries."""
     connection_class, kwargs = target
     return redis.ConnectionPool(

@@ -196,7 +196,7 @@ class CartStore:
         return await self._drive(self._merge(source, target))
 
     async def _drive(self, plan: _Plan[R]) -> R:
-        b = self.cache._bound()
+        b = self.cache.bound()
         return await b.aio.drive(plan.flow, lambda: self.sql.arun(plan.body))
 
     # The plans are the whole of each call but its I/O: both faces share them.
@@ -205,7 +205,7 @@ class CartStore:
         return ctx.keyspace.namespaced("cart", escape(owner))
 
     def _ctx(self) -> Context:
-        return self.cache._bound().ctx
+        return self.cache.bound().ctx
 
     def _sku(self, sku: str) -> str:
         return self.limits.sku(sku)
@@ -295,5 +295,5 @@ class SyncCartStore:
 
     def _drive(self, plan: _Plan[R]) -> R:
         self._store.sql.require_sync()  # on every call, not only when a read misses
-        b = self._store.cache._bound()
+        b = self._store.cache.bound()
         return b.sync.drive(plan.flow, lambda: self._store.sql.run(plan.body))

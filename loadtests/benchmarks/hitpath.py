@@ -330,7 +330,7 @@ async def bench_async(
     from cashews import cache as cashews_cache
 
     cache = Cache(client=client, prefix=f"{settings.run}:ck-async")
-    guard = cache._bound().aio.backend
+    guard = cache.bound().aio.backend
     assert isinstance(guard, AsyncGuardedBackend)  # the deadline and breaker are measured too
     backend = guard.inner
     assert isinstance(backend, AsyncRedisBackend)
@@ -361,12 +361,12 @@ async def bench_async(
     try:
         assert await get_product(PID) == product(PID)
         assert await get_product_cashews(PID) == product(PID)
-        key = cache._bound().ctx.keyspace.value(get_product.key(PID))
+        key = cache.bound().ctx.keyspace.value(get_product.key(PID))
         check_envelope(await client.get(key))
         floor = async_floor(client, key)
         assert await floor(PID) == product(PID)
         assert await get_receipt(PID) == receipt(PID)
-        typed_key = cache._bound().ctx.keyspace.value(get_receipt.key(PID))
+        typed_key = cache.bound().ctx.keyspace.value(get_receipt.key(PID))
         typed_floor = async_typed_floor(client, typed_key)
         assert await typed_floor(PID) == receipt(PID)
         contenders = [
@@ -410,7 +410,7 @@ def bench_sync(client: redis.Redis, admin: redis.Redis, settings: Settings) -> l
     from dogpile.cache import make_region
 
     cache = Cache(sync_client=client, prefix=f"{settings.run}:ck-sync")
-    guard = cache._bound().sync.backend
+    guard = cache.bound().sync.backend
     assert isinstance(guard, SyncGuardedBackend)
     backend = guard.inner
     assert isinstance(backend, SyncRedisBackend)
@@ -450,12 +450,12 @@ def bench_sync(client: redis.Redis, admin: redis.Redis, settings: Settings) -> l
     try:
         assert get_product(PID) == product(PID)
         assert get_product_dogpile(PID) == product(PID)
-        key = cache._bound().ctx.keyspace.value(get_product.key(PID))
+        key = cache.bound().ctx.keyspace.value(get_product.key(PID))
         check_envelope(client.get(key))
         floor = sync_floor(client, key)
         assert floor(PID) == product(PID)
         assert get_receipt(PID) == receipt(PID)
-        typed_key = cache._bound().ctx.keyspace.value(get_receipt.key(PID))
+        typed_key = cache.bound().ctx.keyspace.value(get_receipt.key(PID))
         typed_floor = sync_typed_floor(client, typed_key)
         assert typed_floor(PID) == receipt(PID)
         contenders = [
