@@ -24,7 +24,7 @@ from cachekit.backends.guard import AsyncGuardedBackend, SyncGuardedBackend
 from cachekit.backends.redis import AsyncRedisBackend, SyncRedisBackend
 from cachekit.config import REDIS_DEFAULTS, parse_url
 from cachekit.testing import FakeClock
-from tests.servers import PrivateServer
+from tests.support.servers import PrivateServer
 
 
 def _faces(cache: Cache) -> tuple[SyncRedisBackend, AsyncRedisBackend]:

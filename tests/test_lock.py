@@ -38,7 +38,7 @@ from cachekit.backends.ops import Delete, ExpireIfEqual, Get, Op, Set, Store, Tt
 from cachekit.backends.ops.leases import Acquire, Acquired, fence_ttl
 from cachekit.drivers.notify import AsyncWaiter, SyncWaiter
 from cachekit.testing import FakeClock
-from tests.servers import PrivateServer
+from tests.support.servers import PrivateServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,7 +63,7 @@ def read_line(proc: subprocess.Popen[str], timeout: float = 15.0) -> str:
 
 def worker(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.lock_worker", *args],
+        [sys.executable, "-m", "tests.workers.lock_worker", *args],
         cwd=ROOT,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -90,19 +90,6 @@ def sigkill(proc: subprocess.Popen[str]) -> float:
     proc.kill()
     proc.wait()
     return time.monotonic()
-
-
-@pytest.fixture(params=["redis", "memory"])
-def kind(request: pytest.FixtureRequest) -> str:
-    return cast(str, request.param)
-
-
-@pytest.fixture
-async def any_cache(kind: str, redis_url: str, prefix: str) -> AsyncIterator[Cache]:
-    """A cache on the shared Redis (under this test's prefix) or on memory."""
-    cache = Cache.from_url(redis_url if kind == "redis" else "memory://", prefix=prefix)
-    yield cache
-    await cache.close()
 
 
 @pytest.fixture

@@ -25,8 +25,8 @@ from cachekit.backends.ops.bitmaps import (
     MergeBits,
     SwapGeneration,
 )
+from cachekit.backends.shards import topic_message
 from cachekit.bloom.state import PART_BITS, BloomKeys, BloomState, Geometry, empty_bits, offsets
-from cachekit.drivers.notify import topic_message
 from cachekit.exceptions import BackendError
 from cachekit.flow.context import Context
 from cachekit.flow.effects import Flow, Listen

@@ -23,16 +23,16 @@ import heapq
 import itertools
 import threading
 import time
-from typing import Any, Final
+from typing import Any
 
 from cachekit.backends.base import AsyncBackend, SyncBackend
 from cachekit.backends.ops import Op
 from cachekit.exceptions import BackendError
+from cachekit.flow.effects import BACKOFF
 from cachekit.stats import LogOnce, Stats
 
-__all__ = ["BACKOFF", "AsyncDeferred", "SyncDeferred"]
+__all__ = ["AsyncDeferred", "SyncDeferred"]
 
-BACKOFF: Final = (1.0, 5.0, 30.0, 60.0)
 _LIMIT = 10_000
 _ATTEMPTS = 10
 

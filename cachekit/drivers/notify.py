@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from cachekit.backends.shards import TOPIC_MARK
 from cachekit.stats import LogOnce
 
 if TYPE_CHECKING:
@@ -50,23 +51,9 @@ __all__ = [
     "ThreadListener",
     "Waiter",
     "Waiters",
-    "topic_message",
 ]
 
 logger = logging.getLogger("cachekit")
-_TOPIC = "\x00"  # no key starts with NUL: a message that does is for a topic
-
-
-def topic_message(topic: str, body: str) -> str:
-    """A channel message for the handlers of ``topic`` rather than for key waiters.
-
-    A topic is named ``<namespace>:<name>``; on Cluster it is announced in the slot of
-    ``KeySpace.namespaced(namespace, name)`` (Bloom filter ``products``: topic
-    ``bloom:products``, keys ``<prefix>:bloom:{products}...``).
-    """
-    return f"{_TOPIC}{topic} {body}"
-
-
 READY_WAIT = 0.25  # seconds a first waiter gives the subscription (a healthy one: ms)
 _POLL = 0.5  # how often a listener checks whether it was stopped
 _BACKOFF_MAX = 1.0
@@ -180,8 +167,8 @@ class Waiters:
 
     def notify(self, key: str) -> None:
         """Wake everyone waiting on ``key`` (or hand a topic message to its handlers)."""
-        if key.startswith(_TOPIC):
-            topic, _, body = key[len(_TOPIC) :].partition(" ")
+        if key.startswith(TOPIC_MARK):
+            topic, _, body = key[len(TOPIC_MARK) :].partition(" ")
             with self._lock:
                 handlers = tuple(self._topics.get(topic, ()))
             for handler in handlers:

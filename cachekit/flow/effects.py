@@ -33,6 +33,7 @@ from typing import Any, Final, Literal, TypeAlias, TypeVar
 from cachekit.backends.ops import Op
 
 __all__ = [
+    "BACKOFF",
     "CONTROL",
     "LOAD",
     "MISSING",
@@ -141,6 +142,9 @@ class Later:
     op: Op[Any]
     delay: float
 
+
+BACKOFF: Final = (1.0, 5.0, 30.0, 60.0)
+"""Seconds before each retry of a :class:`Later` write that failed (the last one repeats)."""
 
 Effect: TypeAlias = (
     Op[Any] | Literal[_Signal.LOAD] | Watch | Listen | Wait | Hold | Join | Spawn | Later | Forget

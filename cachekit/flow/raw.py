@@ -16,11 +16,10 @@ from typing import Any
 from cachekit.backends.ops import Delete, GetMany, Op, Set, SetMany
 from cachekit.backends.ops.leases import Invalidate
 from cachekit.backends.ops.tags import RetireTags
-from cachekit.drivers.deferred import BACKOFF
 from cachekit.exceptions import BackendError, Uncacheable
 from cachekit.flow.codecs import codec_for
 from cachekit.flow.context import Context, new_token
-from cachekit.flow.effects import MISSING, Flow, Forget, Later
+from cachekit.flow.effects import BACKOFF, MISSING, Flow, Forget, Later
 from cachekit.flow.envelope import Envelope, encode
 from cachekit.flow.read import decode_or_none, lease_key, read_envelope, read_failed
 from cachekit.flow.ttl import jittered
