@@ -32,34 +32,16 @@ from cachekit.cli.server import DEFAULT_PREFIX
 from cachekit.contrib import default_cache, set_default_cache
 from cachekit.flow.envelope import encode
 from cachekit.testing import FakeClock
+from tests.cli.support import Cli, in_process
 from tests.support.servers import free_port
 
 SCRIPT = Path(sys.executable).with_name("cachekit")
 
 
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return orjson.loads(self.out)
-
-
-Cli = Callable[..., Result]
-
-
 @pytest.fixture
 def cli(redis_url: str, prefix: str, capsys: pytest.CaptureFixture[str]) -> Cli:
     """Runs ``cachekit ARGS --url <test redis> --prefix <test prefix>`` in-process."""
-
-    def run(*args: str) -> Result:
-        code = main([*args, "--url", redis_url, "--prefix", prefix])
-        captured = capsys.readouterr()
-        return Result(code, captured.out, captured.err)
-
-    return run
+    return in_process(redis_url, prefix, capsys)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,22 +34,10 @@ from cachekit.backends.ops import Set
 from cachekit.cli import main
 from cachekit.cli.ops import Unlink, UnlinkPerSlot
 from cachekit.config import parse_nodes
+from tests.cli.support import Cli, in_process
 from tests.support.servers import PrivateCluster, PrivateSentinel, free_port
 
 slow = pytest.mark.slow
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return orjson.loads(self.out)
-
-
-Cli = Callable[..., Result]
 
 
 @dataclass
@@ -108,13 +96,7 @@ def prefix() -> str:
 @pytest.fixture
 def cli(deployment: Deployment, prefix: str, capsys: pytest.CaptureFixture[str]) -> Cli:
     """Runs ``cachekit ARGS --url <the deployment> --prefix <test prefix>`` in-process."""
-
-    def run(*args: str) -> Result:
-        code = main([*args, "--url", deployment.url, "--prefix", prefix])
-        captured = capsys.readouterr()
-        return Result(code, captured.out, captured.err)
-
-    return run
+    return in_process(deployment.url, prefix, capsys)
 
 
 @pytest.fixture
