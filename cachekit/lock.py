@@ -1,6 +1,7 @@
 """``cache.lock(name)``: a distributed lock with a watchdog, fencing and notified waiters.
 
-The protocol is redis-py's ``lock.py`` made safer, written once for both drivers:
+The protocol is redis-py's ``lock.py`` made safer, written once as flows for both drivers
+(:func:`acquire_flow`, :func:`extend_flow`, :func:`release_flow`):
 
 * acquire: ``SET key token NX PX ttl`` with a random token, and in the same script the
   next value of a fencing counter, so every acquisition gets a strictly increasing
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
     from cachekit.drivers.drive import AsyncDriver, SyncDriver
     from cachekit.drivers.watchdog import AsyncWatchdog, SyncWatchdog
 
-__all__ = ["Lock", "SyncLock", "acquire_flow"]
+__all__ = ["Lock", "SyncLock", "acquire_flow", "extend_flow", "release_flow"]
 
 _LEASE_MARGIN = 0.005
 # How much of a lease we do not count on when judging whether it may have lapsed: our
@@ -78,6 +79,23 @@ def acquire_flow(ctx: Context, lock: _LockState) -> Flow[int]:
             ctx.stats.incr("lock_waits")
             waited = True
         yield Wait(handle, min(remaining, got.remaining + _LEASE_MARGIN))
+
+
+def extend_flow(ctx: Context, lock: _LockState, ttl: float) -> Flow[None]:
+    """Reset ``lock``'s lease to ``ttl`` now; ``LockNotOwnedError`` if it was lost."""
+    sent = ctx.clock.monotonic()  # the new lease starts no earlier than this
+    if not (yield ExpireIfEqual(lock.key, lock.token, ttl)):
+        lock.lost = True
+        raise LockNotOwnedError(f"lock {lock.name!r} was lost", name=lock.name)
+    lock.leased(sent, ttl)
+
+
+def release_flow(ctx: Context, lock: _LockState) -> Flow[None]:
+    """Give ``lock`` back with a token-checked delete that announces the release."""
+    ok: bool = yield Release(lock.key, lock.token, ctx.channel)
+    if lock.maybe_resent(ok):
+        ok = (yield Get(lock.key)) is None
+    lock.released(ok)
 
 
 class _LockState:
@@ -173,11 +191,7 @@ class Lock(_LockState):
     async def extend(self, ttl: float | None = None) -> None:
         """Reset the lease to ``ttl`` (default: the lock's) now."""
         self.check_owner(asyncio.current_task())
-        sent = self.ctx.clock.monotonic()
-        if not await self._driver.backend.run(ExpireIfEqual(self.key, self.token, ttl or self.ttl)):
-            self.lost = True
-            raise LockNotOwnedError(f"lock {self.name!r} was lost", name=self.name)
-        self.leased(sent, ttl or self.ttl)
+        await self._driver.drive(extend_flow(self.ctx, self, ttl or self.ttl))
 
     async def release(self) -> None:
         """Give the lock back; ``LockNotOwnedError`` if it was lost meanwhile."""
@@ -189,11 +203,7 @@ class Lock(_LockState):
         if self.fencing_token is None:  # acquired by failing open: nothing to release
             self.held = False
             return
-        op = Release(self.key, self.token, self.ctx.channel)
-        ok = await self._driver.backend.run(op)
-        if self.maybe_resent(ok):
-            ok = await self._driver.backend.run(Get(self.key)) is None
-        self.released(ok)
+        await self._driver.drive(release_flow(self.ctx, self))
 
     async def __aenter__(self) -> Self:
         return await self.acquire()
@@ -240,11 +250,7 @@ class SyncLock(_LockState):
     def extend(self, ttl: float | None = None) -> None:
         """Reset the lease to ``ttl`` (default: the lock's) now."""
         self.check_owner(threading.get_ident())
-        sent = self.ctx.clock.monotonic()
-        if not self._driver.backend.run(ExpireIfEqual(self.key, self.token, ttl or self.ttl)):
-            self.lost = True
-            raise LockNotOwnedError(f"lock {self.name!r} was lost", name=self.name)
-        self.leased(sent, ttl or self.ttl)
+        self._driver.drive(extend_flow(self.ctx, self, ttl or self.ttl))
 
     def release(self) -> None:
         """Give the lock back; ``LockNotOwnedError`` if it was lost meanwhile."""
@@ -256,10 +262,7 @@ class SyncLock(_LockState):
         if self.fencing_token is None:
             self.held = False
             return
-        ok = self._driver.backend.run(Release(self.key, self.token, self.ctx.channel))
-        if self.maybe_resent(ok):
-            ok = self._driver.backend.run(Get(self.key)) is None
-        self.released(ok)
+        self._driver.drive(release_flow(self.ctx, self))
 
     def __enter__(self) -> Self:
         return self.acquire()
