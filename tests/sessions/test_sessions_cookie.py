@@ -26,7 +26,7 @@ from cachekit.exceptions import ConfigurationError
 from cachekit.sessions import RedisSessionStore, SessionMiddleware, is_session_id
 from cachekit.sessions.store import DEFAULT_IDLE, DEFAULT_LIFETIME, UNBOUNDED
 from cachekit.testing import FakeClock
-from tests.sessions.test_sessions import (
+from tests.sessions.support import (
     PATIENT,
     body,
     client_for,

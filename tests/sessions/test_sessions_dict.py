@@ -43,7 +43,7 @@ from cachekit.sessions import (
     load_session,
 )
 from cachekit.testing import FakeClock
-from tests.sessions.test_sessions import (
+from tests.sessions.support import (
     body,
     client_for,
     forged_id,

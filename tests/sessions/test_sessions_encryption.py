@@ -24,7 +24,7 @@ from cachekit import Cache
 from cachekit.exceptions import ConfigurationError
 from cachekit.sessions import RedisSessionStore, new_encryption_key
 from cachekit.sessions.crypto import SessionCipher
-from tests.sessions.test_sessions import (
+from tests.sessions.support import (
     body,
     client_for,
     get,
