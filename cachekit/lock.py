@@ -43,7 +43,8 @@ from cachekit.backends.ops import ExpireIfEqual, Get
 from cachekit.backends.ops.leases import Acquire, Release
 from cachekit.exceptions import BackendError, LockError, LockNotOwnedError, LockTimeout
 from cachekit.flow.context import Context, new_token
-from cachekit.flow.effects import Flow, Wait, Watch
+from cachekit.flow.effects import Flow
+from cachekit.flow.lease import LEASE_MARGIN, wait_for_lease, watch_lease
 
 if TYPE_CHECKING:
     from cachekit.drivers.drive import AsyncDriver, SyncDriver
@@ -51,7 +52,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Lock", "SyncLock", "acquire_flow", "extend_flow", "release_flow"]
 
-_LEASE_MARGIN = 0.005
 # How much of a lease we do not count on when judging whether it may have lapsed: our
 # monotonic clock and Redis's expiry clock may run a little apart.
 _DRIFT = 0.01
@@ -59,9 +59,7 @@ _DRIFT = 0.01
 
 def acquire_flow(ctx: Context, lock: _LockState) -> Flow[int]:
     """Take ``lock``, waiting (woken by releases) at most ``lock.wait`` seconds."""
-    handle = yield Watch(lock.key)  # before the first try: a release from now on wakes us
-    deadline = ctx.clock.monotonic() + lock.wait
-    waited = False
+    waiting = yield from watch_lease(ctx, lock.key, lock.wait)
     while True:
         sent = ctx.clock.monotonic()  # the lease starts no earlier than this
         got = yield Acquire(lock.key, lock.token, lock.ttl, lock.key + ":fence")
@@ -69,16 +67,10 @@ def acquire_flow(ctx: Context, lock: _LockState) -> Flow[int]:
             lock.leased(sent, lock.ttl)
             fence: int = got.fence
             return fence
-        remaining = deadline - ctx.clock.monotonic()
-        if remaining <= 0:
-            ctx.stats.incr("lock_timeouts")
+        if not (yield from wait_for_lease(ctx, waiting, got.remaining)):
             raise LockTimeout(
                 f"lock {lock.name!r} not acquired within {lock.wait}s", name=lock.name
             )
-        if not waited:
-            ctx.stats.incr("lock_waits")
-            waited = True
-        yield Wait(handle, min(remaining, got.remaining + _LEASE_MARGIN))
 
 
 def extend_flow(ctx: Context, lock: _LockState, ttl: float) -> Flow[None]:
@@ -119,7 +111,7 @@ class _LockState:
 
     def leased(self, since: float, ttl: float) -> None:
         """Note a lease of ``ttl`` granted no earlier than ``since`` (acquire or extend)."""
-        self.lapses_at = since + ttl * (1 - _DRIFT) - _LEASE_MARGIN
+        self.lapses_at = since + ttl * (1 - _DRIFT) - LEASE_MARGIN
 
     def acquired(self, fence: int | None, owner: object) -> None:
         self.fencing_token, self.held, self.lost, self.owner = fence, True, False, owner
