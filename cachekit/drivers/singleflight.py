@@ -212,10 +212,11 @@ class AsyncFlights:
 
 
 class _SyncRead:
-    __slots__ = ("done", "epoch", "error", "result")
+    __slots__ = ("done", "epoch", "error", "finished", "result")
 
     def __init__(self, epoch: int) -> None:
         self.epoch = epoch
+        self.finished = False
         self.done: threading.Event | None = None  # made by the first follower
         self.result: bytes | None = None
         self.error: BaseException | None = None
@@ -223,6 +224,12 @@ class _SyncRead:
 
 class SyncReads:
     """Coalesced ``GET`` for threads: one read of a key in flight at a time, per epoch.
+
+    A reader takes no lock (a hit must stay cheap): it registers with ``setdefault``,
+    which is atomic, and when done sets ``finished`` before it looks for an event to set;
+    a follower publishes its event (under the lock, so followers agree on one) before it
+    looks at ``finished``. Whatever the interleaving, one of them sees the other's write,
+    so no follower waits for a wake-up that never comes.
 
     Usage::
 
@@ -241,35 +248,50 @@ class SyncReads:
         """``run(Get(key))``, or the reply of such a read in flight since this caller's
         epoch; a failed read's error is raised to every caller that shared it."""
         epoch = WRITES.epoch(key)  # before looking: a write completed later is not ours
+        calls = self._calls
         while True:
-            with self._lock:
-                call = self._calls.get(key)
-                if call is None or call.epoch != epoch:
-                    call = self._calls[key] = _SyncRead(epoch)
-                    break
-                done = call.done
-                if done is None:
-                    done = call.done = threading.Event()
-            self._stats.incr("reads_coalesced")
-            done.wait()
-            if call.error is None:
-                return call.result
-            if isinstance(call.error, Exception):
-                raise call.error
-            # The reader was interrupted (not a failed read): read again, or join another.
+            call = calls.get(key)
+            if call is not None and call.epoch == epoch:
+                self._follow(call)
+                if call.error is None:
+                    return call.result
+                if isinstance(call.error, Exception):
+                    raise call.error
+                continue  # the reader was interrupted (not a failed read): read again
+            mine = _SyncRead(epoch)
+            if call is None:
+                if calls.setdefault(key, mine) is not mine:
+                    continue  # another thread began a read meanwhile: look again
+            else:
+                calls[key] = mine  # an older epoch's read: newcomers share ours instead
+            break
         try:
-            call.result = run(Get(key))
-            return call.result
+            mine.result = run(Get(key))
+            return mine.result
         except BaseException as exc:
-            call.error = exc
+            mine.error = exc
             raise
         finally:
-            with self._lock:
-                if self._calls.get(key) is call:
-                    del self._calls[key]
-                done = call.done
+            if calls.get(key) is mine:
+                # (A newer read replacing ours just now may be dropped: it is then shared
+                # with fewer callers, never with a wrong one.)
+                calls.pop(key, None)
+            mine.finished = True
+            done = mine.done
             if done is not None:
                 done.set()
+
+    def _follow(self, call: _SyncRead) -> None:
+        """Wait until ``call`` is finished."""
+        self._stats.incr("reads_coalesced")
+        if call.finished:
+            return
+        with self._lock:
+            done = call.done
+            if done is None:
+                done = call.done = threading.Event()
+        if not call.finished:
+            done.wait()
 
 
 class _AsyncRead:
@@ -314,16 +336,18 @@ class AsyncReads:
         try:
             result = await run(Get(key))
         except BaseException as exc:
-            self._settle(key, call, None, exc)
+            if self._calls.get(key) is call:
+                del self._calls[key]
+            self._settle(call, None, exc)
             raise
-        self._settle(key, call, result, None)
-        return result
-
-    def _settle(
-        self, key: str, call: _AsyncRead, result: bytes | None, exc: BaseException | None
-    ) -> None:
         if self._calls.get(key) is call:
             del self._calls[key]
+        if call.followers:
+            self._settle(call, result, None)
+        return result
+
+    @staticmethod
+    def _settle(call: _AsyncRead, result: bytes | None, exc: BaseException | None) -> None:
         if exc is not None and not isinstance(exc, Exception):
             exc = _Cancelled()  # cancelled or interrupted: not the read's outcome
         for future in call.followers:

@@ -35,7 +35,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import math
+import os
 import secrets
+import statistics
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -116,12 +118,16 @@ async def build(spec: Spec, load: Loader) -> Built:
         from cachekit import Cache
 
         cache = Cache.from_url(spec.url, prefix=base, max_connections=POOL)
+
+        async def raw_get(item: str) -> Any:  # decorated calls coalesce: fill its pool with GETs
+            return await cache.get(f"warm:{item}")
+
         if spec.kind == "ck-stale":
             main = cache.cached(ttl=STALE_TTL, stale=STALE_WINDOW, key="herd:{item}")(load)
             hot = cache.cached(ttl=COLD_TTL, stale=STALE_WINDOW, key="hot:{item}")(load)
-            return {"main": main, "hot": hot}, cache.close, cache.stats
+            return {"main": main, "hot": hot, "fill": raw_get}, cache.close, cache.stats
         cold = cache.cached(ttl=COLD_TTL, key="herd:{item}", lock=spec.kind == "ck-lock")(load)
-        return {"main": cold, "hot": cold}, cache.close, cache.stats
+        return {"main": cold, "hot": cold, "fill": raw_get}, cache.close, cache.stats
     if spec.kind.startswith("cashews"):
         from cashews import cache as cashews
 
@@ -455,8 +461,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         spec = Spec("", url, run.run, 0, args.callers)
         try:
             packages = ("cachekit", "redis", "hiredis", "cashews")
-            env = environment(admin.info("server"), url, packages=packages)
+            # Other work on the machine skews every latency here: say how much there was.
+            details = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+            load_before = os.getloadavg()[0]
+            env = environment(admin.info("server"), url, packages=packages, details=details)
             rows = {f: run_family(run, spec, f, h, args.repeats) for f, h in families.items()}
+            env["load average"] = f"{load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end"
         finally:
             with suppress(redis.RedisError, OSError):
                 delete_run_keys(admin, run.run)
@@ -467,6 +477,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     print(environment_line(env))
     tables: dict[str, list[dict[str, str]]] = {}
+    goals: dict[str, dict[str, Any]] = {}
     for family, herds in families.items():
         for name, _ in herds:
             ms = loads_ms[name]
@@ -479,7 +490,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"\n{title(name, ms)}\n")
             cells = tables[name]
             print(markdown_table(cells, TEXT_COLUMNS) if args.markdown else text_table(cells))
-            print(goal(rows[family], name, ms))
+            line, goals[name] = goal(rows[family], name, ms)
+            print(line)
     herds_json = {
         row.contender.label: {name: [summary(h) for h in hs] for name, hs in row.herds.items()}
         for family_rows in rows.values()
@@ -487,7 +499,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     settings = {k: v for k, v in vars(args).items() if k not in ("json", "url")}
     write_json(
-        args.json, {"settings": settings, "environment": env, "tables": tables, "herds": herds_json}
+        args.json,
+        {
+            "settings": settings,
+            "environment": env,
+            "goals": goals,
+            "tables": tables,
+            "herds": herds_json,
+        },
     )
 
 
@@ -503,29 +522,54 @@ def summary(h: Herd) -> dict[str, Any]:
     }
 
 
-def goal(rows: Sequence[Row], name: str, ms: float) -> str:
-    """cachekit's first contender against the peer (cashews) in the same run."""
+def goal(rows: Sequence[Row], name: str, ms: float) -> tuple[str, dict[str, Any]]:
+    """cachekit's first contender against the peer (cashews) in the same run: the line to
+    print and the figures for the JSON. Judged twice: on every caller of every herd pooled
+    (the worst herd decides) and on the median herd (the machine is shared and noisy)."""
     ours, peer = rows[0], rows[2 if name != "stale" else 1]
     if ours.error or peer.error:
-        return "goal: not judged (a contender failed)"
+        return "goal: not judged (a contender failed)", {"judged": False}
     key = "stale" if name == "stale" else name
+
+    def per_herd(row: Row, p: float) -> list[float]:
+        return [percentile(h.latencies_ms, p) for h in row.herds[key]]
+
     slowest = [max(pooled(row.herds[key]), default=math.nan) for row in (ours, peer)]
+    med_slowest = [statistics.median(per_herd(row, 100)) for row in (ours, peer)]
+    figures: dict[str, Any] = {
+        "slowest_ms": [round(x, 1) for x in slowest],
+        "slowest_per_herd_ms": [[round(x, 1) for x in per_herd(row, 100)] for row in (ours, peer)],
+    }
     if name == "stale":
         p99 = [percentile(pooled(row.herds[key]), 99) for row in (ours, peer)]
+        med_p99 = [statistics.median(per_herd(row, 99)) for row in (ours, peer)]
         met = p99[0] < p99[1] and slowest[0] <= STALE_SLOWEST_MS
-        return (
+        met_median = med_p99[0] < med_p99[1] and med_slowest[0] <= STALE_SLOWEST_MS
+        figures |= {"p99_ms": [round(x, 1) for x in p99], "median_herd_p99_ms": med_p99}
+        line = (
             f"goal: p99 below cashews' and slowest <= {STALE_SLOWEST_MS:g} ms: p99 {p99[0]:.1f} "
             f"vs {p99[1]:.1f} ms ({p99[0] / p99[1]:.2f}x), slowest {slowest[0]:.1f} ms: "
             + ("met" if met else "MISSED")
+            + f"; median herd: p99 {med_p99[0]:.1f} vs {med_p99[1]:.1f} ms, slowest "
+            f"{med_slowest[0]:.1f} ms: " + ("met" if met_median else "MISSED")
         )
-    below = name == "cold"  # the 0.5 s herd's goal is the time alone
-    met = slowest[0] <= ms + SLACK_MS and (slowest[0] < slowest[1] or not below)
-    return (
-        f"goal: {ours.contender.label} slowest <= {ms + SLACK_MS:g} ms"
-        + (" and below cashews': " if below else " (cashews'): ")
-        + f"{slowest[0]:.1f} vs {slowest[1]:.1f} ms ({slowest[0] / slowest[1]:.2f}x): "
-        + ("met" if met else "MISSED")
-    )
+    else:
+        below = name == "cold"  # the 0.5 s herd's goal is the time alone
+
+        def judge(pair: Sequence[float]) -> bool:
+            return pair[0] <= ms + SLACK_MS and (pair[0] < pair[1] or not below)
+
+        met, met_median = judge(slowest), judge(med_slowest)
+        line = (
+            f"goal: {ours.contender.label} slowest <= {ms + SLACK_MS:g} ms"
+            + (" and below cashews': " if below else " (cashews'): ")
+            + f"{slowest[0]:.1f} vs {slowest[1]:.1f} ms ({slowest[0] / slowest[1]:.2f}x): "
+            + ("met" if met else "MISSED")
+            + f"; median herd {med_slowest[0]:.1f} vs {med_slowest[1]:.1f} ms: "
+            + ("met" if met_median else "MISSED")
+        )
+    figures |= {"median_herd_slowest_ms": med_slowest, "met": met, "met_median_herd": met_median}
+    return line, figures
 
 
 def title(name: str, ms: float) -> str:

@@ -30,6 +30,7 @@ from cachekit.backends.memory import AsyncMemoryBackend, MemoryStore, SyncMemory
 from cachekit.backends.ops import Get, Op
 from cachekit.drivers.drive import AsyncDriver, SyncDriver
 from cachekit.drivers.notify import Waiters
+from cachekit.drivers.singleflight import WRITES, SyncReads
 from cachekit.exceptions import BackendUnavailable
 from cachekit.flow.context import Context, Policy
 from cachekit.flow.effects import Flow
@@ -243,7 +244,7 @@ def _refresh(rig: Rig) -> Flow[Any]:
 
 
 # writer -> (its flow, whether the other face runs it, what a caller after it must get)
-WRITES: dict[str, tuple[Callable[[Rig], Flow[Any]], bool, str]] = {
+WRITERS: dict[str, tuple[Callable[[Rig], Flow[Any]], bool, str]] = {
     "set": (_set, False, "v2"),
     "delete": (_delete, False, "v2"),
     "invalidate": (_invalidate, False, "v2"),
@@ -253,11 +254,11 @@ WRITES: dict[str, tuple[Callable[[Rig], Flow[Any]], bool, str]] = {
 }
 
 
-@pytest.mark.parametrize("writer", list(WRITES))
+@pytest.mark.parametrize("writer", list(WRITERS))
 async def test_a_caller_after_a_write_never_shares_a_get_sent_before_it(
     rig: Rig, writer: str
 ) -> None:
-    flow, other_face, expected = WRITES[writer]
+    flow, other_face, expected = WRITERS[writer]
     await rig.aio.drive(set_value(rig.ctx, KEY, "v1", 60))
     rig.source = "v2"  # the database after the write (loads and refreshes read it)
     rig.hold.arm()
@@ -280,9 +281,9 @@ async def test_a_caller_after_a_write_never_shares_a_get_sent_before_it(
     assert await early == "v1"
 
 
-@pytest.mark.parametrize("writer", list(WRITES))
+@pytest.mark.parametrize("writer", list(WRITERS))
 def test_a_thread_after_a_write_never_shares_a_get_sent_before_it(rig: Rig, writer: str) -> None:
-    flow, other_face, expected = WRITES[writer]
+    flow, other_face, expected = WRITERS[writer]
     rig.sync.drive(set_value(rig.ctx, KEY, "v1", 60))
     rig.source = "v2"
     rig.hold.arm()
@@ -489,3 +490,26 @@ def test_a_stale_herd_of_processes_reads_once_per_process_and_rebuilds_once(
         assert report["stats"]["reads_coalesced"] == callers - 1  # one GET a process
     # The workers then poll the key with GETs of their own until the rebuild lands.
     print(f"\n{processes} x {callers} callers, stale key: commands sent {dict(calls)}")
+
+
+def test_threads_hammering_a_few_keys_all_get_their_keys_value() -> None:
+    """The reader takes no lock: however threads interleave (and writes void the sharing
+    of reads in flight), each caller gets its own key's reply and none waits forever."""
+    reads = SyncReads(Stats())
+    keys = [f"hammer:{i}" for i in range(3)]
+
+    def run(op: Get) -> bytes | None:
+        time.sleep(0)  # let another thread in mid-read
+        return op.key.encode()
+
+    def worker(seed: int) -> int:
+        wrong = 0
+        for n in range(2000):
+            key = keys[(seed + n) % len(keys)]
+            if n % 97 == 0:
+                WRITES.wrote(key)
+            wrong += reads.get(key, run) != key.encode()
+        return wrong
+
+    with ThreadPoolExecutor(8) as pool:
+        assert sum(pool.map(worker, range(8), timeout=60)) == 0
