@@ -156,6 +156,22 @@ class _Cancelled(Exception):
     """The leader was cancelled; a follower should run the flight itself."""
 
 
+def _hand_over(
+    followers: list[asyncio.Future[Any]], result: Any, exc: BaseException | None
+) -> None:
+    """Give a leader's outcome to the futures of its followers (each has its own, so a
+    cancelled follower cancels nobody else); a cancelled leader's followers go again."""
+    if exc is not None and not isinstance(exc, Exception):
+        exc = _Cancelled()  # cancelled or interrupted: not the outcome of the work
+    for future in followers:
+        if future.done():
+            continue  # that follower was cancelled
+        if exc is None:
+            future.set_result(result)
+        else:
+            future.set_exception(exc)
+
+
 class AsyncFlights:
     """Single-flight for the coroutines of one event loop (keys are per loop).
 
@@ -168,7 +184,8 @@ class AsyncFlights:
     __slots__ = ("_calls", "_stats")
 
     def __init__(self, stats: Stats) -> None:
-        self._calls: dict[tuple[int, str], asyncio.Future[Any]] = {}
+        # A running flight's followers, each waiting on a future of its own.
+        self._calls: dict[tuple[int, str], list[asyncio.Future[Any]]] = {}
         self._stats = stats
 
     async def run(self, key: str, fn: Callable[[], Awaitable[T]], reuse: Reuse | None = None) -> T:
@@ -178,32 +195,31 @@ class AsyncFlights:
         """
         loop = asyncio.get_running_loop()
         slot = (id(loop), key)
-        while (future := self._calls.get(slot)) is not None:
+        while (followers := self._calls.get(slot)) is not None:
             self._stats.incr("coalesced")
+            future: asyncio.Future[T] = loop.create_future()
+            followers.append(future)
             try:
-                # shield: a cancelled follower must not cancel the leader's future.
-                result: T = await asyncio.shield(future)
+                result = await future
             except _Cancelled:
                 continue  # the leader was cancelled: lead a new flight (or join one)
             if reuse is None or reuse(result):
                 return result
-        future = self._calls[slot] = loop.create_future()
+        mine: list[asyncio.Future[Any]] = []
+        self._calls[slot] = mine
         try:
             value = await fn()
-        except asyncio.CancelledError:
-            future.set_exception(_Cancelled())
-            raise
         except BaseException as exc:
-            future.set_exception(exc)
+            self._end(slot, mine)
+            _hand_over(mine, None, exc)
             raise
-        else:
-            future.set_result(value)
-            return value
-        finally:
-            if self._calls.get(slot) is future:
-                del self._calls[slot]
-            if future.done() and not future.cancelled():
-                future.exception()  # mark retrieved: followers may be none
+        self._end(slot, mine)
+        _hand_over(mine, value, None)
+        return value
+
+    def _end(self, slot: tuple[int, str], flight: list[asyncio.Future[Any]]) -> None:
+        if self._calls.get(slot) is flight:
+            del self._calls[slot]
 
     def forget(self, key: str | None) -> None:
         """New callers of ``key`` (of every key, for ``None``) start a new flight."""
@@ -295,7 +311,7 @@ class SyncReads:
 
 
 class _AsyncRead:
-    __slots__ = ("epoch", "followers")
+    __slots__ = ("epoch", "followers")  # followers: as AsyncFlights' (_hand_over)
 
     def __init__(self, epoch: int) -> None:
         self.epoch = epoch
@@ -338,22 +354,10 @@ class AsyncReads:
         except BaseException as exc:
             if self._calls.get(key) is call:
                 del self._calls[key]
-            self._settle(call, None, exc)
+            _hand_over(call.followers, None, exc)
             raise
         if self._calls.get(key) is call:
             del self._calls[key]
         if call.followers:
-            self._settle(call, result, None)
+            _hand_over(call.followers, result, None)
         return result
-
-    @staticmethod
-    def _settle(call: _AsyncRead, result: bytes | None, exc: BaseException | None) -> None:
-        if exc is not None and not isinstance(exc, Exception):
-            exc = _Cancelled()  # cancelled or interrupted: not the read's outcome
-        for future in call.followers:
-            if future.done():
-                continue  # that follower was cancelled
-            if exc is None:
-                future.set_result(result)
-            else:
-                future.set_exception(exc)
