@@ -47,6 +47,7 @@ HELP: Final[Mapping[str, str]] = {
     "loads": "Calls of the wrapped loader (the database).",
     "load_errors": "Loader calls that raised.",
     "coalesced": "Callers that joined another caller's load in this process.",
+    "reads_coalesced": "Callers that shared another caller's GET of the key in this process.",
     "lock_waits": "Callers that waited for another process's load (the lease).",
     "lock_timeouts": "Waits that outlasted their bound.",
     "fallbacks": "Reads that failed open because Redis failed.",
