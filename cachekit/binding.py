@@ -27,7 +27,7 @@ from cachekit.context import Context
 from cachekit.exceptions import ConfigurationError, NotConfigured
 from cachekit.faces import AsyncFace, SyncFace
 from cachekit.keys import KeySpace
-from cachekit.notify import Listener, TaskListener, ThreadListener, Waiters
+from cachekit.notify import Listener, Waiters
 from cachekit.serializers import JsonSerializer, MsgpackSerializer, Serializer
 from cachekit.stats import LogOnce, Stats
 
@@ -230,7 +230,7 @@ def bind(
         stats=settings.stats,
         log=settings.log,
     )
-    # One subscription per process serves both faces: the sync client's if there is one.
+    # One listener per process serves both faces: the sync client's if there is one.
     if cluster is not None:
         from cachekit.sharded_notify import ShardedListener
 
@@ -238,9 +238,13 @@ def bind(
             cluster.connect, ctx.channel, waiters, settings.log, ctx.keyspace
         )
     elif sync_client is not None:
+        from cachekit.sharded_notify import ServerListener
+
         sync_redis = sync_client
-        listener = ThreadListener(lambda: sync_redis, ctx.channel, waiters, settings.log)
+        listener = ServerListener(lambda: sync_redis, ctx.channel, waiters, settings.log)
     elif client is not None:
+        from cachekit.sharded_notify import TaskListener
+
         # On the running loop's client: the listener restarts on a new loop when its own
         # loop is gone.
         listener = TaskListener(lambda: client_of(aio.backend), ctx.channel, waiters, settings.log)
