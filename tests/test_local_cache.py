@@ -26,7 +26,7 @@ import redis.sentinel
 
 from cachekit.backends.base import SyncBackend
 from cachekit.backends.bitmaps import MergeBits
-from cachekit.backends.leases import Fill
+from cachekit.backends.leases import Fill, waiting_key
 from cachekit.backends.memory import AsyncMemoryBackend, MemoryBackend, MemoryStore
 from cachekit.backends.near import AsyncNearBackend, NearBackend, ReadWithTtl, written_keys
 from cachekit.backends.ops import Delete, Get, Incr, Op, Ping, Publish, Set
@@ -245,7 +245,8 @@ def test_written_keys() -> None:
     assert written_keys(Set(KEY, b"v", 1, nx=True)) == ()  # only creates: nothing was kept
     assert written_keys(Delete(["a", "b"])) == ("a", "b")
     assert written_keys(Incr("n")) == ("n",)
-    assert written_keys(Fill(KEY, b"v", 1, "lease", b"t", "ch")) == (KEY, "lease")
+    fill = Fill(KEY, b"v", 1, "lease", b"t", "ch")
+    assert written_keys(fill) == (KEY, "lease", waiting_key(KEY))  # it clears the waiter record
     assert written_keys(RetireTags(["t1", "t2"], [b"a", b"b"])) == ("t1", "t2")
     assert written_keys(ReadTagged(KEY, ["t1"], [b"a"])) == ()
     merge = MergeBits([("p1", b"\x01"), ("p2", b"\x02")], "scratch", "count", 2)
