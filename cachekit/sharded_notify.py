@@ -441,8 +441,9 @@ class TaskListener:
 
     async def _run(self) -> None:
         backoff = _BACKOFF_MIN
-        poke = self._poke
+        poke, me = self._poke, asyncio.current_task()
         assert poke is not None
+        assert me is not None
         while not self.stopped:
             book = self._book
             book.where.clear()
@@ -456,10 +457,12 @@ class TaskListener:
                             poke.clear()
                             pending = await self._reconcile(pubsub)
                         tick = book.tick(pending)
+                        if me.cancelling():
+                            # A cancellation the short read timeouts below took for their
+                            # own (Python 3.11's asyncio.timeout can): end all the same.
+                            raise asyncio.CancelledError
                         if tick is None:  # nothing subscribed: sleep until a waiter comes
-                            with contextlib.suppress(TimeoutError):
-                                async with asyncio.timeout(_IDLE):
-                                    await poke.wait()
+                            await _woken(poke, _IDLE)
                             continue
                         message = await pubsub.get_message(timeout=tick)
                         while message is not None:
@@ -498,6 +501,18 @@ class TaskListener:
                 self.ready.set()
             return True
         return False
+
+
+async def _woken(event: asyncio.Event, seconds: float) -> None:
+    """Wait until ``event`` is set or ``seconds`` pass.
+
+    (No ``asyncio.timeout``: on Python 3.11 it can take a cancellation for its own expiry.)
+    """
+    waiting = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait((waiting,), timeout=seconds)
+    finally:
+        waiting.cancel()
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
