@@ -243,7 +243,7 @@ def bind(
         sync_redis = sync_client
         listener = ServerListener(lambda: sync_redis, ctx.channel, waiters, settings.log)
     elif client is not None:
-        from cachekit.sharded_notify import TaskListener
+        from cachekit.task_notify import TaskListener
 
         # On the running loop's client: the listener restarts on a new loop when its own
         # loop is gone.

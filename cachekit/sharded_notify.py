@@ -13,7 +13,8 @@ of the topic's home key on Cluster. Three listeners:
   on one connection, on a daemon thread, with the sync client;
 * :class:`ShardedListener` - Redis Cluster: ``SSUBSCRIBE`` on one connection per node
   (each node delivers its shard channels only to its own subscribers), on a daemon thread;
-* :class:`TaskListener` - a cache given only an async client: one connection, as a task.
+* :class:`~cachekit.task_notify.TaskListener` - a cache given only an async client: one
+  connection, as a task.
 
 A waiter registers before it looks at the state it waits on; its channel may be
 subscribed a moment after it looked. So each confirmed subscription wakes the waiters of
@@ -43,23 +44,36 @@ from cachekit.keys import KeySpace
 from cachekit.notify import Waiters
 from cachekit.stats import LogOnce
 
-__all__ = ["ServerListener", "ShardedListener", "TaskListener"]
+__all__ = [
+    "BACKOFF_MAX",
+    "BACKOFF_MIN",
+    "IDLE",
+    "ServerListener",
+    "ShardedListener",
+    "Subscriptions",
+]
 
 # Seconds a listener gives a read before it looks for new channels: short while someone
 # waits on a key (a subscription is late by at most this), longer while only topics are
 # followed (Bloom filters' adds), and it sleeps until told while nothing is subscribed.
 _TICK: Final = 0.005
 _TOPICS_TICK: Final = 0.05
-_IDLE: Final = 0.5
+IDLE: Final = 0.5
 _LINGER: Final = 5.0  # seconds an unused channel stays subscribed
-_BACKOFF_MIN: Final = 0.05
-_BACKOFF_MAX: Final = 1.0
+BACKOFF_MIN: Final = 0.05
+BACKOFF_MAX: Final = 1.0
 
 Wanted = dict[str, tuple[list[str], list[str]]]  # channel: (keys, topics)
 
 
-class _Book:
-    """What every listener keeps: the channels wanted, subscribed, confirmed and unused."""
+class Subscriptions:
+    """What every listener keeps: the channels wanted, subscribed, confirmed and unused.
+
+    Usage::
+
+        book = Subscriptions("shop:notify", waiters, lambda topic: "shop:notify")
+        subscribe, drop = book.plan(book.wanted())
+    """
 
     def __init__(self, channel: str, waiters: Waiters, topic_channel: Callable[[str], str]):
         self.channel = channel
@@ -139,13 +153,13 @@ class _ThreadListener:
         self.ready = threading.Event()
         self.stopped = False
         self._client = client
-        self._book = _Book(channel, waiters, topic_channel)
+        self._book = Subscriptions(channel, waiters, topic_channel)
         self._changed = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._subs: dict[str, Any] = {}  # the listener thread's own: per connection a PubSub
         self._retry_at = 0.0
-        self._backoff = _BACKOFF_MIN
+        self._backoff = BACKOFF_MIN
         waiters.on_change(self._changed.set)
 
     # How subclasses reach the server(s).
@@ -173,7 +187,7 @@ class _ThreadListener:
         self.stopped = True
         self._changed.set()
         if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(_IDLE * 2)
+            self._thread.join(IDLE * 2)
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.stop)
@@ -188,7 +202,7 @@ class _ThreadListener:
                 except Exception as exc:  # unreachable for now: try again later
                     self._lost(exc)
                     self._changed.wait(self._backoff)
-                    self._backoff = min(self._backoff * 2, _BACKOFF_MAX)
+                    self._backoff = min(self._backoff * 2, BACKOFF_MAX)
                     continue
                 self._serve(client)
         finally:
@@ -206,7 +220,7 @@ class _ThreadListener:
                 # One connection: block on it, so a message is handed over at once.
                 self._read(client, tick)
             elif not self._poll(client):
-                self._changed.wait(_IDLE if tick is None else tick)
+                self._changed.wait(IDLE if tick is None else tick)
 
     def _reconcile(self, client: Any) -> bool:
         """Subscribe what is wanted, drop what has been unused a while; whether work is left."""
@@ -267,7 +281,7 @@ class _ThreadListener:
         if kind == self.MESSAGE:
             self.waiters.notify(data.decode() if isinstance(data, bytes) else data)
         elif kind == self.SUBSCRIBED and self._book.confirm(channel):
-            self._backoff = _BACKOFF_MIN
+            self._backoff = BACKOFF_MIN
             self._changed.set()  # re-check readiness
         elif (
             kind == self.UNSUBSCRIBED
@@ -287,7 +301,7 @@ class _ThreadListener:
                 self._book.dropped(channel)
         self._lost(exc)
         self._retry_at = time.monotonic() + self._backoff
-        self._backoff = min(self._backoff * 2, _BACKOFF_MAX)
+        self._backoff = min(self._backoff * 2, BACKOFF_MAX)
         with contextlib.suppress(Exception):
             self._recover(client)
 
@@ -376,147 +390,3 @@ class ShardedListener(_ThreadListener):
 
     def _recover(self, client: Any) -> None:
         client.nodes_manager.initialize()  # learn who serves the slots now
-
-
-class TaskListener:
-    """The listener as an asyncio task, for caches that only have an async client.
-
-    It lives on the loop of the first waiter, on that loop's client; waiters on other
-    loops still wake at their bounds. When its loop is gone (closed, or its task ended
-    with it), the next waiter starts it again on its own loop.
-
-    Usage::
-
-        listener = TaskListener(lambda: async_client, "shop:notify", waiters, log)
-        listener.ensure_started()      # on a running loop
-    """
-
-    def __init__(
-        self, client: Callable[[], Any], channel: str, waiters: Waiters, log: LogOnce
-    ) -> None:
-        self.channel = channel
-        self.waiters = waiters
-        self.log = log
-        self.ready = threading.Event()
-        self.stopped = False
-        self._client = client
-        self._book = _Book(channel, waiters, lambda topic: channel)
-        self._task: asyncio.Task[None] | None = None
-        self._poke: asyncio.Event | None = None  # the running task's, set from any thread
-        waiters.on_change(self._changed)
-
-    def _changed(self) -> None:
-        task, poke = self._task, self._poke
-        if task is not None and poke is not None and not task.done():
-            with contextlib.suppress(RuntimeError):  # its loop closed: nothing to wake
-                task.get_loop().call_soon_threadsafe(poke.set)
-
-    def ensure_started(self) -> bool:
-        task = self._task
-        if task is not None and not task.done() and not task.get_loop().is_closed():
-            return False
-        self.stopped = False
-        self.ready.clear()
-        self._poke = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(self._run())
-        return True
-
-    def stop(self) -> None:
-        self.stopped = True
-        task = self._task
-        if task is None or task.done():
-            return
-        loop = task.get_loop()
-        if _running_loop() is loop:
-            task.cancel()
-        elif not loop.is_closed():  # another thread's loop: cancel it there
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(task.cancel)
-
-    async def aclose(self) -> None:
-        self.stop()
-        task = self._task
-        if task is not None and task.get_loop() is asyncio.get_running_loop():
-            await asyncio.gather(task, return_exceptions=True)
-
-    async def _run(self) -> None:
-        backoff = _BACKOFF_MIN
-        poke, me = self._poke, asyncio.current_task()
-        assert poke is not None
-        assert me is not None
-        while not self.stopped:
-            book = self._book
-            book.where.clear()
-            book.confirmed.clear()
-            book.unused_since.clear()
-            try:
-                async with self._client().pubsub() as pubsub:
-                    pending = True
-                    while not self.stopped:
-                        if pending or poke.is_set():
-                            poke.clear()
-                            pending = await self._reconcile(pubsub)
-                        tick = book.tick(pending)
-                        if me.cancelling():
-                            # A cancellation the short read timeouts below took for their
-                            # own (Python 3.11's asyncio.timeout can): end all the same.
-                            raise asyncio.CancelledError
-                        if tick is None:  # nothing subscribed: sleep until a waiter comes
-                            await _woken(poke, _IDLE)
-                            continue
-                        message = await pubsub.get_message(timeout=tick)
-                        while message is not None:
-                            if self._handle(message):
-                                backoff = _BACKOFF_MIN
-                            message = await pubsub.get_message(timeout=0.0)
-            except Exception as exc:  # any failure: resubscribe later, never die silently
-                self.ready.clear()
-                self.log.warning(
-                    ("subscription", type(exc)), "cachekit: notifications lost (%s)", exc
-                )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, _BACKOFF_MAX)
-
-    async def _reconcile(self, pubsub: Any) -> bool:
-        wanted = self._book.wanted()
-        subscribe, drop = self._book.plan(wanted)
-        for channel in drop:
-            self._book.dropped(channel)
-            await pubsub.unsubscribe(channel)
-        for channel in subscribe:
-            await pubsub.subscribe(channel)
-            self._book.where[channel] = "server"
-        if not wanted or all(channel in self._book.confirmed for channel in wanted):
-            self.ready.set()
-        return self._book.pending(wanted)
-
-    def _handle(self, message: dict[str, Any]) -> bool:
-        """Hand a message over; whether it confirmed a subscription."""
-        kind, channel, data = message["type"], message["channel"], message["data"]
-        channel = channel.decode() if isinstance(channel, bytes) else channel
-        if kind == "message":
-            self.waiters.notify(data.decode() if isinstance(data, bytes) else data)
-        elif kind == "subscribe" and self._book.confirm(channel):
-            if all(c in self._book.confirmed for c in self._book.wanted()):
-                self.ready.set()
-            return True
-        return False
-
-
-async def _woken(event: asyncio.Event, seconds: float) -> None:
-    """Wait until ``event`` is set or ``seconds`` pass.
-
-    (No ``asyncio.timeout``: on Python 3.11 it can take a cancellation for its own expiry.)
-    """
-    waiting = asyncio.ensure_future(event.wait())
-    try:
-        await asyncio.wait((waiting,), timeout=seconds)
-    finally:
-        waiting.cancel()
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None

@@ -23,11 +23,12 @@ import pytest
 import redis
 
 from cachekit import Cache
-from cachekit.backends.leases import Acquire, Fill, Invalidate, Release, TakeLease, waiting_key
+from cachekit.backends.leases import Acquire, Fill, Invalidate, Release, TakeLease
 from cachekit.backends.memory import MemoryBackend, MemoryStore
 from cachekit.backends.ops import Get, Op
 from cachekit.backends.redis import RedisBackend
 from cachekit.backends.shards import shard_channel
+from cachekit.backends.waiting import waiting_key
 from cachekit.notify import SyncWaiter, Waiters
 from cachekit.sharded_notify import ServerListener
 from cachekit.stats import LogOnce

@@ -26,12 +26,13 @@ import redis.sentinel
 
 from cachekit.backends.base import SyncBackend
 from cachekit.backends.bitmaps import MergeBits
-from cachekit.backends.leases import Fill, waiting_key
+from cachekit.backends.leases import Fill
 from cachekit.backends.memory import AsyncMemoryBackend, MemoryBackend, MemoryStore
 from cachekit.backends.near import AsyncNearBackend, NearBackend, ReadWithTtl, written_keys
 from cachekit.backends.ops import Delete, Get, Incr, Op, Ping, Publish, Set
 from cachekit.backends.redis import connect
 from cachekit.backends.tags import ReadTagged, RetireTags
+from cachekit.backends.waiting import waiting_key
 from cachekit.envelope import encode
 from cachekit.exceptions import BackendError, BackendUnavailable, ConfigurationError
 from cachekit.local import LOCAL_COUNTERS, LocalCache

@@ -28,7 +28,7 @@ from cachekit.backends.perloop import client_of
 from cachekit.faces import AsyncFace
 from cachekit.local import LocalCache
 from cachekit.sessions import CartStore
-from cachekit.sharded_notify import TaskListener
+from cachekit.task_notify import TaskListener
 from cachekit.testing import FakeClock
 from tests.response_cache_apps import Shop, build_app
 from tests.starlette_testclient import TestClient

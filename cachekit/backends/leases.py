@@ -4,20 +4,12 @@ A lease (or lock) key holds a random token and always has a TTL. Whoever holds t
 may fill the value it guards (:class:`Fill`, refused once the lease is gone: no stale
 set), release it (:class:`Release`) or extend it.
 
-Waiters wake on the event instead of polling, and the cost of that follows the waiters,
-not the fleet: a request refused because someone else holds the lease or lock
-(:class:`TakeLease`, :class:`Acquire`) also records, in the same script, that a waiter now
-exists (:func:`waiting_key`, beside the key it waits on); a fill, release or invalidation
-deletes that record and announces the key *only if it was there*, on the key's own
-channel (``<channel>:{<hash tag>}``, :func:`~cachekit.backends.shards.shard_channel`),
-which only processes that wait on the key subscribe to. No lost wake-up: both scripts
-are atomic, so a waiter's refusal runs either before the fill (the fill finds the record
-and announces) or after it (the lease was gone: the waiter is not refused, it gets the
-lease and the value). A record outlives the lease it was made under by
-:data:`WAITING_SLACK`, longer than the waiter sleeps before it asks again (which makes a
-new record). All keys of one script share a hash tag, hence one Cluster slot; on Cluster
-the announcement goes by ``SPUBLISH`` (:mod:`cachekit.backends.shards`): the scripts take
-the command and channel as arguments.
+A request refused because someone else holds the lease or lock (:class:`TakeLease`,
+:class:`Acquire`) records a waiter, and a fill, release or invalidation announces the key
+only to recorded waiters, on the key's own channel (:mod:`cachekit.backends.waiting`
+states the protocol and why no wake-up is lost). All keys of one script share a hash
+tag, hence one Cluster slot; on Cluster the announcement goes by ``SPUBLISH``: the
+scripts take the command and channel as arguments.
 A lease taken by a read path is first *on probation* (:data:`LEASE_PROBATION`): its
 request carries that short expiry, and the holder's watchdog extends it to the whole lease
 (a token-checked renewal, :mod:`cachekit.watchdog`) once the holder has the reply and is
@@ -43,13 +35,19 @@ from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
 from cachekit.backends.ops import Op, Script, Store, ms
-from cachekit.backends.shards import on_shards, shard_channel
+from cachekit.backends.shards import on_shards
+from cachekit.backends.waiting import (
+    WAITING_SLACK,
+    announce_to_waiters,
+    key_announcement,
+    record_waiter,
+    waiting_key,
+)
 
 __all__ = [
     "FENCE_TTL_FLOOR",
     "FENCE_TTL_LEASES",
     "LEASE_PROBATION",
-    "WAITING_SLACK",
     "Acquire",
     "Acquired",
     "Fill",
@@ -58,38 +56,7 @@ __all__ = [
     "Release",
     "TakeLease",
     "fence_ttl",
-    "waiting_key",
 ]
-
-# How long a waiter's record outlives the lease it was refused by: longer than the waiter
-# sleeps past that lease (a few ms) before it asks again and so records itself anew.
-WAITING_SLACK: Final = 1.0
-
-
-def waiting_key(key: str) -> str:
-    """The record that someone waits to hear about ``key`` (same hash tag, same slot).
-
-    Usage::
-
-        waiting_key("shop:{product:5}")    # 'shop:{product:5}:waiting'
-    """
-    return key + ":waiting"
-
-
-def _announce(channel: str, key: str, sharded: bool) -> tuple[str, str]:
-    """``(command, channel)`` that announce a change to ``key`` to its waiters only."""
-    return ("SPUBLISH" if sharded else "PUBLISH"), shard_channel(channel, key)
-
-
-def _record_waiter(store: Store, key: str, remaining: float) -> None:
-    """What a refused :class:`TakeLease` or :class:`Acquire` records, in memory."""
-    store.write(waiting_key(key), b"1", remaining + WAITING_SLACK)
-
-
-def _announced(store: Store, channel: str, key: str) -> None:
-    """What a fill, release or invalidation announces, in memory: only to recorded waiters."""
-    if store.remove(waiting_key(key)):
-        store.publish(shard_channel(channel, key), key)
 
 
 class Acquired(NamedTuple):
@@ -202,7 +169,7 @@ class Acquire(Op[Acquired]):
         ours = holder == self.token  # as in the script: a resend finds our own acquisition
         if holder is not None and not ours:
             remaining = store.remaining(self.key) or 0.001
-            _record_waiter(store, self.key, remaining)
+            record_waiter(store, self.key, remaining)
             return Acquired(False, 0, remaining)
         if not ours:
             store.write(self.key, self.token, self.ttl)
@@ -301,7 +268,7 @@ class TakeLease(Op[Leased]):
             return Leased(True, store.read(self.value_key), 0.0)
         if holder is not None:
             remaining = store.remaining(self.key) or 0.001
-            _record_waiter(store, self.value_key, remaining)
+            record_waiter(store, self.value_key, remaining)
             return Leased(False, None, remaining)
         # No probation here: an in-process store runs a request when it is made, never
         # after its caller gave up, and a fake clock may pass a whole probation inside a
@@ -348,7 +315,7 @@ class Fill(Op[bool]):
     script = _FILL
 
     def script_call(self) -> tuple[Sequence[str], Sequence[Any]]:
-        announce = _announce(self.channel, self.key, self.sharded)
+        announce = key_announcement(self.channel, self.key, self.sharded)
         args = (self.token, self.value, ms(self.ttl), "1" if self.nx else "0", *announce)
         return (self.key, self.lease, waiting_key(self.key)), args
 
@@ -364,7 +331,7 @@ class Fill(Op[bool]):
         if not self.nx or store.read(self.key) is None:
             store.write(self.key, self.value, self.ttl)
         store.remove(self.lease)
-        _announced(store, self.channel, self.key)
+        announce_to_waiters(store, self.channel, self.key)
         return True
 
 
@@ -399,7 +366,7 @@ class Release(Op[bool]):
         message = self.message or self.key
         return (self.key, waiting_key(message)), (
             self.token,
-            *_announce(self.channel, message, self.sharded),
+            *key_announcement(self.channel, message, self.sharded),
             message,
         )
 
@@ -413,7 +380,7 @@ class Release(Op[bool]):
         if store.read(self.key) != self.token:
             return False
         store.remove(self.key)
-        _announced(store, self.channel, self.message or self.key)
+        announce_to_waiters(store, self.channel, self.message or self.key)
         return True
 
 
@@ -444,7 +411,7 @@ class Invalidate(Op[int]):
 
     def script_call(self) -> tuple[Sequence[str], Sequence[Any]]:
         keys = (*self.keys, waiting_key(self.keys[0]))
-        return keys, _announce(self.channel, self.keys[0], self.sharded)
+        return keys, key_announcement(self.channel, self.keys[0], self.sharded)
 
     def for_cluster(self) -> Op[int]:
         return on_shards(self)
@@ -454,5 +421,5 @@ class Invalidate(Op[int]):
 
     def apply(self, store: Store) -> int:
         removed = sum(store.remove(key) for key in self.keys)
-        _announced(store, self.channel, self.keys[0])
+        announce_to_waiters(store, self.channel, self.keys[0])
         return removed
