@@ -59,7 +59,7 @@ def _counting() -> list[int]:
         count[0] += 1
         original(self, key)
 
-    notify.Waiters.notify = notify_counted  # type: ignore[method-assign]
+    notify.Waiters.notify = notify_counted
     return count
 
 
