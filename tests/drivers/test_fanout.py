@@ -25,7 +25,8 @@ import redis
 from cachekit import Cache
 from cachekit.backends.memory import MemoryStore, SyncMemoryBackend
 from cachekit.backends.ops import Get, Op
-from cachekit.backends.ops.leases import Acquire, Fill, Invalidate, Release, TakeLease
+from cachekit.backends.ops.leases import Fill, Invalidate, Release, TakeLease
+from cachekit.backends.ops.locks import Acquire
 from cachekit.backends.ops.waiting import waiting_key
 from cachekit.backends.redis import SyncRedisBackend
 from cachekit.backends.shards import shard_channel
