@@ -312,6 +312,7 @@ async def test_a_caller_whose_read_failed_gets_a_value_when_the_flight_it_joined
     first = asyncio.create_task(read_row(1))
     await loader.started.wait()  # the flight holds the lease and is loading
     backend = memory_cache.bound().aio.backend
+    assert isinstance(backend, AsyncMemoryBackend)
     real_run = AsyncMemoryBackend.run
     lease = lease_key(memory_cache.bound().ctx.keyspace.prefix, "row:1")
     assert await real_run(backend, Delete([lease])) == 1  # the lease is lost (not invalidated)
