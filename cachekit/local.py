@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     import redis
     import redis.asyncio
 
-    from cachekit.tracking import InvalidationChannel
+    from cachekit.tracking import Channel
 
 __all__ = ["LOCAL_COUNTERS", "LocalCache", "Mode"]
 
@@ -136,7 +136,7 @@ class LocalCache:
         self._scope: str | None = None  # "<prefix>:" once started: only keys under it
         self._prefix: str | None = None
         self._resolved: Literal["tracking", "pubsub"] | None = None
-        self._channel: InvalidationChannel | None = None
+        self._channel: Channel | None = None
         self._log = LogOnce(logger)
 
     # ------------------------------------------------------------------ life cycle
@@ -145,7 +145,9 @@ class LocalCache:
         """Cache keys under ``<prefix>:`` and start the invalidation channel to ``source``.
 
         ``source`` is a Redis URL or a client (its host, port, database and credentials
-        are used for one dedicated connection). ``None`` starts no channel: whoever
+        are used for one dedicated connection); a ``redis+cluster://`` URL follows every
+        primary of that Cluster (:mod:`cachekit.cluster_tracking`), and a Sentinel-managed
+        client the primary its Sentinels name. ``None`` starts no channel: whoever
         started the cache then reports the channel through :meth:`channel_up`,
         :meth:`channel_down` and :meth:`invalidate` (tests do).
 
@@ -155,8 +157,12 @@ class LocalCache:
         """
         if not prefix:
             raise ConfigurationError("a near cache needs a non-empty key prefix")
-        channel = None
-        if source is not None:
+        channel: Channel | None = None
+        if isinstance(source, str) and source.startswith("redis+cluster:"):
+            from cachekit.cluster_tracking import ClusterChannel
+
+            channel = ClusterChannel(source, prefix, self, mode=self.mode)  # checks source
+        elif source is not None:
             from cachekit.tracking import InvalidationChannel
 
             channel = InvalidationChannel(source, prefix, self, mode=self.mode)  # checks source
@@ -209,6 +215,15 @@ class LocalCache:
         if prefix is None or self.mode == "tracking" or self._resolved == "tracking":
             return None
         return f"{prefix}:__local__"
+
+    def follows(self, node: str | None) -> bool:
+        """Whether a value read from Cluster node ``node`` may be kept: that node's
+        invalidations have been followed since the layer last went dark (``None``: not a
+        Cluster, always). A node the topology has not shown yet (a new primary, a promoted
+        replica) is not followed until its channel is up.
+        """
+        channel = self._channel
+        return node is None or channel is None or channel.follows(node)
 
     def stats(self) -> dict[str, int]:
         """The counters of :data:`LOCAL_COUNTERS`, no I/O.

@@ -38,13 +38,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import suppress
+from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol
 
 import redis
 import redis.asyncio
 import redis.connection
+import redis.sentinel
 import redis.utils
 from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
@@ -55,7 +57,7 @@ from cachekit.backends.redis import PER_READ_TIMEOUT
 from cachekit.exceptions import ConfigurationError
 from cachekit.stats import LogOnce
 
-__all__ = ["InvalidationChannel", "Sink", "Source"]
+__all__ = ["Channel", "InvalidationChannel", "Sink", "Source", "Target", "node_target"]
 
 Source = str | redis.Redis | redis.asyncio.Redis
 ChannelMode = Literal["tracking", "pubsub"]
@@ -67,6 +69,7 @@ _IO_TIMEOUT: Final = 1.0  # connect, and read the rest of a reply that has begun
 _BACKOFF_MIN: Final = 0.05
 _BACKOFF_MAX: Final = 1.0
 _JOIN: Final = 3.0  # longer than any one blocking step of the thread (_IO_TIMEOUT)
+_WHERE_EVERY: Final = 1.0  # how often a Sentinel-found channel asks where the primary is
 # What identifies the server and the account: copied from a client's pool, nothing else
 # (its timeouts, retries and protocol are the channel's own).
 _IDENTITY: Final = frozenset(
@@ -98,6 +101,22 @@ class Sink(Protocol):
         ...
 
 
+class Channel(Protocol):
+    """What a :class:`~cachekit.local.LocalCache` holds: one channel, or a Cluster's many."""
+
+    def start(self) -> None:
+        """Start following invalidations (on a daemon thread)."""
+        ...
+
+    def stop(self) -> None:
+        """Stop; the sink is told the channel is down."""
+        ...
+
+    def follows(self, node: str) -> bool:
+        """Whether Cluster node ``node``'s invalidations are followed."""
+        ...
+
+
 class InvalidationChannel:
     """Keeps one invalidation connection alive on a daemon thread and feeds a :class:`Sink`.
 
@@ -114,8 +133,11 @@ class InvalidationChannel:
         channel.start()
     """
 
-    def __init__(self, source: Source, prefix: str, sink: Sink, *, mode: str = "auto") -> None:
-        self._target = _target(source)  # checked now: a wrong source fails start()
+    def __init__(
+        self, source: Source | Target, prefix: str, sink: Sink, *, mode: str = "auto"
+    ) -> None:
+        # Checked now: a wrong source fails start().
+        self._target = source if isinstance(source, Target) else _target(source)
         self._prefix = prefix
         self._sink = sink
         self._mode = mode
@@ -129,6 +151,10 @@ class InvalidationChannel:
         """The pub/sub channel of the fallback mode."""
         return f"{self._prefix}:__local__"
 
+    def follows(self, node: str) -> bool:
+        """Always: one server, no Cluster nodes."""
+        return True
+
     def start(self) -> None:
         """Start the thread (once)."""
         if self._thread is None:
@@ -137,11 +163,14 @@ class InvalidationChannel:
             )
             self._thread.start()
 
-    def stop(self) -> None:
-        """Stop the thread; it ends within a poll interval, and the sink is told."""
+    def stop(self, *, wait: bool = True) -> None:
+        """Stop the thread; it ends within a poll interval, and the sink is told.
+
+        ``wait=False`` returns at once (the thread ends on its own).
+        """
         self._stopped.set()
         thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
+        if wait and thread is not None and thread is not threading.current_thread():
             thread.join(_JOIN)
 
     # ------------------------------------------------------------------ the thread
@@ -159,7 +188,7 @@ class InvalidationChannel:
                 if lost:
                     logger.info("cachekit: near cache invalidations are back (%s)", mode)
                 lost, backoff = False, _BACKOFF_MIN
-                self._listen(conn, mode)
+                self._listen(pool, conn, mode)
             except Exception as exc:  # any failure: flush, reconnect later, never die
                 self._sink.channel_down()
                 if self._stopped.is_set():
@@ -182,7 +211,7 @@ class InvalidationChannel:
     def _open(self) -> tuple[redis.ConnectionPool, Any, ChannelMode]:
         """A connection on which invalidations now flow, and in which mode."""
         if not self._fallback:
-            pool = _pool(self._target, protocol=3)
+            pool = self._target.pool(3)
             try:
                 conn: Any = pool.get_connection()
                 # redis-py has no public hook for the push messages of a connection; its
@@ -200,7 +229,7 @@ class InvalidationChannel:
             except BaseException:
                 pool.disconnect()
                 raise
-        pool = _pool(self._target, protocol=2)
+        pool = self._target.pool(2)
         try:
             conn = pool.get_connection()
             conn.send_command("SUBSCRIBE", self.channel)
@@ -210,11 +239,17 @@ class InvalidationChannel:
             pool.disconnect()
             raise
 
-    def _listen(self, conn: Any, mode: ChannelMode) -> None:
-        """Read invalidations until stopped; raise when the connection fails or goes silent."""
-        heard = time.monotonic()
+    def _listen(self, pool: redis.ConnectionPool, conn: Any, mode: ChannelMode) -> None:
+        """Read invalidations until stopped; raise when the connection fails, goes silent,
+        or (found through Sentinel) is no longer on the primary."""
+        heard = asked = time.monotonic()
         pinged: float | None = None
+        moved = self._target.moved
         while not self._stopped.is_set():
+            if moved is not None and time.monotonic() - asked >= _WHERE_EVERY:
+                if moved(pool, conn):
+                    raise ConnectionError("the primary moved (a failover): reconnecting")
+                asked = time.monotonic()
             reply = _read(conn)  # tracking: pushes reach _on_invalidate inside the read
             if reply is not _NOTHING:
                 if mode == "pubsub":
@@ -265,21 +300,44 @@ def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
 
 
-Target = tuple[type[redis.connection.AbstractConnection], dict[str, Any]]
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where the channel connects: a pool of one connection with the channel's own settings.
+
+    ``pool(protocol)`` builds it (RESP3 for tracking, RESP2 for pub/sub); ``moved(pool,
+    conn)``, when given, is asked every second whether the connection is still on the
+    primary (Sentinel: the Sentinels name another one after a failover).
+    """
+
+    pool: Callable[[int], redis.ConnectionPool]
+    moved: Callable[[Any, Any], bool] | None = None
+
+
+def node_target(host: str, port: int, identity: dict[str, Any]) -> Target:
+    """The :class:`Target` of one server (a Cluster node): ``identity`` holds its
+    ``username`` and ``password``.
+
+    Usage::
+
+        channel = InvalidationChannel(node_target("10.0.0.7", 7000, {}), "shop", sink)
+    """
+    return _plain(redis.connection.Connection, {**identity, "host": host, "port": port})
 
 
 def _target(source: Source) -> Target:
-    """The sync connection class and the identity settings (server, database, account) of
-    ``source``; its own timeouts, retries and protocol are left behind, and so are options
-    that are not redis-py's (a cachekit URL's ``prefix=``, say)."""
+    """How to reach ``source``'s server, database and account, with the channel's own
+    timeouts, retries and protocol; options that are not redis-py's (a cachekit URL's
+    ``prefix=``, say) are left behind."""
     pool: Any = (
         redis.ConnectionPool.from_url(source)
         if isinstance(source, str)
         else getattr(source, "connection_pool", None)
     )
+    if isinstance(pool, redis.sentinel.SentinelConnectionPool):
+        return _sentinel(pool)
     # The first redis-py class in its ancestry decides: a subclass of a plain one
     # (cachekit's budgeted connection) connects the same way, and an async class has a
-    # sync twin of its name; a Sentinel-managed one finds its server at connect time.
+    # sync twin of its name.
     first = next(
         (
             c
@@ -289,27 +347,64 @@ def _target(source: Source) -> Target:
         None,
     )
     if first is not None and first.__name__ in _CONNECTIONS:
-        kwargs = {
-            name: value
-            for name, value in pool.connection_kwargs.items()
-            if name in _IDENTITY or name.startswith("ssl_")
-        }
-        return getattr(redis.connection, first.__name__), kwargs
+        return _plain(getattr(redis.connection, first.__name__), _identity(pool))
     raise ConfigurationError(
-        "a near cache needs a standalone Redis (a URL, or a client on a plain, TLS or "
-        f"unix-socket connection), not {type(source).__name__}"
+        "a near cache needs a Redis URL, or a sync client on a plain, TLS, unix-socket or "
+        f"Sentinel-managed connection, not {type(source).__name__}"
     )
 
 
-def _pool(target: Target, *, protocol: int) -> redis.ConnectionPool:
-    """A pool for the channel's one connection: short timeouts, no hidden retries."""
-    connection_class, kwargs = target
-    return redis.ConnectionPool(
-        connection_class=connection_class,
-        **kwargs,
-        protocol=protocol,
-        socket_timeout=_IO_TIMEOUT,
-        socket_connect_timeout=_IO_TIMEOUT,
-        retry=Retry(NoBackoff(), 0),
-        health_check_interval=0,
-    )
+def _identity(pool: Any) -> dict[str, Any]:
+    return {
+        name: value
+        for name, value in pool.connection_kwargs.items()
+        if name in _IDENTITY or name.startswith("ssl_")
+    }
+
+
+def _settings(protocol: int) -> dict[str, Any]:
+    """The channel's own connection settings: short timeouts, no hidden retries."""
+    return {
+        "protocol": protocol,
+        "socket_timeout": _IO_TIMEOUT,
+        "socket_connect_timeout": _IO_TIMEOUT,
+        "retry": Retry(NoBackoff(), 0),
+        "health_check_interval": 0,
+    }
+
+
+def _plain(
+    connection_class: type[redis.connection.AbstractConnection], kwargs: dict[str, Any]
+) -> Target:
+    def pool(protocol: int) -> redis.ConnectionPool:
+        return redis.ConnectionPool(
+            connection_class=connection_class, **kwargs, **_settings(protocol)
+        )
+
+    return Target(pool)
+
+
+def _sentinel(source: Any) -> Target:
+    """The primary that ``source``'s Sentinels name, asked again at every connect and every
+    second: a failover that left the old primary running (demoted, or cut off) still
+    moves the channel to the new one, which flushes the layer."""
+    manager, service = source.sentinel_manager, source.service_name
+    if not isinstance(manager, redis.sentinel.Sentinel):
+        raise ConfigurationError(
+            "a near cache behind Sentinel needs a sync master_for client (or a URL)"
+        )
+    kwargs = _identity(source)
+    kwargs.pop("host", None), kwargs.pop("port", None)
+
+    def pool(protocol: int) -> redis.ConnectionPool:
+        sentinel_pool: Any = redis.sentinel.SentinelConnectionPool  # untyped in redis-py
+        made: redis.ConnectionPool = sentinel_pool(
+            service, manager, **kwargs, **_settings(protocol)
+        )
+        return made
+
+    def moved(pool: Any, conn: Any) -> bool:
+        host, port = manager.discover_master(service)
+        return (str(host), int(port)) != (str(conn.host), int(conn.port))
+
+    return Target(pool, moved)
