@@ -45,6 +45,7 @@ from typing import Any, Final, Literal, Protocol
 
 import redis
 import redis.asyncio
+import redis.asyncio.sentinel
 import redis.connection
 import redis.sentinel
 import redis.utils
@@ -335,6 +336,10 @@ def _target(source: Source) -> Target:
     )
     if isinstance(pool, redis.sentinel.SentinelConnectionPool):
         return _sentinel(pool)
+    if isinstance(pool, redis.asyncio.sentinel.SentinelConnectionPool):
+        raise ConfigurationError(
+            "a near cache behind Sentinel needs a sync master_for client (or a URL)"
+        )
     # The first redis-py class in its ancestry decides: a subclass of a plain one
     # (cachekit's budgeted connection) connects the same way, and an async class has a
     # sync twin of its name.
@@ -389,10 +394,6 @@ def _sentinel(source: Any) -> Target:
     second: a failover that left the old primary running (demoted, or cut off) still
     moves the channel to the new one, which flushes the layer."""
     manager, service = source.sentinel_manager, source.service_name
-    if not isinstance(manager, redis.sentinel.Sentinel):
-        raise ConfigurationError(
-            "a near cache behind Sentinel needs a sync master_for client (or a URL)"
-        )
     kwargs = _identity(source)
     kwargs.pop("host", None), kwargs.pop("port", None)
 
