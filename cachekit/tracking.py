@@ -70,7 +70,6 @@ _IO_TIMEOUT: Final = 1.0  # connect, and read the rest of a reply that has begun
 _BACKOFF_MIN: Final = 0.05
 _BACKOFF_MAX: Final = 1.0
 _JOIN: Final = 3.0  # longer than any one blocking step of the thread (_IO_TIMEOUT)
-_WHERE_EVERY: Final = 1.0  # how often a Sentinel-found channel asks where the primary is
 # What identifies the server and the account: copied from a client's pool, nothing else
 # (its timeouts, retries and protocol are the channel's own).
 _IDENTITY: Final = frozenset(
@@ -189,7 +188,7 @@ class InvalidationChannel:
                 if lost:
                     logger.info("cachekit: near cache invalidations are back (%s)", mode)
                 lost, backoff = False, _BACKOFF_MIN
-                self._listen(pool, conn, mode)
+                self._listen(conn, mode)
             except Exception as exc:  # any failure: flush, reconnect later, never die
                 self._sink.channel_down()
                 if self._stopped.is_set():
@@ -240,17 +239,11 @@ class InvalidationChannel:
             pool.disconnect()
             raise
 
-    def _listen(self, pool: redis.ConnectionPool, conn: Any, mode: ChannelMode) -> None:
-        """Read invalidations until stopped; raise when the connection fails, goes silent,
-        or (found through Sentinel) is no longer on the primary."""
-        heard = asked = time.monotonic()
+    def _listen(self, conn: Any, mode: ChannelMode) -> None:
+        """Read invalidations until stopped; raise when the connection fails or goes silent."""
+        heard = time.monotonic()
         pinged: float | None = None
-        moved = self._target.moved
         while not self._stopped.is_set():
-            if moved is not None and time.monotonic() - asked >= _WHERE_EVERY:
-                if moved(pool, conn):
-                    raise ConnectionError("the primary moved (a failover): reconnecting")
-                asked = time.monotonic()
             reply = _read(conn)  # tracking: pushes reach _on_invalidate inside the read
             if reply is not _NOTHING:
                 if mode == "pubsub":
@@ -305,13 +298,10 @@ def _text(value: bytes | str) -> str:
 class Target:
     """Where the channel connects: a pool of one connection with the channel's own settings.
 
-    ``pool(protocol)`` builds it (RESP3 for tracking, RESP2 for pub/sub); ``moved(pool,
-    conn)``, when given, is asked every second whether the connection is still on the
-    primary (Sentinel: the Sentinels name another one after a failover).
+    ``pool(protocol)`` builds it: RESP3 for tracking, RESP2 for pub/sub.
     """
 
     pool: Callable[[int], redis.ConnectionPool]
-    moved: Callable[[Any, Any], bool] | None = None
 
 
 def node_target(host: str, port: int, identity: dict[str, Any]) -> Target:
@@ -390,12 +380,18 @@ def _plain(
 
 
 def _sentinel(source: Any) -> Target:
-    """The primary that ``source``'s Sentinels name, asked again at every connect and every
-    second: a failover that left the old primary running (demoted, or cut off) still
-    moves the channel to the new one, which flushes the layer."""
+    """The primary that ``source``'s Sentinels name, asked again at every (re)connect.
+
+    The channel follows the primary exactly as the data connections do: when a failover
+    demotes the old primary, the Sentinels have it drop its clients, and both reconnect to
+    the new one. (Asking the Sentinels on a timer instead would move the channel first,
+    while the data connections still read and write the old primary, not yet demoted, and
+    its writes would go unseen.)"""
     manager, service = source.sentinel_manager, source.service_name
     kwargs = _identity(source)
     kwargs.pop("host", None), kwargs.pop("port", None)
+    if issubclass(source.connection_class, redis.connection.SSLConnection):
+        kwargs["ssl"] = True  # the pool picks its TLS twin of the Sentinel-managed class
 
     def pool(protocol: int) -> redis.ConnectionPool:
         sentinel_pool: Any = redis.sentinel.SentinelConnectionPool  # untyped in redis-py
@@ -404,8 +400,4 @@ def _sentinel(source: Any) -> Target:
         )
         return made
 
-    def moved(pool: Any, conn: Any) -> bool:
-        host, port = manager.discover_master(service)
-        return (str(host), int(port)) != (str(conn.host), int(conn.port))
-
-    return Target(pool, moved)
+    return Target(pool)

@@ -406,6 +406,23 @@ def test_a_cluster_failover_under_load_serves_nothing_stale(
 
 
 @slow
+def test_a_sentinel_switchover_under_load_serves_nothing_stale(
+    private_sentinel: PrivateSentinel, keys: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    def switch(prefix: str) -> None:  # the old primary keeps running, as a replica
+        old = private_sentinel.primary_port()
+        sentinel = _client(private_sentinel.sentinels[0].port)
+        try:
+            execute: Any = sentinel.execute_command
+            execute("SENTINEL", "FAILOVER", private_sentinel.service)
+        finally:
+            sentinel.close()
+        private_sentinel.wait_failover(old)
+
+    _during(private_sentinel.url, keys, switch, capsys, "Sentinel switchover")
+
+
+@slow
 def test_a_sentinel_failover_under_load_serves_nothing_stale(
     private_sentinel: PrivateSentinel, keys: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
