@@ -376,7 +376,9 @@ def _during(
             event(prefix)
             assert local.wait_ready(30)
             hits = local.stats()["local_hits"]
-            time.sleep(1.5)
+            # Serving again, once the breaker (opened by the failover) lets fills through.
+            assert eventually(lambda: local.stats()["local_hits"] > hits + 100, within=30)
+            time.sleep(0.5)
         check(load, local, local.stats()["local_hits"] - hits, capsys, what)
     finally:
         reader.sync.close()
