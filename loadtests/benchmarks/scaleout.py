@@ -4,7 +4,7 @@ Two measurements, on a private Cluster of 3 primaries (no replicas) started for 
 
 * **Hit throughput and p99, near cache off and on.** ``--processes`` worker processes
   (4) each hold two caches on the same keys, one plain and one with a
-  :class:`~cachekit.local.LocalCache`, and call ``cache.sync.get`` in a closed loop for
+  :class:`~cachekit.near.local.LocalCache`, and call ``cache.sync.get`` in a closed loop for
   ``--seconds`` per round on keys drawn from a Zipf distribution (``--keys`` keys,
   exponent ``--zipf``), every key present. The two modes alternate in interleaved rounds
   (``--rounds``); throughput is the calls of all workers per second of a round, p50/p99
@@ -38,13 +38,13 @@ from typing import Any
 from redis.cluster import ClusterNode, RedisCluster
 
 from cachekit import Cache
-from cachekit.local import LocalCache
+from cachekit.near.local import LocalCache
 from loadtests.harness import RESULTS
 from loadtests.harness.args import bench_parser, parse, write_json
 from loadtests.harness.fleet import Fleet, receive
 from loadtests.harness.rounds import rotation
 from loadtests.harness.tables import environment, environment_line, percentile, text_table
-from tests.servers import PrivateCluster, PrivateServer, server_binary
+from tests.support.servers import PrivateCluster, PrivateServer, server_binary
 
 MODES = ("near off", "near on")
 

@@ -31,7 +31,7 @@ import redis.connection
 from loadtests.harness import RESULTS
 from loadtests.harness.args import bench_parser, parse, write_json
 from loadtests.harness.tables import environment, environment_line, text_table
-from tests.servers import PrivateServer, server_binary
+from tests.support.servers import PrivateServer, server_binary
 
 PREFIX = "tm"
 
