@@ -18,6 +18,9 @@ channel is down, and at once when one drops). What a change does, and why it is 
   returns ``CLUSTER MYID`` and a value is installed only from a node whose channel is up
   (:meth:`ClusterChannel.follows`). A primary demoted while alive becomes a replica of
   the new one and keeps sending the invalidations of the writes it replicates.
+* **A partition** that fails a primary over while this process still reaches the old one
+  (which then replicates nothing) is seen at the next poll: copies from it may outlive a
+  write on the new primary by up to a second.
 
 Usage::
 
