@@ -31,6 +31,7 @@ Usage::
 from __future__ import annotations
 
 import logging
+import random
 import threading
 from collections.abc import Iterable
 from contextlib import suppress
@@ -130,7 +131,8 @@ class ClusterChannel:
                 "(use 'auto' or 'tracking')"
             )
         nodes = parse_nodes(url)  # checks the URL
-        self._seeds = list(nodes.addresses)
+        # Shuffled: a fleet's topology polls spread over the nodes, not all on the first.
+        self._seeds = random.sample(nodes.addresses, len(nodes.addresses))
         self._identity = {"username": nodes.username, "password": nodes.password}
         self._prefix = prefix
         self._sink = sink
@@ -228,6 +230,7 @@ class ClusterChannel:
                 self._ask = None
         with self._lock:
             known = [node.address for node in self._nodes.values()]
+        random.shuffle(known)
         error: Exception | None = None
         for host, port in dict.fromkeys([*known, *self._seeds]):
             connection: Any = redis.connection.Connection
