@@ -11,7 +11,9 @@ answers a ``Get`` from it and fills it; everything else goes to Redis. Its rules
 * **Invalidated by the server.** One background thread (:mod:`cachekit.near.channel`) holds a
   RESP3 connection with ``CLIENT TRACKING ON BCAST PREFIX <prefix>:``; every write to a key
   under the prefix, by any client, drops the local copy. Servers without tracking: pub/sub
-  messages that every near cache of the fleet publishes after its writes.
+  messages that every near cache of the fleet publishes after its writes. On Cluster, one
+  such connection per primary, following the topology (:mod:`cachekit.near.cluster`);
+  behind Sentinel, on the primary the Sentinels name.
 * **No channel, no local answers.** Until the channel is up, and from the moment it drops
   until it is back, every read goes to Redis (pure pass-through), and the layer is flushed
   on the drop and again when the channel returns.
