@@ -33,10 +33,10 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import redis
 import redis.connection
@@ -48,7 +48,7 @@ from cachekit.exceptions import ConfigurationError
 from cachekit.near.channel import ChannelMode, InvalidationChannel, Sink, node_target
 from cachekit.stats import LogOnce
 
-__all__ = ["ClusterChannel", "Topology", "topology"]
+__all__ = ["ClusterChannel", "NodeChannel", "Topology", "topology"]
 
 _EVERY: Final = 1.0  # seconds between topology polls while every channel is up
 _EVERY_DARK: Final = 0.1  # ... while one is down (a failover is being followed)
@@ -78,11 +78,27 @@ def topology(reply: Any, asked: tuple[str, int]) -> Topology:
     return primaries, tuple(sorted(ranges))
 
 
+class NodeChannel(Protocol):
+    """One primary's channel, as :class:`ClusterChannel` drives it."""
+
+    def start(self) -> None:
+        """Connect (on a thread of its own) and report to the sink it was given."""
+        ...
+
+    def stop(self, *, wait: bool = True) -> None:
+        """Stop; ``wait=False`` returns at once."""
+        ...
+
+
+# (host, port), the sink to report to -> that primary's channel, not started.
+NodeOpener = Callable[[tuple[str, int], Sink], NodeChannel]
+
+
 @dataclass(eq=False)
 class _Node:
     node_id: str
     address: tuple[str, int]
-    channel: InvalidationChannel | None = None
+    channel: NodeChannel | None = None
     up: bool = False
 
 
@@ -116,6 +132,8 @@ class ClusterChannel:
     * **prefix** - the cache's key prefix: keys under ``<prefix>:`` are tracked.
     * **sink** - who is told of invalidations and of the whole channel's state.
     * **mode** - ``"auto"`` or ``"tracking"`` (every Cluster node tracks keys).
+    * **open_node** - builds a primary's channel (default: an
+      :class:`~cachekit.near.channel.InvalidationChannel` in tracking mode; tests pass fakes).
 
     Usage::
 
@@ -124,7 +142,15 @@ class ClusterChannel:
         channel.follows("07c37dfeb235213a872192d90877d0cd55635b91")   # that node is followed
     """
 
-    def __init__(self, url: str, prefix: str, sink: Sink, *, mode: str = "auto") -> None:
+    def __init__(
+        self,
+        url: str,
+        prefix: str,
+        sink: Sink,
+        *,
+        mode: str = "auto",
+        open_node: NodeOpener | None = None,
+    ) -> None:
         if mode == "pubsub":
             raise ConfigurationError(
                 "mode='pubsub' is not for Redis Cluster: every Cluster node tracks keys "
@@ -144,6 +170,7 @@ class ClusterChannel:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._ask: Any = None  # the connection asked last (redis-py's is untyped)
+        self._open_node = open_node or self._tracking
         self._log = LogOnce(logger)
 
     def start(self) -> None:
@@ -203,7 +230,7 @@ class ClusterChannel:
     def _run(self) -> None:
         while not self._stopped.is_set():
             try:
-                self._apply(self._discover())
+                self.follow(self._discover())
             except Exception as exc:  # no node answers: the channels report for themselves
                 self._log.warning(
                     ("near-topology", type(exc)),
@@ -258,10 +285,20 @@ class ClusterChannel:
         conn.send_command("CLUSTER", "SLOTS")
         return topology(conn.read_response(), (conn.host, conn.port))
 
-    def _apply(self, found: Topology) -> None:
+    def _tracking(self, address: tuple[str, int], sink: Sink) -> NodeChannel:
+        target = node_target(*address, self._identity)
+        return InvalidationChannel(target, self._prefix, sink, mode="tracking")
+
+    def follow(self, found: Topology) -> None:
+        """Make the channels match ``found`` (what the topology thread read last).
+
+        Usage::
+
+            channel.follow(topology(reply, ("10.0.0.1", 7000)))
+        """
         primaries, ranges = found
-        starting: list[InvalidationChannel] = []
-        stopping: list[InvalidationChannel] = []
+        starting: list[NodeChannel] = []
+        stopping: list[NodeChannel] = []
         with self._lock:
             if ranges == self._ranges or self._stopped.is_set():
                 return
@@ -283,12 +320,7 @@ class ClusterChannel:
             for node_id, address in primaries.items():
                 if node_id not in self._nodes:
                     node = _Node(node_id, address)
-                    node.channel = InvalidationChannel(
-                        node_target(*address, self._identity),
-                        self._prefix,
-                        _NodeSink(self, node),
-                        mode="tracking",
-                    )
+                    node.channel = self._open_node(address, _NodeSink(self, node))
                     self._nodes[node_id] = node
                     starting.append(node.channel)
         logger.info("cachekit: near cache follows %d Cluster primaries", len(primaries))
