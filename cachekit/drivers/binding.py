@@ -136,6 +136,9 @@ def bind(
     cluster: SyncClusterBackend | None = None  # Cluster notifies on sharded channels
     sync_backend: SyncBackend
     async_backend: AsyncBackend
+    # Where the near cache follows invalidations: a Cluster's URL (every primary), else
+    # the sync client (one server, or the primary Sentinel names), else the async one.
+    near_source: str | None = None
     # Another event loop's async backend (None: async_backend is not bound to a loop).
     reconnect: Callable[[], AsyncBackend] | None = None
     guard = dict(settings.guard)
@@ -152,13 +155,9 @@ def bind(
         elif target.scheme == "redis+cluster":
             from cachekit.backends.cluster import connect_cluster
 
-            if settings.local is not None:  # its invalidation channel needs one server
-                raise ConfigurationError(
-                    "a near cache (local=) does not support redis+cluster:// yet: its "
-                    "entries would miss other processes' invalidations"
-                )
             redis_options = target.scoped("redis")
             cluster, async_backend = connect_cluster(target.url, redis_options)
+            near_source = target.url
             sync_backend = cluster
             reconnect = partial(_async_half, connect_cluster, target.url, redis_options)
             guard |= target.scoped("guard")
@@ -203,7 +202,7 @@ def bind(
     local = settings.local
     if local is not None and breaker is not None:  # memory:// is local already
         # Outermost, so a local hit costs neither the deadline nor the breaker.
-        local.start(sync_client or client, prefix)
+        local.start(near_source or sync_client or client, prefix)
         sync_backend = SyncNearBackend(sync_backend, local)
     else:
         local = None

@@ -22,6 +22,7 @@ from typing import Any, Literal, TypeVar, cast
 import pytest
 import redis
 import redis.asyncio
+import redis.asyncio.sentinel
 import redis.sentinel
 
 from cachekit.backends.base import SyncBackend
@@ -609,9 +610,15 @@ def test_the_channel_takes_a_url_or_either_client(redis_url: str, prefix: str) -
         refused.start(object(), prefix)  # type: ignore[arg-type]
     refused.start(None, prefix)  # a refused source left it unstarted
     sentinels: Any = redis.sentinel.Sentinel([("127.0.0.1", 1)])
-    sentinel = sentinels.master_for("primary")
-    with pytest.raises(ConfigurationError):  # it finds its server at connect time
-        LocalCache().start(sentinel, prefix)
+    behind = LocalCache()
+    behind.start(sentinels.master_for("primary"), prefix)  # asks the Sentinels at connect
+    try:
+        assert not behind.wait_ready(0.3)  # nobody listens on port 1: pass-through
+    finally:
+        behind.close()
+    async_sentinels: Any = redis.asyncio.sentinel.Sentinel([("127.0.0.1", 1)])
+    with pytest.raises(ConfigurationError, match="sync master_for"):
+        LocalCache().start(async_sentinels.master_for("primary"), prefix)
 
 
 async def test_the_async_face_on_redis(redis_url: str, prefix: str) -> None:
