@@ -31,6 +31,7 @@ from cachekit.backends.responses import ReadResponse
 from cachekit.context import Context, new_token
 from cachekit.effects import LOAD, Flow, Hold, Join, Wait, Watch
 from cachekit.exceptions import BackendError
+from cachekit.local import LocalCache
 from cachekit.middleware.directives import Headers
 from cachekit.middleware.entry import (
     Entry,
@@ -43,6 +44,7 @@ from cachekit.middleware.entry import (
     encode_record,
     vary_values,
 )
+from cachekit.middleware.near import NEAR_MAX_SIZE, Read, fill_response, held_response
 
 __all__ = [
     "Ask",
@@ -68,6 +70,7 @@ class Settings:
     hit_for_miss: float
     generation_ttl: float
     encodings: tuple[str, ...]
+    near_max_size: int = NEAR_MAX_SIZE  # larger entries are never kept in the near cache
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +78,8 @@ class Ask:
     """One request as the lookup sees it; ``guess`` is the variant to prefetch.
 
     ``guess`` is ``(vary values, entry key)`` of the variant this URL served last here:
-    when the request has the same values, the key needs no hashing.
+    when the request has the same values, the key needs no hashing. With ``near``, that
+    variant is served from the near cache when it holds it (:mod:`.near`).
     """
 
     target: Target
@@ -84,6 +88,7 @@ class Ask:
     coalesce: bool
     guess: tuple[VaryValues, str] | None = None
     reload: bool = False  # the client asked for a fresh answer and the app allows it
+    near: LocalCache | None = None  # the near cache that holds hot responses, if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,13 +137,23 @@ class _Probe:
 
 def _probe(ctx: Context, settings: Settings, ask: Ask) -> Flow[_Probe]:
     target = ask.target
-    generation, raw_record, raw_guess = yield ReadResponse(
-        target.generation,
-        target.record,
-        new_token(),
-        settings.generation_ttl,
-        None if ask.guess is None else ask.guess[1],
-    )
+    guess = None if ask.guess is None else ask.guess[1]
+    read = None
+    if ask.near is not None and guess is not None:  # a GET/PTTL read that fills the near cache
+        keys = (target.generation, target.record, guess)
+        read = yield from fill_response(ask.near, keys, settings.near_max_size)
+    if read is None:
+        read = yield ReadResponse(
+            target.generation, target.record, new_token(), settings.generation_ttl, guess
+        )
+    probe: _Probe = yield from _decode(ctx, settings, ask, read)
+    return probe
+
+
+def _decode(ctx: Context, settings: Settings, ask: Ask, read: Read) -> Flow[_Probe]:
+    """What the three values read mean for this request (a wrong guess reads once more)."""
+    target = ask.target
+    generation, raw_record, raw_guess = read
     stamp = tag_stamp((generation,))
     record = decode_record(target.record, raw_record, stamp)
     if record is None or record.uncacheable:
@@ -154,6 +169,34 @@ def _probe(ctx: Context, settings: Settings, ask: Ask) -> Flow[_Probe]:
         ctx.stats.incr("invalid_payloads")  # stored for another request: never served (R10)
         entry = None
     return _Probe(stamp, record, key, entry, raw)
+
+
+def _held(ctx: Context, settings: Settings, ask: Ask) -> Hit | None:
+    """A fresh HIT from the near cache's copies (no I/O), or ``None``: then read Redis.
+
+    Only a fresh entry of the guessed variant is served from here; anything else (stale,
+    a wrong guess, a refusal) is decided again on what Redis holds.
+    """
+    local, guess = ask.near, ask.guess
+    if local is None or guess is None:
+        return None
+    target = ask.target
+    read = held_response(local, (target.generation, target.record, guess[1]))
+    if read is None:
+        return None
+    decoding = _decode(ctx, settings, ask, read)
+    try:
+        decoding.send(None)
+    except StopIteration as done:
+        probe: _Probe = done.value
+    else:  # it asked for another read: the guess was wrong
+        decoding.close()
+        return None
+    entry = probe.entry
+    if entry is None or ctx.clock.time() >= entry.expires:
+        return None
+    verdict = _serve(ctx, ask, probe)
+    return verdict if isinstance(verdict, Hit) else None
 
 
 def _serve(ctx: Context, ask: Ask, probe: _Probe) -> Hit | Direct | None:
@@ -179,6 +222,9 @@ def _usable_stale(ctx: Context, entry: Entry | None) -> bool:
 
 def lookup(ctx: Context, settings: Settings, ask: Ask) -> Flow[Outcome]:
     """What to do with a GET or HEAD: serve a stored response, lead, or go to the app."""
+    held = _held(ctx, settings, ask)
+    if held is not None:
+        return held
     try:
         probe = yield from _probe(ctx, settings, ask)
     except BackendError as exc:

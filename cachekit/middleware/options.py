@@ -108,4 +108,5 @@ class Options:
     coalesce: bool
     targets: tuple[bytes, ...] = ()
     heuristic: float = 0.0
+    near: bool = True
     flow: Settings

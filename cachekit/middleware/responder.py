@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from cachekit.binding import Binding
+from cachekit.local import LocalCache
 from cachekit.middleware.background import spawn_refresh
 from cachekit.middleware.capture import (
     Capture,
@@ -118,8 +119,9 @@ class Responder:
         try:
             binding = self.state.bound()
             target = self._target(binding)
+            near = binding.local if self.options.near else None
             outcome = await binding.aio.drive(
-                lookup(binding.ctx, self.options.flow, self._ask(target))
+                lookup(binding.ctx, self.options.flow, self._ask(target, near))
             )
         except Exception as exc:  # the cache must never fail a request: serve it uncached
             _cache_failed("lookup", exc)
@@ -201,7 +203,7 @@ class Responder:
                 _bounded_put(self.state.targets, memo_key, target)
         return target
 
-    def _ask(self, target: Target) -> Ask:
+    def _ask(self, target: Target, near: LocalCache | None) -> Ask:
         cc = parse_cache_control(self._header(b"cache-control"))
         pragma = (self._header(b"pragma") or "").lower()
         reload = self.options.client_refresh and ("no-cache" in cc or "no-cache" in pragma)
@@ -215,6 +217,7 @@ class Responder:
             # Unknown: the variant of a response without Vary, the most common kind.
             guess=self.state.guesses.get(target.record) or ((), target.variant_key(())),
             reload=reload,
+            near=near,
         )
 
     def _remember(self, target: Target, entry: Entry, key: str) -> None:

@@ -102,11 +102,12 @@ def create_app() -> Starlette:
 
     endpoint = slow
     middleware: list[Middleware] = []
-    if variant == "cachekit":
-        from cachekit import Cache
+    if variant in ("cachekit", "cachekit-near"):
+        from cachekit import Cache, LocalCache
         from cachekit.middleware import ResponseCacheMiddleware
 
-        cache = Cache.from_url(url, prefix=prefix)
+        local = LocalCache(max_entries=1000, ttl=5) if variant == "cachekit-near" else None
+        cache = Cache.from_url(url, prefix=prefix, local=local)
         middleware.append(Middleware(ResponseCacheMiddleware, cache=cache, ttl=3600))
     elif variant == "cashews":
         from cashews import cache as cashews_cache
