@@ -73,11 +73,35 @@ def held_response(local: LocalCache, keys: Keys) -> Read | None:
 def fill_response(local: LocalCache, keys: Keys, max_size: int) -> Flow[Read | None]:
     """Read the three values from Redis and keep them locally, if nothing overtook the read.
 
-    Returns them (each may be what a miss reads: the record or the entry ``None``), or
-    ``None`` when the near cache takes no fill now (channel down) or the generation is
-    missing: then read with :class:`~cachekit.backends.responses.ReadResponse`, which
-    creates it. Raises what the read raises.
+    Returns them (the record or the entry may be ``None``: a miss), or ``None`` when the
+    generation is missing or the near cache takes no fill now (its channel is down): then
+    read with :class:`~cachekit.backends.responses.ReadResponse`, which creates the
+    generation. Raises what the read raises.
+
+    One request of the process fills a variant at a time; the others read without
+    filling, since a second fill of a key voids the first one's (and so on, for ever,
+    under steady concurrent load).
     """
+    entry_key = keys[2]
+    if entry_key in _FILLING:
+        return (yield from _read(keys))
+    _FILLING.add(entry_key)
+    try:
+        return (yield from _fill(local, keys, max_size))
+    finally:
+        _FILLING.discard(entry_key)
+
+
+_FILLING: Final[set[str]] = set()
+"""The entry keys this process is filling now (each request's keys include its prefix)."""
+
+
+def _read(keys: Keys) -> Flow[Read | None]:
+    (generation, _), (record, _), (entry, _) = yield ReadResponseTtl(*keys)
+    return None if generation is None else (generation, record, entry)
+
+
+def _fill(local: LocalCache, keys: Keys, max_size: int) -> Flow[Read | None]:
     tokens = [local.begin(key) for key in keys]
     if not all(tokens):
         _abort(local, keys, tokens)
