@@ -59,6 +59,10 @@ __all__ = [
 ]
 
 _LEASE_MARGIN = 0.005  # wake a little after a holder's lease lapses
+# A hit hashes its path's generation to compare stamps; a path's generation changes
+# rarely, so its digest is remembered (a pure function: losing it costs one hash).
+_STAMPS: dict[bytes, int] = {}
+_STAMPS_MAX = 4096
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -154,7 +158,12 @@ def _decode(ctx: Context, settings: Settings, ask: Ask, read: Read) -> Flow[_Pro
     """What the three values read mean for this request (a wrong guess reads once more)."""
     target = ask.target
     generation, raw_record, raw_guess = read
-    stamp = tag_stamp((generation,))
+    stamp = _STAMPS.get(generation)
+    if stamp is None:
+        stamp = tag_stamp((generation,))
+        if len(_STAMPS) >= _STAMPS_MAX:
+            _STAMPS.clear()
+        _STAMPS[generation] = stamp
     record = decode_record(target.record, raw_record, stamp)
     if record is None or record.uncacheable:
         return _Probe(stamp, record, target.record, None, raw_record)

@@ -181,13 +181,17 @@ class Responder:
             host = f"{server[0]}:{server[1]}" if server[1] else str(server[0])
         path = str(scope.get("path", "/"))
         raw_path = bytes(scope.get("raw_path") or path.encode("utf-8", "surrogateescape"))
-        extra = b"".join(
-            b"\n%s=%s"
-            % (
-                name.encode("latin-1"),
-                (self._header(name.encode("latin-1")) or "").encode("latin-1"),
+        extra = (
+            b"".join(
+                b"\n%s=%s"
+                % (
+                    name.encode("latin-1"),
+                    (self._header(name.encode("latin-1")) or "").encode("latin-1"),
+                )
+                for name in self.options.key_headers
             )
-            for name in self.options.key_headers
+            if self.options.key_headers
+            else b""
         )
         keyspace, query = binding.ctx.keyspace, bytes(scope.get("query_string", b""))
         scheme = str(scope.get("scheme", "http"))
@@ -204,14 +208,16 @@ class Responder:
         return target
 
     def _ask(self, target: Target, near: LocalCache | None) -> Ask:
-        cc = parse_cache_control(self._header(b"cache-control"))
-        pragma = (self._header(b"pragma") or "").lower()
-        reload = self.options.client_refresh and ("no-cache" in cc or "no-cache" in pragma)
+        seen = self.seen  # most requests carry neither field: nothing to parse
+        cc = parse_cache_control(self._header(b"cache-control")) if b"cache-control" in seen else {}
+        reload = self.options.client_refresh and (
+            "no-cache" in cc or "no-cache" in (self._header(b"pragma") or "").lower()
+        )
         get = self.scope.get("method") == "GET"
         return Ask(
             target=target,
             headers=self.headers,
-            authorized=self._header(b"authorization") is not None,
+            authorized=b"authorization" in seen,
             # HEAD and no-store requests never store, so they must not lead either.
             coalesce=get and self.options.coalesce and "no-store" not in cc,
             # Unknown: the variant of a response without Vary, the most common kind.
@@ -253,7 +259,9 @@ class Responder:
         age = entry.current_age(binding.ctx.clock.time())
         label = label or (b"STALE" if stale else b"HIT")
         extra = [(b"x-cache", label), (b"age", b"%d" % age), *extra]
-        if etag_matches(self._header(b"if-none-match"), entry.etag):
+        if b"if-none-match" in self.seen and etag_matches(
+            self._header(b"if-none-match"), entry.etag
+        ):
             await send(not_modified(entry.headers, extra))
             await send({"type": "http.response.body", "body": b""})
             return
