@@ -345,11 +345,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--handler-ms", type=float, default=20.0, help="handler sleep (20)")
     parser.add_argument("--connections", type=int, default=16, help="wrk connections (16)")
     parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run (3)")
+    parser.add_argument(
+        "--steps",
+        action="store_true",
+        help="instead: CPU per step of a HIT, in-process (loadtests/benchmarks/http_steps.py)",
+    )
     return parse(parser, argv, at_least_1=("rounds", "connections", "duration"))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.steps:
+        from loadtests.benchmarks import http_steps
+
+        with redis_server(args.url, args.server) as url:
+            steps = asyncio.run(http_steps.measure(url, rounds=args.rounds))
+        print(http_steps.report(steps))
+        write_json(args.json.with_name("response_cache_steps.json"), steps)
+        return
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
     with redis_server(args.url, args.server) as url:
