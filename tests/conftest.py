@@ -14,13 +14,14 @@ import socket
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import cast
 
 import pytest
 import redis
 
 from cachekit import Cache
 from cachekit.testing import FakeClock
-from tests.servers import PrivateCluster, PrivateSentinel, PrivateServer
+from tests.support.servers import PrivateCluster, PrivateSentinel, PrivateServer
 
 
 def _answers(host: str, port: int) -> bool:
@@ -135,3 +136,17 @@ def async_database_url(database_url: str) -> str:
     if database_url.startswith("sqlite:"):
         return database_url.replace("sqlite:", "sqlite+aiosqlite:", 1)
     return database_url
+
+
+@pytest.fixture(params=["memory", "redis"])
+def kind(request: pytest.FixtureRequest) -> str:
+    """Which storage ``any_cache`` runs on: the memory backend, then the test Redis."""
+    return cast(str, request.param)
+
+
+@pytest.fixture
+async def any_cache(kind: str, redis_url: str, prefix: str) -> AsyncIterator[Cache]:
+    """A cache on memory, then on the shared Redis under this test's prefix."""
+    cache = Cache.from_url(redis_url if kind == "redis" else "memory://", prefix=prefix)
+    yield cache
+    await cache.close()

@@ -2,7 +2,7 @@
 
 When the cache has a near cache (``Cache(local=LocalCache(...))``), the lookup keeps the
 three values a HIT reads - the path's generation, the URL's record and the variant's
-entry - in that :class:`~cachekit.local.LocalCache`, each under its own Redis key, and
+entry - in that :class:`~cachekit.near.local.LocalCache`, each under its own Redis key, and
 answers from there when all three are held. Nothing is decided here: the bytes are
 Redis's own, so the lookup flow checks them exactly as it checks a reply (the stamps, the
 URL and ``Vary`` values, freshness), and ``Age`` counts from the entry's creation.
@@ -34,10 +34,10 @@ from __future__ import annotations
 
 from typing import Final
 
-from cachekit.backends.responses import ReadResponseTtl
-from cachekit.effects import Flow
-from cachekit.envelope import MAGIC
-from cachekit.local import LocalCache
+from cachekit.backends.ops.responses import ReadResponseTtl
+from cachekit.flow.effects import Flow
+from cachekit.flow.envelope import MAGIC
+from cachekit.near.local import LocalCache
 
 __all__ = ["NEAR_MAX_SIZE", "Keys", "Read", "fill_response", "held_response"]
 
@@ -75,7 +75,7 @@ def fill_response(local: LocalCache, keys: Keys, max_size: int) -> Flow[Read | N
 
     Returns them (the record or the entry may be ``None``: a miss), or ``None`` when the
     generation is missing or the near cache takes no fill now (its channel is down): then
-    read with :class:`~cachekit.backends.responses.ReadResponse`, which creates the
+    read with :class:`~cachekit.backends.ops.responses.ReadResponse`, which creates the
     generation. Raises what the read raises.
 
     One request of the process fills a variant at a time; the others read without

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeVar, overload
 
 from cachekit.middleware.capture import Scope
-from cachekit.middleware.flow import Settings
+from cachekit.middleware.flow import ResponsePolicy
 
 __all__ = ["Options", "RouteOptions", "cacheable", "never_cache", "route_options"]
 
@@ -109,4 +109,4 @@ class Options:
     targets: tuple[bytes, ...] = ()
     heuristic: float = 0.0
     near: bool = True
-    flow: Settings
+    flow: ResponsePolicy

@@ -13,7 +13,7 @@ the GET plus ``msgspec.json.Decoder(Receipt).decode`` of the payload.
 async face
     * **floor** - ``redis.asyncio.Redis.get`` of the very key cachekit stored, then
       ``orjson.loads`` of the payload part of those bytes (everything after
-      :data:`cachekit.envelope.HEADER_SIZE`), on the same client cachekit uses;
+      :data:`cachekit.flow.envelope.HEADER_SIZE`), on the same client cachekit uses;
     * **cachekit** - an ``async def`` behind ``@cache.cached(ttl=600, key="product:{pid}")``;
     * **cashews** - the plain ``@cache(ttl=600)`` decorator on ``cashews.cache`` set up
       with ``redis://`` (``client_side=False``: no local layer; default pickle serializer).
@@ -71,15 +71,15 @@ import redis.asyncio
 import redis.utils
 
 from cachekit import Cache
-from cachekit.backends.guard import AsyncGuardedBackend, GuardedBackend
-from cachekit.backends.redis import AsyncRedisBackend, RedisBackend, connect
-from cachekit.envelope import HEADER_SIZE, MAGIC
+from cachekit.backends.guard import AsyncGuardedBackend, SyncGuardedBackend
+from cachekit.backends.redis import AsyncRedisBackend, SyncRedisBackend, connect
+from cachekit.flow.envelope import HEADER_SIZE, MAGIC
 from loadtests.harness.args import bench_parser, parse, write_json
 from loadtests.harness.rounds import interleaved
 from loadtests.harness.servers import delete_run_keys, redis_server
 from loadtests.harness.tables import environment, environment_line, markdown_table, text_table
 
-TYPED_PREFIX = 5  # the typed payload's mark and shape fingerprint (cachekit.codecs)
+TYPED_PREFIX = 5  # the typed payload's mark and shape fingerprint (cachekit.flow.codecs)
 
 PID = 5
 TTL = 600
@@ -330,7 +330,7 @@ async def bench_async(
     from cashews import cache as cashews_cache
 
     cache = Cache(client=client, prefix=f"{settings.run}:ck-async")
-    guard = cache._bound().aio.backend
+    guard = cache.bound().aio.backend
     assert isinstance(guard, AsyncGuardedBackend)  # the deadline and breaker are measured too
     backend = guard.inner
     assert isinstance(backend, AsyncRedisBackend)
@@ -361,12 +361,12 @@ async def bench_async(
     try:
         assert await get_product(PID) == product(PID)
         assert await get_product_cashews(PID) == product(PID)
-        key = cache._bound().ctx.keyspace.value(get_product.key(PID))
+        key = cache.bound().ctx.keyspace.value(get_product.key(PID))
         check_envelope(await client.get(key))
         floor = async_floor(client, key)
         assert await floor(PID) == product(PID)
         assert await get_receipt(PID) == receipt(PID)
-        typed_key = cache._bound().ctx.keyspace.value(get_receipt.key(PID))
+        typed_key = cache.bound().ctx.keyspace.value(get_receipt.key(PID))
         typed_floor = async_typed_floor(client, typed_key)
         assert await typed_floor(PID) == receipt(PID)
         contenders = [
@@ -410,10 +410,10 @@ def bench_sync(client: redis.Redis, admin: redis.Redis, settings: Settings) -> l
     from dogpile.cache import make_region
 
     cache = Cache(sync_client=client, prefix=f"{settings.run}:ck-sync")
-    guard = cache._bound().sync.backend
-    assert isinstance(guard, GuardedBackend)
+    guard = cache.bound().sync.backend
+    assert isinstance(guard, SyncGuardedBackend)
     backend = guard.inner
-    assert isinstance(backend, RedisBackend)
+    assert isinstance(backend, SyncRedisBackend)
     assert backend.client is client
 
     label = "cachekit @cached (def)"
@@ -450,12 +450,12 @@ def bench_sync(client: redis.Redis, admin: redis.Redis, settings: Settings) -> l
     try:
         assert get_product(PID) == product(PID)
         assert get_product_dogpile(PID) == product(PID)
-        key = cache._bound().ctx.keyspace.value(get_product.key(PID))
+        key = cache.bound().ctx.keyspace.value(get_product.key(PID))
         check_envelope(client.get(key))
         floor = sync_floor(client, key)
         assert floor(PID) == product(PID)
         assert get_receipt(PID) == receipt(PID)
-        typed_key = cache._bound().ctx.keyspace.value(get_receipt.key(PID))
+        typed_key = cache.bound().ctx.keyspace.value(get_receipt.key(PID))
         typed_floor = sync_typed_floor(client, typed_key)
         assert typed_floor(PID) == receipt(PID)
         contenders = [

@@ -90,8 +90,8 @@ async def measure(redis_url: str, rounds: int = 5, n: int = 4000) -> dict[str, d
     while type(stack).__name__ != "ResponseCacheMiddleware":
         stack = stack.app
     middleware = stack
-    from cachekit.backends.responses import ReadResponse
-    from cachekit.context import new_token
+    from cachekit.backends.ops.responses import ReadResponse
+    from cachekit.flow.context import new_token
     from cachekit.middleware.flow import lookup
     from cachekit.middleware.responder import Responder
 
