@@ -55,6 +55,7 @@ __all__ = [
     "ResponsePolicy",
     "give_up",
     "lookup",
+    "read_response",
     "refresh",
     "store",
 ]
@@ -94,6 +95,7 @@ class Ask:
     guess: tuple[VaryValues, str] | None = None
     reload: bool = False  # the client asked for a fresh answer and the app allows it
     near: LocalCache | None = None  # the near cache that holds hot responses, if any
+    read: Read | BackendError | None = None  # what a shared read brought (:mod:`.batch`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,17 +142,30 @@ class _Probe:
     raw: bytes | None = None  # the bytes read at ``key``
 
 
-def _probe(ctx: Context, settings: ResponsePolicy, ask: Ask) -> Flow[_Probe]:
+def read_response(settings: ResponsePolicy, target: RequestKeys, guess: str | None) -> Flow[Read]:
+    """The generation, the record and the guessed entry of ``target``, in one round trip.
+
+    The first read of :func:`lookup`, on its own: requests may share it (:mod:`.batch`).
+    """
+    read: Read = yield ReadResponse(
+        target.generation, target.record, new_token(), settings.generation_ttl, guess
+    )
+    return read
+
+
+def _probe(
+    ctx: Context, settings: ResponsePolicy, ask: Ask, *, first: bool = False
+) -> Flow[_Probe]:
     target = ask.target
     guess = None if ask.guess is None else ask.guess[1]
-    read = None
-    if ask.near is not None and guess is not None:  # a GET/PTTL read that fills the near cache
+    read = ask.read if first else None
+    if isinstance(read, BackendError):
+        raise read
+    if read is None and ask.near is not None and guess is not None:  # fills the near cache
         keys = (target.generation, target.record, guess)
         read = yield from fill_response(ask.near, keys, settings.near_max_size)
     if read is None:
-        read = yield ReadResponse(
-            target.generation, target.record, new_token(), settings.generation_ttl, guess
-        )
+        read = yield from read_response(settings, target, guess)
     probe: _Probe = yield from _decode(ctx, settings, ask, read)
     return probe
 
@@ -236,7 +251,7 @@ def lookup(ctx: Context, settings: ResponsePolicy, ask: Ask) -> Flow[Outcome]:
     if held is not None:
         return held
     try:
-        probe = yield from _probe(ctx, settings, ask)
+        probe = yield from _probe(ctx, settings, ask, first=True)
     except BackendError as exc:
         read_failed(ctx, exc)
         return Direct(0, store=False, failed=True)

@@ -109,4 +109,5 @@ class Options:
     targets: tuple[bytes, ...] = ()
     heuristic: float = 0.0
     near: bool = True
+    share_reads: bool = True
     flow: ResponsePolicy

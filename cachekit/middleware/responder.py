@@ -23,13 +23,17 @@ Usage::
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
+from weakref import WeakKeyDictionary
 
 from cachekit.drivers.binding import Binding
+from cachekit.exceptions import BackendError
 from cachekit.middleware.background import spawn_refresh
+from cachekit.middleware.batch import ReadBatches
 from cachekit.middleware.capture import (
     Capture,
     Message,
@@ -49,8 +53,18 @@ from cachekit.middleware.directives import (
     refusal,
 )
 from cachekit.middleware.entry import Entry, RequestKeys, VaryValues
-from cachekit.middleware.flow import Ask, Direct, Hit, Lead, give_up, lookup, store
+from cachekit.middleware.flow import (
+    Ask,
+    Direct,
+    Hit,
+    Lead,
+    give_up,
+    lookup,
+    read_response,
+    store,
+)
 from cachekit.middleware.invalidation import write_through
+from cachekit.middleware.near import Read
 from cachekit.middleware.options import UNSAFE_EXEMPT, Options, route_options
 from cachekit.middleware.storing import build_entry, freshened
 from cachekit.middleware.targeted import response_directives
@@ -83,6 +97,10 @@ class State:
     options: Options
     guesses: MutableMapping[str, tuple[VaryValues, str]]  # URL record key -> its last variant
     targets: MutableMapping[tuple[Any, ...], RequestKeys]  # request URL parts -> its keys
+    # Each event loop's shared reads (futures belong to one loop).
+    batches: WeakKeyDictionary[asyncio.AbstractEventLoop, ReadBatches[Read]] = field(
+        default_factory=WeakKeyDictionary
+    )
 
 
 def _cache_failed(what: str, exc: BaseException) -> None:
@@ -120,8 +138,12 @@ class Responder:
             binding = self.state.bound()
             target = self._target(binding)
             near = binding.local if self.options.near else None
+            guess = self.state.guesses.get(target.record) or ((), target.variant_key(()))
+            read = None
+            if near is None and self.options.share_reads:
+                read = await self._shared_read(binding, target, guess[1])
             outcome = await binding.aio.drive(
-                lookup(binding.ctx, self.options.flow, self._ask(target, near))
+                lookup(binding.ctx, self.options.flow, self._ask(target, near, guess, read))
             )
         except Exception as exc:  # the cache must never fail a request: serve it uncached
             _cache_failed("lookup", exc)
@@ -207,7 +229,13 @@ class Responder:
                 _bounded_put(self.state.targets, memo_key, target)
         return target
 
-    def _ask(self, target: RequestKeys, near: LocalCache | None) -> Ask:
+    def _ask(
+        self,
+        target: RequestKeys,
+        near: LocalCache | None,
+        guess: tuple[VaryValues, str],
+        read: Read | BackendError | None,
+    ) -> Ask:
         seen = self.seen  # most requests carry neither field: nothing to parse
         cc = parse_cache_control(self._header(b"cache-control")) if b"cache-control" in seen else {}
         reload = self.options.client_refresh and (
@@ -220,11 +248,34 @@ class Responder:
             authorized=b"authorization" in seen,
             # HEAD and no-store requests never store, so they must not lead either.
             coalesce=get and self.options.coalesce and "no-store" not in cc,
-            # Unknown: the variant of a response without Vary, the most common kind.
-            guess=self.state.guesses.get(target.record) or ((), target.variant_key(())),
+            guess=guess,
             reload=reload,
             near=near,
+            read=read,
         )
+
+    async def _shared_read(
+        self, binding: Binding, target: RequestKeys, guess: str
+    ) -> Read | BackendError:
+        """The lookup's first read, shared with the concurrent requests for the same keys.
+
+        (:mod:`.batch`: each request still gets a read sent after it arrived.)
+        """
+        loop = asyncio.get_running_loop()
+        batches = self.state.batches.get(loop)
+        if batches is None:
+            batches = self.state.batches[loop] = ReadBatches()
+        face, settings = binding.aio, self.options.flow
+        try:
+            read, shared = await batches.read(
+                (target.generation, target.record, guess),
+                lambda: face.drive(read_response(settings, target, guess)),
+            )
+        except BackendError as exc:
+            return exc  # the lookup fails open on it, as on its own failed read
+        if shared:
+            self.state.stats.incr("coalesced")
+        return read
 
     def _remember(self, target: RequestKeys, entry: Entry, key: str) -> None:
         guess = self.state.guesses.get(target.record)

@@ -98,6 +98,10 @@ class ResponseCacheMiddleware:
       so it is late by at most one invalidation's delivery (:mod:`cachekit.middleware.near`).
     * **near_max_size** - the largest stored entry, in bytes, kept in the near cache
       (default 64 KiB): the near cache bounds its number of entries, not their size.
+    * **share_reads** - concurrent requests for one page share its Redis read (one round
+      trip per batch under load), each still answered from a read sent after it arrived,
+      so nothing invalidated before a request arrived is served to it
+      (:mod:`cachekit.middleware.batch`; default on). Without a near cache only.
     """
 
     def __init__(
@@ -125,6 +129,7 @@ class ResponseCacheMiddleware:
         heuristic: float = 0.0,
         near: bool = True,
         near_max_size: int = NEAR_MAX_SIZE,
+        share_reads: bool = True,
     ) -> None:
         if 206 in statuses:
             raise ConfigurationError("206 responses are never stored: remove it from statuses")
@@ -158,6 +163,7 @@ class ResponseCacheMiddleware:
             coalesce=coalesce,
             heuristic=heuristic,
             near=near,
+            share_reads=share_reads,
             targets=tuple(
                 dict.fromkeys(n.strip().lower().encode("latin-1") for n in targeted_fields)
             ),

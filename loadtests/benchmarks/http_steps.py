@@ -105,7 +105,8 @@ async def measure(redis_url: str, rounds: int = 5, n: int = 4000) -> dict[str, d
     responder = Responder(state, dict(SCOPE), _receive, _discard)
     responder._must_bypass()
     target = responder._target(binding)
-    ask = responder._ask(target, None)
+    guess = ((), target.variant_key(()))
+    ask = responder._ask(target, None, guess, None)
     assert ask.guess is not None
     op = ReadResponse(target.generation, target.record, new_token(), 3600.0, ask.guess[1])
     backend = face._loops.get().backend
@@ -148,7 +149,7 @@ async def measure(redis_url: str, rounds: int = 5, n: int = 4000) -> dict[str, d
 
     alone: dict[str, Callable[[], Any]] = {
         "Responder + header scan + key (memo)": scan_and_key,
-        "request directives (Ask)": lambda: responder._ask(target, None),
+        "request directives (Ask)": lambda: responder._ask(target, None, guess, None),
         "flow CPU on the reply (decode, checks, verdict)": flow_cpu,
         "response assembly and send": assembly,
     }
