@@ -6,8 +6,9 @@ Throughput and latency percentiles of real HTTP traffic against one uvicorn proc
 contender, each serving a small Starlette app:
 
 * **no cache** - ``GET /slow``, whose handler sleeps ``--handler-ms`` (20 ms), no middleware;
-* **cachekit** - the same route behind ``ResponseCacheMiddleware`` (every request a HIT,
-  one EVALSHA each), on ``Cache.from_url`` defaults;
+* **cachekit** - the same route behind ``ResponseCacheMiddleware`` (every request a HIT),
+  on ``Cache.from_url`` defaults: a read (one EVALSHA) per batch of concurrent requests,
+  each batch's read sent after its requests arrived (``share_reads``);
 * **cachekit near** - the same, on a cache with a near cache
   (``local=LocalCache(max_entries=1000, ttl=5)``): hot HITs are served from it, no round
   trip (the run checks that they were);

@@ -90,6 +90,11 @@ async def measure(redis_url: str, rounds: int = 5, n: int = 4000) -> dict[str, d
     while type(stack).__name__ != "ResponseCacheMiddleware":
         stack = stack.app
     middleware = stack
+    from cachekit.middleware import ResponseCacheMiddleware
+
+    unshared = ResponseCacheMiddleware(
+        middleware.app, cache=middleware.cache, ttl=3600, share_reads=False
+    )
     from cachekit.backends.ops.responses import ReadResponse
     from cachekit.flow.context import new_token
     from cachekit.middleware.flow import lookup
@@ -136,7 +141,8 @@ async def measure(redis_url: str, rounds: int = 5, n: int = 4000) -> dict[str, d
         "+ flow drive and decisions (lookup)": lambda: face.drive(
             lookup(binding.ctx, middleware.options.flow, ask)
         ),
-        "+ middleware (whole HIT, no Starlette)": _call(middleware, "/slow"),
+        "+ middleware, a read per request (share_reads=False)": _call(unshared, "/slow"),
+        "middleware with shared reads (the default)": _call(middleware, "/slow"),
         "cachekit HIT in the Starlette app": _call(apps["cachekit"], "/slow"),
         "cachekit near HIT in the Starlette app": _call(apps["cachekit-near"], "/slow"),
         "cashews @cache HIT in the Starlette app": _call(apps["cashews"], "/slow"),
