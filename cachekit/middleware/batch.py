@@ -12,13 +12,14 @@ in flight answers and shared by every request that arrived meanwhile. So:
   hot page costs one round trip per batch instead of one per request;
 * a request that joins waits at most for the rest of the read in flight, then its own.
 
-Each event loop has its own :class:`ReadBatches` (futures belong to one loop). A read
-that fails fails every request of its batch alike (each then answers as on any failed
-read: the app, ``X-Cache: BYPASS``).
+Each event loop has its own :class:`ReadBatches` (futures belong to one loop);
+:class:`SharedReads` holds them for a middleware. A read that fails fails every request
+of its batch alike (each then answers as on any failed read: the app, ``X-Cache: BYPASS``).
 
 Usage::
 
     read, shared = await batches.read(keys, lambda: face.drive(read_flow))
+    read = await reads.read(face, settings, target, guess, stats)   # Read or BackendError
 """
 
 from __future__ import annotations
@@ -26,10 +27,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, Generic, TypeVar
+from weakref import WeakKeyDictionary
 
+from cachekit.drivers.drive import AsyncDriver
 from cachekit.exceptions import BackendError
+from cachekit.middleware.entry import RequestKeys
+from cachekit.middleware.flow import ResponsePolicy, read_response
+from cachekit.middleware.near import Read
+from cachekit.stats import Stats
 
-__all__ = ["ReadBatches"]
+__all__ = ["ReadBatches", "SharedReads"]
 
 T = TypeVar("T")
 
@@ -86,6 +93,42 @@ class ReadBatches(Generic[T]):
             future.set_result(result)
         finally:
             self._done(key)
+
+
+class SharedReads:
+    """A middleware's shared first reads of :func:`~cachekit.middleware.flow.lookup`."""
+
+    __slots__ = ("_loops",)
+
+    def __init__(self) -> None:
+        self._loops: WeakKeyDictionary[asyncio.AbstractEventLoop, ReadBatches[Read]] = (
+            WeakKeyDictionary()
+        )
+
+    async def read(
+        self,
+        face: AsyncDriver,
+        settings: ResponsePolicy,
+        target: RequestKeys,
+        guess: str,
+        stats: Stats,
+    ) -> Read | BackendError:
+        """The generation, record and ``guess``ed entry of ``target``, shared with the
+        concurrent requests for them; a failure is returned, for the lookup to fail open."""
+        loop = asyncio.get_running_loop()
+        batches = self._loops.get(loop)
+        if batches is None:
+            batches = self._loops[loop] = ReadBatches()
+        try:
+            read, shared = await batches.read(
+                (target.generation, target.record, guess),
+                lambda: face.drive(read_response(settings, target, guess)),
+            )
+        except BackendError as exc:
+            return exc
+        if shared:
+            stats.incr("coalesced")
+        return read
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:

@@ -23,17 +23,15 @@ Usage::
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Final
-from weakref import WeakKeyDictionary
 
 from cachekit.drivers.binding import Binding
 from cachekit.exceptions import BackendError
 from cachekit.middleware.background import spawn_refresh
-from cachekit.middleware.batch import ReadBatches
+from cachekit.middleware.batch import SharedReads
 from cachekit.middleware.capture import (
     Capture,
     Message,
@@ -58,16 +56,14 @@ from cachekit.middleware.flow import (
     Direct,
     Hit,
     Lead,
-    give_up,
     lookup,
-    read_response,
-    store,
 )
 from cachekit.middleware.invalidation import write_through
 from cachekit.middleware.near import Read
 from cachekit.middleware.options import UNSAFE_EXEMPT, Options, route_options
 from cachekit.middleware.storing import build_entry, freshened
 from cachekit.middleware.targeted import response_directives
+from cachekit.middleware.writes import give_up, store
 from cachekit.near.local import LocalCache
 from cachekit.stats import LogOnce, Stats
 
@@ -97,10 +93,7 @@ class State:
     options: Options
     guesses: MutableMapping[str, tuple[VaryValues, str]]  # URL record key -> its last variant
     targets: MutableMapping[tuple[Any, ...], RequestKeys]  # request URL parts -> its keys
-    # Each event loop's shared reads (futures belong to one loop).
-    batches: WeakKeyDictionary[asyncio.AbstractEventLoop, ReadBatches[Read]] = field(
-        default_factory=WeakKeyDictionary
-    )
+    reads: SharedReads = field(default_factory=SharedReads)  # concurrent requests' reads
 
 
 def _cache_failed(what: str, exc: BaseException) -> None:
@@ -141,7 +134,9 @@ class Responder:
             guess = self.state.guesses.get(target.record) or ((), target.variant_key(()))
             read = None
             if near is None and self.options.share_reads:
-                read = await self._shared_read(binding, target, guess[1])
+                read = await self.state.reads.read(
+                    binding.aio, self.options.flow, target, guess[1], self.state.stats
+                )
             outcome = await binding.aio.drive(
                 lookup(binding.ctx, self.options.flow, self._ask(target, near, guess, read))
             )
@@ -253,29 +248,6 @@ class Responder:
             near=near,
             read=read,
         )
-
-    async def _shared_read(
-        self, binding: Binding, target: RequestKeys, guess: str
-    ) -> Read | BackendError:
-        """The lookup's first read, shared with the concurrent requests for the same keys.
-
-        (:mod:`.batch`: each request still gets a read sent after it arrived.)
-        """
-        loop = asyncio.get_running_loop()
-        batches = self.state.batches.get(loop)
-        if batches is None:
-            batches = self.state.batches[loop] = ReadBatches()
-        face, settings = binding.aio, self.options.flow
-        try:
-            read, shared = await batches.read(
-                (target.generation, target.record, guess),
-                lambda: face.drive(read_response(settings, target, guess)),
-            )
-        except BackendError as exc:
-            return exc  # the lookup fails open on it, as on its own failed read
-        if shared:
-            self.state.stats.incr("coalesced")
-        return read
 
     def _remember(self, target: RequestKeys, entry: Entry, key: str) -> None:
         guess = self.state.guesses.get(target.record)
