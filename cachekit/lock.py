@@ -8,7 +8,7 @@ The protocol is redis-py's ``lock.py`` made safer, written once as flows for bot
   :attr:`fencing_token`: above the last one and above the server clock in microseconds,
   so it keeps rising when the counter is lost (a Redis restart, a failover, its expiry).
   The counter expires ten leases (at least ten minutes) after its last token, so lock
-  names used once leave no key behind (:func:`~cachekit.backends.ops.leases.fence_ttl`).
+  names used once leave no key behind (:func:`~cachekit.backends.ops.locks.fence_ttl`).
   Give the token to the resource you protect and let it refuse lower tokens: a lease can
   lapse under a paused holder, a fence cannot (Kleppmann).
 * wait: bounded by ``wait``; a waiter sleeps until a release is announced on the cache's
@@ -40,7 +40,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
 from cachekit.backends.ops import ExpireIfEqual, Get
-from cachekit.backends.ops.leases import Acquire, Release
+from cachekit.backends.ops.leases import Release
+from cachekit.backends.ops.locks import Acquire
 from cachekit.exceptions import BackendError, LockError, LockNotOwnedError, LockTimeout
 from cachekit.flow.context import Context, new_token
 from cachekit.flow.effects import Flow

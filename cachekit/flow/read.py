@@ -137,7 +137,8 @@ def cached_read(
     except BackendError as exc:
         read_failed(ctx, exc)
         # Redis is failing: no lease or write to attempt; the flight alone guards the source.
-        return (yield Join(key, _load_only(ctx)))
+        # A running miss flight whose write-back was refused is not ours to share.
+        return _unwrap((yield Join(key, _load_only(ctx), _shareable)))
     envelope = None if raw is None else decode_or_none(ctx, key, raw, serializer)
     if envelope is not None and envelope.stamp == stamp:
         now = ctx.clock.time()

@@ -22,6 +22,7 @@ from typing import Any, Literal, TypeVar, cast
 import pytest
 import redis
 import redis.asyncio
+import redis.asyncio.sentinel
 import redis.sentinel
 
 from cachekit.backends.base import SyncBackend
@@ -30,6 +31,7 @@ from cachekit.backends.ops import Delete, Get, Incr, Op, Ping, Publish, Set
 from cachekit.backends.ops.bitmaps import MergeBits
 from cachekit.backends.ops.leases import Fill
 from cachekit.backends.ops.tags import ReadTagged, RetireTags
+from cachekit.backends.ops.waiting import waiting_key
 from cachekit.backends.redis import connect
 from cachekit.exceptions import BackendError, BackendUnavailable, ConfigurationError
 from cachekit.flow.envelope import encode
@@ -245,7 +247,8 @@ def test_written_keys() -> None:
     assert written_keys(Set(KEY, b"v", 1, nx=True)) == ()  # only creates: nothing was kept
     assert written_keys(Delete(["a", "b"])) == ("a", "b")
     assert written_keys(Incr("n")) == ("n",)
-    assert written_keys(Fill(KEY, b"v", 1, "lease", b"t", "ch")) == (KEY, "lease")
+    fill = Fill(KEY, b"v", 1, "lease", b"t", "ch")
+    assert written_keys(fill) == (KEY, "lease", waiting_key(KEY))  # it clears the waiter record
     assert written_keys(RetireTags(["t1", "t2"], [b"a", b"b"])) == ("t1", "t2")
     assert written_keys(ReadTagged(KEY, ["t1"], [b"a"])) == ()
     merge = MergeBits([("p1", b"\x01"), ("p2", b"\x02")], "scratch", "count", 2)
@@ -607,9 +610,15 @@ def test_the_channel_takes_a_url_or_either_client(redis_url: str, prefix: str) -
         refused.start(object(), prefix)  # type: ignore[arg-type]
     refused.start(None, prefix)  # a refused source left it unstarted
     sentinels: Any = redis.sentinel.Sentinel([("127.0.0.1", 1)])
-    sentinel = sentinels.master_for("primary")
-    with pytest.raises(ConfigurationError):  # it finds its server at connect time
-        LocalCache().start(sentinel, prefix)
+    behind = LocalCache()
+    behind.start(sentinels.master_for("primary"), prefix)  # asks the Sentinels at connect
+    try:
+        assert not behind.wait_ready(0.3)  # nobody listens on port 1: pass-through
+    finally:
+        behind.close()
+    async_sentinels: Any = redis.asyncio.sentinel.Sentinel([("127.0.0.1", 1)])
+    with pytest.raises(ConfigurationError, match="sync master_for"):
+        LocalCache().start(async_sentinels.master_for("primary"), prefix)
 
 
 async def test_the_async_face_on_redis(redis_url: str, prefix: str) -> None:
