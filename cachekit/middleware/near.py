@@ -14,7 +14,8 @@ The near cache's rules carry over key by key:
   generation, so every variant of the path stops being served locally at once;
 * a copy lives at most the near cache's ``ttl``, and never longer than its key in Redis;
 * no invalidation channel, no local answers; a fill that an invalidation overtook is
-  not kept.
+  not kept; on Redis Cluster nothing is kept (which node answered is not known to be one
+  whose invalidations are followed): every lookup reads Redis.
 
 So a stored response served from here is late by at most the delivery of one
 invalidation (about a millisecond on a LAN), the near cache's own bound; while the channel
@@ -97,7 +98,7 @@ _FILLING: Final[set[str]] = set()
 
 
 def _read(keys: Keys) -> Flow[Read | None]:
-    (generation, _), (record, _), (entry, _) = yield ReadResponseTtl(*keys)
+    (generation, _), (record, _), (entry, _), _ = yield ReadResponseTtl(*keys)
     return None if generation is None else (generation, record, entry)
 
 
@@ -107,11 +108,18 @@ def _fill(local: LocalCache, keys: Keys, max_size: int) -> Flow[Read | None]:
         _abort(local, keys, tokens)
         return None
     try:
-        (generation, g_ttl), (record, r_ttl), (entry, e_ttl) = yield ReadResponseTtl(*keys)
+        read = yield ReadResponseTtl(*keys)
     except BaseException:
         _abort(local, keys, tokens)
         raise
-    if generation is None or record is None or entry is None or len(entry) > max_size:
+    (generation, g_ttl), (record, r_ttl), (entry, e_ttl), keepable = read
+    if (
+        generation is None
+        or record is None
+        or entry is None
+        or len(entry) > max_size
+        or not keepable  # Redis Cluster: the answering node may not be followed
+    ):
         _abort(local, keys, tokens)
         return None if generation is None else (generation, record, entry)
     g_key, r_key, e_key = keys

@@ -158,7 +158,10 @@ def test_read_response_ttl_reads_values_and_ttls_and_creates_nothing() -> None:
     backend = SyncMemoryBackend(MemoryStore())
     backend.store.write("p:g", b"token", 10.0)
     backend.store.write("p:v", b"entry", None)
-    (g, g_ttl), (r, r_ttl), (e, e_ttl) = backend.run(ReadResponseTtl("p:g", "p:r", "p:v"))
+    op = ReadResponseTtl("p:g", "p:r", "p:v")
+    (g, g_ttl), (r, r_ttl), (e, e_ttl), keep = backend.run(op)
+    assert keep
+    assert not op.for_cluster().parse([b"t", 1000, None, -2, None, -2])[3]
     assert (g, r, e) == (b"token", None, b"entry")
     assert g_ttl is not None
     assert 9 < g_ttl <= 10
@@ -175,7 +178,7 @@ def test_a_fill_is_not_voided_by_the_reads_that_overlap_it() -> None:
     local.start(None, "p")
     local.channel_up("tracking")
     keys = ("p:http:{x}:g", "p:http:{x}:u1", "p:http:{x}:v1")
-    reply = ((b"token", 60.0), (b"ck-record", 60.0), (b"ck-entry", 60.0))
+    reply = ((b"token", 60.0), (b"ck-record", 60.0), (b"ck-entry", 60.0), True)
 
     def started() -> Generator[Any, Any, Any]:
         flow = fill_response(local, keys, 1 << 20)
@@ -215,3 +218,18 @@ async def test_concurrent_hits_of_one_page_end_up_served_locally(
     # (A read that overran the deadline on a loaded machine fails open: BYPASS.)
     assert labels.count("HIT") >= len(labels) * 0.9
     assert near_cache.stats()["local_hits"] >= 3 * len(labels) // 2  # most were local
+
+
+def test_nothing_read_from_a_cluster_is_kept() -> None:
+    # On Cluster the node that answered may not be one whose invalidations are followed.
+    local = LocalCache(max_entries=10, ttl=30)
+    local.start(None, "p")
+    local.channel_up("tracking")
+    keys = ("p:http:{x}:g", "p:http:{x}:u1", "p:http:{x}:v1")
+    flow = fill_response(local, keys, 1 << 20)
+    flow.send(None)
+    with pytest.raises(StopIteration) as done:
+        flow.send(((b"token", 60.0), (b"ck-record", 60.0), (b"ck-entry", 60.0), False))
+    assert done.value.value == (b"token", b"ck-record", b"ck-entry")
+    assert held_response(local, keys) is None
+    local.close()

@@ -99,16 +99,18 @@ def _remaining(pttl: Any) -> float | None:
 
 
 @dataclass(slots=True)
-class ReadResponseTtl(Op[tuple[Held, Held, Held]]):
+class ReadResponseTtl(Op[tuple[Held, Held, Held, bool]]):
     """The generation, the record and the entry, each with its remaining TTL; reads only.
 
-    Pipelined, not atomic: a write between a ``GET`` and its ``PTTL`` is a write after
-    the near cache's fill began, which voids the fill. A missing generation is not
+    The last item says whether a near cache may keep what was read: not on Redis Cluster,
+    where the node that answered is not known to be one whose invalidations the near cache
+    follows. Pipelined, not atomic: a write between a ``GET`` and its ``PTTL`` is a write
+    after the near cache's fill began, which voids the fill. A missing generation is not
     created: the caller then reads with :class:`ReadResponse`.
 
     Usage::
 
-        (generation, _), (record, _), (entry, ttl) = backend.run(
+        (generation, _), (record, _), (entry, ttl), keep = backend.run(
             ReadResponseTtl("p:http:{p1}:g", "p:http:{p1}:u1", "p:http:{p1}:v1")
         )
     """
@@ -118,6 +120,7 @@ class ReadResponseTtl(Op[tuple[Held, Held, Held]]):
     entry: str
 
     kind = "pipeline"
+    keepable = True
 
     def pipeline(self) -> list[Command]:
         out: list[Command] = []
@@ -125,17 +128,30 @@ class ReadResponseTtl(Op[tuple[Held, Held, Held]]):
             out += [("GET", key), ("PTTL", key)]
         return out
 
-    def parse(self, reply: Any) -> tuple[Held, Held, Held]:
-        g, g_ttl, r, r_ttl, e, e_ttl = reply
-        return (g, _remaining(g_ttl)), (r, _remaining(r_ttl)), (e, _remaining(e_ttl))
+    def for_cluster(self) -> Op[tuple[Held, Held, Held, bool]]:
+        return _ReadResponseTtlOnCluster(self.generation, self.record, self.entry)
 
-    def apply(self, store: Store) -> tuple[Held, Held, Held]:
+    def parse(self, reply: Any) -> tuple[Held, Held, Held, bool]:
+        g, g_ttl, r, r_ttl, e, e_ttl = reply
+        held = (g, _remaining(g_ttl)), (r, _remaining(r_ttl)), (e, _remaining(e_ttl))
+        return (*held, self.keepable)
+
+    def apply(self, store: Store) -> tuple[Held, Held, Held, bool]:
         g, r, e = self.generation, self.record, self.entry
         return (
             (store.read(g), store.remaining(g)),
             (store.read(r), store.remaining(r)),
             (store.read(e), store.remaining(e)),
+            True,
         )
+
+
+@dataclass(slots=True)
+class _ReadResponseTtlOnCluster(ReadResponseTtl):
+    keepable = False
+
+    def for_cluster(self) -> Op[tuple[Held, Held, Held, bool]]:
+        return self
 
 
 @dataclass(slots=True)
