@@ -146,7 +146,15 @@ def kind(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 async def any_cache(kind: str, redis_url: str, prefix: str) -> AsyncIterator[Cache]:
-    """A cache on memory, then on the shared Redis under this test's prefix."""
-    cache = Cache.from_url(redis_url if kind == "redis" else "memory://", prefix=prefix)
+    """A cache on memory, then on the shared Redis under this test's prefix.
+
+    Its time budget is patient: these tests are about meaning, and on a loaded machine a
+    read past the default 0.25 s deadline fails open (a miss, another load); the budget
+    has tests of its own.
+    """
+    if kind == "redis":
+        cache = Cache.from_url(redis_url, prefix=prefix, deadline=2.0, socket_timeout=2.0)
+    else:
+        cache = Cache.from_url("memory://", prefix=prefix)
     yield cache
     await cache.close()

@@ -35,7 +35,7 @@ from cachekit import (
     LockTimeout,
 )
 from cachekit.backends.ops import Delete, ExpireIfEqual, Get, Op, Set, Store, Ttl
-from cachekit.backends.ops.leases import Acquire, Acquired, fence_ttl
+from cachekit.backends.ops.locks import Acquire, Acquired, fence_ttl
 from cachekit.drivers.notify import AsyncWaiter, SyncWaiter
 from cachekit.testing import FakeClock
 from tests.support.servers import PrivateServer

@@ -23,7 +23,7 @@ from cachekit.backends.perloop import client_of, clonable, clone_client
 from cachekit.clock import Clock
 from cachekit.config import REDIS_DEFAULTS, parse_url
 from cachekit.drivers.drive import AsyncDriver, SyncDriver
-from cachekit.drivers.notify import Listener, TaskListener, ThreadListener, Waiters
+from cachekit.drivers.notify import Listener, Waiters
 from cachekit.exceptions import ConfigurationError, NotConfigured
 from cachekit.flow.context import Context
 from cachekit.flow.keys import KeySpace
@@ -121,6 +121,24 @@ class _NoAsyncBackend:
         return None
 
 
+@dataclass(slots=True, kw_only=True)
+class _Storage:
+    """What a URL or injected clients give: the raw backends and how to reach them again."""
+
+    sync: SyncBackend
+    aio: AsyncBackend
+    prefix: str
+    serializer: Serializer | None
+    guard: dict[str, Any]  # the guard's settings; "slots" is set for a Redis endpoint
+    reconnect: Callable[[], AsyncBackend] | None = None  # another event loop's backend
+    cluster: SyncClusterBackend | None = None  # Cluster notifies on sharded channels
+    sync_client: redis.Redis | None = None
+    client: redis.asyncio.Redis | None = None
+    # Where the near cache follows invalidations: a Cluster's URL (every primary), else
+    # the sync client (one server, or the primary Sentinel names), else the async one.
+    near_source: Any = None
+
+
 def bind(
     settings: CacheSettings,
     *,
@@ -129,81 +147,145 @@ def bind(
     client: redis.asyncio.Redis | None = None,
     sync_client: redis.Redis | None = None,
 ) -> Binding:
-    """Build a :class:`Binding` from a URL and its options, or from injected clients."""
-    prefix, serializer = settings.prefix, settings.serializer
+    """Build a :class:`Binding` from a URL and its options, or from injected clients.
+
+    Storage first (:func:`_from_url` / :func:`_from_clients`), then the layers in front of
+    it (:func:`_front`: guard and breaker, near cache), the flows' :class:`Context`, the
+    one notification listener (:func:`_listener`), and the two drivers over all of it.
+    """
     waiters = Waiters()
-    listener: Listener | None = None
-    cluster: SyncClusterBackend | None = None  # Cluster notifies on sharded channels
-    sync_backend: SyncBackend
-    async_backend: AsyncBackend
-    # Another event loop's async backend (None: async_backend is not bound to a loop).
-    reconnect: Callable[[], AsyncBackend] | None = None
-    guard = dict(settings.guard)
     if url is not None:
-        target = parse_url(url, options)
-        own = target.scoped("cache")
-        prefix = own.get("prefix", prefix)
-        if "serializer" in own:
-            serializer = _SERIALIZERS[own["serializer"]]()
-        if target.scheme == "memory":
-            store = MemoryStore(clock=settings.clock)
-            store.subscribers.append(waiters.on_message)
-            sync_backend, async_backend = SyncMemoryBackend(store), AsyncMemoryBackend(store)
-        elif target.scheme == "redis+cluster":
-            from cachekit.backends.cluster import connect_cluster
-
-            if settings.local is not None:  # its invalidation channel needs one server
-                raise ConfigurationError(
-                    "a near cache (local=) does not support redis+cluster:// yet: its "
-                    "entries would miss other processes' invalidations"
-                )
-            redis_options = target.scoped("redis")
-            cluster, async_backend = connect_cluster(target.url, redis_options)
-            sync_backend = cluster
-            reconnect = partial(_async_half, connect_cluster, target.url, redis_options)
-            guard |= target.scoped("guard")
-            # Each node's pool holds max_connections (+1 for the listener): whatever
-            # nodes the admitted operations go to, none waits for a connection.
-            guard["slots"] = redis_options.get("max_connections", REDIS_DEFAULTS["max_connections"])
-        else:
-            from cachekit.backends.redis import connect
-
-            redis_options = target.scoped("redis")
-            redis_sync, redis_async = connect(target.url, redis_options)
-            sync_backend, async_backend = redis_sync, redis_async
-            reconnect = partial(_async_half, connect, target.url, redis_options)
-            sync_client = redis_sync.client
-            guard |= target.scoped("guard")
-            guard["slots"] = redis_options.get("max_connections", REDIS_DEFAULTS["max_connections"])
+        storage = _from_url(settings, url, options or {}, waiters)
     elif client is None and sync_client is None:
         raise ConfigurationError("configure() takes a URL or clients, exactly one of them")
     elif options:
         raise ConfigurationError(f"options {sorted(options)} need a URL")
     else:
-        from cachekit.backends.redis import AsyncRedisBackend, SyncRedisBackend
+        storage = _from_clients(settings, client, sync_client)
+    breaker = _breaker(settings, storage, url)
+    sync_backend, wrap, local = _front(settings, storage, breaker)
+    ctx = _context(settings, storage)
+    listener = _listener(storage, ctx, waiters, settings.log, lambda: client_of(aio.backend))
+    shared = (waiters, listener, settings.stats, settings.log)
+    reconnect = storage.reconnect
+    aio = AsyncDriver(
+        wrap(storage.aio),
+        *shared,
+        connect=None if reconnect is None else lambda: wrap(reconnect()),
+    )
+    binding = Binding(
+        ctx, SyncDriver(sync_backend, *shared), aio, listener, waiters, breaker, local
+    )
+    for bloom in settings.blooms.values():
+        binding.adopt(bloom)
+    return binding
 
-        sync_backend = SyncRedisBackend(sync_client) if sync_client else _NoSyncBackend()
-        async_backend = AsyncRedisBackend(client) if client else _NoAsyncBackend()
-        if client is not None and clonable(client):
-            # Every further event loop gets a sibling of the injected client.
-            reconnect = partial(_sibling, client)
-        guard["slots"] = _pool_slots(sync_client or client)
-    breaker = None
-    budget: dict[str, Any] = {}
-    if "slots" in guard:  # a Redis endpoint: guard both drivers with one shared breaker
-        breaker = Breaker(
-            failures=guard["breaker_failures"],
-            cooldown=guard["breaker_cooldown"],
-            clock=settings.clock,
-            on_transition=settings.stats.incr,
-            name=_endpoint(url, sync_client or client),
+
+def _from_url(
+    settings: CacheSettings, url: str, options: Mapping[str, Any], waiters: Waiters
+) -> _Storage:
+    """The backends a ``memory://``, ``redis://``, Sentinel or Cluster URL names (no I/O)."""
+    target = parse_url(url, options)
+    own = target.scoped("cache")
+    prefix = own.get("prefix", settings.prefix)
+    serializer = _SERIALIZERS[own["serializer"]]() if "serializer" in own else settings.serializer
+    guard = dict(settings.guard)
+    if target.scheme == "memory":
+        store = MemoryStore(clock=settings.clock)
+        store.subscribers.append(waiters.on_message)
+        return _Storage(
+            sync=SyncMemoryBackend(store),
+            aio=AsyncMemoryBackend(store),
+            prefix=prefix,
+            serializer=serializer,
+            guard=guard,
         )
-        budget = {"deadline": guard["deadline"], "slots": guard["slots"]}
+    redis_options = target.scoped("redis")
+    guard |= target.scoped("guard")
+    # Each pool (each Cluster node's) holds max_connections (+1 for the listener):
+    # whatever the admitted operations are, none waits for a connection.
+    guard["slots"] = redis_options.get("max_connections", REDIS_DEFAULTS["max_connections"])
+    if target.scheme == "redis+cluster":
+        from cachekit.backends.cluster import connect_cluster
+
+        cluster, async_cluster = connect_cluster(target.url, redis_options)
+        return _Storage(
+            sync=cluster,
+            aio=async_cluster,
+            prefix=prefix,
+            serializer=serializer,
+            guard=guard,
+            reconnect=partial(_async_half, connect_cluster, target.url, redis_options),
+            cluster=cluster,
+            near_source=target.url,
+        )
+    from cachekit.backends.redis import connect
+
+    redis_sync, redis_async = connect(target.url, redis_options)
+    return _Storage(
+        sync=redis_sync,
+        aio=redis_async,
+        prefix=prefix,
+        serializer=serializer,
+        guard=guard,
+        reconnect=partial(_async_half, connect, target.url, redis_options),
+        sync_client=redis_sync.client,
+    )
+
+
+def _from_clients(
+    settings: CacheSettings,
+    client: redis.asyncio.Redis | None,
+    sync_client: redis.Redis | None,
+) -> _Storage:
+    """The backends over injected redis-py clients (either may be missing)."""
+    from cachekit.backends.redis import AsyncRedisBackend, SyncRedisBackend
+
+    guard = dict(settings.guard)
+    guard["slots"] = _pool_slots(sync_client or client)
+    return _Storage(
+        sync=SyncRedisBackend(sync_client) if sync_client else _NoSyncBackend(),
+        aio=AsyncRedisBackend(client) if client else _NoAsyncBackend(),
+        prefix=settings.prefix,
+        serializer=settings.serializer,
+        guard=guard,
+        # Every further event loop gets a sibling of the injected client.
+        reconnect=partial(_sibling, client) if client is not None and clonable(client) else None,
+        sync_client=sync_client,
+        client=client,
+    )
+
+
+def _breaker(settings: CacheSettings, storage: _Storage, url: str | None) -> Breaker | None:
+    """One circuit breaker for a Redis endpoint, shared by both drivers (none for memory)."""
+    if "slots" not in storage.guard:
+        return None
+    return Breaker(
+        failures=storage.guard["breaker_failures"],
+        cooldown=storage.guard["breaker_cooldown"],
+        clock=settings.clock,
+        on_transition=settings.stats.incr,
+        name=_endpoint(url, storage.sync_client or storage.client),
+    )
+
+
+def _front(
+    settings: CacheSettings, storage: _Storage, breaker: Breaker | None
+) -> tuple[SyncBackend, Callable[[AsyncBackend], AsyncBackend], LocalCache | None]:
+    """What stands in front of storage: the guard (deadline and breaker), then the near cache.
+
+    Returns the wrapped sync backend, the wrapping for each event loop's async backend, and
+    the near cache when one is in use.
+    """
+    sync_backend = storage.sync
+    budget: dict[str, Any] = {}
+    if breaker is not None:
+        budget = {"deadline": storage.guard["deadline"], "slots": storage.guard["slots"]}
         sync_backend = SyncGuardedBackend(sync_backend, breaker, settings.stats, **budget)
     local = settings.local
     if local is not None and breaker is not None:  # memory:// is local already
         # Outermost, so a local hit costs neither the deadline nor the breaker.
-        local.start(sync_client or client, prefix)
+        local.start(storage.near_source or storage.sync_client or storage.client, storage.prefix)
         sync_backend = SyncNearBackend(sync_backend, local)
     else:
         local = None
@@ -215,11 +297,14 @@ def bind(
             inner = AsyncGuardedBackend(inner, breaker, settings.stats, **budget)
         return AsyncNearBackend(inner, local) if local is not None else inner
 
-    async_backend = wrap(async_backend)
-    connect_async = None if reconnect is None else _composed(wrap, reconnect)
-    ctx = Context(
-        keyspace=KeySpace(prefix),
-        serializer=serializer or JsonSerializer(),
+    return sync_backend, wrap, local
+
+
+def _context(settings: CacheSettings, storage: _Storage) -> Context:
+    """The inputs every flow of this binding reads."""
+    return Context(
+        keyspace=KeySpace(storage.prefix),
+        serializer=storage.serializer or JsonSerializer(),
         default_ttl=settings.default_ttl,
         clock=settings.clock,
         random=settings.random,
@@ -230,28 +315,31 @@ def bind(
         stats=settings.stats,
         log=settings.log,
     )
-    # One subscription per process serves both drivers: the sync client's if there is one.
-    if cluster is not None:
+
+
+def _listener(
+    storage: _Storage,
+    ctx: Context,
+    waiters: Waiters,
+    log: LogOnce,
+    running_client: Callable[[], Any],
+) -> Listener | None:
+    """One listener per process serves both drivers: the sync client's if there is one."""
+    if storage.cluster is not None:
         from cachekit.drivers.sharded_notify import ShardedListener
 
-        listener = ShardedListener(
-            cluster.connect, ctx.channel, waiters, settings.log, ctx.keyspace
-        )
-    elif sync_client is not None:
-        sync_redis = sync_client
-        listener = ThreadListener(lambda: sync_redis, ctx.channel, waiters, settings.log)
-    elif client is not None:
+        return ShardedListener(storage.cluster.connect, ctx.channel, waiters, log, ctx.keyspace)
+    if (sync_client := storage.sync_client) is not None:
+        from cachekit.drivers.sharded_notify import ServerListener
+
+        return ServerListener(lambda: sync_client, ctx.channel, waiters, log)
+    if storage.client is not None:
+        from cachekit.drivers.task_notify import TaskListener
+
         # On the running loop's client: the listener restarts on a new loop when its own
         # loop is gone.
-        listener = TaskListener(lambda: client_of(aio.backend), ctx.channel, waiters, settings.log)
-    shared = (waiters, listener, settings.stats, settings.log)
-    aio = AsyncDriver(async_backend, *shared, connect=connect_async)
-    binding = Binding(
-        ctx, SyncDriver(sync_backend, *shared), aio, listener, waiters, breaker, local
-    )
-    for bloom in settings.blooms.values():
-        binding.adopt(bloom)
-    return binding
+        return TaskListener(running_client, ctx.channel, waiters, log)
+    return None  # memory://: the store calls the waiters itself
 
 
 def _sibling(client: redis.asyncio.Redis) -> AsyncBackend:
@@ -267,12 +355,6 @@ def _async_half(
 ) -> AsyncBackend:
     """A new async backend for ``url`` (its sync twin is dropped unused: it holds nothing)."""
     return connect(url, options)[1]
-
-
-def _composed(
-    wrap: Callable[[AsyncBackend], AsyncBackend], make: Callable[[], AsyncBackend]
-) -> Callable[[], AsyncBackend]:
-    return lambda: wrap(make())
 
 
 def _pool_slots(client: redis.Redis | redis.asyncio.Redis | None) -> int:

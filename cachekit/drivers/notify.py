@@ -1,13 +1,12 @@
-"""Wake-ups instead of polling: one subscription per cache, fanned out to local waiters.
+"""Wake-ups instead of polling: who waits on what in this process, and waking them.
 
-Every fill, lease release, lock release and invalidation publishes the key it changed on
-the cache's channel (``<prefix>:notify``). Each process keeps *one* subscription to it
-(a :class:`ThreadListener` on the sync client, or a :class:`TaskListener` on the async
-client when only that was given) and hands each message to :class:`Waiters`, which wakes
-the threads and coroutines waiting on that key. The memory backend calls
-:meth:`Waiters.notify` directly. On Redis Cluster the changes go out on sharded channels,
-one per hash tag, and a :class:`~cachekit.drivers.sharded_notify.ShardedListener` subscribes to
-just those that someone waits on (it follows :meth:`Waiters.on_change`).
+A fill, lease release, lock release or invalidation is announced only when a waiter was
+recorded for the key, and only on the key's own channel (:mod:`cachekit.backends.ops.leases`),
+so the cost of wake-ups follows the waiters, not the size of the fleet. Each process
+keeps one listener (:mod:`cachekit.drivers.sharded_notify`) that subscribes to the channels of
+the keys someone in it waits on (it follows :meth:`Waiters.on_change`) and hands each
+message to :class:`Waiters`, which wakes the threads and coroutines waiting on that key.
+The memory backend calls :meth:`Waiters.notify` directly.
 
 A waiter registers *before* it looks at the state it waits on, so an event between its
 look and its wait is never lost; and every wait is also bounded (by the holder's lease,
@@ -31,32 +30,22 @@ import asyncio
 import contextlib
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Protocol
 
 from cachekit.backends.shards import TOPIC_MARK
-from cachekit.stats import LogOnce
-
-if TYPE_CHECKING:
-    import redis
-    import redis.asyncio
 
 __all__ = [
     "READY_WAIT",
     "AsyncWaiter",
     "Listener",
     "SyncWaiter",
-    "TaskListener",
-    "ThreadListener",
     "Waiter",
     "Waiters",
 ]
 
 logger = logging.getLogger("cachekit")
 READY_WAIT = 0.25  # seconds a first waiter gives the subscription (a healthy one: ms)
-_POLL = 0.5  # how often a listener checks whether it was stopped
-_BACKOFF_MAX = 1.0
 
 
 class Waiter(Protocol):
@@ -205,7 +194,7 @@ class Waiters:
 
 
 class Listener(Protocol):
-    """Keeps one subscription to the cache's channel alive and feeds :class:`Waiters`."""
+    """Keeps the subscriptions the waiters need alive and feeds :class:`Waiters`."""
 
     ready: threading.Event
 
@@ -224,153 +213,3 @@ class Listener(Protocol):
     async def aclose(self) -> None:
         """Stop listening and wait until the thread or task has ended."""
         ...
-
-
-class _Subscription:
-    """What both listeners share: the channel, the waiters, readiness and the log."""
-
-    def __init__(self, channel: str, waiters: Waiters, log: LogOnce) -> None:
-        self.channel = channel
-        self.waiters = waiters
-        self.log = log
-        self.ready = threading.Event()
-        self.stopped = False
-
-    def handle(self, message: dict[str, Any] | None) -> None:
-        if message is None:
-            return
-        if message["type"] == "subscribe":
-            self.ready.set()
-            self.waiters.notify_all()  # anything may have happened while we were away
-        elif message["type"] == "message":
-            data = message["data"]
-            self.waiters.notify(data.decode() if isinstance(data, bytes) else data)
-
-    def lost(self, exc: BaseException) -> None:
-        self.ready.clear()
-        self.log.warning(("subscription", type(exc)), "cachekit: notifications lost (%s)", exc)
-
-
-class ThreadListener(_Subscription):
-    """The subscription on a daemon thread with a blocking client (both drivers use it).
-
-    Usage::
-
-        listener = ThreadListener(lambda: sync_client, "shop:notify", waiters, log)
-        listener.ensure_started()
-    """
-
-    def __init__(
-        self, client: Callable[[], redis.Redis], channel: str, waiters: Waiters, log: LogOnce
-    ) -> None:
-        super().__init__(channel, waiters, log)
-        self._client = client
-        self._thread: threading.Thread | None = None
-        self._start_lock = threading.Lock()
-        self._pubsub: Any = None
-
-    def ensure_started(self) -> bool:
-        with self._start_lock:
-            if self._thread is not None:
-                return False
-            self._thread = threading.Thread(target=self._run, name="cachekit-notify", daemon=True)
-            self._thread.start()
-            return True
-
-    def stop(self) -> None:
-        self.stopped = True
-        with contextlib.suppress(Exception):  # unblocks a read in progress on the thread
-            if self._pubsub is not None:
-                self._pubsub.close()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(_POLL * 2)
-
-    async def aclose(self) -> None:
-        await asyncio.to_thread(self.stop)
-
-    def _run(self) -> None:
-        backoff = 0.05
-        while not self.stopped:
-            try:
-                client: Any = self._client()
-                with client.pubsub() as pubsub:
-                    self._pubsub = pubsub
-                    pubsub.subscribe(self.channel)
-                    while not self.stopped:
-                        self.handle(pubsub.get_message(timeout=_POLL))
-                        backoff = 0.05
-            except Exception as exc:  # any failure: resubscribe later, never die silently
-                if self.stopped:
-                    return
-                self.lost(exc)
-                time.sleep(backoff)
-                backoff = min(backoff * 2, _BACKOFF_MAX)
-
-
-class TaskListener(_Subscription):
-    """The subscription as an asyncio task, for caches that only have an async client.
-
-    It lives on the loop of the first waiter, on that loop's client; waiters on other
-    loops still wake at their bounds. When its loop is gone (closed, or its task ended
-    with it), the next waiter starts it again on its own loop.
-    """
-
-    def __init__(
-        self,
-        client: Callable[[], redis.asyncio.Redis],
-        channel: str,
-        waiters: Waiters,
-        log: LogOnce,
-    ) -> None:
-        super().__init__(channel, waiters, log)
-        self._client = client
-        self._task: asyncio.Task[None] | None = None
-
-    def ensure_started(self) -> bool:
-        task = self._task
-        if task is not None and not task.done() and not task.get_loop().is_closed():
-            return False
-        self.stopped = False
-        self.ready.clear()
-        self._task = asyncio.get_running_loop().create_task(self._run())
-        return True
-
-    def stop(self) -> None:
-        self.stopped = True
-        task = self._task
-        if task is None or task.done():
-            return
-        loop = task.get_loop()
-        if _running_loop() is loop:
-            task.cancel()
-        elif not loop.is_closed():  # another thread's loop: cancel it there
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(task.cancel)
-
-    async def aclose(self) -> None:
-        self.stop()
-        task = self._task
-        if task is not None and task.get_loop() is asyncio.get_running_loop():
-            await asyncio.gather(task, return_exceptions=True)
-
-    async def _run(self) -> None:
-        backoff = 0.05
-        while not self.stopped:
-            try:
-                client: Any = self._client()
-                async with client.pubsub() as pubsub:
-                    await pubsub.subscribe(self.channel)
-                    while not self.stopped:
-                        self.handle(await pubsub.get_message(timeout=_POLL))
-                        backoff = 0.05
-            except Exception as exc:  # any failure: resubscribe later, never die silently
-                self.lost(exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, _BACKOFF_MAX)
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None

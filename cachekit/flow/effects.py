@@ -1,9 +1,10 @@
 """What a flow may ask its driver to do, besides a backend operation.
 
-A flow (:mod:`cachekit.flow.read`, :mod:`cachekit.flow.raw`, :mod:`cachekit.lock`) is a generator
-that yields effects and is sent their results; :mod:`cachekit.drivers.drive` performs them, with
-blocking calls or awaits. Backend operations (:class:`~cachekit.backends.ops.Op`) are
-effects too; the ones here are the driver's own business:
+A flow (:mod:`cachekit.flow.read`, :mod:`cachekit.flow.raw`, :mod:`cachekit.flow.lock`) is a
+generator that yields effects and is sent their results; :mod:`cachekit.drivers.drive`
+performs them, with blocking calls or awaits. Backend operations
+(:class:`~cachekit.backends.ops.Op`) are effects too; the ones here are the driver's own
+business:
 
 * :data:`LOAD` - call the wrapped function; the result is sent back.
 * :class:`Read` - ``GET`` a key, sharing the reply with this process's other readers of it.

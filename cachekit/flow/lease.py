@@ -2,12 +2,14 @@
 
 Whoever finds a key's lease taken waits the same way: it watches the key *before* its
 first attempt (so a release or fill from then on wakes it, with no lost wake-up between
-the attempt and the sleep), sleeps until it is woken or the holder's lease runs out
-(plus :data:`LEASE_MARGIN`, so it wakes after the lapse rather than just before it), and
-gives up at its own deadline. The first sleep counts one ``lock_waits``; giving up
-counts one ``lock_timeouts``. What a caller does between two attempts (re-read the
-value, probe the response, try the lock again) and when it gives up (serve stale, load
-without storing, raise) stays its own business.
+the attempt and the sleep; the refused attempt records the waiter in Redis, so the
+holder's fill or release is announced to it: :mod:`cachekit.backends.ops.waiting`),
+sleeps until it is woken or the holder's lease runs out (plus :data:`LEASE_MARGIN`, so
+it wakes after the lapse rather than just before it), and gives up at its own deadline.
+The first sleep counts one ``lock_waits``; giving up counts one ``lock_timeouts``. What
+a caller does between two attempts (re-read the value, probe the response, try the lock
+again) and when it gives up (serve stale, load without storing, raise) stays its own
+business.
 
 Usage::
 

@@ -53,8 +53,9 @@ from cachekit.exceptions import (
     Uncacheable,
 )
 from cachekit.flow.context import Context, Policy, new_token
-from cachekit.flow.effects import LOAD, Flow, Forget, Hold, Join, Later, Read, Spawn, Wait, Watch
+from cachekit.flow.effects import LOAD, Flow, Forget, Hold, Join, Later, Read, Spawn
 from cachekit.flow.envelope import Envelope, InvalidPayload, SchemaMismatch, decode, encode
+from cachekit.flow.lease import wait_for_lease, watch_lease
 from cachekit.flow.ttl import jittered
 from cachekit.serializers import Serializer
 
@@ -67,9 +68,6 @@ __all__ = [
     "refresh",
     "write_failed",
 ]
-
-# Wake a little after a holder's lease lapses, so the retry finds it gone.
-_LEASE_MARGIN = 0.005
 
 
 def read_failed(ctx: Context, exc: BackendError) -> None:
@@ -137,7 +135,8 @@ def cached_read(
     except BackendError as exc:
         read_failed(ctx, exc)
         # Redis is failing: no lease or write to attempt; the flight alone guards the source.
-        return (yield Join(key, _load_only(ctx)))
+        # A running miss flight whose write-back was refused is not ours to share.
+        return _unwrap((yield Join(key, _load_only(ctx), _shareable)))
     envelope = None if raw is None else decode_or_none(ctx, key, raw, serializer)
     if envelope is not None and envelope.stamp == stamp:
         now = ctx.clock.time()
@@ -247,9 +246,7 @@ def _miss(ctx: Context, policy: Policy, target: Address, seen: Envelope | None) 
         return (yield from _load_maybe_store(ctx, policy, target))
     key = target.key
     lease, token = lease_key(key), new_token()
-    handle = yield Watch(key)  # before looking: a fill from now on wakes us
-    deadline = ctx.clock.monotonic() + policy.lock_wait
-    waited = False
+    waiting = yield from watch_lease(ctx, key, policy.lock_wait)
     while True:
         try:
             got = yield _take_lease(policy, lease, token, key)
@@ -264,13 +261,8 @@ def _miss(ctx: Context, policy: Policy, target: Address, seen: Envelope | None) 
                 yield from _release(ctx, key, (lease, token))
                 return fresh.value
             return (yield from _load_and_store(ctx, policy, target, (lease, token)))
-        if not waited:
-            ctx.stats.incr("lock_waits")
-            waited = True
-        remaining = deadline - ctx.clock.monotonic()
-        if remaining <= 0:
+        if not (yield from wait_for_lease(ctx, waiting, got.remaining)):
             break
-        yield Wait(handle, min(remaining, got.remaining + _LEASE_MARGIN))
         try:
             envelope = _valid(ctx, target, (yield Get(key)))
         except BackendError as exc:
@@ -280,7 +272,6 @@ def _miss(ctx: Context, policy: Policy, target: Address, seen: Envelope | None) 
             if envelope.is_fresh(ctx.clock.time()):
                 return envelope.value
             seen = envelope
-    ctx.stats.incr("lock_timeouts")
     if seen is not None:
         return seen.value  # a stale value beats making the caller wait longer
     if policy.on_lock_timeout == "raise":

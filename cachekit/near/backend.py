@@ -3,10 +3,12 @@
 :class:`SyncNearBackend` and :class:`AsyncNearBackend` implement the backend protocols around
 an inner backend. A :class:`~cachekit.backends.ops.Get` of a key the local layer keeps is
 answered locally when a fresh copy is there; otherwise it is sent as :class:`ReadWithTtl`
-(the value and its PTTL, atomically, in one round trip) and the answer is installed, unless
-an invalidation arrived meanwhile. Every other operation passes through; the keys it may
-write are dropped locally before it is sent and again when it is answered (read your
-writes), and in pub/sub mode they are then announced to the fleet's other near caches.
+(the value and its PTTL, atomically, in one round trip; on Cluster also the id of the node
+that answered) and the answer is installed, unless an invalidation arrived meanwhile or
+the node is one whose invalidations this process does not follow (yet). Every other
+operation passes through; the keys it may write are dropped locally before it is sent and
+again when it is answered (read your writes), and in pub/sub mode they are then announced
+to the fleet's other near caches.
 
 The decision logic is written once, as :func:`plan`, a generator that yields the operations
 to run on the inner backend; the two classes only drive it, one with ``await``.
@@ -57,15 +59,25 @@ _READ_WITH_TTL = Script(
 return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
 """
 )
+_READ_WITH_TTL_ON_NODE = Script(
+    """
+-- KEYS[1] the key. Its value, its PTTL in ms, and the id of the Cluster node that answered:
+-- a copy is kept only if that node's invalidations were followed all along.
+return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1]), redis.call('CLUSTER', 'MYID')}
+"""
+)
+
+Read = tuple[bytes | None, float | None, str | None]
 
 
 @dataclass(slots=True)
-class ReadWithTtl(Op[tuple[bytes | None, float | None]]):
-    """``GET key`` and its remaining TTL in seconds (``math.inf``: none; ``None``: absent).
+class ReadWithTtl(Op[Read]):
+    """``GET key``, its remaining TTL in seconds (``math.inf``: none; ``None``: absent), and
+    on Cluster the id of the node that answered (``None`` elsewhere).
 
     Usage::
 
-        value, remaining = backend.run(ReadWithTtl("shop:{product:5}"))
+        value, remaining, node = backend.run(ReadWithTtl("shop:{product:5}"))
     """
 
     key: str
@@ -76,15 +88,31 @@ class ReadWithTtl(Op[tuple[bytes | None, float | None]]):
     def script_call(self) -> tuple[Sequence[str], Sequence[Any]]:
         return (self.key,), ()
 
-    def parse(self, reply: Any) -> tuple[bytes | None, float | None]:
-        value, pttl = reply
+    def for_cluster(self) -> Op[Read]:
+        return _ReadOnNode(self.key)
+
+    def parse(self, reply: Any) -> Read:
+        value, pttl, *node = reply
+        source = _text(node[0]) if node else None
         ms = int(pttl)
         if ms == -2:
-            return value, None
-        return value, math.inf if ms == -1 else ms / 1000
+            return value, None, source
+        return value, math.inf if ms == -1 else ms / 1000, source
 
-    def apply(self, store: Store) -> tuple[bytes | None, float | None]:
-        return store.read(self.key), store.remaining(self.key)
+    def apply(self, store: Store) -> Read:
+        return store.read(self.key), store.remaining(self.key), None
+
+
+@dataclass(slots=True)
+class _ReadOnNode(ReadWithTtl):
+    script = _READ_WITH_TTL_ON_NODE
+
+    def for_cluster(self) -> Op[Read]:
+        return self
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def written_keys(op: Op[Any]) -> tuple[str, ...]:
@@ -147,11 +175,14 @@ def plan(local: LocalCache, op: Op[Any]) -> Plan:
         if not token:  # not a key kept here, or the channel is down: pass through
             return (yield op)
         try:
-            value, remaining = yield ReadWithTtl(op.key)
+            value, remaining, node = yield ReadWithTtl(op.key)
         except BaseException:
             local.abort(op.key, token)
             raise
-        local.install(op.key, token, value, remaining)
+        if local.follows(node):
+            local.install(op.key, token, value, remaining)
+        else:  # a Cluster node whose invalidations are not (yet) followed: do not keep
+            local.abort(op.key, token)
         return value
     keys = written_keys(op)
     if not keys:

@@ -38,13 +38,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import suppress
+from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol
 
 import redis
 import redis.asyncio
+import redis.asyncio.sentinel
 import redis.connection
+import redis.sentinel
 import redis.utils
 from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
@@ -55,7 +58,7 @@ from cachekit.backends.redis import PER_READ_TIMEOUT
 from cachekit.exceptions import ConfigurationError
 from cachekit.stats import LogOnce
 
-__all__ = ["InvalidationChannel", "Sink", "Source"]
+__all__ = ["Channel", "Endpoint", "InvalidationChannel", "Sink", "Source", "node_target"]
 
 Source = str | redis.Redis | redis.asyncio.Redis
 ChannelMode = Literal["tracking", "pubsub"]
@@ -98,6 +101,22 @@ class Sink(Protocol):
         ...
 
 
+class Channel(Protocol):
+    """What a :class:`~cachekit.near.local.LocalCache` holds: one channel, or a Cluster's many."""
+
+    def start(self) -> None:
+        """Start following invalidations (on a daemon thread)."""
+        ...
+
+    def stop(self) -> None:
+        """Stop; the sink is told the channel is down."""
+        ...
+
+    def follows(self, node: str) -> bool:
+        """Whether Cluster node ``node``'s invalidations are followed."""
+        ...
+
+
 class InvalidationChannel:
     """Keeps one invalidation connection alive on a daemon thread and feeds a :class:`Sink`.
 
@@ -114,8 +133,11 @@ class InvalidationChannel:
         channel.start()
     """
 
-    def __init__(self, source: Source, prefix: str, sink: Sink, *, mode: str = "auto") -> None:
-        self._target = _target(source)  # checked now: a wrong source fails start()
+    def __init__(
+        self, source: Source | Endpoint, prefix: str, sink: Sink, *, mode: str = "auto"
+    ) -> None:
+        # Checked now: a wrong source fails start().
+        self._target = source if isinstance(source, Endpoint) else _target(source)
         self._prefix = prefix
         self._sink = sink
         self._mode = mode
@@ -129,6 +151,10 @@ class InvalidationChannel:
         """The pub/sub channel of the fallback mode."""
         return f"{self._prefix}:__local__"
 
+    def follows(self, node: str) -> bool:
+        """Always: one server, no Cluster nodes."""
+        return True
+
     def start(self) -> None:
         """Start the thread (once)."""
         if self._thread is None:
@@ -137,11 +163,14 @@ class InvalidationChannel:
             )
             self._thread.start()
 
-    def stop(self) -> None:
-        """Stop the thread; it ends within a poll interval, and the sink is told."""
+    def stop(self, *, wait: bool = True) -> None:
+        """Stop the thread; it ends within a poll interval, and the sink is told.
+
+        ``wait=False`` returns at once (the thread ends on its own).
+        """
         self._stopped.set()
         thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
+        if wait and thread is not None and thread is not threading.current_thread():
             thread.join(_JOIN)
 
     # ------------------------------------------------------------------ the thread
@@ -182,7 +211,7 @@ class InvalidationChannel:
     def _open(self) -> tuple[redis.ConnectionPool, Any, ChannelMode]:
         """A connection on which invalidations now flow, and in which mode."""
         if not self._fallback:
-            pool = _pool(self._target, protocol=3)
+            pool = self._target.pool(3)
             try:
                 conn: Any = pool.get_connection()
                 # redis-py has no public hook for the push messages of a connection; its
@@ -200,7 +229,7 @@ class InvalidationChannel:
             except BaseException:
                 pool.disconnect()
                 raise
-        pool = _pool(self._target, protocol=2)
+        pool = self._target.pool(2)
         try:
             conn = pool.get_connection()
             conn.send_command("SUBSCRIBE", self.channel)
@@ -265,21 +294,45 @@ def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
 
 
-Endpoint = tuple[type[redis.connection.AbstractConnection], dict[str, Any]]
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where the channel connects: a pool of one connection with the channel's own settings.
+
+    ``pool(protocol)`` builds it: RESP3 for tracking, RESP2 for pub/sub.
+    """
+
+    pool: Callable[[int], redis.ConnectionPool]
+
+
+def node_target(host: str, port: int, identity: dict[str, Any]) -> Endpoint:
+    """The :class:`Endpoint` of one server (a Cluster node): ``identity`` holds its
+    ``username`` and ``password``.
+
+    Usage::
+
+        channel = InvalidationChannel(node_target("10.0.0.7", 7000, {}), "shop", sink)
+    """
+    return _plain(redis.connection.Connection, {**identity, "host": host, "port": port})
 
 
 def _target(source: Source) -> Endpoint:
-    """The sync connection class and the identity settings (server, database, account) of
-    ``source``; its own timeouts, retries and protocol are left behind, and so are options
-    that are not redis-py's (a cachekit URL's ``prefix=``, say)."""
+    """How to reach ``source``'s server, database and account, with the channel's own
+    timeouts, retries and protocol; options that are not redis-py's (a cachekit URL's
+    ``prefix=``, say) are left behind."""
     pool: Any = (
         redis.ConnectionPool.from_url(source)
         if isinstance(source, str)
         else getattr(source, "connection_pool", None)
     )
+    if isinstance(pool, redis.sentinel.SentinelConnectionPool):
+        return _sentinel(pool)
+    if isinstance(pool, redis.asyncio.sentinel.SentinelConnectionPool):
+        raise ConfigurationError(
+            "a near cache behind Sentinel needs a sync master_for client (or a URL)"
+        )
     # The first redis-py class in its ancestry decides: a subclass of a plain one
     # (cachekit's budgeted connection) connects the same way, and an async class has a
-    # sync twin of its name; a Sentinel-managed one finds its server at connect time.
+    # sync twin of its name.
     first = next(
         (
             c
@@ -289,27 +342,62 @@ def _target(source: Source) -> Endpoint:
         None,
     )
     if first is not None and first.__name__ in _CONNECTIONS:
-        kwargs = {
-            name: value
-            for name, value in pool.connection_kwargs.items()
-            if name in _IDENTITY or name.startswith("ssl_")
-        }
-        return getattr(redis.connection, first.__name__), kwargs
+        return _plain(getattr(redis.connection, first.__name__), _identity(pool))
     raise ConfigurationError(
-        "a near cache needs a standalone Redis (a URL, or a client on a plain, TLS or "
-        f"unix-socket connection), not {type(source).__name__}"
+        "a near cache needs a Redis URL, or a sync client on a plain, TLS, unix-socket or "
+        f"Sentinel-managed connection, not {type(source).__name__}"
     )
 
 
-def _pool(target: Endpoint, *, protocol: int) -> redis.ConnectionPool:
-    """A pool for the channel's one connection: short timeouts, no hidden retries."""
-    connection_class, kwargs = target
-    return redis.ConnectionPool(
-        connection_class=connection_class,
-        **kwargs,
-        protocol=protocol,
-        socket_timeout=_IO_TIMEOUT,
-        socket_connect_timeout=_IO_TIMEOUT,
-        retry=Retry(NoBackoff(), 0),
-        health_check_interval=0,
-    )
+def _identity(pool: Any) -> dict[str, Any]:
+    return {
+        name: value
+        for name, value in pool.connection_kwargs.items()
+        if name in _IDENTITY or name.startswith("ssl_")
+    }
+
+
+def _settings(protocol: int) -> dict[str, Any]:
+    """The channel's own connection settings: short timeouts, no hidden retries."""
+    return {
+        "protocol": protocol,
+        "socket_timeout": _IO_TIMEOUT,
+        "socket_connect_timeout": _IO_TIMEOUT,
+        "retry": Retry(NoBackoff(), 0),
+        "health_check_interval": 0,
+    }
+
+
+def _plain(
+    connection_class: type[redis.connection.AbstractConnection], kwargs: dict[str, Any]
+) -> Endpoint:
+    def pool(protocol: int) -> redis.ConnectionPool:
+        return redis.ConnectionPool(
+            connection_class=connection_class, **kwargs, **_settings(protocol)
+        )
+
+    return Endpoint(pool)
+
+
+def _sentinel(source: Any) -> Endpoint:
+    """The primary that ``source``'s Sentinels name, asked again at every (re)connect.
+
+    The channel follows the primary exactly as the data connections do: when a failover
+    demotes the old primary, the Sentinels have it drop its clients, and both reconnect to
+    the new one. (Asking the Sentinels on a timer instead would move the channel first,
+    while the data connections still read and write the old primary, not yet demoted, and
+    its writes would go unseen.)"""
+    manager, service = source.sentinel_manager, source.service_name
+    kwargs = _identity(source)
+    kwargs.pop("host", None), kwargs.pop("port", None)
+    if issubclass(source.connection_class, redis.connection.SSLConnection):
+        kwargs["ssl"] = True  # the pool picks its TLS twin of the Sentinel-managed class
+
+    def pool(protocol: int) -> redis.ConnectionPool:
+        sentinel_pool: Any = redis.sentinel.SentinelConnectionPool  # untyped in redis-py
+        made: redis.ConnectionPool = sentinel_pool(
+            service, manager, **kwargs, **_settings(protocol)
+        )
+        return made
+
+    return Endpoint(pool)

@@ -11,7 +11,9 @@ answers a ``Get`` from it and fills it; everything else goes to Redis. Its rules
 * **Invalidated by the server.** One background thread (:mod:`cachekit.near.channel`) holds a
   RESP3 connection with ``CLIENT TRACKING ON BCAST PREFIX <prefix>:``; every write to a key
   under the prefix, by any client, drops the local copy. Servers without tracking: pub/sub
-  messages that every near cache of the fleet publishes after its writes.
+  messages that every near cache of the fleet publishes after its writes. On Cluster, one
+  such connection per primary, following the topology (:mod:`cachekit.near.cluster`);
+  behind Sentinel, on the primary the Sentinels name.
 * **No channel, no local answers.** Until the channel is up, and from the moment it drops
   until it is back, every read goes to Redis (pure pass-through), and the layer is flushed
   on the drop and again when the channel returns.
@@ -53,9 +55,13 @@ if TYPE_CHECKING:
     import redis
     import redis.asyncio
 
-    from cachekit.near.channel import InvalidationChannel
+    from cachekit.near.channel import Channel
 
-__all__ = ["LOCAL_COUNTERS", "LocalCache", "Mode"]
+__all__ = ["FILL_PATIENCE", "LOCAL_COUNTERS", "LocalCache", "Mode"]
+
+FILL_PATIENCE = 1.0
+"""Seconds a fill in flight keeps other readers of its key from filling: its read is
+presumed lost after that (a failed read gives its token back at once)."""
 
 Mode = Literal["auto", "tracking", "pubsub"]
 LOCAL_COUNTERS: Final = (
@@ -136,7 +142,7 @@ class LocalCache:
         self._scope: str | None = None  # "<prefix>:" once started: only keys under it
         self._prefix: str | None = None
         self._resolved: Literal["tracking", "pubsub"] | None = None
-        self._channel: InvalidationChannel | None = None
+        self._channel: Channel | None = None
         self._log = LogOnce(logger)
 
     # ------------------------------------------------------------------ life cycle
@@ -145,7 +151,9 @@ class LocalCache:
         """Cache keys under ``<prefix>:`` and start the invalidation channel to ``source``.
 
         ``source`` is a Redis URL or a client (its host, port, database and credentials
-        are used for one dedicated connection). ``None`` starts no channel: whoever
+        are used for one dedicated connection); a ``redis+cluster://`` URL follows every
+        primary of that Cluster (:mod:`cachekit.near.cluster`), and a Sentinel-managed
+        client the primary its Sentinels name. ``None`` starts no channel: whoever
         started the cache then reports the channel through :meth:`channel_up`,
         :meth:`channel_down` and :meth:`invalidate` (tests do).
 
@@ -155,8 +163,12 @@ class LocalCache:
         """
         if not prefix:
             raise ConfigurationError("a near cache needs a non-empty key prefix")
-        channel = None
-        if source is not None:
+        channel: Channel | None = None
+        if isinstance(source, str) and source.startswith("redis+cluster:"):
+            from cachekit.near.cluster import ClusterChannel
+
+            channel = ClusterChannel(source, prefix, self, mode=self.mode)  # checks source
+        elif source is not None:
             from cachekit.near.channel import InvalidationChannel
 
             channel = InvalidationChannel(source, prefix, self, mode=self.mode)  # checks source
@@ -210,6 +222,15 @@ class LocalCache:
             return None
         return f"{prefix}:__local__"
 
+    def follows(self, node: str | None) -> bool:
+        """Whether a value read from Cluster node ``node`` may be kept: that node's
+        invalidations have been followed since the layer last went dark (``None``: not a
+        Cluster, always). A node the topology has not shown yet (a new primary, a promoted
+        replica) is not followed until its channel is up.
+        """
+        channel = self._channel
+        return node is None or channel is None or channel.follows(node)
+
     def stats(self) -> dict[str, int]:
         """The counters of :data:`LOCAL_COUNTERS`, no I/O.
 
@@ -250,16 +271,23 @@ class LocalCache:
     def begin(self, key: str) -> int:
         """Take a fill token for ``key`` *before* reading it from Redis; 0: do not fill.
 
-        A later :meth:`begin` for the same key, an invalidation of it or a flush voids the
-        token, so :meth:`install` refuses the value that read brings back.
+        An invalidation of the key or a flush voids the token, so :meth:`install` refuses
+        the value that read brings back. One fill per key at a time: while one is in
+        flight (for less than :data:`FILL_PATIENCE`), other readers read through without
+        filling. (A later fill used to void the earlier one, and a hot key read without a
+        pause was never kept: every read's fill was voided by the next read's.)
         """
         if not self.cacheable(key):
             return 0
         with self._lock:
             if not self._ready:
                 return 0
+            now = self._clock.monotonic()
+            fill = self._fills.get(key)
+            if fill is not None and now - fill[1] < FILL_PATIENCE:
+                return 0
             token = next(self._tokens)
-            self._fills[key] = (token, self._clock.monotonic())
+            self._fills[key] = (token, now)
             return token
 
     def install(self, key: str, token: int, value: bytes | None, remaining: float | None) -> bool:

@@ -32,7 +32,8 @@ from cachekit.backends.ops import (
     SetMany,
     Ttl,
 )
-from cachekit.backends.ops.leases import Acquire, Fill, Invalidate, Leased, Release, TakeLease
+from cachekit.backends.ops.leases import Fill, Invalidate, Leased, Release, TakeLease
+from cachekit.backends.ops.locks import Acquire
 from cachekit.backends.ops.responses import ScanKeys, UnlinkEach
 from cachekit.backends.ops.tags import ReadTagged, RetireTags
 from cachekit.backends.redis import connect

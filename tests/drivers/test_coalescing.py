@@ -438,7 +438,7 @@ def _config(server: PrivateServer, **extra: Any) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-def test_a_cold_herd_of_processes_reads_once_and_rereads_once_per_process(
+def test_a_cold_herd_of_processes_reads_per_process_not_per_caller(
     private_redis: PrivateServer,
 ) -> None:
     processes, callers = 4, 25
@@ -452,9 +452,10 @@ def test_a_cold_herd_of_processes_reads_once_and_rereads_once_per_process(
     for report in reports:  # every process: one GET for its herd, one flight
         assert report["stats"]["reads_coalesced"] == callers - 1
         assert report["stats"]["coalesced"] == callers - 1
-    # A GET per process for its herd, and one more per waiting process when it is woken:
-    # not one per caller (100).
-    assert calls["get"] <= 2 * processes
+    # A GET per process for its herd; a waiting process re-reads when its subscription to
+    # the key's channel is confirmed (the listener's re-look) and when the fill is
+    # announced: at most 3 a process, not one per caller (100).
+    assert calls["get"] <= 3 * processes, dict(calls)
     print(f"\n{processes} x {callers} callers, cold key: commands sent {dict(calls)}")
 
 

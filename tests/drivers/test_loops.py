@@ -26,7 +26,7 @@ from sqlalchemy import create_engine
 from cachekit import Cache
 from cachekit.backends.perloop import client_of
 from cachekit.drivers.drive import AsyncDriver
-from cachekit.drivers.notify import TaskListener
+from cachekit.drivers.task_notify import TaskListener
 from cachekit.near.local import LocalCache
 from cachekit.sessions import CartStore
 from cachekit.testing import FakeClock

@@ -25,7 +25,9 @@ from typing import Any
 import pytest
 import redis
 
-from cachekit import Cache, LockTimeout
+from cachekit import BackendUnavailable, Cache, LockTimeout
+from cachekit.backends.memory import AsyncMemoryBackend
+from cachekit.backends.ops import Delete, Get, Op
 from cachekit.testing import FakeClock
 from tests.support.fleet import run_fleet
 from tests.support.servers import PrivateServer
@@ -292,6 +294,42 @@ async def test_a_read_after_invalidate_never_joins_a_load_begun_before_it(
     loader.release.set()
     assert await first == "old"
     assert await read_row(1) == "new"
+
+
+async def test_a_caller_whose_read_failed_gets_a_value_when_the_flight_it_joined_was_refused(
+    memory_cache: Cache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caller whose GET fails joins the key's running flight. When that flight's write-back
+    is refused (its lease was lost meanwhile) the joiner loads for itself and gets a value,
+    never the flight's internal wrapper (seen once under cut replies in the chaos tests)."""
+    row = Row("v")
+    loader = GatedLoader(row)
+
+    @memory_cache.cached(ttl=60, key="row:{rid}")
+    async def read_row(rid: int) -> str:
+        return await loader()
+
+    first = asyncio.create_task(read_row(1))
+    await loader.started.wait()  # the flight holds the lease and is loading
+    backend = memory_cache.bound().aio.backend
+    assert isinstance(backend, AsyncMemoryBackend)
+    real_run = AsyncMemoryBackend.run
+    lease = lease_key(memory_cache.bound().ctx.keyspace.prefix, "row:1")
+    assert await real_run(backend, Delete([lease])) == 1  # the lease is lost (not invalidated)
+
+    async def reads_fail(self: AsyncMemoryBackend, op: Op[Any]) -> Any:
+        if isinstance(op, Get):
+            raise BackendUnavailable("test: this read fails")
+        return await real_run(self, op)
+
+    monkeypatch.setattr(AsyncMemoryBackend, "run", reads_fail)
+    second = asyncio.create_task(read_row(1))
+    await eventually(lambda: memory_cache.stats()["coalesced"] >= 1, "the second call joins")
+    monkeypatch.setattr(AsyncMemoryBackend, "run", real_run)
+    loader.release.set()
+    assert await first == "v"
+    assert await second == "v"
+    assert memory_cache.stats()["stale_sets_refused"] == 1
 
 
 def test_invalidate_during_a_sync_load_refuses_its_write_back(memory_cache: Cache) -> None:

@@ -22,6 +22,7 @@ from typing import Any, Literal, TypeVar, cast
 import pytest
 import redis
 import redis.asyncio
+import redis.asyncio.sentinel
 import redis.sentinel
 
 from cachekit.backends.base import SyncBackend
@@ -30,11 +31,12 @@ from cachekit.backends.ops import Delete, Get, Incr, Op, Ping, Publish, Set
 from cachekit.backends.ops.bitmaps import MergeBits
 from cachekit.backends.ops.leases import Fill
 from cachekit.backends.ops.tags import ReadTagged, RetireTags
+from cachekit.backends.ops.waiting import waiting_key
 from cachekit.backends.redis import connect
 from cachekit.exceptions import BackendError, BackendUnavailable, ConfigurationError
 from cachekit.flow.envelope import encode
 from cachekit.near.backend import AsyncNearBackend, ReadWithTtl, SyncNearBackend, written_keys
-from cachekit.near.local import LOCAL_COUNTERS, LocalCache
+from cachekit.near.local import FILL_PATIENCE, LOCAL_COUNTERS, LocalCache
 from cachekit.serializers import JsonSerializer
 from cachekit.testing import FakeClock
 from tests.support.servers import PrivateServer
@@ -192,9 +194,33 @@ def test_an_invalidation_or_flush_voids_a_fill_in_flight(local: LocalCache) -> N
     local.channel_up("tracking")
     assert not local.install(KEY, token, value, math.inf)
     first, second = local.begin(KEY), local.begin(KEY)
-    assert not local.install(KEY, first, value, math.inf)  # the later fill owns the key
-    assert local.install(KEY, second, value, math.inf)
+    assert second == 0  # one fill per key at a time: the second reader reads through
+    assert local.install(KEY, first, value, math.inf)
     assert local.lookup(KEY) == value
+
+
+def test_a_hot_key_read_without_pause_is_kept(clock: FakeClock, local: LocalCache) -> None:
+    """Overlapping reads of one key: the first one's fill lands (it used to be voided by
+    the next read's, so a key that was always being read was never kept)."""
+    value = envelope(KEY, 1)
+    tokens = [local.begin(KEY) for _ in range(5)]  # five reads overlap
+    assert tokens[0]
+    assert not any(tokens[1:])
+    assert local.install(KEY, tokens[0], value, math.inf)
+    assert local.lookup(KEY) == value
+
+
+def test_a_fill_presumed_lost_lets_the_next_reader_fill(
+    clock: FakeClock, local: LocalCache
+) -> None:
+    value = envelope(KEY, 1)
+    lost = local.begin(KEY)
+    clock.advance(FILL_PATIENCE)
+    retry = local.begin(KEY)
+    assert retry
+    assert retry != lost
+    assert not local.install(KEY, lost, value, math.inf)
+    assert local.install(KEY, retry, value, math.inf)
 
 
 def test_own_writes_are_read_at_once(store: MemoryStore, near: SyncNearBackend) -> None:
@@ -245,7 +271,8 @@ def test_written_keys() -> None:
     assert written_keys(Set(KEY, b"v", 1, nx=True)) == ()  # only creates: nothing was kept
     assert written_keys(Delete(["a", "b"])) == ("a", "b")
     assert written_keys(Incr("n")) == ("n",)
-    assert written_keys(Fill(KEY, b"v", 1, "lease", b"t", "ch")) == (KEY, "lease")
+    fill = Fill(KEY, b"v", 1, "lease", b"t", "ch")
+    assert written_keys(fill) == (KEY, "lease", waiting_key(KEY))  # it clears the waiter record
     assert written_keys(RetireTags(["t1", "t2"], [b"a", b"b"])) == ("t1", "t2")
     assert written_keys(ReadTagged(KEY, ["t1"], [b"a"])) == ()
     merge = MergeBits([("p1", b"\x01"), ("p2", b"\x02")], "scratch", "count", 2)
@@ -607,9 +634,15 @@ def test_the_channel_takes_a_url_or_either_client(redis_url: str, prefix: str) -
         refused.start(object(), prefix)  # type: ignore[arg-type]
     refused.start(None, prefix)  # a refused source left it unstarted
     sentinels: Any = redis.sentinel.Sentinel([("127.0.0.1", 1)])
-    sentinel = sentinels.master_for("primary")
-    with pytest.raises(ConfigurationError):  # it finds its server at connect time
-        LocalCache().start(sentinel, prefix)
+    behind = LocalCache()
+    behind.start(sentinels.master_for("primary"), prefix)  # asks the Sentinels at connect
+    try:
+        assert not behind.wait_ready(0.3)  # nobody listens on port 1: pass-through
+    finally:
+        behind.close()
+    async_sentinels: Any = redis.asyncio.sentinel.Sentinel([("127.0.0.1", 1)])
+    with pytest.raises(ConfigurationError, match="sync master_for"):
+        LocalCache().start(async_sentinels.master_for("primary"), prefix)
 
 
 async def test_the_async_face_on_redis(redis_url: str, prefix: str) -> None:

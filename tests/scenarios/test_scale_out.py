@@ -40,7 +40,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from cachekit import Cache, LocalCache
+from cachekit import Cache
 from cachekit.backends.cluster import (
     SLOTS,
     AsyncClusterBackend,
@@ -205,11 +205,6 @@ def test_a_sentinel_url_builds_budgeted_faces_on_the_primary() -> None:
             assert sentinel_kwargs["retry"].get_retries() == 0  # next Sentinel at once
     assert "Budgeted" in sync_backend.client.connection_pool.connection_class.__name__
     sync_backend.close()
-
-
-def test_a_near_cache_is_refused_on_cluster_rather_than_left_stale() -> None:
-    with pytest.raises(ConfigurationError, match="does not support redis\\+cluster"):
-        Cache(local=LocalCache()).configure("redis+cluster://127.0.0.1:7000")
 
 
 def test_a_cluster_scan_visits_each_primary_once_in_slot_order() -> None:
