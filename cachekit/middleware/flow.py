@@ -3,12 +3,11 @@
 :func:`lookup` reads a path's generation, a URL's record and a variant in one script (one
 round trip) and decides: serve it (:class:`Hit`), run the app and store the response
 (:class:`Lead`, holding the variant's lease), or run the app without waiting
-(:class:`Direct`). Concurrent misses of one key reuse :mod:`cachekit.flow.read`'s machinery:
-an in-process :class:`~cachekit.flow.effects.Join` so a process's waiters share one wait,
-the cross-process lease (:class:`~cachekit.backends.ops.leases.TakeLease`), and wake-ups on
-the fill's notification (:class:`~cachekit.flow.effects.Watch` /
-:class:`~cachekit.flow.effects.Wait`);
-the wait is bounded, and a waiter that times out runs the app itself.
+(:class:`Direct`). Concurrent misses of one key share the decorator's machinery: an
+in-process :class:`~cachekit.flow.effects.Join` so a process's waiters share one wait, the
+cross-process lease (:class:`~cachekit.backends.ops.leases.TakeLease`), and the one bounded
+wait for its holder's fill (:mod:`cachekit.flow.lease`); a waiter that times out runs the
+app itself.
 
 :mod:`.writes` stores what the app answered.
 
@@ -27,7 +26,8 @@ from cachekit.backends.ops.leases import Release, TakeLease
 from cachekit.backends.ops.responses import ReadResponse
 from cachekit.exceptions import BackendError
 from cachekit.flow.context import Context, new_token
-from cachekit.flow.effects import Flow, Join, Wait, Watch
+from cachekit.flow.effects import Flow, Join
+from cachekit.flow.lease import rewatch, wait_for_lease, watch_lease
 from cachekit.flow.read import lease_key, read_failed, tag_stamp
 from cachekit.middleware.directives import Headers
 from cachekit.middleware.entry import (
@@ -52,7 +52,6 @@ __all__ = [
     "read_response",
 ]
 
-_LEASE_MARGIN = 0.005  # wake a little after a holder's lease lapses
 # A hit hashes its path's generation to compare stamps; a path's generation changes
 # rarely, so its digest is remembered (a pure function: losing it costs one hash).
 _STAMPS: dict[bytes, int] = {}
@@ -270,9 +269,7 @@ def _coalesce(ctx: Context, settings: ResponsePolicy, ask: Ask, probe: _Probe) -
     """Take the key's lease and lead, or wait (bounded) for its holder's fill."""
     key, seen = probe.key, probe.entry
     token = new_token()
-    handle = yield Watch(key)  # before the lease attempt: a fill from now on wakes us
-    deadline = ctx.clock.monotonic() + settings.lock_wait
-    waited = False
+    waiting = yield from watch_lease(ctx, key, settings.lock_wait)
     while True:
         lease = lease_key(key)
         try:
@@ -295,13 +292,8 @@ def _coalesce(ctx: Context, settings: ResponsePolicy, ask: Ask, probe: _Probe) -
                 read_failed(ctx, exc)
                 return Direct(probe.stamp, store=False, seen=seen, failed=True)
             return verdict
-        if not waited:
-            ctx.stats.incr("lock_waits")
-            waited = True
-        remaining = deadline - ctx.clock.monotonic()
-        if remaining <= 0:
+        if not (yield from wait_for_lease(ctx, waiting, got.remaining)):
             break
-        yield Wait(handle, min(remaining, got.remaining + _LEASE_MARGIN))
         try:
             probe = yield from _probe(ctx, settings, ask)
         except BackendError as exc:
@@ -313,8 +305,7 @@ def _coalesce(ctx: Context, settings: ResponsePolicy, ask: Ask, probe: _Probe) -
         seen = probe.entry or seen
         if probe.key != key:  # the record appeared: our variant has a key of its own now
             key = probe.key
-            handle = yield Watch(key)
-    ctx.stats.incr("lock_timeouts")
+            yield from rewatch(waiting, key)
     if seen is not None and _usable_stale(ctx, seen):
         return Hit(seen, key, probe.stamp, stale=True)  # stale beats waiting longer
     return Direct(probe.stamp, store=False, seen=seen)
