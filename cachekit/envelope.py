@@ -166,8 +166,13 @@ def decode(key: str, data: bytes, serializer: Serializer) -> Envelope:
     if not flags and keyring is None:  # the usual entry: unsigned, untagged, not null
         if len(data) != HEADER_SIZE + size:
             raise InvalidPayload("payload length does not match its header")
-        # A bytes slice: orjson parses bytes measurably faster than a memoryview.
-        value = _loads(serializer, data[HEADER_SIZE:])
+        body = data[HEADER_SIZE:]  # bytes: orjson parses them faster than a memoryview
+        try:  # inline, not _loads: one frame fewer on every hit
+            value = serializer.loads(body)
+        except InvalidPayload:
+            raise
+        except Exception as exc:  # any decoder failure on foreign bytes is just a bad payload
+            raise InvalidPayload(f"payload does not decode: {type(exc).__name__}") from exc
         envelope: Envelope = _new(Envelope, (value, created, expires, load_time, False, 0))
         return envelope
     if len(data) != HEADER_SIZE + (MAC_SIZE if flags & _FLAG_SIGNED else 0) + size:

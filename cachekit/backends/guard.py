@@ -43,7 +43,7 @@ from collections import deque
 from contextvars import ContextVar
 from typing import Final, TypeVar
 
-from cachekit.breaker import Breaker, Ticket
+from cachekit.breaker import NORMAL, Breaker, Ticket
 from cachekit.exceptions import BackendError, BackendTimeout, BackendUnavailable, CircuitOpen
 from cachekit.stats import Stats
 
@@ -147,7 +147,7 @@ class GuardedBackend:
     def run(self, op: Op[T]) -> T:
         """Run ``op`` within the budget, unless the breaker is open."""
         guard = self._guard
-        ticket = guard.admit()
+        ticket = NORMAL if guard.breaker.closed else guard.admit()
         slot_at = time.monotonic()
         deadline = slot_at + guard.deadline  # the wait for a slot counts too
         slots = self._slots
@@ -297,7 +297,7 @@ class AsyncGuardedBackend:
     async def run(self, op: Op[T]) -> T:
         """Run ``op`` within the budget, unless the breaker is open."""
         guard = self._guard
-        ticket = guard.admit()
+        ticket = NORMAL if guard.breaker.closed else guard.admit()
         slots = self._slots()
         task = asyncio.current_task()
         if task is None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, TypeVar
 
@@ -40,7 +41,7 @@ from redis.retry import Retry
 from cachekit.config import REDIS_DEFAULTS
 from cachekit.exceptions import BackendError, BackendTimeout, BackendUnavailable, ConfigurationError
 
-from .guard import time_left
+from .guard import DEADLINE, time_left
 from .ops import Op
 
 __all__ = [
@@ -231,9 +232,10 @@ class _Budgeted:
     """
 
     def read_response(self, *args: Any, **kwargs: Any) -> Any:
-        left = time_left()
-        if left is None or "timeout" in kwargs:
+        deadline = DEADLINE.get()  # time_left(), inline: this runs on every reply
+        if deadline is None or "timeout" in kwargs:
             return super().read_response(*args, **kwargs)  # type: ignore[misc]
+        left = deadline - time.monotonic()
         own = self.socket_timeout  # type: ignore[attr-defined]
         if own is not None and left >= own - READ_SLACK:
             # The socket's own timeout ends this read by the deadline (+ READ_SLACK).
