@@ -88,7 +88,10 @@ class _CachedFunction(Generic[P, R]):
         ctx = b.ctx
         if self._gate is None and not self._tags:  # the usual call: the key is all it needs
             key = self._builder.storage_key(ctx.keyspace, args, kwargs)
-            return cached_read(ctx, self._typed_policy(ctx), "", key=key)
+            built_for, policy = self._typed
+            if built_for is not (self._policy.serializer or ctx.serializer):
+                policy = self._typed_policy(ctx)
+            return cached_read(ctx, policy, "", key=key)
         gate = self._gate
         item = None if gate is None else gate(args, kwargs)
         logical = self._builder.build(args, kwargs)

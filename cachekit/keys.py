@@ -319,7 +319,10 @@ class KeyBuilder:
             and not kwargs
             and len(args) == self._positional_count
         ):
-            key = space.head + head + self._escape(args[fast[1][0]]) + "}"
+            value = args[fast[1][0]]
+            # An int needs no escaping (see escape): no call for the commonest key.
+            text = str(value) if type(value) is int else self._escape(value)
+            key = space.head + head + text + "}"
             if len(key) * 4 <= MAX_KEY_BYTES:  # else space.value shortens it
                 return key
         return space.value(self.build(args, kwargs))
