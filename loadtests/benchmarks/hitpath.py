@@ -40,7 +40,10 @@ Each contender is primed (its loader runs once: the only miss) and warmed up. Th
 ``time.perf_counter_ns``, in an order that rotates from round to round, so a noisy moment
 of the machine hits every contender alike. A contender's figure is the median over rounds
 of its mean per-call latency; only ratios to the floor of the same face, measured in the
-same run, mean anything. The async face runs in one event loop (``asyncio.run``), then
+same run, mean anything. Beside it, the client's own CPU time per call (this thread's,
+``time.thread_time_ns``): on a loaded machine the wall-clock ratios move with whatever
+else runs, while the CPU a hit spends over its floor stays put, so it tells the overhead
+apart from the noise. The async face runs in one event loop (``asyncio.run``), then
 the sync face runs.
 
 The run checks that it measured hits: every loader ran exactly once during priming,
@@ -173,6 +176,7 @@ class Contender:
     value: str = "dict"  # which value it returns: "dict" or "typed" (each has its floor)
     raw: bool = False  # cachekit's raw API: no loader (its hits are checked by the counters)
     samples: list[float] = field(default_factory=list)  # mean µs/call, one per round
+    cpu: list[float] = field(default_factory=list)  # mean µs of this thread's CPU per call
 
     @property
     def median(self) -> float:
@@ -195,31 +199,38 @@ class Settings:
 # --------------------------------------------------------------------------- timing
 
 
-async def time_async(call: Callable[[int], Awaitable[object]], calls: int) -> float:
-    """Mean µs per awaited call over ``calls`` sequential calls."""
+async def time_async(call: Callable[[int], Awaitable[object]], calls: int) -> tuple[float, float]:
+    """Mean µs per awaited call over ``calls`` sequential calls: wall time, and this
+    thread's CPU time (what the client itself spent, whatever else ran on the machine)."""
     pid = PID
+    cpu = time.thread_time_ns()
     start = time.perf_counter_ns()
     for _ in range(calls):
         await call(pid)
-    return (time.perf_counter_ns() - start) / calls / 1000
+    wall = time.perf_counter_ns() - start
+    return wall / calls / 1000, (time.thread_time_ns() - cpu) / calls / 1000
 
 
-def time_sync(call: Callable[[int], object], calls: int) -> float:
-    """Mean µs per call over ``calls`` sequential calls."""
+def time_sync(call: Callable[[int], object], calls: int) -> tuple[float, float]:
+    """The sync twin of :func:`time_async`."""
     pid = PID
+    cpu = time.thread_time_ns()
     start = time.perf_counter_ns()
     for _ in range(calls):
         call(pid)
-    return (time.perf_counter_ns() - start) / calls / 1000
+    wall = time.perf_counter_ns() - start
+    return wall / calls / 1000, (time.thread_time_ns() - cpu) / calls / 1000
 
 
 async def rounds_async(contenders: Sequence[Contender], settings: Settings) -> None:
-    """Warm up, then run the interleaved rounds; appends to each ``samples``."""
+    """Warm up, then run the interleaved rounds; appends to each ``samples`` and ``cpu``."""
     for c in contenders:
         if settings.warmup:
             await time_async(c.call, settings.warmup)
     for _, c in interleaved(contenders, settings.rounds, collect=True):
-        c.samples.append(await time_async(c.call, settings.calls))
+        wall, cpu = await time_async(c.call, settings.calls)
+        c.samples.append(wall)
+        c.cpu.append(cpu)
 
 
 def rounds_sync(contenders: Sequence[Contender], settings: Settings) -> None:
@@ -228,7 +239,9 @@ def rounds_sync(contenders: Sequence[Contender], settings: Settings) -> None:
         if settings.warmup:
             time_sync(c.call, settings.warmup)
     for _, c in interleaved(contenders, settings.rounds, collect=True):
-        c.samples.append(time_sync(c.call, settings.calls))
+        wall, cpu = time_sync(c.call, settings.calls)
+        c.samples.append(wall)
+        c.cpu.append(cpu)
 
 
 # --------------------------------------------------------------------------- checks
@@ -617,12 +630,15 @@ def table(
 
     ``bold``: cachekit's rows in Markdown bold.
     """
+    floors = {(c.face, c.value): statistics.median(c.cpu) for c in contenders if c.role == "floor"}
     return [
         {
             "contender": f"**{c.label}**" if bold and c.role == "cachekit" else c.label,
             "face": c.face,
             f"{MU}s/call": f"{c.median:.2f}",
             "vs floor": f"{ratio[c.label]:.2f}x",
+            f"client CPU {MU}s": f"{statistics.median(c.cpu):.2f}",
+            f"CPU over floor {MU}s": f"{statistics.median(c.cpu) - floors[c.face, c.value]:+.2f}",
         }
         for c in contenders
     ]
@@ -663,6 +679,8 @@ def report(
                 "paired_ratio_median": round(per_round[c.label][0], 4),
                 "paired_extra_us_median": round(per_round[c.label][1], 3),
                 "round_means_us": [round(s, 3) for s in c.samples],
+                "cpu_median_us": round(statistics.median(c.cpu), 3),
+                "round_cpu_us": [round(s, 3) for s in c.cpu],
             }
             for c in contenders
         ],
