@@ -102,6 +102,8 @@ Role = Literal["floor", "cachekit", "peer"]
 
 # Loader runs per contender label: each must be 1 when the timed rounds are over.
 LOADS: Counter[str] = Counter()
+# Timed raw reads that failed open, per face (reported in the JSON).
+FALLBACKS: dict[str, int] = {}
 
 
 def product(pid: int) -> dict[str, Any]:
@@ -270,17 +272,24 @@ def check_all_hits(contenders: Sequence[Contender]) -> None:
             assert LOADS[c.label] == 1, f"{c.label}: {LOADS[c.label]} loads, misses were timed"
 
 
-def check_cachekit_stats(cache: Cache, settings: Settings, timed: int = 3) -> None:
+def check_cachekit_stats(cache: Cache, settings: Settings, timed: int = 3) -> int:
     """cachekit's own counters: one miss per function (priming), every other call a hit.
 
     ``timed``: how many cachekit contenders (decorated functions and raw reads) were timed.
+    A raw read the machine stalled past its deadline fails open (a fallback, then a miss);
+    those are allowed and returned, to be reported (a decorated call that fails open runs
+    its loader, which :func:`check_all_hits` refuses).
     """
     stats = cache.stats()
+    fallbacks = stats["fallbacks"]
     # + 1: the raw read's check before the rounds
     expected_hits = timed * (settings.warmup + settings.rounds * settings.calls) + 1
-    assert stats["misses"] == 2, stats
+    assert stats["misses"] == 2 + fallbacks, stats
     assert stats["uncacheable"] == 0, stats
-    assert stats["hits"] == expected_hits, (stats["hits"], expected_hits)
+    assert stats["hits"] == expected_hits - fallbacks, (stats["hits"], expected_hits)
+    if fallbacks:
+        print(f"note: {fallbacks} raw read(s) failed open (deadline passed: a stalled machine)")
+    return fallbacks
 
 
 def probe_keys(admin: redis.Redis, contenders: Sequence[Contender]) -> list[Contender]:
@@ -487,7 +496,7 @@ async def bench_async(admin: redis.Redis, settings: Settings) -> list[Contender]
         await rounds_async(contenders, settings)
 
         check_all_hits(contenders)
-        check_cachekit_stats(cache, settings)
+        FALLBACKS["async"] = check_cachekit_stats(cache, settings)
         probed = probe_keys(admin, contenders)
         for c in probed:
             await c.call(PID)
@@ -576,7 +585,7 @@ def bench_sync(admin: redis.Redis, settings: Settings) -> list[Contender]:
         rounds_sync(contenders, settings)
 
         check_all_hits(contenders)
-        check_cachekit_stats(cache, settings)
+        FALLBACKS["sync"] = check_cachekit_stats(cache, settings)
         probed = probe_keys(admin, contenders)
         for c in probed:
             c.call(PID)
@@ -669,6 +678,7 @@ def report(
             "targets": TARGETS,
         },
         "environment": env,
+        "failed_open": FALLBACKS,
         "results": [
             {
                 "contender": c.label,
