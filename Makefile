@@ -10,7 +10,7 @@ OLDEST_VENV ?= .venv-oldest
 OLDEST_STAMP := $(OLDEST_VENV)/.installed
 PIP_QUIET := --quiet --disable-pip-version-check
 
-.PHONY: install lock test test-fast test-oldest docs docs-serve lint format typecheck check bench bench-cart bench-http bench-outage bench-near bench-herd bench-penetration bench-consistency loadtest conformance demo clean
+.PHONY: install lock test test-fast test-oldest docs docs-serve lint format typecheck check bench bench-cart bench-http bench-outage bench-near bench-herd bench-penetration bench-consistency bench-fanout bench-scaleout loadtest conformance demo clean
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -74,6 +74,9 @@ bench-outage: $(STAMP)  ## throughput, p99 and DB load before, during and after 
 bench-near: $(STAMP)  ## a near-cache hit against a Redis GET
 	$(BIN)/python -m loadtests near $(BENCH_ARGS)
 
+bench-scaleout: $(STAMP)  ## the near cache on a 3-primary Cluster: hits on/off, invalidation delay
+	$(BIN)/python -m loadtests scaleout $(BENCH_ARGS)
+
 bench-herd: $(STAMP)  ## 4 processes x 100 callers on one cold or expired key, commands counted
 	$(BIN)/python -m loadtests herd $(BENCH_ARGS)
 
@@ -82,6 +85,9 @@ bench-penetration: $(STAMP)  ## 100,000 distinct absent ids against Bloom gates;
 
 bench-consistency: $(STAMP)  ## write paths on PostgreSQL rows in 4 processes (DATABASE_URL)
 	$(BIN)/python -m loadtests consistency $(BENCH_ARGS)
+
+bench-fanout: $(STAMP)  ## what a fill costs Redis with 50/100/200 notification listeners
+	$(BIN)/python -m loadtests fanout $(BENCH_ARGS)
 
 loadtest: $(STAMP)  ## every load-test scenario, on/off/peer; writes loadtests/results/REPORT.md
 	$(BIN)/python -m loadtests $(LOADTEST_ARGS)

@@ -13,14 +13,10 @@ Usage::
     async def get_product(product_id: int) -> dict[str, object] | None: ...
 """
 
-from cachekit.bloomfilter import Bloom, SyncBloom
-from cachekit.effects import MISSING
-from cachekit.local import LocalCache
-from cachekit.lock import Lock, SyncLock
-
-from .cache import Cache
-from .decorators import AsyncCachedFunction, Decorator, SyncCachedFunction
-from .exceptions import (
+from cachekit.bloom.filter import Bloom, SyncBloom
+from cachekit.cache import Cache
+from cachekit.decorators import AsyncCachedFunction, Decorator, SyncCachedFunction
+from cachekit.exceptions import (
     BackendError,
     BackendTimeout,
     BackendUnavailable,
@@ -39,9 +35,17 @@ from .exceptions import (
     SessionError,
     Uncacheable,
 )
-from .serializers import JsonSerializer, MsgpackSerializer, PickleSerializer, Serializer
-from .signing import Keyring
-from .sync import SyncCache
+from cachekit.flow.effects import MISSING
+from cachekit.lock import Lock, SyncLock
+from cachekit.near.local import LocalCache
+from cachekit.serializers import (
+    JsonSerializer,
+    Keyring,
+    MsgpackSerializer,
+    PickleSerializer,
+    Serializer,
+)
+from cachekit.sync import SyncCache
 
 __version__ = "0.1.0"
 

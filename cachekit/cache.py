@@ -15,26 +15,24 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
+from cachekit.backends.breaker import DEFAULT_COOLDOWN, DEFAULT_FAILURES, Breaker
 from cachekit.backends.guard import DEFAULT_DEADLINE
-from cachekit.binding import Binding, Settings, bind
-from cachekit.bloom import BloomState, Geometry
-from cachekit.bloomfilter import Bloom
-from cachekit.breaker import DEFAULT_COOLDOWN, DEFAULT_FAILURES, Breaker
+from cachekit.bloom.filter import Bloom
+from cachekit.bloom.state import BloomState, Geometry
 from cachekit.clock import SYSTEM_CLOCK, Clock
 from cachekit.config import seconds_or_zero, spread, to_seconds
-from cachekit.context import DEFAULT_MAX_VALUE_SIZE, OnLockTimeout, Policy
-from cachekit.contrib import set_default_cache
 from cachekit.decorators import Decorator
+from cachekit.drivers.binding import Binding, CacheSettings, bind
 from cachekit.exceptions import ConfigurationError, NotConfigured
-from cachekit.keys import KeySpace
-from cachekit.local import LOCAL_COUNTERS, LocalCache
-from cachekit.lock import Lock
-from cachekit.raw import (
+from cachekit.flow.context import DEFAULT_MAX_VALUE_SIZE, OnLockTimeout, Policy
+from cachekit.flow.keys import KeySpace
+from cachekit.flow.raw import (
     delete,
     get,
     get_many,
@@ -43,6 +41,8 @@ from cachekit.raw import (
     set_many,
     set_value,
 )
+from cachekit.lock import Lock
+from cachekit.near.local import LOCAL_COUNTERS, LocalCache
 from cachekit.serializers import Serializer
 from cachekit.stats import LogOnce, Stats
 from cachekit.sync import SyncCache
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     import redis
     import redis.asyncio
 
-__all__ = ["Cache"]
+__all__ = ["Cache", "default_cache", "set_default_cache"]
 
 logger = logging.getLogger("cachekit")
 
@@ -93,7 +93,7 @@ class Cache:
     * **max_value_size** - bytes (encoded) above which a decorated function's result is
       returned uncached and counted (``oversized_values``), and ``set`` raises
       :class:`~cachekit.exceptions.Uncacheable` (default 1 MiB): big values block Redis.
-    * **local** - a :class:`~cachekit.local.LocalCache`: a bounded in-process layer in
+    * **local** - a :class:`~cachekit.near.local.LocalCache`: a bounded in-process layer in
       front of Redis, invalidated by the server (CLIENT TRACKING, else pub/sub); Redis
       standalone URLs and clients only.
 
@@ -124,7 +124,7 @@ class Cache:
             raise ConfigurationError("max_value_size must be a positive number of bytes")
         self._prefix = prefix
         self._stats = Stats()
-        self._settings = Settings(
+        self._settings = CacheSettings(
             prefix=prefix,
             serializer=serializer,
             default_ttl=to_seconds(default_ttl, name="default_ttl") or 300.0,
@@ -205,11 +205,31 @@ class Cache:
         set_default_cache(self)  # integrations given no cache use the latest configured one
         return self
 
-    def _bound(self) -> Binding:
+    def bound(self) -> Binding:
+        """What cachekit's own faces run on: the context and drivers ``configure`` built.
+
+        The one door through which the sync twin, the response cache, sessions and the
+        cart reach the configured cache; raises :class:`NotConfigured` before
+        :meth:`configure` and after :meth:`close`. Not needed by applications.
+
+        Usage::
+
+            envelope = cache.bound().sync.drive(read_envelope(ctx, key, serializer))
+        """
         binding = self._binding
         if binding is None:
             raise NotConfigured(self._why_unbound)
         return binding
+
+    @property
+    def counters(self) -> Stats:
+        """The live counters behind :meth:`stats`, for faces that count events of their own.
+
+        Usage::
+
+            cache.counters.incr("http_hits")
+        """
+        return self._stats
 
     @property
     def breaker(self) -> Breaker | None:
@@ -219,7 +239,7 @@ class Cache:
 
             cache.breaker.state if cache.breaker else "closed"   # 'closed' | 'open' | ...
         """
-        return self._bound().breaker
+        return self.bound().breaker
 
     @property
     def configured(self) -> bool:
@@ -324,19 +344,19 @@ class Cache:
             tags=tuple(tags),
             max_value_size=max_value_size,
         )
-        return Decorator(self._bound, key=key, policy=policy, bloom_key=bloom_key)
+        return Decorator(self.bound, key=key, policy=policy, bloom_key=bloom_key)
 
     async def get(self, key: str, default: Any = None, *, type: Any = None) -> Any:
         """The fresh value under ``key``, else ``default``; fails open (a miss).
 
         Pass ``default=MISSING`` to tell a cached ``None`` from a miss.
         """
-        b = self._bound()
+        b = self.bound()
         return await b.aio.drive(get(b.ctx, key, default, type))
 
     async def get_many(self, keys: Iterable[str], *, type: Any = None) -> dict[str, Any]:
         """``{key: value}`` for the given keys that hold fresh values; fails open."""
-        b = self._bound()
+        b = self.bound()
         return await b.aio.drive(get_many(b.ctx, keys, type))
 
     async def set(
@@ -353,7 +373,7 @@ class Cache:
         Raises :class:`~cachekit.exceptions.SerializationError` or
         :class:`~cachekit.exceptions.BackendError`.
         """
-        b = self._bound()
+        b = self.bound()
         await b.aio.drive(set_value(b.ctx, key, value, to_seconds(ttl), spread(jitter), type))
 
     async def set_many(
@@ -365,12 +385,12 @@ class Cache:
         type: Any = None,
     ) -> None:
         """Store every item of ``values`` in one round trip."""
-        b = self._bound()
+        b = self.bound()
         await b.aio.drive(set_many(b.ctx, values, to_seconds(ttl), spread(jitter), type))
 
     async def delete(self, key: str) -> bool:
         """Remove ``key``; whether it existed."""
-        b = self._bound()
+        b = self.bound()
         return await b.aio.drive(delete(b.ctx, key))
 
     async def invalidate(self, key: str, *, double_delete: float | None = None) -> None:
@@ -382,7 +402,7 @@ class Cache:
         It never raises for Redis being down: the delete is retried in the background.
         ``double_delete`` seconds later it is repeated (default: the cache's setting).
         """
-        b = self._bound()
+        b = self.bound()
         await b.aio.drive(invalidate(b.ctx, key, double_delete))
 
     def bloom(
@@ -420,7 +440,7 @@ class Cache:
                 )
             return existing
         state = BloomState(name, geometry, on_missing=on_missing, check_interval=check_interval)
-        bloom = self._blooms[name] = Bloom(self._bound, state)
+        bloom = self._blooms[name] = Bloom(self.bound, state)
         self._settings.blooms[name] = state
         if self._binding is not None:
             self._binding.adopt(state)
@@ -435,7 +455,7 @@ class Cache:
 
             await cache.invalidate_tags("catalog")
         """
-        b = self._bound()
+        b = self.bound()
         await b.aio.drive(invalidate_tags(b.ctx, tags))
 
     def lock(
@@ -448,7 +468,7 @@ class Cache:
             async with cache.lock("report:42", ttl=10, wait=5) as lock:
                 lock.fencing_token
         """
-        b = self._bound()
+        b = self.bound()
         return Lock(b.aio, b.ctx, name, ttl, wait, fail_open)
 
     async def close(self) -> None:
@@ -473,3 +493,37 @@ class Cache:
         if self._binding is None:
             return f"<Cache prefix={self._prefix!r} unconfigured>"
         return f"<Cache prefix={self._binding.ctx.keyspace.prefix!r} configured>"
+
+
+# The process-wide default cache: what integrations given no cache use.
+_default_lock = threading.Lock()
+_default: Cache | None = None
+
+
+def set_default_cache(cache: Cache | None) -> Cache | None:
+    """Make ``cache`` the one integrations use when they are given none; the previous one.
+
+    ``None`` clears it. The latest call wins, so call it once at startup, after
+    configuring the cache.
+
+    Usage::
+
+        cache = Cache.from_url("redis://127.0.0.1:6379/0")
+        set_default_cache(cache)
+    """
+    global _default
+    with _default_lock:
+        previous, _default = _default, cache
+    return previous
+
+
+def default_cache() -> Cache | None:
+    """The cache most recently passed to :func:`set_default_cache`, or ``None``.
+
+    Usage::
+
+        cache = default_cache()
+        if cache is None:
+            raise RuntimeError("call set_default_cache(cache) at startup")
+    """
+    return _default

@@ -33,14 +33,14 @@ from datetime import timedelta
 from typing import Any, Final, Literal, overload
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
-from .exceptions import ConfigurationError
+from cachekit.exceptions import ConfigurationError
 
 __all__ = [
     "REDIS_DEFAULTS",
     "SCHEMES",
     "URL_OPTIONS",
     "Nodes",
-    "Target",
+    "ParsedUrl",
     "UrlOption",
     "parse_nodes",
     "parse_url",
@@ -131,7 +131,7 @@ _DEFAULT_PORTS: Final = {"redis+cluster": 6379, "redis+sentinel": 26379}
 
 
 @dataclass(frozen=True, slots=True)
-class Target:
+class ParsedUrl:
     """A parsed URL: its scheme, the URL without cachekit's options, and the options."""
 
     scheme: str
@@ -143,8 +143,8 @@ class Target:
         return {k: v for k, v in self.options.items() if URL_OPTIONS[k].scope == scope}
 
 
-def parse_url(url: str, overrides: Mapping[str, Any] | None = None) -> Target:
-    """Split ``url`` into a :class:`Target`, validating every option.
+def parse_url(url: str, overrides: Mapping[str, Any] | None = None) -> ParsedUrl:
+    """Split ``url`` into a :class:`ParsedUrl`, validating every option.
 
     ``overrides`` (keyword arguments of ``from_url``) are checked against the same table
     and replace values from the query string.
@@ -175,7 +175,7 @@ def parse_url(url: str, overrides: Mapping[str, Any] | None = None) -> Target:
             raise ConfigurationError("redis+cluster:// has database 0 only; drop the db option")
     # Cut the query by hand: urlunsplit would turn "unix:///path" into "unix:/path".
     bare = url.partition("#")[0].partition("?")[0]
-    return Target(parts.scheme, bare, options)
+    return ParsedUrl(parts.scheme, bare, options)
 
 
 _REDIS_ONLY = frozenset(k for k, o in URL_OPTIONS.items() if o.scope != "cache")

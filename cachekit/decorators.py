@@ -3,7 +3,7 @@
 The decorator looks at the function it wraps: an ``async def`` gets an
 :class:`AsyncCachedFunction` whose call, ``invalidate`` and ``refresh`` are awaitable; a
 ``def`` gets a :class:`SyncCachedFunction` whose methods block. Both run the same flow
-(:mod:`cachekit.aside`) and build the same keys, so a ``def`` and an ``async def`` with the
+(:mod:`cachekit.flow.read`) and build the same keys, so a ``def`` and an ``async def`` with the
 same key template share their entries. ``ParamSpec`` keeps the wrapped signature for
 type checkers, and ``__wrapped__`` keeps it for ``inspect``.
 
@@ -26,15 +26,15 @@ from contextvars import ContextVar
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast, overload
 
-from cachekit.aside import cached_read, refresh
-from cachekit.codecs import ReturnType, codec_for, return_type
-from cachekit.context import Context, Policy
 from cachekit.exceptions import ConfigurationError
-from cachekit.keys import KeyBuilder
-from cachekit.raw import invalidate
+from cachekit.flow.codecs import ReturnType, codec_for, return_type
+from cachekit.flow.context import Context, Policy
+from cachekit.flow.keys import KeyBuilder
+from cachekit.flow.raw import invalidate
+from cachekit.flow.read import cached_read, refresh
 
 if TYPE_CHECKING:
-    from cachekit.binding import Binding
+    from cachekit.drivers.binding import Binding
     from cachekit.serializers import Serializer
 
 __all__ = ["BYPASS", "AsyncCachedFunction", "Decorator", "SyncCachedFunction"]

@@ -1,18 +1,19 @@
 """``cache.lock(name)``: a distributed lock with a watchdog, fencing and notified waiters.
 
-The protocol is redis-py's ``lock.py`` made safer, written once for both faces:
+The protocol is redis-py's ``lock.py`` made safer, written once as flows for both drivers
+(:mod:`cachekit.flow.lock`):
 
 * acquire: ``SET key token NX PX ttl`` with a random token, and in the same script the
   next value of a fencing counter, so every acquisition gets a strictly increasing
   :attr:`fencing_token`: above the last one and above the server clock in microseconds,
   so it keeps rising when the counter is lost (a Redis restart, a failover, its expiry).
   The counter expires ten leases (at least ten minutes) after its last token, so lock
-  names used once leave no key behind (:func:`~cachekit.backends.leases.fence_ttl`).
+  names used once leave no key behind (:func:`~cachekit.backends.ops.locks.fence_ttl`).
   Give the token to the resource you protect and let it refuse lower tokens: a lease can
   lapse under a paused holder, a fence cannot (Kleppmann).
 * wait: bounded by ``wait``; a waiter sleeps until a release is announced on the cache's
   channel or the holder's lease runs out, never on a fixed polling interval.
-* hold: a watchdog (:mod:`cachekit.watchdog`) renews the lease every ``ttl / 3`` by a
+* hold: a watchdog (:mod:`cachekit.drivers.watchdog`) renews the lease every ``ttl / 3`` by a
   token-checked script and stops on release, cancellation or process exit (the key
   always keeps a TTL, so a dead holder's lock frees within ``ttl``).
 * release: a token-checked delete that announces the release; a lock that was lost
@@ -38,105 +39,18 @@ import threading
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
-from cachekit.backends.leases import Acquire, Release
-from cachekit.backends.ops import ExpireIfEqual, Get
-from cachekit.context import Context, new_token
-from cachekit.effects import Flow, Wait, Watch
-from cachekit.exceptions import BackendError, LockError, LockNotOwnedError, LockTimeout
+from cachekit.exceptions import BackendError
+from cachekit.flow.context import Context
+from cachekit.flow.lock import LockState, acquire_flow, extend_flow, release_flow
 
 if TYPE_CHECKING:
-    from cachekit.faces import AsyncFace, SyncFace
-    from cachekit.watchdog import AsyncWatchdog, SyncWatchdog
+    from cachekit.drivers.drive import AsyncDriver, SyncDriver
+    from cachekit.drivers.watchdog import AsyncWatchdog, SyncWatchdog
 
-__all__ = ["Lock", "SyncLock", "acquire_flow"]
-
-_LEASE_MARGIN = 0.005
-# How much of a lease we do not count on when judging whether it may have lapsed: our
-# monotonic clock and Redis's expiry clock may run a little apart.
-_DRIFT = 0.01
+__all__ = ["Lock", "SyncLock"]
 
 
-def acquire_flow(ctx: Context, lock: _LockState) -> Flow[int]:
-    """Take ``lock``, waiting (woken by releases) at most ``lock.wait`` seconds."""
-    handle = yield Watch(lock.key)  # before the first try: a release from now on wakes us
-    deadline = ctx.clock.monotonic() + lock.wait
-    waited = False
-    while True:
-        sent = ctx.clock.monotonic()  # the lease starts no earlier than this
-        got = yield Acquire(lock.key, lock.token, lock.ttl, lock.key + ":fence")
-        if got.acquired:
-            lock.leased(sent, lock.ttl)
-            fence: int = got.fence
-            return fence
-        remaining = deadline - ctx.clock.monotonic()
-        if remaining <= 0:
-            ctx.stats.incr("lock_timeouts")
-            raise LockTimeout(
-                f"lock {lock.name!r} not acquired within {lock.wait}s", name=lock.name
-            )
-        if not waited:
-            ctx.stats.incr("lock_waits")
-            waited = True
-        yield Wait(handle, min(remaining, got.remaining + _LEASE_MARGIN))
-
-
-class _LockState:
-    """Everything about one lock except how its I/O is performed."""
-
-    def __init__(self, ctx: Context, name: str, ttl: float, wait: float, fail_open: bool) -> None:
-        if ttl <= 0 or wait < 0:
-            raise ValueError("a lock needs ttl > 0 and wait >= 0")
-        self.ctx = ctx
-        self.name = name
-        self.key = ctx.keyspace.namespaced("lock", name)
-        self.ttl = ttl
-        self.wait = wait
-        self.fail_open = fail_open
-        self.token = new_token()
-        self.fencing_token: int | None = None
-        self.held = False
-        self.lost = False
-        self.owner: object = None
-        self.lapses_at = 0.0  # monotonic; before it the lease cannot have run out by itself
-
-    def leased(self, since: float, ttl: float) -> None:
-        """Note a lease of ``ttl`` granted no earlier than ``since`` (acquire or extend)."""
-        self.lapses_at = since + ttl * (1 - _DRIFT) - _LEASE_MARGIN
-
-    def acquired(self, fence: int | None, owner: object) -> None:
-        self.fencing_token, self.held, self.lost, self.owner = fence, True, False, owner
-
-    def check_owner(self, owner: object) -> None:
-        if not self.held:
-            raise LockNotOwnedError(f"lock {self.name!r} is not held", name=self.name)
-        if owner != self.owner:
-            raise LockError(f"lock {self.name!r} belongs to another task", name=self.name)
-
-    def failed_open(self, exc: BackendError) -> None:
-        self.ctx.log.warning(("lock-open", type(exc)), "cachekit: lock failed open (%s)", exc)
-
-    def maybe_resent(self, ok: bool) -> bool:
-        """Whether a refused release may be redis-py resending one whose reply was lost.
-
-        Only while our lease cannot have lapsed by itself (and no renewal failed): then a
-        key found *absent* means the first run deleted it. The caller confirms the absence
-        (a key held by another token means an operator or failover took it: lost).
-        Watchdog renewals are not counted, so past the first lease this stays strict.
-        """
-        return not ok and not self.lost and self.ctx.clock.monotonic() < self.lapses_at
-
-    def released(self, ok: bool) -> None:
-        if not ok or self.lost:
-            self.held = False
-            raise LockNotOwnedError(f"lock {self.name!r} was lost before release", name=self.name)
-        self.held, self.token = False, new_token()  # a new token only after a real release
-
-    def __repr__(self) -> str:
-        state = "held" if self.held else "free"
-        return f"<lock {self.name!r} {state} fence={self.fencing_token}>"
-
-
-class Lock(_LockState):
+class Lock(LockState):
     """An async distributed lock; use ``async with`` or ``acquire()`` / ``release()``.
 
     **Attributes:** ``name``, ``fencing_token`` (set while held), ``held``.
@@ -149,17 +63,17 @@ class Lock(_LockState):
     """
 
     def __init__(
-        self, face: AsyncFace, ctx: Context, name: str, ttl: float, wait: float, fail_open: bool
+        self, driver: AsyncDriver, ctx: Context, name: str, ttl: float, wait: float, fail_open: bool
     ) -> None:
         super().__init__(ctx, name, ttl, wait, fail_open)
-        self._face = face
+        self._driver = driver
         self._watchdog: AsyncWatchdog | None = None
 
     async def acquire(self) -> Self:
         """Take the lock; raises ``LockTimeout`` or, failing closed, ``BackendUnavailable``."""
         owner = asyncio.current_task()
         try:
-            fence: int | None = await self._face.drive(acquire_flow(self.ctx, self))
+            fence: int | None = await self._driver.drive(acquire_flow(self.ctx, self))
         except BackendError as exc:
             if not self.fail_open:
                 raise
@@ -167,17 +81,13 @@ class Lock(_LockState):
             fence = None
         self.acquired(fence, owner)
         if fence is not None:
-            self._watchdog = self._face.hold(self.key, self.token, self.ttl)
+            self._watchdog = self._driver.hold(self.key, self.token, self.ttl)
         return self
 
     async def extend(self, ttl: float | None = None) -> None:
         """Reset the lease to ``ttl`` (default: the lock's) now."""
         self.check_owner(asyncio.current_task())
-        sent = self.ctx.clock.monotonic()
-        if not await self._face.backend.run(ExpireIfEqual(self.key, self.token, ttl or self.ttl)):
-            self.lost = True
-            raise LockNotOwnedError(f"lock {self.name!r} was lost", name=self.name)
-        self.leased(sent, ttl or self.ttl)
+        await self._driver.drive(extend_flow(self.ctx, self, ttl or self.ttl))
 
     async def release(self) -> None:
         """Give the lock back; ``LockNotOwnedError`` if it was lost meanwhile."""
@@ -189,11 +99,7 @@ class Lock(_LockState):
         if self.fencing_token is None:  # acquired by failing open: nothing to release
             self.held = False
             return
-        op = Release(self.key, self.token, self.ctx.channel)
-        ok = await self._face.backend.run(op)
-        if self.maybe_resent(ok):
-            ok = await self._face.backend.run(Get(self.key)) is None
-        self.released(ok)
+        await self._driver.drive(release_flow(self.ctx, self))
 
     async def __aenter__(self) -> Self:
         return await self.acquire()
@@ -207,7 +113,7 @@ class Lock(_LockState):
         await self.release()
 
 
-class SyncLock(_LockState):
+class SyncLock(LockState):
     """The blocking twin of :class:`Lock`; its watchdog is a daemon thread.
 
     Usage::
@@ -217,16 +123,16 @@ class SyncLock(_LockState):
     """
 
     def __init__(
-        self, face: SyncFace, ctx: Context, name: str, ttl: float, wait: float, fail_open: bool
+        self, driver: SyncDriver, ctx: Context, name: str, ttl: float, wait: float, fail_open: bool
     ) -> None:
         super().__init__(ctx, name, ttl, wait, fail_open)
-        self._face = face
+        self._driver = driver
         self._watchdog: SyncWatchdog | None = None
 
     def acquire(self) -> Self:
         """Take the lock; raises ``LockTimeout`` or, failing closed, ``BackendUnavailable``."""
         try:
-            fence: int | None = self._face.drive(acquire_flow(self.ctx, self))
+            fence: int | None = self._driver.drive(acquire_flow(self.ctx, self))
         except BackendError as exc:
             if not self.fail_open:
                 raise
@@ -234,17 +140,13 @@ class SyncLock(_LockState):
             fence = None
         self.acquired(fence, threading.get_ident())
         if fence is not None:
-            self._watchdog = self._face.hold(self.key, self.token, self.ttl)
+            self._watchdog = self._driver.hold(self.key, self.token, self.ttl)
         return self
 
     def extend(self, ttl: float | None = None) -> None:
         """Reset the lease to ``ttl`` (default: the lock's) now."""
         self.check_owner(threading.get_ident())
-        sent = self.ctx.clock.monotonic()
-        if not self._face.backend.run(ExpireIfEqual(self.key, self.token, ttl or self.ttl)):
-            self.lost = True
-            raise LockNotOwnedError(f"lock {self.name!r} was lost", name=self.name)
-        self.leased(sent, ttl or self.ttl)
+        self._driver.drive(extend_flow(self.ctx, self, ttl or self.ttl))
 
     def release(self) -> None:
         """Give the lock back; ``LockNotOwnedError`` if it was lost meanwhile."""
@@ -256,10 +158,7 @@ class SyncLock(_LockState):
         if self.fencing_token is None:
             self.held = False
             return
-        ok = self._face.backend.run(Release(self.key, self.token, self.ctx.channel))
-        if self.maybe_resent(ok):
-            ok = self._face.backend.run(Get(self.key)) is None
-        self.released(ok)
+        self._driver.drive(release_flow(self.ctx, self))
 
     def __enter__(self) -> Self:
         return self.acquire()

@@ -1,7 +1,7 @@
-"""How values become bytes: JSON (orjson, the default), msgpack, and signed pickle.
+"""How values become bytes: JSON (orjson, the default), msgpack, and signed pickle (with a keyring).
 
-A serializer only turns a value into bytes and back; the envelope (:mod:`cachekit.envelope`)
-adds the header and, when the serializer carries a :class:`~cachekit.signing.Keyring`, the
+A serializer only turns a value into bytes and back; the envelope (:mod:`cachekit.flow.envelope`)
+adds the header and, when the serializer carries a :class:`~cachekit.serializers.Keyring`, the
 MAC. Pickle runs code on load, so :class:`PickleSerializer` cannot be built without a
 keyring: a payload is unpickled only after its signature checked out.
 
@@ -13,15 +13,81 @@ Usage::
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import pickle
 from collections.abc import Iterable
 from typing import Any, Protocol
 
 import orjson
 
-from .signing import Keyring
+from cachekit.exceptions import ConfigurationError
 
-__all__ = ["JsonSerializer", "MsgpackSerializer", "PickleSerializer", "Serializer"]
+__all__ = [
+    "MAC_SIZE",
+    "MIN_KEY_BYTES",
+    "JsonSerializer",
+    "Keyring",
+    "MsgpackSerializer",
+    "PickleSerializer",
+    "Serializer",
+]
+
+MAC_SIZE = hashlib.sha256().digest_size
+MIN_KEY_BYTES = 16
+
+
+class Keyring:
+    """Signing keys, newest first.
+
+    **Parameters:**
+
+    * **keys** - the secrets, newest first; at least one, each at least 16 bytes.
+
+    Usage::
+
+        Keyring([os.environ["CACHEKIT_SECRET"]])
+    """
+
+    __slots__ = ("_keys",)
+
+    def __init__(self, keys: Iterable[bytes | str]) -> None:
+        ring = tuple(k.encode() if isinstance(k, str) else bytes(k) for k in keys)
+        if not ring:
+            raise ConfigurationError("a Keyring needs at least one key")
+        if any(len(k) < MIN_KEY_BYTES for k in ring):
+            raise ConfigurationError(
+                f"every signing key must be at least {MIN_KEY_BYTES} bytes; "
+                "use secrets.token_bytes(32)"
+            )
+        self._keys = ring
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __repr__(self) -> str:
+        return f"Keyring(<{len(self._keys)} keys>)"
+
+    def sign(self, *parts: bytes | memoryview) -> bytes:
+        """The MAC of ``parts`` under the newest key."""
+        return _mac(self._keys[0], parts)
+
+    def verify(self, mac: bytes | memoryview, *parts: bytes | memoryview) -> bool:
+        """Whether ``mac`` is the MAC of ``parts`` under any key of the ring."""
+        # Check every key even after a match so timing says nothing about which one.
+        ok = False
+        for key in self._keys:
+            ok |= hmac.compare_digest(_mac(key, parts), mac)
+        return ok
+
+
+def _mac(key: bytes, parts: tuple[bytes | memoryview, ...]) -> bytes:
+    h = hmac.new(key, digestmod=hashlib.sha256)
+    for part in parts:
+        # Length-prefix each part: ("ab", "c") and ("a", "bc") must not sign alike.
+        h.update(len(part).to_bytes(8, "big"))
+        h.update(part)
+    return h.digest()
 
 
 class Serializer(Protocol):
@@ -118,7 +184,7 @@ class PickleSerializer:
 
     **Parameters:**
 
-    * **keys** - signing keys, newest first (required); see :class:`~cachekit.signing.Keyring`.
+    * **keys** - signing keys, newest first (required); see :class:`~cachekit.serializers.Keyring`.
 
     Usage::
 

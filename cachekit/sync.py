@@ -14,8 +14,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from cachekit.config import spread, to_seconds
-from cachekit.lock import SyncLock
-from cachekit.raw import (
+from cachekit.flow.raw import (
     delete,
     get,
     get_many,
@@ -24,6 +23,7 @@ from cachekit.raw import (
     set_many,
     set_value,
 )
+from cachekit.lock import SyncLock
 
 if TYPE_CHECKING:
     from cachekit.cache import Cache
@@ -47,12 +47,12 @@ class SyncCache:
 
     def get(self, key: str, default: Any = None, *, type: Any = None) -> Any:
         """The fresh value under ``key``, else ``default``; fails open (a miss)."""
-        b = self._cache._bound()
+        b = self._cache.bound()
         return b.sync.drive(get(b.ctx, key, default, type))
 
     def get_many(self, keys: Iterable[str], *, type: Any = None) -> dict[str, Any]:
         """``{key: value}`` for the given keys that hold fresh values; fails open."""
-        b = self._cache._bound()
+        b = self._cache.bound()
         return b.sync.drive(get_many(b.ctx, keys, type))
 
     def set(
@@ -65,7 +65,7 @@ class SyncCache:
         type: Any = None,
     ) -> None:
         """Store ``value`` under ``key`` for ``ttl`` (default: the cache's default TTL)."""
-        b = self._cache._bound()
+        b = self._cache.bound()
         b.sync.drive(set_value(b.ctx, key, value, to_seconds(ttl), spread(jitter), type))
 
     def set_many(
@@ -77,23 +77,23 @@ class SyncCache:
         type: Any = None,
     ) -> None:
         """Store every item of ``values`` in one round trip."""
-        b = self._cache._bound()
+        b = self._cache.bound()
         b.sync.drive(set_many(b.ctx, values, to_seconds(ttl), spread(jitter), type))
 
     def delete(self, key: str) -> bool:
         """Remove ``key``; whether it existed."""
-        b = self._cache._bound()
+        b = self._cache.bound()
         return b.sync.drive(delete(b.ctx, key))
 
     def invalidate(self, key: str, *, double_delete: float | None = None) -> None:
         """Make ``key`` a miss everywhere and void any load in flight for it; never raises
         for Redis being down (the delete is retried in the background)."""
-        b = self._cache._bound()
+        b = self._cache.bound()
         b.sync.drive(invalidate(b.ctx, key, double_delete))
 
     def invalidate_tags(self, *tags: str) -> None:
         """Make every entry carrying any of ``tags`` a miss, everywhere, in O(1)."""
-        b = self._cache._bound()
+        b = self._cache.bound()
         b.sync.drive(invalidate_tags(b.ctx, tags))
 
     def lock(
@@ -105,7 +105,7 @@ class SyncCache:
 
             with cache.sync.lock("report:42", ttl=10, wait=5) as lock: ...
         """
-        b = self._cache._bound()
+        b = self._cache.bound()
         return SyncLock(b.sync, b.ctx, name, ttl, wait, fail_open)
 
     def close(self) -> None:
@@ -116,9 +116,8 @@ class SyncCache:
         loop shuts down. The cache stays configured (a new loop gets a new client);
         ``await cache.close()`` closes both faces and unbinds the cache.
         """
-        binding = self._cache._binding
-        if binding is not None:
-            binding.close_sync()
+        if self._cache.configured:
+            self._cache.bound().close_sync()
 
     def __enter__(self) -> Self:
         return self

@@ -12,6 +12,9 @@ Usage::
     python -m loadtests herd [options]                 # herds on one key across processes
     python -m loadtests penetration [options]          # absent ids against Bloom gates
     python -m loadtests consistency [options]          # write paths on SQL rows, 4 processes
+    python -m loadtests fanout [options]               # what a fill costs with N listeners
+    python -m loadtests scaleout [options]             # the near cache on a 3-primary Cluster
+    python -m loadtests trackmodes [options]           # BCAST vs per-key tracking, 50-200 clients
 
 ``python -m loadtests <command> --help`` lists a command's options.
 """
@@ -32,6 +35,9 @@ BENCHMARKS = (
     "herd",
     "penetration",
     "consistency",
+    "fanout",
+    "scaleout",
+    "trackmodes",
 )
 
 

@@ -14,13 +14,14 @@ import socket
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import cast
 
 import pytest
 import redis
 
 from cachekit import Cache
 from cachekit.testing import FakeClock
-from tests.servers import PrivateCluster, PrivateSentinel, PrivateServer
+from tests.support.servers import PrivateCluster, PrivateSentinel, PrivateServer
 
 
 def _answers(host: str, port: int) -> bool:
@@ -135,3 +136,25 @@ def async_database_url(database_url: str) -> str:
     if database_url.startswith("sqlite:"):
         return database_url.replace("sqlite:", "sqlite+aiosqlite:", 1)
     return database_url
+
+
+@pytest.fixture(params=["memory", "redis"])
+def kind(request: pytest.FixtureRequest) -> str:
+    """Which storage ``any_cache`` runs on: the memory backend, then the test Redis."""
+    return cast(str, request.param)
+
+
+@pytest.fixture
+async def any_cache(kind: str, redis_url: str, prefix: str) -> AsyncIterator[Cache]:
+    """A cache on memory, then on the shared Redis under this test's prefix.
+
+    Its time budget is patient: these tests are about meaning, and on a loaded machine a
+    read past the default 0.25 s deadline fails open (a miss, another load); the budget
+    has tests of its own.
+    """
+    if kind == "redis":
+        cache = Cache.from_url(redis_url, prefix=prefix, deadline=2.0, socket_timeout=2.0)
+    else:
+        cache = Cache.from_url("memory://", prefix=prefix)
+    yield cache
+    await cache.close()

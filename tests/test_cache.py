@@ -20,19 +20,19 @@ from cachekit import (
     NotConfigured,
     SerializationError,
 )
-from cachekit.backends.guard import AsyncGuardedBackend, GuardedBackend
-from cachekit.backends.redis import AsyncRedisBackend, RedisBackend
+from cachekit.backends.guard import AsyncGuardedBackend, SyncGuardedBackend
+from cachekit.backends.redis import AsyncRedisBackend, SyncRedisBackend
 from cachekit.config import REDIS_DEFAULTS, parse_url
 from cachekit.testing import FakeClock
-from tests.servers import PrivateServer
+from tests.support.servers import PrivateServer
 
 
-def _faces(cache: Cache) -> tuple[RedisBackend, AsyncRedisBackend]:
-    binding = cache._bound()
+def _faces(cache: Cache) -> tuple[SyncRedisBackend, AsyncRedisBackend]:
+    binding = cache.bound()
     sync_guard, async_guard = binding.sync.backend, binding.aio.backend
-    assert isinstance(sync_guard, GuardedBackend)
+    assert isinstance(sync_guard, SyncGuardedBackend)
     assert isinstance(async_guard, AsyncGuardedBackend)
-    assert isinstance(sync_guard.inner, RedisBackend)
+    assert isinstance(sync_guard.inner, SyncRedisBackend)
     assert isinstance(async_guard.inner, AsyncRedisBackend)
     return sync_guard.inner, async_guard.inner
 
@@ -49,7 +49,7 @@ def test_url_options_reach_both_pools() -> None:
         assert kwargs["db"] == 3
         assert pool.max_connections == 7 + 1  # the guard admits 7; one for the listener
         assert getattr(pool, "timeout", None) == REDIS_DEFAULTS["pool_timeout"]
-    assert cache._bound().ctx.keyspace.prefix == "shop"
+    assert cache.bound().ctx.keyspace.prefix == "shop"
 
 
 def test_the_cache_owns_its_time_budget() -> None:
@@ -64,7 +64,7 @@ def test_the_cache_owns_its_time_budget() -> None:
 
 def test_keyword_options_win_over_the_query_string() -> None:
     cache = Cache.from_url("redis://localhost/0?prefix=a&socket_timeout=1", prefix="b")
-    assert cache._bound().ctx.keyspace.prefix == "b"
+    assert cache.bound().ctx.keyspace.prefix == "b"
     assert _faces(cache)[0].client.connection_pool.connection_kwargs["socket_timeout"] == 1.0
 
 
@@ -99,7 +99,7 @@ def test_rediss_and_unix_urls_parse() -> None:
 
 def test_serializer_by_url_and_by_instance() -> None:
     by_name = Cache.from_url("memory://?serializer=msgpack")
-    assert isinstance(by_name._bound().ctx.serializer, MsgpackSerializer)
+    assert isinstance(by_name.bound().ctx.serializer, MsgpackSerializer)
     by_instance = Cache.from_url("memory://", serializer=MsgpackSerializer())
     by_instance.sync.set("b", b"\x00bytes")
     assert by_instance.sync.get("b") == b"\x00bytes"

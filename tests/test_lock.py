@@ -34,11 +34,11 @@ from cachekit import (
     LockNotOwnedError,
     LockTimeout,
 )
-from cachekit.backends.leases import Acquire, Acquired, fence_ttl
 from cachekit.backends.ops import Delete, ExpireIfEqual, Get, Op, Set, Store, Ttl
-from cachekit.notify import AsyncWaiter, SyncWaiter
+from cachekit.backends.ops.locks import Acquire, Acquired, fence_ttl
+from cachekit.drivers.notify import AsyncWaiter, SyncWaiter
 from cachekit.testing import FakeClock
-from tests.servers import PrivateServer
+from tests.support.servers import PrivateServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,7 +63,7 @@ def read_line(proc: subprocess.Popen[str], timeout: float = 15.0) -> str:
 
 def worker(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.lock_worker", *args],
+        [sys.executable, "-m", "tests.workers.lock_worker", *args],
         cwd=ROOT,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -90,19 +90,6 @@ def sigkill(proc: subprocess.Popen[str]) -> float:
     proc.kill()
     proc.wait()
     return time.monotonic()
-
-
-@pytest.fixture(params=["redis", "memory"])
-def kind(request: pytest.FixtureRequest) -> str:
-    return cast(str, request.param)
-
-
-@pytest.fixture
-async def any_cache(kind: str, redis_url: str, prefix: str) -> AsyncIterator[Cache]:
-    """A cache on the shared Redis (under this test's prefix) or on memory."""
-    cache = Cache.from_url(redis_url if kind == "redis" else "memory://", prefix=prefix)
-    yield cache
-    await cache.close()
 
 
 @pytest.fixture
@@ -533,7 +520,7 @@ async def test_a_renewal_in_flight_at_release_does_not_poison_the_next_hold(
 
     Its late renewal (old token) is refused; that must not mark the lock's next hold lost.
     """
-    backend_type = type(any_cache._bound().sync.backend)
+    backend_type = type(any_cache.bound().sync.backend)
     original = backend_type.run
     in_flight, proceed = threading.Event(), threading.Event()
     stale: list[threading.Thread] = []
@@ -673,7 +660,7 @@ def fence_key(prefix: str, name: str) -> str:
 
 def run_op(cache: Cache, op: Op[Any]) -> Any:
     """Run one backend op on ``cache`` (either backend), bypassing the lock API."""
-    return cache._bound().sync.backend.run(op)
+    return cache.bound().sync.backend.run(op)
 
 
 def now_us() -> int:

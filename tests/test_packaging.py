@@ -68,7 +68,7 @@ def test_the_wheel_holds_the_package_and_its_metadata(wheel: Path) -> None:
         metadata = archive.read(f"{meta_dir}/METADATA").decode()
         entry_points = archive.read(f"{meta_dir}/entry_points.txt").decode()
     assert "cachekit/py.typed" in names
-    assert "cachekit/codecs.py" in names
+    assert "cachekit/flow/codecs.py" in names
     assert "cachekit/pytest_plugin.py" in names
     assert not any(n.startswith(("tests/", "loadtests/", "demo_app/")) for n in names)
     assert "Name: cachekit-redis" in metadata

@@ -1,4 +1,4 @@
-"""The two faces every backend offers: the same operations, run sync or async.
+"""SyncBackend and AsyncBackend: the same operations, run blocking or on an event loop.
 
 Usage::
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol, TypeVar
 
-from .ops import Op
+from cachekit.backends.ops import Op
 
 __all__ = ["AsyncBackend", "SyncBackend"]
 

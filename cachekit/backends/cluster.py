@@ -1,9 +1,9 @@
-"""Redis Cluster: both faces over redis-py's cluster clients, every operation slot-correct.
+"""Redis Cluster: both backends over redis-py's cluster clients, every operation slot-correct.
 
 What Cluster changes, and where it is handled:
 
 * **Scripts** run on the node of their first key and may touch only that slot. Every
-  cachekit script's keys share one hash tag (:mod:`cachekit.keys`), and a script that
+  cachekit script's keys share one hash tag (:mod:`cachekit.flow.keys`), and a script that
   announces a change ``SPUBLISH``-es it on the key's shard channel
   (:meth:`~cachekit.backends.ops.Op.for_cluster`, :mod:`.shards`).
 * **Multi-key commands** (``MGET``, ``UNLINK``, ``DEL``) whose keys may span slots become
@@ -45,21 +45,20 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import NoScriptError, SlotNotCoveredError
 from redis.retry import Retry
 
-from cachekit.config import parse_nodes
-from cachekit.exceptions import BackendTimeout, BackendUnavailable
-
-from .guard import time_left
-from .ops import Command, Op
-from .redis import (
+from cachekit.backends.guard import time_left
+from cachekit.backends.ops import Command, Op
+from cachekit.backends.redis import (
     REDIS_ERRORS,
-    RedisBackend,
+    SyncRedisBackend,
     budgeted,
     client_kwargs,
     reply_options,
     translate_error,
 )
+from cachekit.config import parse_nodes
+from cachekit.exceptions import BackendTimeout, BackendUnavailable
 
-__all__ = ["AsyncClusterBackend", "ClusterBackend", "connect_cluster"]
+__all__ = ["AsyncClusterBackend", "SyncClusterBackend", "connect_cluster"]
 
 T = TypeVar("T")
 
@@ -70,7 +69,7 @@ def _count(replies: list[Any]) -> int:
     return sum(int(reply) for reply in replies)
 
 
-# Multi-key commands a face splits by key: the one-key command, and how replies merge.
+# Multi-key commands a backend splits by key: the one-key command, and how replies merge.
 _SPLIT: Final[Mapping[str, tuple[str, Callable[[list[Any]], Any]]]] = {
     "MGET": ("GET", list),
     "UNLINK": ("UNLINK", _count),
@@ -97,12 +96,12 @@ def _torn(exc: AttributeError | TypeError) -> BackendUnavailable:
     return BackendUnavailable(f"connection closed under the command ({exc})")
 
 
-class ClusterBackend:
-    """The synchronous face over a ``redis.cluster.RedisCluster``, built at first use.
+class SyncClusterBackend:
+    """The synchronous backend over a ``redis.cluster.RedisCluster``, built at first use.
 
     Usage::
 
-        backend = ClusterBackend(lambda: RedisCluster(host="10.0.0.1", port=7000))
+        backend = SyncClusterBackend(lambda: RedisCluster(host="10.0.0.1", port=7000))
         backend.run(Get("shop:{product:5}"))
     """
 
@@ -178,7 +177,7 @@ class ClusterBackend:
                 pipe.execute_command(single, key)
             return merge(pipe.execute())
 
-    def primaries(self) -> dict[str, RedisBackend]:
+    def primaries(self) -> dict[str, SyncRedisBackend]:
         """A backend on each primary, by ``host:port``, for what is asked of a node.
 
         ``INFO``, ``DBSIZE`` and the like describe one node: a tool that reports per node
@@ -194,7 +193,7 @@ class ClusterBackend:
         client: Any = self.connect()  # redis-py's sync cluster client is untyped
         try:
             return {
-                node.name: RedisBackend(client.get_redis_connection(node))
+                node.name: SyncRedisBackend(client.get_redis_connection(node))
                 for node in client.get_primaries()
             }
         except REDIS_ERRORS as exc:
@@ -207,7 +206,7 @@ class ClusterBackend:
 
 
 class AsyncClusterBackend:
-    """The asynchronous face over a ``redis.asyncio.cluster.RedisCluster``.
+    """The asynchronous backend over a ``redis.asyncio.cluster.RedisCluster``.
 
     Usage::
 
@@ -316,8 +315,8 @@ def _first_slots(slots: Mapping[int, Sequence[Any]]) -> list[int]:
 
 def connect_cluster(
     url: str, options: Mapping[str, Any]
-) -> tuple[ClusterBackend, AsyncClusterBackend]:
-    """Both faces for a ``redis+cluster://`` URL (its nodes are where discovery starts).
+) -> tuple[SyncClusterBackend, AsyncClusterBackend]:
+    """Both backends for a ``redis+cluster://`` URL (its nodes are where discovery starts).
 
     No I/O yet. ``options`` are the ``redis``-scoped options of
     :data:`cachekit.config.URL_OPTIONS` (``max_connections`` is per node).
@@ -359,4 +358,4 @@ def connect_cluster(
         retry=AsyncRetry(NoBackoff(), 1),
         **settings,
     )
-    return ClusterBackend(build), AsyncClusterBackend(async_client)
+    return SyncClusterBackend(build), AsyncClusterBackend(async_client)

@@ -1,14 +1,14 @@
-"""The time budget and the circuit breaker around a backend's two faces.
+"""The time budget and the circuit breaker around both halves of a backend.
 
 Every operation gets one deadline (default 250 ms) that covers everything it waits for:
 a free connection, the connect, the reply and the one reconnect-retry. A caller never
 waits longer, however many other callers there are: operations in flight are bounded by
 ``slots`` (the pool's size), and a caller who cannot get a slot before the deadline fails
-at the deadline instead of queueing behind the pool. The async face enforces the deadline
-by cancelling the call at it; the sync face publishes it in :data:`DEADLINE`, which the Redis
-connections read to bound each reply (see :mod:`cachekit.backends.redis`).
+at the deadline instead of queueing behind the pool. The async backend enforces the
+deadline by cancelling the call at it; the sync backend publishes it in :data:`DEADLINE`,
+which the Redis connections read to bound each reply (see :mod:`cachekit.backends.redis`).
 
-The breaker (:class:`~cachekit.breaker.Breaker`) is asked before each call: while it is
+The breaker (:class:`~cachekit.backends.breaker.Breaker`) is asked before each call: while it is
 open, the call raises :class:`~cachekit.exceptions.CircuitOpen` at once, without I/O.
 Only failures to reach the server (unreachable, timed out) count against it; an error
 *answer* such as ``OOM command not allowed`` proves the server is alive, and a caller who
@@ -21,7 +21,7 @@ once, time out within a deadline and open the breaker.
 
 The guard sits on every cache hit, so its own cost is kept to a few hundred nanoseconds:
 the sync slots are a :class:`queue.SimpleQueue` of tokens (taken and returned in C), and
-the async face, instead of one ``asyncio.timeout`` per call (a timer armed and cancelled
+the async backend, instead of one ``asyncio.timeout`` per call (a timer armed and cancelled
 each time, ~5 µs), keeps one timer per event loop for the earliest deadline of the calls
 in flight (:class:`_Slots`); it cancels a call at its deadline exactly as the timeout
 would, and turns that cancellation into a :class:`~cachekit.exceptions.BackendTimeout`.
@@ -29,7 +29,9 @@ would, and turns that cancellation into a :class:`~cachekit.exceptions.BackendTi
 Usage::
 
     breaker = Breaker(on_transition=stats.incr)
-    sync_backend = GuardedBackend(RedisBackend(client), breaker, stats, deadline=0.25, slots=64)
+    sync_backend = SyncGuardedBackend(
+        SyncRedisBackend(client), breaker, stats, deadline=0.25, slots=64
+    )
     async_backend = AsyncGuardedBackend(AsyncRedisBackend(aclient), breaker, stats,
                                         deadline=0.25, slots=64)
 """
@@ -43,14 +45,13 @@ from collections import deque
 from contextvars import ContextVar
 from typing import Final, TypeVar
 
-from cachekit.breaker import NORMAL, Breaker, Ticket
+from cachekit.backends.base import AsyncBackend, SyncBackend
+from cachekit.backends.breaker import NORMAL, Breaker, Ticket
+from cachekit.backends.ops import Op
 from cachekit.exceptions import BackendError, BackendTimeout, BackendUnavailable, CircuitOpen
 from cachekit.stats import Stats
 
-from .base import AsyncBackend, SyncBackend
-from .ops import Op
-
-__all__ = ["DEADLINE", "DEFAULT_DEADLINE", "AsyncGuardedBackend", "GuardedBackend", "time_left"]
+__all__ = ["DEADLINE", "DEFAULT_DEADLINE", "AsyncGuardedBackend", "SyncGuardedBackend", "time_left"]
 
 T = TypeVar("T")
 
@@ -77,7 +78,7 @@ def time_left() -> float | None:
 
 
 class _Guard:
-    """What both faces decide alike: admission, and what an outcome means."""
+    """What both backends decide alike: admission, and what an outcome means."""
 
     __slots__ = ("breaker", "deadline", "stats")
 
@@ -117,12 +118,12 @@ class _Guard:
         self.breaker.failure(ticket)
 
 
-class GuardedBackend:
+class SyncGuardedBackend:
     """A :class:`~cachekit.backends.base.SyncBackend` whose calls keep a deadline and a breaker.
 
     Usage::
 
-        backend = GuardedBackend(RedisBackend(client), Breaker(), Stats(), deadline=0.25)
+        backend = SyncGuardedBackend(SyncRedisBackend(client), Breaker(), Stats(), deadline=0.25)
     """
 
     __slots__ = ("_guard", "_slots", "inner")

@@ -1,14 +1,14 @@
 """The in-memory backend: Redis semantics (TTL, NX, compare-and-set) in one process.
 
 For unit tests (with :class:`~cachekit.testing.FakeClock` driving expiry) and for
-single-process apps. One :class:`MemoryStore` is shared by the sync and async faces and is
+single-process apps. One :class:`MemoryStore` is shared by the sync and async backends and is
 safe across threads; each operation runs under one lock, so it is atomic as a Lua script
 is in Redis. Expired entries are dropped when read and swept every few thousand writes.
 
 Usage::
 
     store = MemoryStore()
-    MemoryBackend(store).run(Set("k", b"v", ttl=10))
+    SyncMemoryBackend(store).run(Set("k", b"v", ttl=10))
     await AsyncMemoryBackend(store).run(Get("k"))
 """
 
@@ -19,11 +19,10 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
+from cachekit.backends.ops import Op
 from cachekit.clock import SYSTEM_CLOCK, Clock
 
-from .ops import Op
-
-__all__ = ["AsyncMemoryBackend", "MemoryBackend", "MemoryStore"]
+__all__ = ["AsyncMemoryBackend", "MemoryStore", "SyncMemoryBackend"]
 
 T = TypeVar("T")
 _SWEEP_EVERY = 4096
@@ -122,12 +121,12 @@ class MemoryStore:
             del self._data[key]
 
 
-class MemoryBackend:
-    """The synchronous face of a :class:`MemoryStore`.
+class SyncMemoryBackend:
+    """The synchronous backend of a :class:`MemoryStore`.
 
     Usage::
 
-        MemoryBackend(MemoryStore()).run(Get("k"))
+        SyncMemoryBackend(MemoryStore()).run(Get("k"))
     """
 
     __slots__ = ("store",)
@@ -141,11 +140,11 @@ class MemoryBackend:
             return op.apply(self.store)
 
     def close(self) -> None:
-        """Nothing to release; the data stays for the other face."""
+        """Nothing to release; the data stays for the other backend."""
 
 
 class AsyncMemoryBackend:
-    """The asynchronous face of a :class:`MemoryStore` (no I/O, never yields).
+    """The asynchronous backend of a :class:`MemoryStore` (no I/O, never yields).
 
     Usage::
 
@@ -164,4 +163,4 @@ class AsyncMemoryBackend:
             return op.apply(self.store)
 
     async def close(self) -> None:
-        """Nothing to release; the data stays for the other face."""
+        """Nothing to release; the data stays for the other backend."""

@@ -1,12 +1,13 @@
 """Storage's part in one client per event loop: clone an injected client, drop a dead one.
 
-The async face (:mod:`cachekit.faces`, :mod:`cachekit.loops`) keeps one async backend per
-event loop. For a URL it simply connects again; for an injected ``redis.asyncio.Redis``
-:func:`clone_client` builds a sibling with the same pool class, bounds and connection
-settings. When a loop was closed without shutting its backend down, :func:`abandon` closes
-the backend's sockets without that loop: a closed loop refuses the callbacks that a
-transport's ``close()`` schedules, and a transport or stream left to the collector warns
-(``ResourceWarning``), so each socket is closed directly and its transport marked closed.
+The async driver (:mod:`cachekit.drivers.drive`, :mod:`cachekit.drivers.loops`) keeps one
+async backend per event loop. For a URL it simply connects again; for an injected
+``redis.asyncio.Redis`` :func:`clone_client` builds a sibling with the same pool class,
+bounds and connection settings. When a loop was closed without shutting its backend down,
+:func:`abandon` closes the backend's sockets without that loop: a closed loop refuses the
+callbacks that a transport's ``close()`` schedules, and a transport or stream left to the
+collector warns (``ResourceWarning``), so each socket is closed directly and its transport
+marked closed.
 
 Usage::
 

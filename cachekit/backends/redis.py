@@ -1,10 +1,10 @@
-"""The Redis (and Valkey) backend: redis-py clients, one pool per face, errors translated.
+"""The Redis (and Valkey) backend: redis-py clients, one pool per backend, errors translated.
 
-:func:`connect` builds both faces from a URL with cachekit's time budget (short socket
+:func:`connect` builds both backends from a URL with cachekit's time budget (short socket
 and connect timeouts, no retry chain, a bounded pool whose wait is bounded too);
-:class:`RedisBackend` and :class:`AsyncRedisBackend` wrap clients you built yourself.
-A ``redis+sentinel://`` URL gets the same faces over Sentinel-managed clients
-(:mod:`.sentinel`); Redis Cluster has faces of its own (:mod:`.cluster`).
+:class:`SyncRedisBackend` and :class:`AsyncRedisBackend` wrap clients you built yourself.
+A ``redis+sentinel://`` URL gets the same backends over Sentinel-managed clients
+(:mod:`.sentinel`); Redis Cluster has backends of its own (:mod:`.cluster`).
 Every redis-py or socket error leaves this module as a
 :class:`~cachekit.exceptions.BackendError` through :func:`translate_error`, the one place
 that maps them.
@@ -38,16 +38,15 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from cachekit.backends.guard import DEADLINE, time_left
+from cachekit.backends.ops import Op
 from cachekit.config import REDIS_DEFAULTS
 from cachekit.exceptions import BackendError, BackendTimeout, BackendUnavailable, ConfigurationError
-
-from .guard import DEADLINE, time_left
-from .ops import Op
 
 __all__ = [
     "REDIS_ERRORS",
     "AsyncRedisBackend",
-    "RedisBackend",
+    "SyncRedisBackend",
     "budgeted",
     "client_kwargs",
     "connect",
@@ -106,12 +105,12 @@ def _check_client(client: Any) -> None:
         )
 
 
-class RedisBackend:
-    """The synchronous face over a ``redis.Redis`` client.
+class SyncRedisBackend:
+    """The synchronous backend over a ``redis.Redis`` client.
 
     Usage::
 
-        backend = RedisBackend(redis.Redis(socket_timeout=0.25))
+        backend = SyncRedisBackend(redis.Redis(socket_timeout=0.25))
         backend.run(Get("p:{k}"))
     """
 
@@ -149,16 +148,16 @@ class RedisBackend:
         """Close the client and its pool."""
         self.client.close()
 
-    def primaries(self) -> dict[str, RedisBackend]:
+    def primaries(self) -> dict[str, SyncRedisBackend]:
         """This backend under its server's address: the one primary there is (no I/O).
 
-        :class:`~cachekit.backends.cluster.ClusterBackend` and
-        :class:`~cachekit.backends.sentinel.SentinelBackend` answer for their own
+        :class:`~cachekit.backends.cluster.SyncClusterBackend` and
+        :class:`~cachekit.backends.sentinel.SyncSentinelBackend` answer for their own
         topologies, so tools that report per node (``cachekit stats``) ask any backend.
 
         Usage::
 
-            RedisBackend(redis.Redis(port=6380)).primaries()    # {'localhost:6380': ...}
+            SyncRedisBackend(redis.Redis(port=6380)).primaries()    # {'localhost:6380': ...}
         """
         kwargs = self.client.get_connection_kwargs()
         address = kwargs.get("path") or f"{kwargs.get('host', 'localhost')}:{kwargs.get('port')}"
@@ -166,7 +165,7 @@ class RedisBackend:
 
 
 class AsyncRedisBackend:
-    """The asynchronous face over a ``redis.asyncio.Redis`` client.
+    """The asynchronous backend over a ``redis.asyncio.Redis`` client.
 
     Usage::
 
@@ -273,7 +272,7 @@ class _AsyncBudgeted:
     (CPython gh-86296); the read after it would then wait a whole ``socket_timeout``. Such
     a read starts past the deadline: it disconnects (the reply is never read by the next
     command) and fails at once. redis-py's own ``timeout=`` argument is not used: on the
-    async face it returns ``None`` and leaves the reply pending on the connection.
+    async backend it returns ``None`` and leaves the reply pending on the connection.
     """
 
     async def read_response(self, *args: Any, **kwargs: Any) -> Any:
@@ -316,8 +315,8 @@ def client_kwargs(options: Mapping[str, Any]) -> dict[str, Any]:
     return settings
 
 
-def connect(url: str, options: Mapping[str, Any]) -> tuple[RedisBackend, AsyncRedisBackend]:
-    """Both faces for ``url`` (``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://``).
+def connect(url: str, options: Mapping[str, Any]) -> tuple[SyncRedisBackend, AsyncRedisBackend]:
+    """Both backends for ``url`` (``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://``).
 
     No I/O yet. ``options`` are the ``redis``-scoped options of
     :data:`cachekit.config.URL_OPTIONS`; anything not given takes
@@ -325,12 +324,12 @@ def connect(url: str, options: Mapping[str, Any]) -> tuple[RedisBackend, AsyncRe
     :func:`cachekit.backends.cluster.connect_cluster` (``Cache.from_url`` picks it).
     """
     if url.startswith("redis+sentinel:"):
-        from .sentinel import connect_sentinel
+        from cachekit.backends.sentinel import connect_sentinel
 
         return connect_sentinel(url, options)
     if url.startswith("redis+cluster:"):
         raise ConfigurationError(
-            "a redis+cluster:// URL needs cluster faces: use "
+            "a redis+cluster:// URL needs cluster backends: use "
             "cachekit.backends.cluster.connect_cluster (Cache.from_url does)"
         )
     kwargs = client_kwargs(options)
@@ -347,6 +346,6 @@ def connect(url: str, options: Mapping[str, Any]) -> tuple[RedisBackend, AsyncRe
     )
     async_pool.connection_class = abudgeted(async_pool.connection_class)
     return (
-        RedisBackend(redis.Redis.from_pool(sync_pool)),
+        SyncRedisBackend(redis.Redis.from_pool(sync_pool)),
         AsyncRedisBackend(redis.asyncio.Redis.from_pool(async_pool)),
     )

@@ -1,7 +1,7 @@
-"""Sentinel: the Redis faces over a primary that Sentinel processes name and replace.
+"""Sentinel: the Redis backends over a primary that Sentinel processes name and replace.
 
-A ``redis+sentinel://`` URL names the Sentinels and the service they monitor; both faces
-are ordinary :class:`~cachekit.backends.redis.RedisBackend` s over redis-py's
+A ``redis+sentinel://`` URL names the Sentinels and the service they monitor; both backends
+are ordinary :class:`~cachekit.backends.redis.SyncRedisBackend` s over redis-py's
 ``master_for`` clients, whose connections ask the Sentinels for the primary's address
 whenever they (re)connect. So after a failover the next connection reaches the new
 primary, and one left on a demoted primary is dropped at its first ``READONLY`` reply.
@@ -28,27 +28,26 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
-from cachekit.config import parse_nodes
-
-from .redis import (
+from cachekit.backends.redis import (
     REDIS_ERRORS,
     AsyncRedisBackend,
-    RedisBackend,
+    SyncRedisBackend,
     abudgeted,
     budgeted,
     client_kwargs,
     translate_error,
 )
+from cachekit.config import parse_nodes
 
-__all__ = ["AsyncSentinelBackend", "SentinelBackend", "connect_sentinel"]
+__all__ = ["AsyncSentinelBackend", "SyncSentinelBackend", "connect_sentinel"]
 
 
-class SentinelBackend(RedisBackend):
-    """The sync face over a ``master_for`` client; closing it closes the Sentinel links too.
+class SyncSentinelBackend(SyncRedisBackend):
+    """The sync backend over a ``master_for`` client; closing it closes the Sentinel links too.
 
     Usage::
 
-        backend = SentinelBackend(Sentinel([("10.0.0.1", 26379)]).master_for("shop"))
+        backend = SyncSentinelBackend(Sentinel([("10.0.0.1", 26379)]).master_for("shop"))
     """
 
     __slots__ = ()
@@ -59,7 +58,7 @@ class SentinelBackend(RedisBackend):
         for sentinel in pool.sentinel_manager.sentinels:
             sentinel.close()
 
-    def primaries(self) -> dict[str, RedisBackend]:
+    def primaries(self) -> dict[str, SyncRedisBackend]:
         """This backend under the address of the primary the Sentinels name now.
 
         Asks the Sentinels (one round trip to the first that answers). The backend itself
@@ -78,7 +77,7 @@ class SentinelBackend(RedisBackend):
 
 
 class AsyncSentinelBackend(AsyncRedisBackend):
-    """The async face over a ``master_for`` client; closing it closes the Sentinel links too.
+    """The async backend over a ``master_for`` client; closing it closes the Sentinel links too.
 
     Usage::
 
@@ -96,8 +95,8 @@ class AsyncSentinelBackend(AsyncRedisBackend):
 
 def connect_sentinel(
     url: str, options: Mapping[str, Any]
-) -> tuple[RedisBackend, AsyncRedisBackend]:
-    """Both faces on the primary a ``redis+sentinel://`` URL's Sentinels name; no I/O yet.
+) -> tuple[SyncRedisBackend, AsyncRedisBackend]:
+    """Both backends on the primary a ``redis+sentinel://`` URL's Sentinels name; no I/O yet.
 
     ``options`` are the ``redis``-scoped URL options; ``sentinel_username`` and
     ``sentinel_password`` authenticate to the Sentinels, the URL's user and password to
@@ -152,4 +151,4 @@ def connect_sentinel(
     )
     async_pool = async_client.connection_pool
     async_pool.connection_class = abudgeted(async_pool.connection_class)
-    return SentinelBackend(client), AsyncSentinelBackend(async_client)
+    return SyncSentinelBackend(client), AsyncSentinelBackend(async_client)

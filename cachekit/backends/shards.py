@@ -17,7 +17,14 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, ClassVar, Protocol, TypeVar
 
-__all__ = ["announcement", "hash_tag", "on_shards", "shard_channel"]
+__all__ = [
+    "TOPIC_MARK",
+    "announcement",
+    "hash_tag",
+    "on_shards",
+    "shard_channel",
+    "topic_message",
+]
 
 
 def hash_tag(key: str) -> str:
@@ -80,3 +87,16 @@ def on_shards(op: A) -> A:
             return on_shards(self)
     """
     return replace(op, sharded=True)
+
+
+TOPIC_MARK = "\x00"  # no key starts with NUL: a message that does is for a topic
+
+
+def topic_message(topic: str, body: str) -> str:
+    """A channel message for the handlers of ``topic`` rather than for key waiters.
+
+    A topic is named ``<namespace>:<name>``; on Cluster it is announced in the slot of
+    ``KeySpace.namespaced(namespace, name)`` (Bloom filter ``products``: topic
+    ``bloom:products``, keys ``<prefix>:bloom:{products}...``).
+    """
+    return f"{TOPIC_MARK}{topic} {body}"

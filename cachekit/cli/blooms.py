@@ -2,7 +2,7 @@
 
 The work is the library's: ``cache.bloom(name, ...)`` with ``.sync.info()``, ``.warm()``
 and ``.rebuild()`` (a rebuild announces a new generation, builds it, and swaps the
-descriptor atomically: see :mod:`cachekit.bloom`). The CLI adds what an operator needs
+descriptor atomically: see :mod:`cachekit.bloom.state`). The CLI adds what an operator needs
 around it: the filter's geometry read from its descriptor in Redis (every process must
 declare the same one, so the CLI never guesses it), ids read from a file or stdin, and
 the bitmap's fill as the server counts it (``BITCOUNT``).
@@ -30,11 +30,11 @@ from typing import Any
 import orjson
 
 from cachekit.backends.ops import Get
-from cachekit.bloom import PART_BITS, BloomKeys, Geometry
+from cachekit.bloom.state import PART_BITS, BloomKeys, Geometry
 from cachekit.cli.ops import BitCount, MemoryUsage
 from cachekit.cli.output import Failure, as_json, fields, number, size
 from cachekit.cli.server import Server
-from cachekit.keys import KeySpace
+from cachekit.flow.keys import KeySpace
 
 __all__ = [
     "Descriptor",

@@ -1,8 +1,8 @@
 """``cachekit get``: one cache entry, found and decoded exactly as the library does it.
 
 The logical key (``product:5``, as a key template renders it) becomes the Redis key by
-:meth:`cachekit.keys.KeySpace.value`; ``--raw`` takes a Redis key as it is. The bytes are
-checked and decoded by :func:`cachekit.envelope.decode`, with the serializer the
+:meth:`cachekit.flow.keys.KeySpace.value`; ``--raw`` takes a Redis key as it is. The bytes are
+checked and decoded by :func:`cachekit.flow.envelope.decode`, with the serializer the
 envelope's header names (JSON or msgpack). Two things differ from an app's read, both
 because the CLI holds no secret:
 
@@ -29,11 +29,17 @@ from cachekit.backends.ops import Get, Ttl
 from cachekit.cli.ops import KeyType
 from cachekit.cli.output import Failure, as_json, duration, fields, moment, pretty, shown
 from cachekit.cli.server import Server
-from cachekit.codecs import split_typed
-from cachekit.envelope import HEADER, Envelope, InvalidPayload, decode
+from cachekit.flow.codecs import split_typed
+from cachekit.flow.envelope import HEADER, Envelope, InvalidPayload, decode
 from cachekit.middleware.entry import CODEC
-from cachekit.serializers import JsonSerializer, MsgpackSerializer, PickleSerializer, Serializer
-from cachekit.signing import MIN_KEY_BYTES, Keyring
+from cachekit.serializers import (
+    MIN_KEY_BYTES,
+    JsonSerializer,
+    Keyring,
+    MsgpackSerializer,
+    PickleSerializer,
+    Serializer,
+)
 
 __all__ = ["read_entry", "show_entry"]
 

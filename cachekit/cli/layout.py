@@ -1,6 +1,6 @@
 """Reading Redis keys back into cachekit's layout: which namespace, which kind of key.
 
-The layout itself belongs to :class:`cachekit.keys.KeySpace`; every head used here is
+The layout itself belongs to :class:`cachekit.flow.keys.KeySpace`; every head used here is
 asked of it (``space.value("")``, ``space.namespaced(ns, "")``), never spelled out again:
 
 * values: ``<prefix>:{<logical key>}``, and beside each its rebuild lease ``...}:lease``;
@@ -22,7 +22,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Final
 
-from cachekit.keys import KeySpace
+from cachekit.flow.keys import KeySpace
 
 __all__ = [
     "KINDS",

@@ -29,7 +29,7 @@ from typing import Any
 from redis.crc import key_slot
 
 from cachekit.backends.ops import Command, Delete, Op, Store
-from cachekit.backends.responses import ScanKeys
+from cachekit.backends.ops.responses import ScanKeys
 
 __all__ = [
     "BitCount",

@@ -1,6 +1,6 @@
 """``cachekit purge PREFIX``: remove cache entries by prefix, in batches, only with ``--yes``.
 
-What ``PREFIX`` means follows the key layout (:mod:`cachekit.keys`): a value lives at
+What ``PREFIX`` means follows the key layout (:mod:`cachekit.flow.keys`): a value lives at
 ``<prefix>:{<logical key>}``, its logical key inside the Cluster hash tag, so
 
 * ``purge product:`` removes every value whose **logical key** starts with ``product:``

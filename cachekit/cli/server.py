@@ -28,12 +28,12 @@ from typing import Final, Literal, Protocol, Self, TypeVar
 from cachekit.backends.base import SyncBackend
 from cachekit.backends.cluster import connect_cluster
 from cachekit.backends.ops import Op
-from cachekit.backends.redis import RedisBackend, connect
+from cachekit.backends.redis import SyncRedisBackend, connect
 from cachekit.cache import Cache
 from cachekit.cli.output import Failure, redact
-from cachekit.config import Target, parse_url
+from cachekit.config import ParsedUrl, parse_url
 from cachekit.contrib import default_cache, set_default_cache
-from cachekit.keys import KeySpace
+from cachekit.flow.keys import KeySpace
 
 __all__ = [
     "CLI_DEADLINE",
@@ -67,8 +67,8 @@ _DEPLOYMENTS: Final[Mapping[str, Deployment]] = {
 class Primaries(SyncBackend, Protocol):
     """A sync backend that also names its primaries: every backend of a Redis URL.
 
-    :class:`~cachekit.backends.redis.RedisBackend` (one server, or Sentinel's primary)
-    and :class:`~cachekit.backends.cluster.ClusterBackend` (every primary) both are.
+    :class:`~cachekit.backends.redis.SyncRedisBackend` (one server, or Sentinel's primary)
+    and :class:`~cachekit.backends.cluster.SyncClusterBackend` (every primary) both are.
 
     Usage::
 
@@ -76,7 +76,7 @@ class Primaries(SyncBackend, Protocol):
             node.run(Info())
     """
 
-    def primaries(self) -> Mapping[str, RedisBackend]:
+    def primaries(self) -> Mapping[str, SyncRedisBackend]:
         """A backend on each primary, by ``host:port``."""
         ...
 
@@ -85,7 +85,7 @@ class Server:
     """One Redis deployment under one cachekit prefix, as given on the command line.
 
     **Attributes:** ``url`` (as given), ``keyspace`` (the prefix's
-    :class:`~cachekit.keys.KeySpace`), ``backend``, ``deployment`` (``'server'``,
+    :class:`~cachekit.flow.keys.KeySpace`), ``backend``, ``deployment`` (``'server'``,
     ``'sentinel'`` or ``'cluster'``) and ``db`` (the database number; 0 on Cluster).
 
     Usage::
@@ -103,7 +103,7 @@ class Server:
         *,
         deployment: Deployment = "server",
         db: int = 0,
-        target: Target | None = None,
+        target: ParsedUrl | None = None,
     ) -> None:
         self.url = url
         self.keyspace = keyspace
@@ -170,7 +170,7 @@ class Server:
         """
         return self.backend.run(op)
 
-    def primaries(self) -> Mapping[str, RedisBackend]:
+    def primaries(self) -> Mapping[str, SyncRedisBackend]:
         """A backend on each primary by ``host:port``: one, or every Cluster primary.
 
         For what is asked of a node rather than of a key (``INFO``). A Sentinel's answer
@@ -204,7 +204,7 @@ class Server:
             timeouts = {k: v for k, v in CLI_TIMEOUTS.items() if k not in target.options}
             cache = Cache.from_url(self.url, prefix=self.prefix, deadline=self.deadline, **timeouts)
         else:
-            assert isinstance(self.backend, RedisBackend)
+            assert isinstance(self.backend, SyncRedisBackend)
             cache = Cache(
                 sync_client=self.backend.client, prefix=self.prefix, deadline=self.deadline
             )

@@ -33,7 +33,7 @@ from cachekit.cli.layout import bloom_name, classify, raw_pattern
 from cachekit.cli.ops import Info, MemoryUsage, ScanNames
 from cachekit.cli.output import as_json, duration, number, redact, shown, size, table
 from cachekit.cli.server import Server
-from cachekit.keys import KeySpace
+from cachekit.flow.keys import KeySpace
 
 __all__ = ["collect", "render", "stats"]
 

@@ -8,9 +8,9 @@ Each integration lives in its own module and imports its library only there, so
 * :mod:`cachekit.contrib.prometheus` - export ``cache.stats()`` as Prometheus counters.
 
 An integration that is not given a cache explicitly uses the *default cache*: the one most
-recently passed to :func:`set_default_cache` in this process. This module imports nothing
-but the standard library, so :meth:`cachekit.Cache.configure` can register itself here
-without an import cycle.
+recently passed to :func:`set_default_cache` in this process. The registry lives beside
+:class:`~cachekit.Cache` (whose :meth:`~cachekit.Cache.configure` registers itself), and
+is re-exported here for integrations.
 
 Usage::
 
@@ -22,42 +22,6 @@ Usage::
 
 from __future__ import annotations
 
-import threading
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from cachekit.cache import Cache
+from cachekit.cache import default_cache, set_default_cache
 
 __all__ = ["default_cache", "set_default_cache"]
-
-_lock = threading.Lock()
-_default: Cache | None = None
-
-
-def set_default_cache(cache: Cache | None) -> Cache | None:
-    """Make ``cache`` the one integrations use when they are given none; the previous one.
-
-    ``None`` clears it. The latest call wins, so call it once at startup, after
-    configuring the cache.
-
-    Usage::
-
-        cache = Cache.from_url("redis://127.0.0.1:6379/0")
-        set_default_cache(cache)
-    """
-    global _default
-    with _lock:
-        previous, _default = _default, cache
-    return previous
-
-
-def default_cache() -> Cache | None:
-    """The cache most recently passed to :func:`set_default_cache`, or ``None``.
-
-    Usage::
-
-        cache = default_cache()
-        if cache is None:
-            raise RuntimeError("call set_default_cache(cache) at startup")
-    """
-    return _default

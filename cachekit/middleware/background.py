@@ -17,11 +17,11 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
-from cachekit.binding import Binding
-from cachekit.effects import Flow, Spawn
+from cachekit.drivers.binding import Binding
+from cachekit.flow.effects import Flow, Spawn
 from cachekit.middleware.capture import Answer, Receive, Scope, Send
 from cachekit.middleware.directives import CONDITIONAL, Exchange, refusal
-from cachekit.middleware.entry import Entry, Target
+from cachekit.middleware.entry import Entry, RequestKeys
 from cachekit.middleware.flow import Hit, refresh
 from cachekit.middleware.options import Options, RouteOptions, route_options
 from cachekit.middleware.storing import build_entry, collect
@@ -39,7 +39,7 @@ async def spawn_refresh(
     options: Options,
     request: Scope,
     binding: Binding,
-    target: Target,
+    target: RequestKeys,
     hit: Hit,
 ) -> None:
     """Start one background refresh of ``hit``; never raises."""

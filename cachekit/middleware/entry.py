@@ -3,7 +3,7 @@
 Every key of one decoded path lives under that path's **home**,
 ``<prefix>:http:{p<digest of the path>}``, whose braces are a Redis Cluster hash tag: a
 path's keys share one slot, so one Lua script may read any of them (a hit is one
-EVALSHA, :class:`~cachekit.backends.responses.ReadResponse`). Under the home:
+EVALSHA, :class:`~cachekit.backends.ops.responses.ReadResponse`). Under the home:
 
 * ``:g`` - the path's **generation**, a random token. Records and entries carry a stamp
   of it as it was when read; an unsafe request or :func:`purge` replaces it, so every
@@ -13,14 +13,14 @@ EVALSHA, :class:`~cachekit.backends.responses.ReadResponse`). Under the home:
   last response could not be stored;
 * ``:v<digest>`` - an **entry** per variant: the URL plus the values of those headers.
 
-No user key can reach the ``http`` namespace (:meth:`~cachekit.keys.KeySpace.namespaced`).
-Every stored value is a :mod:`cachekit.envelope` written for its exact key, and an entry
+No user key can reach the ``http`` namespace (:meth:`~cachekit.flow.keys.KeySpace.namespaced`).
+Every stored value is a :mod:`cachekit.flow.envelope` written for its exact key, and an entry
 also holds the URL and header values it was stored for: a read serves it only when they
 equal the request's (R10), whatever the key hashing did.
 
 Usage::
 
-    target = Target.of(keyspace, "https", "shop.test", b"/p", b"b=2&a=1", "/p")
+    target = RequestKeys.of(keyspace, "https", "shop.test", b"/p", b"b=2&a=1", "/p")
     key = target.variant_key(vary_values(("accept-encoding",), headers, DEFAULT_ENCODINGS))
 """
 
@@ -34,8 +34,8 @@ from typing import Any, Final
 
 import orjson
 
-from cachekit.envelope import InvalidPayload, decode, encode
-from cachekit.keys import KeySpace
+from cachekit.flow.envelope import InvalidPayload, decode, encode
+from cachekit.flow.keys import KeySpace
 from cachekit.middleware.directives import Headers, accept_encoding_key, header, normalize_query
 
 __all__ = [
@@ -44,7 +44,7 @@ __all__ = [
     "REVALIDATION_KEEP",
     "Entry",
     "Record",
-    "Target",
+    "RequestKeys",
     "VaryValues",
     "content_etag",
     "decode_entry",
@@ -70,7 +70,7 @@ def _digest(*parts: bytes) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Target:
+class RequestKeys:
     """The keys of one request URL.
 
     * ``url`` - ``scheme://host/raw-path?normalized-query``, latin-1 text (any bytes fit).
@@ -96,7 +96,7 @@ class Target:
         query: bytes,
         path: str,
         extra: bytes = b"",
-    ) -> Target:
+    ) -> RequestKeys:
         """The keys of a request for ``scheme://host raw_path ? query``.
 
         ``extra`` is keyed too: the values of the headers configured as ``key_headers``.

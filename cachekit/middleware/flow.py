@@ -1,12 +1,13 @@
-"""The response cache's decisions as sans-I/O flows, driven by the cache's async face.
+"""The response cache's decisions as sans-I/O flows, driven by the cache's async driver.
 
 :func:`lookup` reads a path's generation, a URL's record and a variant in one script (one
 round trip) and decides: serve it (:class:`Hit`), run the app and store the response
 (:class:`Lead`, holding the variant's lease), or run the app without waiting
-(:class:`Direct`). Concurrent misses of one key reuse :mod:`cachekit.aside`'s machinery:
-an in-process :class:`~cachekit.effects.Join` so a process's waiters share one wait,
-the cross-process lease (:class:`~cachekit.backends.leases.TakeLease`), and wake-ups on
-the fill's notification (:class:`~cachekit.effects.Watch`/:class:`~cachekit.effects.Wait`);
+(:class:`Direct`). Concurrent misses of one key reuse :mod:`cachekit.flow.read`'s machinery:
+an in-process :class:`~cachekit.flow.effects.Join` so a process's waiters share one wait,
+the cross-process lease (:class:`~cachekit.backends.ops.leases.TakeLease`), and wake-ups on
+the fill's notification (:class:`~cachekit.flow.effects.Watch` /
+:class:`~cachekit.flow.effects.Wait`);
 the wait is bounded, and a waiter that times out runs the app itself.
 
 :func:`store`, :func:`give_up` and :func:`refresh` write what the app answered; every
@@ -15,7 +16,7 @@ meanwhile is never served (no stale set; :mod:`cachekit.middleware.invalidation`
 
 Usage::
 
-    outcome = await face.drive(lookup(ctx, settings, ask))
+    outcome = await driver.drive(lookup(ctx, settings, ask))
 """
 
 from __future__ import annotations
@@ -24,18 +25,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cachekit.aside import lease_key, read_failed, tag_stamp
-from cachekit.backends.leases import Fill, Release, TakeLease
 from cachekit.backends.ops import Get, Set
-from cachekit.backends.responses import ReadResponse
-from cachekit.context import Context, new_token
-from cachekit.effects import LOAD, Flow, Hold, Join, Wait, Watch
+from cachekit.backends.ops.leases import Fill, Release, TakeLease
+from cachekit.backends.ops.responses import ReadResponse
 from cachekit.exceptions import BackendError
+from cachekit.flow.context import Context, new_token
+from cachekit.flow.effects import LOAD, Flow, Hold, Join, Wait, Watch
+from cachekit.flow.read import lease_key, read_failed, tag_stamp
 from cachekit.middleware.directives import Headers
 from cachekit.middleware.entry import (
     Entry,
     Record,
-    Target,
+    RequestKeys,
     VaryValues,
     decode_entry,
     decode_record,
@@ -49,7 +50,7 @@ __all__ = [
     "Direct",
     "Hit",
     "Lead",
-    "Settings",
+    "ResponsePolicy",
     "give_up",
     "lookup",
     "refresh",
@@ -60,7 +61,7 @@ _LEASE_MARGIN = 0.005  # wake a little after a holder's lease lapses
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Settings:
+class ResponsePolicy:
     """The middleware's options that flows read (see ``ResponseCacheMiddleware``)."""
 
     lock_ttl: float
@@ -78,7 +79,7 @@ class Ask:
     when the request has the same values, the key needs no hashing.
     """
 
-    target: Target
+    target: RequestKeys
     headers: Headers
     authorized: bool
     coalesce: bool
@@ -130,7 +131,7 @@ class _Probe:
     raw: bytes | None = None  # the bytes read at ``key``
 
 
-def _probe(ctx: Context, settings: Settings, ask: Ask) -> Flow[_Probe]:
+def _probe(ctx: Context, settings: ResponsePolicy, ask: Ask) -> Flow[_Probe]:
     target = ask.target
     generation, raw_record, raw_guess = yield ReadResponse(
         target.generation,
@@ -177,7 +178,7 @@ def _usable_stale(ctx: Context, entry: Entry | None) -> bool:
     return entry is not None and ctx.clock.time() < entry.expires + entry.stale_if_error
 
 
-def lookup(ctx: Context, settings: Settings, ask: Ask) -> Flow[Outcome]:
+def lookup(ctx: Context, settings: ResponsePolicy, ask: Ask) -> Flow[Outcome]:
     """What to do with a GET or HEAD: serve a stored response, lead, or go to the app."""
     try:
         probe = yield from _probe(ctx, settings, ask)
@@ -203,7 +204,7 @@ def lookup(ctx: Context, settings: Settings, ask: Ask) -> Flow[Outcome]:
     return outcome
 
 
-def _coalesce(ctx: Context, settings: Settings, ask: Ask, probe: _Probe) -> Flow[Outcome]:
+def _coalesce(ctx: Context, settings: ResponsePolicy, ask: Ask, probe: _Probe) -> Flow[Outcome]:
     """Take the key's lease and lead, or wait (bounded) for its holder's fill."""
     key, seen = probe.key, probe.entry
     token = new_token()
@@ -259,7 +260,7 @@ def _coalesce(ctx: Context, settings: Settings, ask: Ask, probe: _Probe) -> Flow
 
 def store(
     ctx: Context,
-    target: Target,
+    target: RequestKeys,
     entry_key: str,
     entry: Entry,
     stamp: int,
@@ -299,7 +300,12 @@ def store(
 
 
 def give_up(
-    ctx: Context, settings: Settings, target: Target, stamp: int, lead: Lead | None, remember: bool
+    ctx: Context,
+    settings: ResponsePolicy,
+    target: RequestKeys,
+    stamp: int,
+    lead: Lead | None,
+    remember: bool,
 ) -> Flow[None]:
     """Nothing will be stored: release the lease, and ``remember`` the URL as hit-for-miss.
 
@@ -342,12 +348,17 @@ Build = Callable[[Any], "tuple[str, Entry] | bool"]
 
 
 def refresh(
-    ctx: Context, settings: Settings, target: Target, hit: Hit, lock_ttl: float, build: Build
+    ctx: Context,
+    settings: ResponsePolicy,
+    target: RequestKeys,
+    hit: Hit,
+    lock_ttl: float,
+    build: Build,
 ) -> Flow[float]:
     """A background refresh of a stale ``hit``: one per key across the fleet.
 
     The LOAD effect runs the app on a copy of the request. Returns how long this process
-    need not try again (another holder's lease), or 0, as :func:`cachekit.aside` rebuilds do.
+    need not try again (another holder's lease), or 0, as :func:`cachekit.flow.read` rebuilds do.
     """
     lease, token = lease_key(hit.key), new_token()
     try:

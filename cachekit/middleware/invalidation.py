@@ -10,7 +10,7 @@ the ``Location``/``Content-Location`` it names on this host (RFC 9111 section 4.
 Usage::
 
     await face.drive(invalidate(ctx, settings, ["/products"]))
-    await write_through(app, cache._bound, settings, scope, receive, send)
+    await write_through(app, cache.bound, settings, scope, receive, send)
 """
 
 from __future__ import annotations
@@ -19,16 +19,16 @@ import logging
 from collections.abc import Callable, Iterable
 from urllib.parse import unquote, urlsplit
 
-from cachekit.backends.responses import RenewGenerations, ScanKeys, UnlinkEach
-from cachekit.binding import Binding
-from cachekit.context import Context, new_token
-from cachekit.effects import Flow, Forget
+from cachekit.backends.ops.responses import RenewGenerations, ScanKeys, UnlinkEach
+from cachekit.drivers.binding import Binding
+from cachekit.flow.context import Context, new_token
+from cachekit.flow.effects import Flow, Forget
+from cachekit.flow.raw import deferrable
 from cachekit.middleware.capture import Message, Receive, Scope, Send, with_headers
 from cachekit.middleware.directives import Headers, header
 from cachekit.middleware.entry import GENERATION_SUFFIX, http_pattern, path_home
-from cachekit.middleware.flow import Settings
+from cachekit.middleware.flow import ResponsePolicy
 from cachekit.middleware.types import ASGIApp
-from cachekit.raw import deferrable
 from cachekit.stats import LogOnce
 
 __all__ = ["invalidate", "purge_all", "write_through"]
@@ -36,7 +36,7 @@ __all__ = ["invalidate", "purge_all", "write_through"]
 _log = LogOnce(logging.getLogger("cachekit"))
 
 
-def invalidate(ctx: Context, settings: Settings, paths: Iterable[str]) -> Flow[None]:
+def invalidate(ctx: Context, settings: ResponsePolicy, paths: Iterable[str]) -> Flow[None]:
     """Make every stored response of ``paths`` a miss, in O(1) per path.
 
     Never raises: when Redis cannot be reached the change is retried in the background.
@@ -73,7 +73,7 @@ def purge_all(ctx: Context) -> Flow[int]:
 async def write_through(
     app: ASGIApp,
     bound: Callable[[], Binding],
-    settings: Settings,
+    settings: ResponsePolicy,
     scope: Scope,
     receive: Receive,
     send: Send,
@@ -98,7 +98,7 @@ async def write_through(
 
 
 async def _invalidate(
-    bound: Callable[[], Binding], settings: Settings, scope: Scope, response_headers: Headers
+    bound: Callable[[], Binding], settings: ResponsePolicy, scope: Scope, response_headers: Headers
 ) -> None:
     """Invalidate the request's path, and ``Location``/``Content-Location`` on this host."""
     paths = [str(scope.get("path", "/"))]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeVar, overload
 
 from cachekit.middleware.capture import Scope
-from cachekit.middleware.flow import Settings
+from cachekit.middleware.flow import ResponsePolicy
 
 __all__ = ["Options", "RouteOptions", "cacheable", "never_cache", "route_options"]
 
@@ -108,4 +108,4 @@ class Options:
     coalesce: bool
     targets: tuple[bytes, ...] = ()
     heuristic: float = 0.0
-    flow: Settings
+    flow: ResponsePolicy

@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from cachekit.binding import Binding
+from cachekit.drivers.binding import Binding
 from cachekit.middleware.background import spawn_refresh
 from cachekit.middleware.capture import (
     Capture,
@@ -48,7 +48,7 @@ from cachekit.middleware.directives import (
     parse_cache_control,
     refusal,
 )
-from cachekit.middleware.entry import Entry, Target, VaryValues
+from cachekit.middleware.entry import Entry, RequestKeys, VaryValues
 from cachekit.middleware.flow import Ask, Direct, Hit, Lead, give_up, lookup, store
 from cachekit.middleware.invalidation import write_through
 from cachekit.middleware.options import UNSAFE_EXEMPT, Options, route_options
@@ -81,7 +81,7 @@ class State:
     stats: Stats  # the cache's, reachable even while it is not configured
     options: Options
     guesses: MutableMapping[str, tuple[VaryValues, str]]  # URL record key -> its last variant
-    targets: MutableMapping[tuple[Any, ...], Target]  # request URL parts -> its keys
+    targets: MutableMapping[tuple[Any, ...], RequestKeys]  # request URL parts -> its keys
 
 
 def _cache_failed(what: str, exc: BaseException) -> None:
@@ -171,7 +171,7 @@ class Responder:
     def _request_cc(self) -> dict[str, str | None]:
         return parse_cache_control(header(self.headers, b"cache-control"))
 
-    def _target(self, binding: Binding) -> Target:
+    def _target(self, binding: Binding) -> RequestKeys:
         scope = self.scope
         host = self._header(b"host")
         if host is None:
@@ -189,19 +189,19 @@ class Responder:
         )
         keyspace, query = binding.ctx.keyspace, bytes(scope.get("query_string", b""))
         scheme = str(scope.get("scheme", "http"))
-        # The keys are digests, so a URL seen recently reuses its Target; long URLs are
+        # The keys are digests, so a URL seen recently reuses its RequestKeys; long URLs are
         # not remembered, which bounds the memo's memory.
         memo_key = (keyspace.prefix, scheme, host, raw_path, query, path, extra)
         target = self.state.targets.get(memo_key)
         if target is None:
-            target = Target.of(
+            target = RequestKeys.of(
                 keyspace, scheme, host.encode("latin-1"), raw_path, query, path, extra
             )
             if len(target.url) <= _MEMO_URL_MAX:
                 _bounded_put(self.state.targets, memo_key, target)
         return target
 
-    def _ask(self, target: Target) -> Ask:
+    def _ask(self, target: RequestKeys) -> Ask:
         cc = parse_cache_control(self._header(b"cache-control"))
         pragma = (self._header(b"pragma") or "").lower()
         reload = self.options.client_refresh and ("no-cache" in cc or "no-cache" in pragma)
@@ -217,7 +217,7 @@ class Responder:
             reload=reload,
         )
 
-    def _remember(self, target: Target, entry: Entry, key: str) -> None:
+    def _remember(self, target: RequestKeys, entry: Entry, key: str) -> None:
         guess = self.state.guesses.get(target.record)
         if guess is None or guess[1] != key:
             _bounded_put(self.state.guesses, target.record, (entry.vary, key))
@@ -259,7 +259,7 @@ class Responder:
         body = b"" if self.scope.get("method") == "HEAD" else entry.body
         await send({"type": "http.response.body", "body": body})
 
-    async def _run_app(self, binding: Binding, target: Target, outcome: Lead | Direct) -> None:
+    async def _run_app(self, binding: Binding, target: RequestKeys, outcome: Lead | Direct) -> None:
         ctx, options = binding.ctx, self.options
         lead = outcome if isinstance(outcome, Lead) else None
         storing = lead is not None or (isinstance(outcome, Direct) and outcome.store)
@@ -382,7 +382,7 @@ class Responder:
     async def _freshen(
         self,
         binding: Binding,
-        target: Target,
+        target: RequestKeys,
         seen: Entry,
         headers: Headers,
         stamp: int,

@@ -20,7 +20,7 @@ from cachekit.config import seconds_or_zero, to_seconds
 from cachekit.exceptions import ConfigurationError
 from cachekit.middleware.capture import Receive, Scope, Send
 from cachekit.middleware.directives import DEFAULT_BYPASS_HEADERS, DEFAULT_ENCODINGS, lower_names
-from cachekit.middleware.flow import Settings
+from cachekit.middleware.flow import ResponsePolicy
 from cachekit.middleware.invalidation import invalidate, purge_all
 from cachekit.middleware.options import Options
 from cachekit.middleware.responder import Responder, State
@@ -149,7 +149,7 @@ class ResponseCacheMiddleware:
             targets=tuple(
                 dict.fromkeys(n.strip().lower().encode("latin-1") for n in targeted_fields)
             ),
-            flow=Settings(
+            flow=ResponsePolicy(
                 lock_ttl=to_seconds(lock_ttl, name="lock_ttl") or 10.0,
                 lock_wait=seconds_or_zero(lock_wait, "lock_wait"),
                 hit_for_miss=seconds_or_zero(hit_for_miss, "hit_for_miss"),
@@ -162,7 +162,7 @@ class ResponseCacheMiddleware:
         # Hints shared by all requests, never a source of truth (every read is checked):
         # which variant each URL served last (one GET per hit instead of two), and the
         # keys of recent URLs (no digests per hit).
-        self._state = State(app, cache._bound, cache._stats, self.options, {}, {})
+        self._state = State(app, cache.bound, cache.counters, self.options, {}, {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -185,11 +185,11 @@ async def purge(cache: Cache, *paths: str) -> None:
         await purge(cache, "/products", "/products/5")
         await purge(cache)                      # everything the response cache stored
     """
-    binding = cache._bound()
+    binding = cache.bound()
     if not paths:
         await binding.aio.drive(purge_all(binding.ctx))
         return
-    settings = Settings(
+    settings = ResponsePolicy(
         lock_ttl=10.0,
         lock_wait=0.0,
         hit_for_miss=0.0,

@@ -21,7 +21,7 @@ from cachekit.middleware.directives import (
     parse_vary,
     stale_windows,
 )
-from cachekit.middleware.entry import Entry, Target, content_etag, vary_values
+from cachekit.middleware.entry import Entry, RequestKeys, content_etag, vary_values
 from cachekit.middleware.httpdates import initial_age, parse_age, parse_http_date
 from cachekit.middleware.options import Options, RouteOptions
 from cachekit.middleware.targeted import response_directives
@@ -80,7 +80,7 @@ def build_entry(
     options: Options,
     answer: Answer,
     request_headers: Headers,
-    target: Target,
+    target: RequestKeys,
     route: RouteOptions | None,
     now: float,
 ) -> tuple[str, Entry] | bool:

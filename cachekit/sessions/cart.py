@@ -37,15 +37,15 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 from sqlalchemy import Connection, Engine, MetaData
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from cachekit.aside import read_failed
 from cachekit.backends.ops import Delete
-from cachekit.backends.records import CartRead, CartRecord, ReadCart, StoreCart
+from cachekit.backends.ops.records import CartRead, CartRecord, ReadCart, StoreCart
 from cachekit.config import to_seconds
-from cachekit.context import Context, new_token
-from cachekit.effects import LOAD, Flow
 from cachekit.exceptions import BackendError, SerializationError
-from cachekit.keys import escape
-from cachekit.raw import deferrable
+from cachekit.flow.context import Context, new_token
+from cachekit.flow.effects import LOAD, Flow
+from cachekit.flow.keys import escape
+from cachekit.flow.raw import deferrable
+from cachekit.flow.read import read_failed
 from cachekit.sessions.cart_rules import Add, CartLimits, Change, Clear, Remove, SetQuantity
 from cachekit.sessions.cart_sql import CartSql, CartTables
 
@@ -196,7 +196,7 @@ class CartStore:
         return await self._drive(self._merge(source, target))
 
     async def _drive(self, plan: _Plan[R]) -> R:
-        b = self.cache._bound()
+        b = self.cache.bound()
         return await b.aio.drive(plan.flow, lambda: self.sql.arun(plan.body))
 
     # The plans are the whole of each call but its I/O: both faces share them.
@@ -205,7 +205,7 @@ class CartStore:
         return ctx.keyspace.namespaced("cart", escape(owner))
 
     def _ctx(self) -> Context:
-        return self.cache._bound().ctx
+        return self.cache.bound().ctx
 
     def _sku(self, sku: str) -> str:
         return self.limits.sku(sku)
@@ -295,5 +295,5 @@ class SyncCartStore:
 
     def _drive(self, plan: _Plan[R]) -> R:
         self._store.sql.require_sync()  # on every call, not only when a read misses
-        b = self._store.cache._bound()
+        b = self._store.cache.bound()
         return b.sync.drive(plan.flow, lambda: self._store.sql.run(plan.body))

@@ -41,7 +41,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from cachekit.backends.records import CartRecord
+from cachekit.backends.ops.records import CartRecord
 from cachekit.exceptions import CartError, CartUnavailable, ConfigurationError, InvalidCartInput
 from cachekit.sessions.cart_rules import CartLimits, Change, merge_into
 

@@ -6,7 +6,7 @@ so a value copied to another session, or to another key of the same session, fai
 open exactly like a tampered one. Session ids (the Redis key) and key names stay in the
 clear; values - what users typed, what the app learned about them - do not.
 
-Keys rotate like the signing keyring (:mod:`cachekit.signing`): values are sealed with
+Keys rotate like the signing keyring (:mod:`cachekit.serializers`): values are sealed with
 the newest key and opened with whichever key sealed them; a value still sealed with an
 older key is re-sealed with the newest the next time its session is saved. Put the new
 key first, keep the old ones until the longest session lifetime has passed, then drop

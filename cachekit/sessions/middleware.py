@@ -315,7 +315,7 @@ class _Responder:
             try:
                 await session.commit()
             except BackendError as exc:
-                log = self.middleware.store.cache._bound().ctx.log
+                log = self.middleware.store.cache.bound().ctx.log
                 log.warning(("session-save", type(exc)), "cachekit: session not saved (%s)", exc)
         headers = MutableHeaders(scope=message)
         headers.add_vary_header("Cookie")

@@ -1,6 +1,6 @@
 """A session record's format: JSON values, sealed when encrypting, and its metadata.
 
-A record is a Redis hash (see :mod:`cachekit.backends.records`): meta fields that start
+A record is a Redis hash (see :mod:`cachekit.backends.ops.records`): meta fields that start
 with ``@`` and one ``d:<key>`` field per session key holding the value's JSON - sealed
 with AES-256-GCM when the store encrypts (:mod:`.crypto`). This module turns a session's
 data into those fields and back, checking every field; anything that is not a record of
@@ -22,9 +22,9 @@ from typing import Any
 import orjson
 
 from cachekit.backends.ops import ms
-from cachekit.backends.records import CREATED, DEADLINE, SID, Touched
-from cachekit.context import Context
+from cachekit.backends.ops.records import CREATED, DEADLINE, SID, Touched
 from cachekit.exceptions import SessionError
+from cachekit.flow.context import Context
 from cachekit.sessions.crypto import SessionCipher
 
 __all__ = [

@@ -188,7 +188,7 @@ class Session(dict[str, Any]):
         # Read as empty and never saved: writing would overwrite what could not be seen.
         self._failed = True
         self._loaded = True
-        log = self._store.cache._bound().ctx.log
+        log = self._store.cache.bound().ctx.log
         log.warning(("session-load", type(exc)), "cachekit: session unavailable (%s)", exc)
 
     async def regenerate(self) -> None:

@@ -37,12 +37,12 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from cachekit.backends.ops import Delete
-from cachekit.backends.records import SaveSession, TouchSession
+from cachekit.backends.ops.records import SaveSession, TouchSession
 from cachekit.config import to_seconds
-from cachekit.context import Context
-from cachekit.effects import Flow
 from cachekit.exceptions import ConfigurationError, SerializationError, SessionError
-from cachekit.raw import deferrable
+from cachekit.flow.context import Context
+from cachekit.flow.effects import Flow
+from cachekit.flow.raw import deferrable
 from cachekit.sessions.crypto import SessionCipher
 from cachekit.sessions.record import (
     DATA,
@@ -234,7 +234,7 @@ class RedisSessionStore:
 
     async def load(self, sid: str) -> SessionRecord | None:
         """The live record of ``sid`` (its idle timeout restarted), else ``None``."""
-        b = self.cache._bound()
+        b = self.cache.bound()
         return await b.aio.drive(_load(b.ctx, self.config, sid))
 
     async def save(
@@ -245,20 +245,20 @@ class RedisSessionStore:
         Sends only the keys that changed. Returns the record now stored, or ``None`` when
         there is none: ``data`` was empty (the record is deleted) or the record was gone.
         """
-        b = self.cache._bound()
+        b = self.cache.bound()
         return await b.aio.drive(_save(b.ctx, self.config, record, data))
 
     async def regenerate(
         self, record: SessionRecord | None, data: Mapping[str, Any]
     ) -> SessionRecord | None:
         """Move ``data`` to a new id and delete ``record`` (login, privilege change)."""
-        b = self.cache._bound()
+        b = self.cache.bound()
         return await b.aio.drive(_regenerate(b.ctx, self.config, record, data))
 
     async def delete(self, sid: str) -> None:
         """End the session ``sid`` on the server."""
         if is_session_id(sid):
-            b = self.cache._bound()
+            b = self.cache.bound()
             await b.aio.drive(_delete(b.ctx, sid))
 
 
@@ -279,23 +279,23 @@ class SyncSessionStore:
 
     def load(self, sid: str) -> SessionRecord | None:
         """The live record of ``sid`` (its idle timeout restarted), else ``None``."""
-        b = self._store.cache._bound()
+        b = self._store.cache.bound()
         return b.sync.drive(_load(b.ctx, self._store.config, sid))
 
     def save(self, record: SessionRecord | None, data: Mapping[str, Any]) -> SessionRecord | None:
         """Store ``data`` as the new state of ``record`` (``None``: a new session)."""
-        b = self._store.cache._bound()
+        b = self._store.cache.bound()
         return b.sync.drive(_save(b.ctx, self._store.config, record, data))
 
     def regenerate(
         self, record: SessionRecord | None, data: Mapping[str, Any]
     ) -> SessionRecord | None:
         """Move ``data`` to a new id and delete ``record``."""
-        b = self._store.cache._bound()
+        b = self._store.cache.bound()
         return b.sync.drive(_regenerate(b.ctx, self._store.config, record, data))
 
     def delete(self, sid: str) -> None:
         """End the session ``sid`` on the server."""
         if is_session_id(sid):
-            b = self._store.cache._bound()
+            b = self._store.cache.bound()
             b.sync.drive(_delete(b.ctx, sid))

@@ -17,7 +17,7 @@ on the very clients it built.
 async face
     * **floor** - ``redis.asyncio.Redis.get`` of the very key cachekit stored, then
       ``orjson.loads`` of the payload part of those bytes (everything after
-      :data:`cachekit.envelope.HEADER_SIZE`), on the same client cachekit uses;
+      :data:`cachekit.flow.envelope.HEADER_SIZE`), on the same client cachekit uses;
     * **cachekit** - an ``async def`` behind ``@cache.cached(ttl=600, key="product:{pid}")``,
       and the raw API ``await cache.get("product:5")`` of the same entry;
     * **cashews** - the plain ``@cache(ttl=600)`` decorator on ``cashews.cache`` set up
@@ -81,15 +81,15 @@ import redis.asyncio
 import redis.utils
 
 from cachekit import Cache
-from cachekit.backends.guard import AsyncGuardedBackend, GuardedBackend
-from cachekit.backends.redis import AsyncRedisBackend, RedisBackend
-from cachekit.envelope import HEADER_SIZE, MAGIC
+from cachekit.backends.guard import AsyncGuardedBackend, SyncGuardedBackend
+from cachekit.backends.redis import AsyncRedisBackend, SyncRedisBackend
+from cachekit.flow.envelope import HEADER_SIZE, MAGIC
 from loadtests.harness.args import bench_parser, parse, write_json
 from loadtests.harness.rounds import interleaved
 from loadtests.harness.servers import delete_run_keys, redis_server
 from loadtests.harness.tables import environment, environment_line, markdown_table, text_table
 
-TYPED_PREFIX = 5  # the typed payload's mark and shape fingerprint (cachekit.codecs)
+TYPED_PREFIX = 5  # the typed payload's mark and shape fingerprint (cachekit.flow.codecs)
 
 PID = 5
 TTL = 600
@@ -376,7 +376,7 @@ def own_cache(settings: Settings, face: Face) -> Cache:
 
 def async_client(cache: Cache) -> redis.asyncio.Redis:
     """The running loop's client of ``cache``, under its guard (deadline and breaker)."""
-    guard = cache._bound().aio.backend
+    guard = cache.bound().aio.backend
     assert isinstance(guard, AsyncGuardedBackend)  # the deadline and breaker are measured too
     backend = guard.inner
     assert isinstance(backend, AsyncRedisBackend)
@@ -385,10 +385,10 @@ def async_client(cache: Cache) -> redis.asyncio.Redis:
 
 def sync_client(cache: Cache) -> redis.Redis:
     """The sync client of ``cache``, under its guard."""
-    guard = cache._bound().sync.backend
-    assert isinstance(guard, GuardedBackend)
+    guard = cache.bound().sync.backend
+    assert isinstance(guard, SyncGuardedBackend)
     backend = guard.inner
-    assert isinstance(backend, RedisBackend)
+    assert isinstance(backend, SyncRedisBackend)
     return backend.client
 
 
@@ -455,13 +455,13 @@ async def bench_async(admin: redis.Redis, settings: Settings) -> list[Contender]
         assert await get_product(PID) == product(PID)
         assert await get_product_cashews(PID) == product(PID)
         client = async_client(cache)
-        key = cache._bound().ctx.keyspace.value(get_product.key(PID))
+        key = cache.bound().ctx.keyspace.value(get_product.key(PID))
         check_envelope(await client.get(key))
         floor = async_floor(client, key)
         assert await floor(PID) == product(PID)
         assert await raw_get(PID) == product(PID)
         assert await get_receipt(PID) == receipt(PID)
-        typed_key = cache._bound().ctx.keyspace.value(get_receipt.key(PID))
+        typed_key = cache.bound().ctx.keyspace.value(get_receipt.key(PID))
         typed_floor = async_typed_floor(client, typed_key)
         assert await typed_floor(PID) == receipt(PID)
         contenders = [
@@ -550,13 +550,13 @@ def bench_sync(admin: redis.Redis, settings: Settings) -> list[Contender]:
         assert get_product(PID) == product(PID)
         assert get_product_dogpile(PID) == product(PID)
         client = sync_client(cache)
-        key = cache._bound().ctx.keyspace.value(get_product.key(PID))
+        key = cache.bound().ctx.keyspace.value(get_product.key(PID))
         check_envelope(client.get(key))
         floor = sync_floor(client, key)
         assert floor(PID) == product(PID)
         assert raw_get(PID) == product(PID)
         assert get_receipt(PID) == receipt(PID)
-        typed_key = cache._bound().ctx.keyspace.value(get_receipt.key(PID))
+        typed_key = cache.bound().ctx.keyspace.value(get_receipt.key(PID))
         typed_floor = sync_typed_floor(client, typed_key)
         assert typed_floor(PID) == receipt(PID)
         contenders = [

@@ -38,9 +38,9 @@ from typing import Any
 import orjson
 
 from cachekit import Cache
-from cachekit.aside import cached_read
 from cachekit.backends.ops import Get, Op
-from cachekit.envelope import HEADER_SIZE, decode
+from cachekit.flow.envelope import HEADER_SIZE, decode
+from cachekit.flow.read import cached_read
 from loadtests.benchmarks.hitpath import product
 from loadtests.harness.args import write_json
 
@@ -117,7 +117,7 @@ def measure(url: str, calls: int, repeat: int) -> dict[str, float]:
         return product(pid)
 
     out: dict[str, float] = {}
-    b = cache._bound()
+    b = cache.bound()
     ctx = b.ctx
     get_product(PID)  # the one miss: stores the entry
     key = ctx.keyspace.value(get_product.key(PID))

@@ -2,8 +2,8 @@
 
 Pairs measured side by side, one per line of the table:
 
-* **backend Get** (the issue's figure, target >= 20x): ``RedisBackend.run(Get(key))`` (and
-  the async face) against ``NearBackend.run(Get(key))`` around the same backend;
+* **backend Get** (the issue's figure, target >= 20x): ``SyncRedisBackend.run(Get(key))`` (and
+  the async face) against ``SyncNearBackend.run(Get(key))`` around the same backend;
 * **cache level** (what an app sees, decode included): ``cache.sync.get``, ``await
   cache.get`` and a ``def`` behind ``@cache.cached``, on a cache without and with a local
   layer (``Cache(..., local=...)`` once the Cache takes it; until then the bench wraps the
@@ -40,10 +40,10 @@ from typing import Any, Literal
 import redis
 
 from cachekit import Cache
-from cachekit.backends.near import AsyncNearBackend, NearBackend
 from cachekit.backends.ops import Get
 from cachekit.backends.redis import connect
-from cachekit.local import LocalCache
+from cachekit.near.backend import AsyncNearBackend, SyncNearBackend
+from cachekit.near.local import LocalCache
 from loadtests.harness import RESULTS
 from loadtests.harness.args import bench_parser, parse, write_json
 from loadtests.harness.rounds import interleaved
@@ -172,7 +172,7 @@ def run_sync(settings: Settings, plain: Cache, near: Cache, local: LocalCache) -
     """Both sides of every sync pair, interleaved."""
     key = f"{settings.run}:{{raw}}"
     backend, _ = connect(settings.url, {})
-    near_backend = NearBackend(backend, local)
+    near_backend = SyncNearBackend(backend, local)
     label = "product"
 
     @plain.cached(ttl=600, key="product:{pid}")

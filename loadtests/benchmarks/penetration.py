@@ -50,7 +50,7 @@ from typing import Any
 import redis.asyncio
 
 from cachekit import Cache
-from cachekit.bloomfilter import Bloom
+from cachekit.bloom.filter import Bloom
 from loadtests.harness import RESULTS
 from loadtests.harness.args import bench_parser, parse, write_json
 from loadtests.harness.progress import Progress

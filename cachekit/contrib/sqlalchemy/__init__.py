@@ -112,7 +112,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
-from cachekit.bloomfilter import Bloom
+from cachekit.bloom.filter import Bloom
 from cachekit.cache import Cache
 from cachekit.contrib import default_cache, set_default_cache
 from cachekit.contrib.sqlalchemy.invalidation import _REGISTRY, Invalidation, M

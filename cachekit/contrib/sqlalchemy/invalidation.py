@@ -31,7 +31,7 @@ from sqlalchemy.orm import (
     object_session,
 )
 
-from cachekit.bloomfilter import Bloom
+from cachekit.bloom.filter import Bloom
 from cachekit.cache import Cache
 from cachekit.contrib import default_cache
 from cachekit.contrib.sqlalchemy.rows import RowView, _OldView, _pk_values

@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TypeAlias, cast
 
-from cachekit.bloomfilter import Bloom
+from cachekit.bloom.filter import Bloom
 from cachekit.cache import Cache
 from cachekit.exceptions import BackendError
 
