@@ -22,10 +22,11 @@ from cachekit.flow.effects import Flow, Spawn
 from cachekit.middleware.capture import Answer, Receive, Scope, Send
 from cachekit.middleware.directives import CONDITIONAL, Exchange, refusal
 from cachekit.middleware.entry import Entry, RequestKeys
-from cachekit.middleware.flow import Hit, refresh
+from cachekit.middleware.flow import Hit
 from cachekit.middleware.options import Options, RouteOptions, route_options
 from cachekit.middleware.storing import build_entry, collect
 from cachekit.middleware.targeted import response_directives
+from cachekit.middleware.writes import refresh
 from cachekit.stats import LogOnce
 
 __all__ = ["spawn_refresh"]

@@ -3,16 +3,13 @@
 :func:`lookup` reads a path's generation, a URL's record and a variant in one script (one
 round trip) and decides: serve it (:class:`Hit`), run the app and store the response
 (:class:`Lead`, holding the variant's lease), or run the app without waiting
-(:class:`Direct`). Concurrent misses of one key reuse :mod:`cachekit.flow.read`'s machinery:
-an in-process :class:`~cachekit.flow.effects.Join` so a process's waiters share one wait,
-the cross-process lease (:class:`~cachekit.backends.ops.leases.TakeLease`), and wake-ups on
-the fill's notification (:class:`~cachekit.flow.effects.Watch` /
-:class:`~cachekit.flow.effects.Wait`);
-the wait is bounded, and a waiter that times out runs the app itself.
+(:class:`Direct`). Concurrent misses of one key share the decorator's machinery: an
+in-process :class:`~cachekit.flow.effects.Join` so a process's waiters share one wait, the
+cross-process lease (:class:`~cachekit.backends.ops.leases.TakeLease`), and the one bounded
+wait for its holder's fill (:mod:`cachekit.flow.lease`); a waiter that times out runs the
+app itself.
 
-:func:`store`, :func:`give_up` and :func:`refresh` write what the app answered; every
-entry is stamped with the generation read before the app ran, so one invalidated
-meanwhile is never served (no stale set; :mod:`cachekit.middleware.invalidation`).
+:mod:`.writes` stores what the app answered.
 
 Usage::
 
@@ -21,16 +18,16 @@ Usage::
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cachekit.backends.ops import Get, Set
-from cachekit.backends.ops.leases import Fill, Release, TakeLease
+from cachekit.backends.ops import Get
+from cachekit.backends.ops.leases import Release, TakeLease
 from cachekit.backends.ops.responses import ReadResponse
 from cachekit.exceptions import BackendError
 from cachekit.flow.context import Context, new_token
-from cachekit.flow.effects import LOAD, Flow, Hold, Join, Wait, Watch
+from cachekit.flow.effects import Flow, Join
+from cachekit.flow.lease import rewatch, wait_for_lease, watch_lease
 from cachekit.flow.read import lease_key, read_failed, tag_stamp
 from cachekit.middleware.directives import Headers
 from cachekit.middleware.entry import (
@@ -40,10 +37,10 @@ from cachekit.middleware.entry import (
     VaryValues,
     decode_entry,
     decode_record,
-    encode_entry,
-    encode_record,
     vary_values,
 )
+from cachekit.middleware.near import NEAR_MAX_SIZE, Read, fill_response, held_response
+from cachekit.near.local import LocalCache
 
 __all__ = [
     "Ask",
@@ -51,13 +48,14 @@ __all__ = [
     "Hit",
     "Lead",
     "ResponsePolicy",
-    "give_up",
     "lookup",
-    "refresh",
-    "store",
+    "read_response",
 ]
 
-_LEASE_MARGIN = 0.005  # wake a little after a holder's lease lapses
+# A hit hashes its path's generation to compare stamps; a path's generation changes
+# rarely, so its digest is remembered (a pure function: losing it costs one hash).
+_STAMPS: dict[bytes, int] = {}
+_STAMPS_MAX = 4096
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -69,6 +67,7 @@ class ResponsePolicy:
     hit_for_miss: float
     generation_ttl: float
     encodings: tuple[str, ...]
+    near_max_size: int = NEAR_MAX_SIZE  # larger entries are never kept in the near cache
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +75,8 @@ class Ask:
     """One request as the lookup sees it; ``guess`` is the variant to prefetch.
 
     ``guess`` is ``(vary values, entry key)`` of the variant this URL served last here:
-    when the request has the same values, the key needs no hashing.
+    when the request has the same values, the key needs no hashing. With ``near``, that
+    variant is served from the near cache when it holds it (:mod:`.near`).
     """
 
     target: RequestKeys
@@ -85,6 +85,8 @@ class Ask:
     coalesce: bool
     guess: tuple[VaryValues, str] | None = None
     reload: bool = False  # the client asked for a fresh answer and the app allows it
+    near: LocalCache | None = None  # the near cache that holds hot responses, if any
+    read: Read | BackendError | None = None  # what a shared read brought (:mod:`.batch`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,16 +133,44 @@ class _Probe:
     raw: bytes | None = None  # the bytes read at ``key``
 
 
-def _probe(ctx: Context, settings: ResponsePolicy, ask: Ask) -> Flow[_Probe]:
-    target = ask.target
-    generation, raw_record, raw_guess = yield ReadResponse(
-        target.generation,
-        target.record,
-        new_token(),
-        settings.generation_ttl,
-        None if ask.guess is None else ask.guess[1],
+def read_response(settings: ResponsePolicy, target: RequestKeys, guess: str | None) -> Flow[Read]:
+    """The generation, the record and the guessed entry of ``target``, in one round trip.
+
+    The first read of :func:`lookup`, on its own: requests may share it (:mod:`.batch`).
+    """
+    read: Read = yield ReadResponse(
+        target.generation, target.record, new_token(), settings.generation_ttl, guess
     )
-    stamp = tag_stamp((generation,))
+    return read
+
+
+def _probe(
+    ctx: Context, settings: ResponsePolicy, ask: Ask, *, first: bool = False
+) -> Flow[_Probe]:
+    target = ask.target
+    guess = None if ask.guess is None else ask.guess[1]
+    read = ask.read if first else None
+    if isinstance(read, BackendError):
+        raise read
+    if read is None and ask.near is not None and guess is not None:  # fills the near cache
+        keys = (target.generation, target.record, guess)
+        read = yield from fill_response(ask.near, keys, settings.near_max_size)
+    if read is None:
+        read = yield from read_response(settings, target, guess)
+    probe: _Probe = yield from _decode(ctx, settings, ask, read)
+    return probe
+
+
+def _decode(ctx: Context, settings: ResponsePolicy, ask: Ask, read: Read) -> Flow[_Probe]:
+    """What the three values read mean for this request (a wrong guess reads once more)."""
+    target = ask.target
+    generation, raw_record, raw_guess = read
+    stamp = _STAMPS.get(generation)
+    if stamp is None:
+        stamp = tag_stamp((generation,))
+        if len(_STAMPS) >= _STAMPS_MAX:
+            _STAMPS.clear()
+        _STAMPS[generation] = stamp
     record = decode_record(target.record, raw_record, stamp)
     if record is None or record.uncacheable:
         return _Probe(stamp, record, target.record, None, raw_record)
@@ -155,6 +185,34 @@ def _probe(ctx: Context, settings: ResponsePolicy, ask: Ask) -> Flow[_Probe]:
         ctx.stats.incr("invalid_payloads")  # stored for another request: never served (R10)
         entry = None
     return _Probe(stamp, record, key, entry, raw)
+
+
+def _held(ctx: Context, settings: ResponsePolicy, ask: Ask) -> Hit | None:
+    """A fresh HIT from the near cache's copies (no I/O), or ``None``: then read Redis.
+
+    Only a fresh entry of the guessed variant is served from here; anything else (stale,
+    a wrong guess, a refusal) is decided again on what Redis holds.
+    """
+    local, guess = ask.near, ask.guess
+    if local is None or guess is None:
+        return None
+    target = ask.target
+    read = held_response(local, (target.generation, target.record, guess[1]))
+    if read is None:
+        return None
+    decoding = _decode(ctx, settings, ask, read)
+    try:
+        decoding.send(None)
+    except StopIteration as done:
+        probe: _Probe = done.value
+    else:  # it asked for another read: the guess was wrong
+        decoding.close()
+        return None
+    entry = probe.entry
+    if entry is None or ctx.clock.time() >= entry.expires:
+        return None
+    verdict = _serve(ctx, ask, probe)
+    return verdict if isinstance(verdict, Hit) else None
 
 
 def _serve(ctx: Context, ask: Ask, probe: _Probe) -> Hit | Direct | None:
@@ -180,8 +238,11 @@ def _usable_stale(ctx: Context, entry: Entry | None) -> bool:
 
 def lookup(ctx: Context, settings: ResponsePolicy, ask: Ask) -> Flow[Outcome]:
     """What to do with a GET or HEAD: serve a stored response, lead, or go to the app."""
+    held = _held(ctx, settings, ask)
+    if held is not None:
+        return held
     try:
-        probe = yield from _probe(ctx, settings, ask)
+        probe = yield from _probe(ctx, settings, ask, first=True)
     except BackendError as exc:
         read_failed(ctx, exc)
         return Direct(0, store=False, failed=True)
@@ -208,9 +269,7 @@ def _coalesce(ctx: Context, settings: ResponsePolicy, ask: Ask, probe: _Probe) -
     """Take the key's lease and lead, or wait (bounded) for its holder's fill."""
     key, seen = probe.key, probe.entry
     token = new_token()
-    handle = yield Watch(key)  # before the lease attempt: a fill from now on wakes us
-    deadline = ctx.clock.monotonic() + settings.lock_wait
-    waited = False
+    waiting = yield from watch_lease(ctx, key, settings.lock_wait)
     while True:
         lease = lease_key(key)
         try:
@@ -233,13 +292,8 @@ def _coalesce(ctx: Context, settings: ResponsePolicy, ask: Ask, probe: _Probe) -
                 read_failed(ctx, exc)
                 return Direct(probe.stamp, store=False, seen=seen, failed=True)
             return verdict
-        if not waited:
-            ctx.stats.incr("lock_waits")
-            waited = True
-        remaining = deadline - ctx.clock.monotonic()
-        if remaining <= 0:
+        if not (yield from wait_for_lease(ctx, waiting, got.remaining)):
             break
-        yield Wait(handle, min(remaining, got.remaining + _LEASE_MARGIN))
         try:
             probe = yield from _probe(ctx, settings, ask)
         except BackendError as exc:
@@ -251,145 +305,7 @@ def _coalesce(ctx: Context, settings: ResponsePolicy, ask: Ask, probe: _Probe) -
         seen = probe.entry or seen
         if probe.key != key:  # the record appeared: our variant has a key of its own now
             key = probe.key
-            handle = yield Watch(key)
-    ctx.stats.incr("lock_timeouts")
+            yield from rewatch(waiting, key)
     if seen is not None and _usable_stale(ctx, seen):
         return Hit(seen, key, probe.stamp, stale=True)  # stale beats waiting longer
     return Direct(probe.stamp, store=False, seen=seen)
-
-
-def store(
-    ctx: Context,
-    target: RequestKeys,
-    entry_key: str,
-    entry: Entry,
-    stamp: int,
-    lead: Lead | None,
-) -> Flow[bool]:
-    """Write ``entry`` and the URL's record; under ``lead``'s lease when there is one.
-
-    The key the lease guards is written last, by :class:`Fill`, whose notification wakes
-    the waiters: by then the other key is in place. Never raises.
-    """
-    ttl = max(entry.lifetime(), 0.001)
-    now = ctx.clock.time()
-    record = encode_record(target.record, Record(entry.vary_names), now=now, stamp=stamp)
-    data = encode_entry(entry_key, entry, stamp=stamp)
-    try:
-        if lead is None:
-            yield Set(entry_key, data, ttl)
-            yield Set(target.record, record, ttl)
-            return True
-        if lead.key == entry_key:
-            yield Set(target.record, record, ttl)
-            filled = yield Fill(entry_key, data, ttl, lead.lease, lead.token, ctx.channel)
-        elif lead.key == target.record:
-            yield Set(entry_key, data, ttl)
-            filled = yield Fill(target.record, record, ttl, lead.lease, lead.token, ctx.channel)
-        else:  # the app changed its Vary: our lease guards a key we no longer fill
-            yield Set(entry_key, data, ttl)
-            yield Set(target.record, record, ttl)
-            yield Release(lead.lease, lead.token, ctx.channel, lead.key)
-            return True
-        if not filled:
-            ctx.stats.incr("stale_sets_refused")  # the lease lapsed: another may be filling
-        return bool(filled)
-    except BackendError as exc:
-        _write_failed(ctx, exc)
-        return False
-
-
-def give_up(
-    ctx: Context,
-    settings: ResponsePolicy,
-    target: RequestKeys,
-    stamp: int,
-    lead: Lead | None,
-    remember: bool,
-) -> Flow[None]:
-    """Nothing will be stored: release the lease, and ``remember`` the URL as hit-for-miss.
-
-    A hit-for-miss record lets later requests go straight to the app for a while instead
-    of queueing behind a lease for a response that will not be stored.
-    """
-    if remember:
-        ctx.stats.incr("http_uncacheable")
-    try:
-        if remember and settings.hit_for_miss > 0:
-            marker = encode_record(
-                target.record, Record(uncacheable=True), now=ctx.clock.time(), stamp=stamp
-            )
-            if lead is not None and lead.key == target.record:
-                yield Fill(
-                    target.record,
-                    marker,
-                    settings.hit_for_miss,
-                    lead.lease,
-                    lead.token,
-                    ctx.channel,
-                )
-                return
-            yield Set(target.record, marker, settings.hit_for_miss)
-        if lead is not None:
-            yield Release(lead.lease, lead.token, ctx.channel, lead.key)
-    except BackendError as exc:
-        _write_failed(ctx, exc)
-
-
-def _write_failed(ctx: Context, exc: BackendError) -> None:
-    ctx.stats.incr("write_errors")
-    ctx.log.warning(("http-write", type(exc)), "cachekit: response not stored (%s)", exc)
-
-
-Build = Callable[[Any], "tuple[str, Entry] | bool"]
-"""Turns what the app answered (the LOAD result) into ``(entry key, entry)``, or a bool:
-``True`` when the answer must not be stored and the URL is remembered as hit-for-miss,
-``False`` when it failed (the stale entry keeps being served)."""
-
-
-def refresh(
-    ctx: Context,
-    settings: ResponsePolicy,
-    target: RequestKeys,
-    hit: Hit,
-    lock_ttl: float,
-    build: Build,
-) -> Flow[float]:
-    """A background refresh of a stale ``hit``: one per key across the fleet.
-
-    The LOAD effect runs the app on a copy of the request. Returns how long this process
-    need not try again (another holder's lease), or 0, as :func:`cachekit.flow.read` rebuilds do.
-    """
-    lease, token = lease_key(hit.key), new_token()
-    try:
-        got = yield TakeLease(lease, token, lock_ttl, hit.key)
-    except BackendError as exc:
-        read_failed(ctx, exc)
-        return 0.0
-    if not got.acquired:
-        remaining: float = got.remaining
-        return remaining
-    lead = Lead(hit.key, lease, token, hit.stamp, hit.entry)
-    current = decode_entry(hit.key, got.value, hit.stamp)
-    if current is not None and current.created > hit.entry.created:
-        yield from give_up(ctx, settings, target, hit.stamp, lead, remember=False)
-        return 0.0  # refreshed by another process between our read and our lease
-    ctx.stats.incr("rebuilds")
-    yield Hold(lease, token, lock_ttl)
-    try:
-        answer = yield LOAD
-    except Exception as exc:  # stale-if-error: the stale entry keeps being served
-        ctx.stats.incr("load_errors")
-        ctx.log.warning(
-            ("http-refresh", type(exc)), "cachekit: refresh of %s failed: %r", hit.key, exc
-        )
-        yield from give_up(ctx, settings, target, hit.stamp, lead, remember=False)
-        return 0.0
-    ctx.stats.incr("loads")
-    built = build(answer)
-    if isinstance(built, bool):
-        yield from give_up(ctx, settings, target, hit.stamp, lead, remember=built)
-        return 0.0
-    entry_key, entry = built
-    yield from store(ctx, target, entry_key, entry, hit.stamp, lead)
-    return 0.0

@@ -108,4 +108,6 @@ class Options:
     coalesce: bool
     targets: tuple[bytes, ...] = ()
     heuristic: float = 0.0
+    near: bool = True
+    share_reads: bool = True
     flow: ResponsePolicy

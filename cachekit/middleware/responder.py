@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from cachekit.drivers.binding import Binding
+from cachekit.exceptions import BackendError
 from cachekit.middleware.background import spawn_refresh
+from cachekit.middleware.batch import SharedReads
 from cachekit.middleware.capture import (
     Capture,
     Message,
@@ -49,11 +51,20 @@ from cachekit.middleware.directives import (
     refusal,
 )
 from cachekit.middleware.entry import Entry, RequestKeys, VaryValues
-from cachekit.middleware.flow import Ask, Direct, Hit, Lead, give_up, lookup, store
+from cachekit.middleware.flow import (
+    Ask,
+    Direct,
+    Hit,
+    Lead,
+    lookup,
+)
 from cachekit.middleware.invalidation import write_through
+from cachekit.middleware.near import Read
 from cachekit.middleware.options import UNSAFE_EXEMPT, Options, route_options
 from cachekit.middleware.storing import build_entry, freshened
 from cachekit.middleware.targeted import response_directives
+from cachekit.middleware.writes import give_up, store
+from cachekit.near.local import LocalCache
 from cachekit.stats import LogOnce, Stats
 
 __all__ = ["Responder", "State"]
@@ -82,6 +93,7 @@ class State:
     options: Options
     guesses: MutableMapping[str, tuple[VaryValues, str]]  # URL record key -> its last variant
     targets: MutableMapping[tuple[Any, ...], RequestKeys]  # request URL parts -> its keys
+    reads: SharedReads = field(default_factory=SharedReads)  # concurrent requests' reads
 
 
 def _cache_failed(what: str, exc: BaseException) -> None:
@@ -118,8 +130,15 @@ class Responder:
         try:
             binding = self.state.bound()
             target = self._target(binding)
+            near = binding.local if self.options.near else None
+            guess = self.state.guesses.get(target.record) or ((), target.variant_key(()))
+            read = None
+            if near is None and self.options.share_reads:
+                read = await self.state.reads.read(
+                    binding.aio, self.options.flow, target, guess[1], self.state.stats
+                )
             outcome = await binding.aio.drive(
-                lookup(binding.ctx, self.options.flow, self._ask(target))
+                lookup(binding.ctx, self.options.flow, self._ask(target, near, guess, read))
             )
         except Exception as exc:  # the cache must never fail a request: serve it uncached
             _cache_failed("lookup", exc)
@@ -179,13 +198,17 @@ class Responder:
             host = f"{server[0]}:{server[1]}" if server[1] else str(server[0])
         path = str(scope.get("path", "/"))
         raw_path = bytes(scope.get("raw_path") or path.encode("utf-8", "surrogateescape"))
-        extra = b"".join(
-            b"\n%s=%s"
-            % (
-                name.encode("latin-1"),
-                (self._header(name.encode("latin-1")) or "").encode("latin-1"),
+        extra = (
+            b"".join(
+                b"\n%s=%s"
+                % (
+                    name.encode("latin-1"),
+                    (self._header(name.encode("latin-1")) or "").encode("latin-1"),
+                )
+                for name in self.options.key_headers
             )
-            for name in self.options.key_headers
+            if self.options.key_headers
+            else b""
         )
         keyspace, query = binding.ctx.keyspace, bytes(scope.get("query_string", b""))
         scheme = str(scope.get("scheme", "http"))
@@ -201,20 +224,29 @@ class Responder:
                 _bounded_put(self.state.targets, memo_key, target)
         return target
 
-    def _ask(self, target: RequestKeys) -> Ask:
-        cc = parse_cache_control(self._header(b"cache-control"))
-        pragma = (self._header(b"pragma") or "").lower()
-        reload = self.options.client_refresh and ("no-cache" in cc or "no-cache" in pragma)
+    def _ask(
+        self,
+        target: RequestKeys,
+        near: LocalCache | None,
+        guess: tuple[VaryValues, str],
+        read: Read | BackendError | None,
+    ) -> Ask:
+        seen = self.seen  # most requests carry neither field: nothing to parse
+        cc = parse_cache_control(self._header(b"cache-control")) if b"cache-control" in seen else {}
+        reload = self.options.client_refresh and (
+            "no-cache" in cc or "no-cache" in (self._header(b"pragma") or "").lower()
+        )
         get = self.scope.get("method") == "GET"
         return Ask(
             target=target,
             headers=self.headers,
-            authorized=self._header(b"authorization") is not None,
+            authorized=b"authorization" in seen,
             # HEAD and no-store requests never store, so they must not lead either.
             coalesce=get and self.options.coalesce and "no-store" not in cc,
-            # Unknown: the variant of a response without Vary, the most common kind.
-            guess=self.state.guesses.get(target.record) or ((), target.variant_key(())),
+            guess=guess,
             reload=reload,
+            near=near,
+            read=read,
         )
 
     def _remember(self, target: RequestKeys, entry: Entry, key: str) -> None:
@@ -250,7 +282,9 @@ class Responder:
         age = entry.current_age(binding.ctx.clock.time())
         label = label or (b"STALE" if stale else b"HIT")
         extra = [(b"x-cache", label), (b"age", b"%d" % age), *extra]
-        if etag_matches(self._header(b"if-none-match"), entry.etag):
+        if b"if-none-match" in self.seen and etag_matches(
+            self._header(b"if-none-match"), entry.etag
+        ):
             await send(not_modified(entry.headers, extra))
             await send({"type": "http.response.body", "body": b""})
             return

@@ -22,6 +22,7 @@ from cachekit.middleware.capture import Receive, Scope, Send
 from cachekit.middleware.directives import DEFAULT_BYPASS_HEADERS, DEFAULT_ENCODINGS, lower_names
 from cachekit.middleware.flow import ResponsePolicy
 from cachekit.middleware.invalidation import invalidate, purge_all
+from cachekit.middleware.near import NEAR_MAX_SIZE
 from cachekit.middleware.options import Options
 from cachekit.middleware.responder import Responder, State
 from cachekit.middleware.targeted import DEFAULT_TARGETS
@@ -91,6 +92,16 @@ class ResponseCacheMiddleware:
     * **heuristic** - with no default lifetime (``ttl=None``), a response stating no
       freshness but a ``Last-Modified`` is fresh for this fraction of its age (RFC 9111
       section 4.2.2; ``0.1`` is usual, at most a day). Default 0: never guess.
+    * **near** - when the cache has a near cache (``Cache(local=LocalCache(...))``), serve
+      fresh hot responses from it, with no round trip (default on; without ``local=`` it
+      does nothing). A copy is dropped when any of its keys is written, by any process,
+      so it is late by at most one invalidation's delivery (:mod:`cachekit.middleware.near`).
+    * **near_max_size** - the largest stored entry, in bytes, kept in the near cache
+      (default 64 KiB): the near cache bounds its number of entries, not their size.
+    * **share_reads** - concurrent requests for one page share its Redis read (one round
+      trip per batch under load), each still answered from a read sent after it arrived,
+      so nothing invalidated before a request arrived is served to it
+      (:mod:`cachekit.middleware.batch`; default on). Without a near cache only.
     """
 
     def __init__(
@@ -116,6 +127,9 @@ class ResponseCacheMiddleware:
         coalesce: bool = True,
         targeted_fields: Sequence[str] = DEFAULT_TARGETS,
         heuristic: float = 0.0,
+        near: bool = True,
+        near_max_size: int = NEAR_MAX_SIZE,
+        share_reads: bool = True,
     ) -> None:
         if 206 in statuses:
             raise ConfigurationError("206 responses are never stored: remove it from statuses")
@@ -123,6 +137,8 @@ class ResponseCacheMiddleware:
             raise ConfigurationError("heuristic is a fraction between 0 and 1 (RFC 9111: 0.1)")
         if max_body_size < 0:
             raise ConfigurationError("max_body_size must be >= 0")
+        if near_max_size < 0:
+            raise ConfigurationError("near_max_size must be >= 0")
         keyed = lower_names(key_headers)
         self.app = app
         self.cache = cache
@@ -146,6 +162,8 @@ class ResponseCacheMiddleware:
             client_refresh=client_refresh,
             coalesce=coalesce,
             heuristic=heuristic,
+            near=near,
+            share_reads=share_reads,
             targets=tuple(
                 dict.fromkeys(n.strip().lower().encode("latin-1") for n in targeted_fields)
             ),
@@ -155,6 +173,7 @@ class ResponseCacheMiddleware:
                 hit_for_miss=seconds_or_zero(hit_for_miss, "hit_for_miss"),
                 generation_ttl=GENERATION_TTL,
                 encodings=lower_names(encodings),
+                near_max_size=near_max_size,
             ),
         )
         if not math.isfinite(self.options.ttl):

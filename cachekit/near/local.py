@@ -57,7 +57,11 @@ if TYPE_CHECKING:
 
     from cachekit.near.channel import Channel
 
-__all__ = ["LOCAL_COUNTERS", "LocalCache", "Mode"]
+__all__ = ["FILL_PATIENCE", "LOCAL_COUNTERS", "LocalCache", "Mode"]
+
+FILL_PATIENCE = 1.0
+"""Seconds a fill in flight keeps other readers of its key from filling: its read is
+presumed lost after that (a failed read gives its token back at once)."""
 
 Mode = Literal["auto", "tracking", "pubsub"]
 LOCAL_COUNTERS: Final = (
@@ -267,16 +271,23 @@ class LocalCache:
     def begin(self, key: str) -> int:
         """Take a fill token for ``key`` *before* reading it from Redis; 0: do not fill.
 
-        A later :meth:`begin` for the same key, an invalidation of it or a flush voids the
-        token, so :meth:`install` refuses the value that read brings back.
+        An invalidation of the key or a flush voids the token, so :meth:`install` refuses
+        the value that read brings back. One fill per key at a time: while one is in
+        flight (for less than :data:`FILL_PATIENCE`), other readers read through without
+        filling. (A later fill used to void the earlier one, and a hot key read without a
+        pause was never kept: every read's fill was voided by the next read's.)
         """
         if not self.cacheable(key):
             return 0
         with self._lock:
             if not self._ready:
                 return 0
+            now = self._clock.monotonic()
+            fill = self._fills.get(key)
+            if fill is not None and now - fill[1] < FILL_PATIENCE:
+                return 0
             token = next(self._tokens)
-            self._fills[key] = (token, self._clock.monotonic())
+            self._fills[key] = (token, now)
             return token
 
     def install(self, key: str, token: int, value: bytes | None, remaining: float | None) -> bool:

@@ -23,7 +23,7 @@ import httpx
 # Run as a script: the repository's cachekit, not an installed one, is the one tested.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 
-from cachekit import Cache
+from cachekit import Cache, LocalCache
 from cachekit.middleware import ResponseCacheMiddleware
 from cachekit.middleware.capture import Message, Receive, Scope, Send
 
@@ -100,7 +100,9 @@ async def forward(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": content})
 
 
-_cache = Cache.from_url(os.environ.get("CONFORMANCE_CACHE_URL", "memory://"))
+# CONFORMANCE_NEAR=1: the cache gets a near cache, so hot responses are served from it.
+_local = LocalCache(max_entries=1000, ttl=5) if os.environ.get("CONFORMANCE_NEAR") else None
+_cache = Cache.from_url(os.environ.get("CONFORMANCE_CACHE_URL", "memory://"), local=_local)
 app = ResponseCacheMiddleware(forward, cache=_cache, **FOLLOW_THE_ORIGIN)
 
 

@@ -36,7 +36,7 @@ from cachekit.backends.redis import connect
 from cachekit.exceptions import BackendError, BackendUnavailable, ConfigurationError
 from cachekit.flow.envelope import encode
 from cachekit.near.backend import AsyncNearBackend, ReadWithTtl, SyncNearBackend, written_keys
-from cachekit.near.local import LOCAL_COUNTERS, LocalCache
+from cachekit.near.local import FILL_PATIENCE, LOCAL_COUNTERS, LocalCache
 from cachekit.serializers import JsonSerializer
 from cachekit.testing import FakeClock
 from tests.support.servers import PrivateServer
@@ -194,9 +194,33 @@ def test_an_invalidation_or_flush_voids_a_fill_in_flight(local: LocalCache) -> N
     local.channel_up("tracking")
     assert not local.install(KEY, token, value, math.inf)
     first, second = local.begin(KEY), local.begin(KEY)
-    assert not local.install(KEY, first, value, math.inf)  # the later fill owns the key
-    assert local.install(KEY, second, value, math.inf)
+    assert second == 0  # one fill per key at a time: the second reader reads through
+    assert local.install(KEY, first, value, math.inf)
     assert local.lookup(KEY) == value
+
+
+def test_a_hot_key_read_without_pause_is_kept(clock: FakeClock, local: LocalCache) -> None:
+    """Overlapping reads of one key: the first one's fill lands (it used to be voided by
+    the next read's, so a key that was always being read was never kept)."""
+    value = envelope(KEY, 1)
+    tokens = [local.begin(KEY) for _ in range(5)]  # five reads overlap
+    assert tokens[0]
+    assert not any(tokens[1:])
+    assert local.install(KEY, tokens[0], value, math.inf)
+    assert local.lookup(KEY) == value
+
+
+def test_a_fill_presumed_lost_lets_the_next_reader_fill(
+    clock: FakeClock, local: LocalCache
+) -> None:
+    value = envelope(KEY, 1)
+    lost = local.begin(KEY)
+    clock.advance(FILL_PATIENCE)
+    retry = local.begin(KEY)
+    assert retry
+    assert retry != lost
+    assert not local.install(KEY, lost, value, math.inf)
+    assert local.install(KEY, retry, value, math.inf)
 
 
 def test_own_writes_are_read_at_once(store: MemoryStore, near: SyncNearBackend) -> None:

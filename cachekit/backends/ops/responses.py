@@ -9,6 +9,10 @@ touches one Cluster slot. A missing generation is created by the reader, with a 
 path requested once must not leave a key behind forever) and a new random token, so its
 loss only turns the path's entries into misses, never revives old ones.
 
+With a near cache, :class:`ReadResponseTtl` reads the same three keys with their TTLs, and
+nothing else: plain ``GET``/``PTTL`` commands, so the near cache does not take the read for
+a write (it would drop and announce the keys, as it does for every script).
+
 Purging everything has no counter to bump (a global one could not share every path's
 slot): :class:`ScanKeys` and :class:`UnlinkEach` remove the ``http`` namespace in batches.
 
@@ -21,6 +25,7 @@ Usage::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -28,7 +33,7 @@ from typing import Any
 
 from cachekit.backends.ops import Command, Op, Script, Store, ms
 
-__all__ = ["ReadResponse", "RenewGenerations", "ScanKeys", "UnlinkEach"]
+__all__ = ["ReadResponse", "ReadResponseTtl", "RenewGenerations", "ScanKeys", "UnlinkEach"]
 
 
 _READ_RESPONSE = Script(
@@ -80,6 +85,73 @@ class ReadResponse(Op[tuple[bytes, bytes | None, bytes | None]]):
             store.write(self.generation, generation, self.ttl)
         entry = store.read(self.entry) if self.entry is not None else None
         return generation, store.read(self.record), entry
+
+
+Held = tuple[bytes | None, float | None]
+"""A value and its remaining TTL in seconds (``math.inf``: none; ``None``: absent)."""
+
+
+def _remaining(pttl: Any) -> float | None:
+    ms_left = int(pttl)
+    if ms_left == -2:
+        return None
+    return math.inf if ms_left == -1 else ms_left / 1000
+
+
+@dataclass(slots=True)
+class ReadResponseTtl(Op[tuple[Held, Held, Held, bool]]):
+    """The generation, the record and the entry, each with its remaining TTL; reads only.
+
+    The last item says whether a near cache may keep what was read: not on Redis Cluster,
+    where the node that answered is not known to be one whose invalidations the near cache
+    follows. Pipelined, not atomic: a write between a ``GET`` and its ``PTTL`` is a write
+    after the near cache's fill began, which voids the fill. A missing generation is not
+    created: the caller then reads with :class:`ReadResponse`.
+
+    Usage::
+
+        (generation, _), (record, _), (entry, ttl), keep = backend.run(
+            ReadResponseTtl("p:http:{p1}:g", "p:http:{p1}:u1", "p:http:{p1}:v1")
+        )
+    """
+
+    generation: str
+    record: str
+    entry: str
+
+    kind = "pipeline"
+    keepable = True
+
+    def pipeline(self) -> list[Command]:
+        out: list[Command] = []
+        for key in (self.generation, self.record, self.entry):
+            out += [("GET", key), ("PTTL", key)]
+        return out
+
+    def for_cluster(self) -> Op[tuple[Held, Held, Held, bool]]:
+        return _ReadResponseTtlOnCluster(self.generation, self.record, self.entry)
+
+    def parse(self, reply: Any) -> tuple[Held, Held, Held, bool]:
+        g, g_ttl, r, r_ttl, e, e_ttl = reply
+        held = (g, _remaining(g_ttl)), (r, _remaining(r_ttl)), (e, _remaining(e_ttl))
+        return (*held, self.keepable)
+
+    def apply(self, store: Store) -> tuple[Held, Held, Held, bool]:
+        g, r, e = self.generation, self.record, self.entry
+        return (
+            (store.read(g), store.remaining(g)),
+            (store.read(r), store.remaining(r)),
+            (store.read(e), store.remaining(e)),
+            True,
+        )
+
+
+@dataclass(slots=True)
+class _ReadResponseTtlOnCluster(ReadResponseTtl):
+    keepable = False
+
+    def for_cluster(self) -> Op[tuple[Held, Held, Held, bool]]:
+        return self
 
 
 @dataclass(slots=True)
