@@ -85,11 +85,18 @@ class _CachedFunction(Generic[P, R]):
 
     def _read(self, b: Binding, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """The read flow of one call (with its Bloom gate item and tags, when it has them)."""
+        ctx = b.ctx
+        if self._gate is None and not self._tags:  # the usual call: the key is all it needs
+            key = self._builder.storage_key(ctx.keyspace, args, kwargs)
+            built_for, policy = self._typed
+            if built_for is not (self._policy.serializer or ctx.serializer):
+                policy = self._typed_policy(ctx)
+            return cached_read(ctx, policy, "", key=key)
         gate = self._gate
         item = None if gate is None else gate(args, kwargs)
         logical = self._builder.build(args, kwargs)
         tags = tuple(tag.build(args, kwargs) for tag in self._tags) if self._tags else ()
-        return cached_read(b.ctx, self._typed_policy(b.ctx), logical, item, tags)
+        return cached_read(ctx, self._typed_policy(ctx), logical, item, tags)
 
     def _refresh(self, b: Binding, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """The flow that loads now and overwrites the entry."""

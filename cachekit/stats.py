@@ -10,10 +10,17 @@ Usage::
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from typing import Final
 
 __all__ = ["COUNTERS", "LogOnce", "Stats"]
+
+# Under the GIL, ``counts[name] += 1`` on a dict of str keys and ints runs no Python code
+# between its read and its write, and the interpreter hands the GIL over only at calls and
+# backward jumps, so no increment is lost without a lock (which would cost a hit ~0.2 µs).
+# A free-threaded build has no such guarantee: it takes the lock.
+_GIL: Final[bool] = getattr(sys, "_is_gil_enabled", lambda: True)()
 
 COUNTERS: Final = (
     "hits",
@@ -71,6 +78,9 @@ class Stats:
 
     def incr(self, name: str, amount: int = 1) -> None:
         """Add ``amount`` to counter ``name`` (one of :data:`COUNTERS`)."""
+        if _GIL:
+            self._counts[name] += amount  # atomic under the GIL (see _GIL)
+            return
         with self._lock:
             self._counts[name] += amount
 

@@ -4,6 +4,7 @@ Usage::
 
     python -m loadtests [--quick] [--only NAME,...]    # the scenario suite -> results/REPORT.md
     python -m loadtests hitpath [options]              # the hit path vs a raw GET and peers
+    python -m loadtests hitsteps [options]             # each step of a hit, I/O left out
     python -m loadtests near [options]                 # a near-cache hit vs a Redis GET
     python -m loadtests cart [options]                 # cart and sessions vs SQL alone
     python -m loadtests http [options]                 # the response cache under uvicorn + wrk
@@ -26,6 +27,7 @@ from collections.abc import Sequence
 
 BENCHMARKS = (
     "hitpath",
+    "hitsteps",
     "near",
     "cart",
     "http",

@@ -96,6 +96,7 @@ class Breaker:
         "_probing",
         "_state",
         "_streak",
+        "closed",
         "name",
     )
 
@@ -119,6 +120,8 @@ class Breaker:
         self.name = name
         self._lock = threading.Lock()
         self._state: State = "closed"
+        #: ``state == "closed"`` as a plain attribute: what the guard reads on every call.
+        self.closed = True
         self._streak = 0
         self._opened_at = 0.0
         self._probing = False
@@ -136,7 +139,7 @@ class Breaker:
         A caller given a ticket must later hand it to :meth:`success` or :meth:`failure`
         (or :meth:`release` when the call never reached the endpoint).
         """
-        if self._state == "closed":  # the hot path: one attribute read, no lock
+        if self.closed:  # the hot path: one attribute read, no lock
             return NORMAL
         return self._admit()
 
@@ -171,7 +174,7 @@ class Breaker:
     def success(self, ticket: Ticket = PROBE) -> None:
         """The endpoint answered: reset the failure streak; a successful probe closes."""
         self._answered = self._clock.monotonic()  # a plain store: no lock on the hot path
-        if self._state == "closed" and not self._streak:
+        if self.closed and not self._streak:
             return
         with self._lock:
             if self._state == "half_open":
@@ -211,6 +214,7 @@ class Breaker:
 
     def _move(self, state: State) -> None:
         self._state = state
+        self.closed = state == "closed"
         if state == "open":
             logger.warning(
                 "cachekit: circuit breaker for %s opened: Redis is not called for %.1fs",

@@ -4,9 +4,9 @@ Every operation gets one deadline (default 250 ms) that covers everything it wai
 a free connection, the connect, the reply and the one reconnect-retry. A caller never
 waits longer, however many other callers there are: operations in flight are bounded by
 ``slots`` (the pool's size), and a caller who cannot get a slot before the deadline fails
-at the deadline instead of queueing behind the pool. The async backend enforces the deadline
-with ``asyncio.timeout``; the sync backend publishes it in :data:`DEADLINE`, which the Redis
-connections read to bound each reply (see :mod:`cachekit.backends.redis`).
+at the deadline instead of queueing behind the pool. The async backend enforces the
+deadline by cancelling the call at it; the sync backend publishes it in :data:`DEADLINE`,
+which the Redis connections read to bound each reply (see :mod:`cachekit.backends.redis`).
 
 The breaker (:class:`~cachekit.backends.breaker.Breaker`) is asked before each call: while it is
 open, the call raises :class:`~cachekit.exceptions.CircuitOpen` at once, without I/O.
@@ -18,6 +18,13 @@ slot, or behind slow replies while other calls were answered: 10 connections, 50
 callers, a server 50 ms away) met a congested client, not a failed server. A hung server
 answers nobody: the calls that were in flight when it stopped, and had their slots at
 once, time out within a deadline and open the breaker.
+
+The guard sits on every cache hit, so its own cost is kept to a few hundred nanoseconds:
+the sync slots are a :class:`queue.SimpleQueue` of tokens (taken and returned in C), and
+the async backend, instead of one ``asyncio.timeout`` per call (a timer armed and cancelled
+each time, ~5 µs), keeps one timer per event loop for the earliest deadline of the calls
+in flight (:class:`_Slots`); it cancels a call at its deadline exactly as the timeout
+would, and turns that cancellation into a :class:`~cachekit.exceptions.BackendTimeout`.
 
 Usage::
 
@@ -32,13 +39,14 @@ Usage::
 from __future__ import annotations
 
 import asyncio
-import threading
+import queue
 import time
+from collections import deque
 from contextvars import ContextVar
 from typing import Final, TypeVar
 
 from cachekit.backends.base import AsyncBackend, SyncBackend
-from cachekit.backends.breaker import Breaker, Ticket
+from cachekit.backends.breaker import NORMAL, Breaker, Ticket
 from cachekit.backends.ops import Op
 from cachekit.exceptions import BackendError, BackendTimeout, BackendUnavailable, CircuitOpen
 from cachekit.stats import Stats
@@ -131,16 +139,27 @@ class SyncGuardedBackend:
     ) -> None:
         self.inner = inner
         self._guard = _Guard(breaker, stats, deadline)
-        self._slots = threading.BoundedSemaphore(slots)
+        # One token per slot: a SimpleQueue is taken from and refilled in C, where a
+        # threading.Semaphore runs a Condition in Python (~1 µs per call on the hit path).
+        self._slots: queue.SimpleQueue[None] = queue.SimpleQueue()
+        for _ in range(slots):
+            self._slots.put(None)
 
     def run(self, op: Op[T]) -> T:
         """Run ``op`` within the budget, unless the breaker is open."""
         guard = self._guard
-        ticket = guard.admit()
-        deadline = time.monotonic() + guard.deadline  # the wait for a slot counts too
-        if not self._slots.acquire(timeout=guard.deadline):
-            raise guard.no_slot(ticket)
+        ticket = NORMAL if guard.breaker.closed else guard.admit()
         slot_at = time.monotonic()
+        deadline = slot_at + guard.deadline  # the wait for a slot counts too
+        slots = self._slots
+        try:
+            slots.get_nowait()  # the usual case: a free slot at once
+        except queue.Empty:
+            try:
+                slots.get(timeout=guard.deadline)
+            except queue.Empty:
+                raise guard.no_slot(ticket) from None
+            slot_at = time.monotonic()
         token = DEADLINE.set(deadline)
         try:
             reply = self.inner.run(op)
@@ -149,7 +168,7 @@ class SyncGuardedBackend:
             raise
         finally:
             DEADLINE.reset(token)
-            self._slots.release()
+            slots.put(None)
         guard.breaker.success(ticket)
         return reply
 
@@ -158,15 +177,99 @@ class SyncGuardedBackend:
         self.inner.close()
 
 
+class _Slots:
+    """One event loop's share of an async guard: its slots and its deadline timer.
+
+    Slots: ``free`` is taken without awaiting when positive; otherwise a caller queues (FIFO)
+    and a released slot is handed to the first live waiter. Deadlines: every call in flight
+    is in ``calls`` (task -> deadline; insertion order is deadline order, since every call
+    of a guard gets the same budget), and one timer is armed for the earliest. When it fires
+    it cancels the calls past their deadline, marks them ``fired``, and re-arms for the next.
+    A call that ends first just leaves ``calls``: nothing is armed or cancelled per call.
+
+    Usage::
+
+        slots = _Slots(asyncio.get_running_loop(), size=10)
+        await slots.acquire(); slots.release()
+    """
+
+    __slots__ = ("calls", "fired", "free", "loop", "timer", "waiters")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, size: int) -> None:
+        self.loop = loop
+        self.free = size
+        self.waiters: deque[asyncio.Future[None]] = deque()
+        self.calls: dict[asyncio.Task[object], float] = {}
+        self.fired: set[asyncio.Task[object]] = set()
+        self.timer: asyncio.TimerHandle | None = None
+
+    async def acquire(self) -> None:
+        """Take a slot, waiting in line for one if none is free."""
+        if self.free > 0:
+            self.free -= 1
+            return
+        waiter = self.loop.create_future()
+        self.waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # handed a slot while being cancelled: pass it on
+            else:
+                waiter.cancel()  # release() skips it
+            raise
+
+    def release(self) -> None:
+        """Give a slot back: to the first caller still waiting, else to the free ones."""
+        waiters = self.waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.free += 1
+
+    def watch(self, task: asyncio.Task[object], deadline: float) -> None:
+        """Cancel ``task`` at ``deadline`` unless :meth:`unwatch` comes first."""
+        self.calls[task] = deadline
+        if self.timer is None:
+            self.timer = self.loop.call_later(deadline - time.monotonic(), self._fire)
+
+    def _fire(self) -> None:
+        self.timer = None
+        now = time.monotonic()
+        expired = []
+        for task, deadline in self.calls.items():
+            if deadline > now:  # the earliest still running: wake again at its deadline
+                self.timer = self.loop.call_later(deadline - now, self._fire)
+                break
+            expired.append(task)
+        for task in expired:
+            del self.calls[task]
+            self.fired.add(task)
+            task.cancel()
+
+    def expired(self, task: asyncio.Task[object], cancelling: int) -> bool:
+        """Whether ``task`` was cancelled by its deadline alone (then it is uncancelled).
+
+        Like ``asyncio.timeout``: a cancellation from anyone else as well (``cancelling``
+        is the task's count when the call began) stays a cancellation.
+        """
+        if task not in self.fired:
+            return False
+        self.fired.discard(task)
+        return task.uncancel() <= cancelling
+
+
 class AsyncGuardedBackend:
     """An :class:`~cachekit.backends.base.AsyncBackend` whose calls keep a deadline and a breaker.
 
     Usage::
 
-        backend = AsyncGuardedBackend(AsyncRedisBackend(client), Breaker(), Stats())
+        backend = AsyncGuardedBackend(AsyncRedisBackend(aclient), Breaker(), Stats())
     """
 
-    __slots__ = ("_guard", "_loop", "_semaphore", "_size", "inner")
+    __slots__ = ("_guard", "_loop", "_size", "_state", "inner")
 
     def __init__(
         self,
@@ -181,33 +284,45 @@ class AsyncGuardedBackend:
         self._guard = _Guard(breaker, stats, deadline)
         self._size = slots
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._semaphore = asyncio.Semaphore(slots)
+        self._state: _Slots | None = None
 
-    def _slots(self) -> asyncio.Semaphore:
-        # An asyncio.Semaphore belongs to one loop; a cache reused by a new loop (tests,
-        # asyncio.run per job) gets a fresh one, as its pool does.
+    def _slots(self) -> _Slots:
+        # Slots and timers belong to one loop; a cache reused by a new loop (tests,
+        # asyncio.run per job) gets fresh ones, as its pool does.
         loop = asyncio.get_running_loop()
-        if loop is not self._loop:
-            self._loop, self._semaphore = loop, asyncio.Semaphore(self._size)
-        return self._semaphore
+        state = self._state
+        if state is None or state.loop is not loop:
+            state = self._state = _Slots(loop, self._size)
+        return state
 
     async def run(self, op: Op[T]) -> T:
         """Run ``op`` within the budget, unless the breaker is open."""
         guard = self._guard
-        ticket = guard.admit()
+        ticket = NORMAL if guard.breaker.closed else guard.admit()
         slots = self._slots()
-        deadline = time.monotonic() + guard.deadline
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("cachekit's async face runs inside an asyncio task")
+        cancelling = task.cancelling()
+        now = time.monotonic()
+        deadline = now + guard.deadline
         slot_at = 0.0
+        slots.watch(task, deadline)
         # The connections also read DEADLINE to bound each reply: redis-py may swallow a
         # cancellation that lands as a send completes (CPython gh-86296), and the read
         # after it must not then wait a whole socket_timeout of its own.
         token = DEADLINE.set(deadline)
         try:
-            async with asyncio.timeout(guard.deadline):
+            if slots.free > 0:  # the usual case: no await for a slot
+                slots.free -= 1
+                slot_at = now
+            else:
                 await slots.acquire()
                 slot_at = time.monotonic()
-                reply = await self.inner.run(op)
-        except TimeoutError:
+            reply = await self.inner.run(op)
+        except asyncio.CancelledError:
+            if not slots.expired(task, cancelling):
+                raise
             if not slot_at:
                 raise guard.no_slot(ticket) from None
             exc = BackendTimeout(f"no reply within the {guard.deadline}s budget")
@@ -217,9 +332,13 @@ class AsyncGuardedBackend:
             guard.failed(ticket, exc, slot_at, deadline)
             raise
         finally:
+            # No await from here on: the timer cannot fire for this call any more.
+            slots.calls.pop(task, None)
             DEADLINE.reset(token)
             if slot_at:
                 slots.release()
+            if slots.fired:  # cut at its deadline, but the cancellation was swallowed below
+                slots.expired(task, cancelling)
         guard.breaker.success(ticket)
         return reply
 

@@ -145,18 +145,30 @@ class SyncDriver(_Shared):
 
     def drive(self, flow: Flow[T], load: Callable[[], Any] = _no_load) -> T:
         """Run ``flow`` to completion and return its result."""
+        # The fast path of a flow that ends after one backend operation (a hit): nothing
+        # is allocated for waiters or watchdogs, which only control effects create.
+        try:
+            effect = flow.send(None)
+            if type(effect) in CONTROL or effect is LOAD:
+                return self._drive(flow, load, effect)
+            try:
+                reply = self.backend.run(effect)  # type: ignore[arg-type]
+            except BaseException as exc:  # the flow decides what it can handle
+                effect = flow.throw(exc)
+            else:
+                effect = flow.send(reply)
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
+        return self._drive(flow, load, effect)
+
+    def _drive(self, flow: Flow[T], load: Callable[[], Any], effect: Effect) -> T:
+        """Perform ``effect`` (the flow's pending one), then the rest of the flow."""
         watched: list[tuple[str, SyncWaiter]] = []
         held: list[SyncWatchdog] = []
-        reply: Any = None
-        error: BaseException | None = None
         try:
             while True:
-                try:
-                    effect = flow.send(reply) if error is None else flow.throw(error)
-                except StopIteration as stop:
-                    result: T = stop.value
-                    return result
-                error = None
+                error: BaseException | None = None
                 try:
                     if type(effect) in CONTROL:
                         reply = self._control(effect, load, watched, held)
@@ -166,6 +178,11 @@ class SyncDriver(_Shared):
                         reply = self.backend.run(effect)  # type: ignore[arg-type]
                 except BaseException as exc:  # the flow decides what it can handle
                     reply, error = None, exc
+                try:
+                    effect = flow.send(reply) if error is None else flow.throw(error)
+                except StopIteration as stop:
+                    result: T = stop.value
+                    return result
         finally:
             for dog in held:
                 dog.stop()
@@ -328,19 +345,33 @@ class AsyncDriver(_Shared):
     async def drive(self, flow: Flow[T], load: Callable[[], Awaitable[Any]] = _no_async_load) -> T:
         """Run ``flow`` to completion and return its result."""
         state = self._loops.get()
+        # The fast path of a flow that ends after one backend operation (a hit), as in
+        # SyncDriver.drive.
+        try:
+            effect = flow.send(None)
+            if type(effect) in CONTROL or effect is LOAD:
+                return await self._drive(state, flow, load, effect)
+            try:
+                reply = await state.backend.run(effect)  # type: ignore[arg-type]
+            except BaseException as exc:  # the flow decides what it can handle
+                effect = flow.throw(exc)
+            else:
+                effect = flow.send(reply)
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
+        return await self._drive(state, flow, load, effect)
+
+    async def _drive(
+        self, state: _Loop, flow: Flow[T], load: Callable[[], Awaitable[Any]], effect: Effect
+    ) -> T:
+        """Perform ``effect`` (the flow's pending one), then the rest of the flow."""
         run = state.backend.run
         watched: list[tuple[str, AsyncWaiter]] = []
         held: list[AsyncWatchdog] = []
-        reply: Any = None
-        error: BaseException | None = None
         try:
             while True:
-                try:
-                    effect = flow.send(reply) if error is None else flow.throw(error)
-                except StopIteration as stop:
-                    result: T = stop.value
-                    return result
-                error = None
+                error: BaseException | None = None
                 try:
                     if type(effect) in CONTROL:
                         reply = await self._control(state, effect, load, watched, held)
@@ -350,6 +381,11 @@ class AsyncDriver(_Shared):
                         reply = await run(effect)  # type: ignore[arg-type]
                 except BaseException as exc:  # the flow decides what it can handle
                     reply, error = None, exc
+                try:
+                    effect = flow.send(reply) if error is None else flow.throw(error)
+                except StopIteration as stop:
+                    result: T = stop.value
+                    return result
         finally:
             for dog in held:
                 dog.stop()

@@ -115,16 +115,24 @@ class Address(NamedTuple):
 
 
 def cached_read(
-    ctx: Context, policy: Policy, logical: str, gate: object = None, tags: Sequence[str] = ()
+    ctx: Context,
+    policy: Policy,
+    logical: str,
+    gate: object = None,
+    tags: Sequence[str] = (),
+    *,
+    key: str | None = None,
 ) -> Flow[Any]:
     """A decorated call: Bloom gate, then hit, stale hit, or the single-flight miss path.
 
     ``tags`` are the call's rendered tags: the entry is valid only while none of them has
     been invalidated since it was written (its stamp matches the tags' current versions).
+    ``key``: the storage key of ``logical`` when the caller rendered it already.
     """
     if policy.bloom is not None and not (yield from _admitted(ctx, policy, policy.bloom, gate)):
         return None
-    key = ctx.keyspace.value(logical)
+    if key is None:
+        key = ctx.keyspace.value(logical)
     serializer = policy.serializer or ctx.serializer
     stamp = 0
     try:

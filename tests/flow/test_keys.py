@@ -595,3 +595,17 @@ def test_decorated_call_with_wrong_arguments_raises_type_error(
     with pytest.raises(TypeError):
         f(*args, **kwargs)
     assert calls == []
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [((5,), {}), (("a:b c",), {}), ((), {"pid": 7}), (("x" * 300,), {}), (("é" * 60,), {})],
+)
+def test_storage_key_is_the_key_space_value_of_the_built_key(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    def product(pid: object) -> None: ...
+
+    builder = KeyBuilder.for_function(product, "product:{pid}")
+    space = KeySpace("shop")
+    assert builder.storage_key(space, args, kwargs) == space.value(builder.build(args, kwargs))
