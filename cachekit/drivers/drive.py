@@ -145,14 +145,18 @@ class SyncDriver(_Shared):
 
     def drive(self, flow: Flow[T], load: Callable[[], Any] = _no_load) -> T:
         """Run ``flow`` to completion and return its result."""
-        # The fast path of a flow that ends after one backend operation (a hit): nothing
-        # is allocated for waiters or watchdogs, which only control effects create.
+        # The fast path of a flow that ends after one read (a hit): nothing is allocated
+        # for waiters or watchdogs, which only the other control effects create.
         try:
             effect = flow.send(None)
-            if type(effect) in CONTROL or effect is LOAD:
+            kind = type(effect)
+            if kind is not Read and (kind in CONTROL or effect is LOAD):
                 return self._drive(flow, load, effect)
             try:
-                reply = self.backend.run(effect)  # type: ignore[arg-type]
+                if isinstance(effect, Read):
+                    reply = self.reads.get(effect.key, self.backend.run)
+                else:
+                    reply = self.backend.run(effect)  # type: ignore[arg-type]
             except BaseException as exc:  # the flow decides what it can handle
                 effect = flow.throw(exc)
             else:
@@ -349,10 +353,14 @@ class AsyncDriver(_Shared):
         # SyncDriver.drive.
         try:
             effect = flow.send(None)
-            if type(effect) in CONTROL or effect is LOAD:
+            kind = type(effect)
+            if kind is not Read and (kind in CONTROL or effect is LOAD):
                 return await self._drive(state, flow, load, effect)
             try:
-                reply = await state.backend.run(effect)  # type: ignore[arg-type]
+                if isinstance(effect, Read):
+                    reply = await state.reads.get(effect.key, state.backend.run)
+                else:
+                    reply = await state.backend.run(effect)  # type: ignore[arg-type]
             except BaseException as exc:  # the flow decides what it can handle
                 effect = flow.throw(exc)
             else:
