@@ -36,6 +36,7 @@ from cachekit.stats import LogOnce
 from cachekit.testing import FakeClock
 from tests.support.fleet import ROOT
 from tests.support.servers import PrivateServer
+from tests.support.waiting import eventually_sync
 
 Run = Callable[[Op[Any]], Any]
 Heard = Callable[[], list[tuple[str, str]]]
@@ -205,8 +206,8 @@ def test_nothing_is_published_without_waiters_and_one_message_per_waiter() -> No
             )
             thread.start()
             name = "fan:lock:{job}"
-            _until(lambda: bool(client.exists(waiting_key(name))))
-            _until(lambda: client.pubsub_numsub("fan:notify:{job}")[0][1] == 1)
+            eventually_sync(lambda: bool(client.exists(waiting_key(name))))
+            eventually_sync(lambda: client.pubsub_numsub("fan:notify:{job}")[0][1] == 1)
             lock.release()
             thread.join(20)
             assert got
@@ -222,13 +223,6 @@ def _timed(lock: Callable[[], Any]) -> float:
     started = time.monotonic()
     with lock():
         return time.monotonic() - started
-
-
-def _until(condition: Callable[[], bool], within: float = 20.0) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, "condition never met"
-        time.sleep(0.01)
 
 
 def test_waiters_in_other_processes_are_woken_by_each_release(redis_url: str, prefix: str) -> None:
@@ -260,7 +254,7 @@ def test_waiters_in_other_processes_are_woken_by_each_release(redis_url: str, pr
             proc.stdin.write("go\n")
             proc.stdin.flush()
         # Every process waits, subscribed to this lock's channel alone.
-        _until(lambda: client.pubsub_numsub(channel)[0][1] == 3)
+        eventually_sync(lambda: client.pubsub_numsub(channel)[0][1] == 3)
         assert client.exists(waiting_key(name))
         released = time.monotonic()
         lock.release()

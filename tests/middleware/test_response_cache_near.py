@@ -8,7 +8,6 @@ reads Redis as before. Counted with the near cache's own counters.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Generator
 from typing import Any
 
@@ -21,6 +20,7 @@ from cachekit.backends.ops.responses import ReadResponseTtl
 from cachekit.middleware import purge
 from cachekit.middleware.near import fill_response, held_response
 from tests.support.response_cache_apps import Shop, build_app, client_for
+from tests.support.waiting import comes_true
 
 
 @pytest.fixture
@@ -52,15 +52,6 @@ async def _until_local_hit(client: httpx.AsyncClient, cache: Cache, url: str) ->
             return response
         await asyncio.sleep(0.01)
     raise AssertionError("no answer came from the near cache")
-
-
-async def _until(predicate: Any) -> bool:
-    deadline = time.monotonic() + 3.0
-    while time.monotonic() < deadline:
-        if await predicate():
-            return True
-        await asyncio.sleep(0.01)
-    return False
 
 
 async def test_a_hot_response_is_served_locally_with_age(shop: Shop, near_cache: Cache) -> None:
@@ -106,7 +97,7 @@ async def test_a_purge_by_another_process_reaches_the_near_cache(
             async def fresh() -> bool:
                 return "v2" in (await client.get("/page")).text
 
-            assert await _until(fresh)
+            assert await comes_true(fresh)
     finally:
         await other.close()
 
@@ -122,7 +113,7 @@ async def test_a_stale_response_is_decided_on_redis(shop: Shop, near_cache: Cach
         async def refreshed() -> bool:
             return shop.calls["/page"] == 2
 
-        assert await _until(refreshed)  # the background refresh that STALE starts
+        assert await comes_true(refreshed)  # the background refresh that STALE starts
     assert stale.headers["x-cache"] == "STALE"
 
 

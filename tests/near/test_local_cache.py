@@ -40,6 +40,7 @@ from cachekit.near.local import FILL_PATIENCE, LOCAL_COUNTERS, LocalCache
 from cachekit.serializers import JsonSerializer
 from cachekit.testing import FakeClock
 from tests.support.servers import PrivateServer
+from tests.support.waiting import holds_within
 
 T = TypeVar("T")
 Mode = Literal["tracking", "pubsub"]
@@ -51,15 +52,6 @@ KEY = "u:{k}"
 def envelope(key: str, value: object) -> bytes:
     """The bytes cachekit stores for ``value`` at ``key`` (the local layer keeps only these)."""
     return encode(key, value, JsonSerializer(), created=1_700_000_000.0, expires=0.0)
-
-
-def eventually(check: Callable[[], bool], within: float = 3.0) -> bool:
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.002)
-    return True
 
 
 # --------------------------------------------------------------------------- unit
@@ -486,9 +478,11 @@ def test_a_write_elsewhere_becomes_invisible_locally(
     try:
         assert side.local.wait_ready(5)
         assert side.local.active_mode == mode
-        assert eventually(lambda: side.near.run(Get(key)) == old and side.local.lookup(key) == old)
+        assert holds_within(
+            lambda: side.near.run(Get(key)) == old and side.local.lookup(key) == old
+        )
         write(key, new)
-        assert eventually(lambda: side.local.lookup(key) != old, within=1.0)
+        assert holds_within(lambda: side.local.lookup(key) != old, within=1.0)
         assert side.near.run(Get(key)) == new
         assert side.local.stats()["local_invalidations"] >= 1
     finally:
@@ -536,7 +530,7 @@ def test_a_read_in_flight_during_an_invalidation_is_not_installed(
         assert paused[0].read.wait(5)  # the server has answered "old"; the reply waits
         voided = side.local.stats()["local_invalidations"]
         write(key, new)
-        assert eventually(lambda: side.local.stats()["local_invalidations"] > voided)
+        assert holds_within(lambda: side.local.stats()["local_invalidations"] > voided)
         paused[0].release.set()
         reader.join(5)
         assert answers == [old]  # it asked before the write
@@ -559,11 +553,11 @@ def test_auto_mode_falls_back_to_pubsub_without_client_tracking(prefix: str) -> 
             assert auto.local.publish_channel == f"{prefix}:__local__"
             assert not forced.local.wait_ready(0.5)  # forced tracking: pure pass-through
             auto.near.run(Set(key, envelope(key, "old"), ttl=60))
-            assert eventually(lambda: held(auto, key))
+            assert holds_within(lambda: held(auto, key))
             forced.near.run(Set(key, envelope(key, "x"), ttl=60))  # not announced: wrong mode
             other = Near(server.url, prefix, "pubsub")
             other.near.run(Set(key, envelope(key, "new"), ttl=60))
-            assert eventually(lambda: auto.local.lookup(key) is None, within=1.0)
+            assert holds_within(lambda: auto.local.lookup(key) is None, within=1.0)
             other.close()
         finally:
             auto.close()
@@ -581,10 +575,10 @@ def test_killing_the_server_flushes_and_a_restart_serves_again(
     try:
         assert side.local.wait_ready(5)
         side.near.run(Set(key, envelope(key, 1), ttl=60))
-        assert eventually(lambda: held(side, key))
+        assert holds_within(lambda: held(side, key))
         flushes = side.local.stats()["local_flushes"]
         private_redis.kill()
-        assert eventually(lambda: not side.local.ready, within=2.0)
+        assert holds_within(lambda: not side.local.ready, within=2.0)
         assert len(side.local) == 0
         assert side.local.stats()["local_flushes"] == flushes + 1
         with pytest.raises(BackendError):  # passed through to the dead server
@@ -592,7 +586,7 @@ def test_killing_the_server_flushes_and_a_restart_serves_again(
         private_redis.start()  # the same port, empty
         assert side.local.wait_ready(5)
         side.near.run(Set(key, envelope(key, 2), ttl=60))
-        assert eventually(lambda: held(side, key))
+        assert holds_within(lambda: held(side, key))
         assert side.near.run(Get(key)) == envelope(key, 2)
     finally:
         side.close()
@@ -604,10 +598,10 @@ def test_flushall_on_the_server_flushes_the_layer(private_redis: PrivateServer) 
     try:
         assert side.local.wait_ready(5)
         side.near.run(Set(key, envelope(key, 1), ttl=60))
-        assert eventually(lambda: held(side, key))
+        assert holds_within(lambda: held(side, key))
         flushes = side.local.stats()["local_flushes"]
         redis.Redis(port=private_redis.port).flushall()  # a null invalidation
-        assert eventually(lambda: side.local.stats()["local_flushes"] == flushes + 1)
+        assert holds_within(lambda: side.local.stats()["local_flushes"] == flushes + 1)
         assert len(side.local) == 0
         assert side.local.ready  # the channel itself is fine
     finally:

@@ -37,8 +37,9 @@ from cachekit.backends.cluster import connect_cluster
 from cachekit.backends.ops import Get, Op
 from cachekit.config import parse_nodes
 from cachekit.near.backend import ReadWithTtl, SyncNearBackend
-from tests.near.test_local_cache import BOUND, TRIALS, envelope, eventually
+from tests.near.test_local_cache import BOUND, TRIALS, envelope
 from tests.support.servers import PrivateCluster, PrivateSentinel
+from tests.support.waiting import holds_within
 
 slow = pytest.mark.slow
 
@@ -68,7 +69,7 @@ def test_a_write_through_any_primary_drops_the_local_copy(url: str) -> None:
         for key in keys:
             writer.sync.set(key, "old", ttl=60)
         held = [f"{prefix}:{{{key}}}" for key in keys]
-        assert eventually(  # a late invalidation of the first write may drop a fresh copy
+        assert holds_within(  # a late invalidation of the first write may drop a fresh copy
             lambda: (
                 all(reader.sync.get(key) == "old" for key in keys)
                 and all(local.lookup(full) is not None for full in held)
@@ -79,7 +80,7 @@ def test_a_write_through_any_primary_drops_the_local_copy(url: str) -> None:
         assert local.stats()["local_hits"] == hits + len(keys)  # all local now
         for key in keys:
             writer.sync.set(key, "new", ttl=60)
-        assert eventually(lambda: len(local) == 0, within=2.0)
+        assert holds_within(lambda: len(local) == 0, within=2.0)
         assert all(reader.sync.get(key) == "new" for key in keys)
     finally:
         reader.sync.close()
@@ -436,14 +437,14 @@ def _during(
     writer = Writer(url, prefix)
     try:
         for key in keys:
-            assert eventually(partial(writer.settle, key), within=30)
+            assert holds_within(partial(writer.settle, key), within=30)
         with Load(reader, writer, keys) as load:
             time.sleep(1.0)
             since = event(prefix)  # when the writes the reads are judged by begin
             assert local.wait_ready(30)
             hits = local.stats()["local_hits"]
             # Serving again, once the breaker (opened by the failover) lets fills through.
-            assert eventually(lambda: local.stats()["local_hits"] > hits + 100, within=30)
+            assert holds_within(lambda: local.stats()["local_hits"] > hits + 100, within=30)
             time.sleep(0.5)
         check(load, local, local.stats()["local_hits"] - hits, capsys, what, since)
     finally:
@@ -497,7 +498,7 @@ def test_a_sentinel_switchover_under_load_serves_nothing_stale(
         # no order to judge reads by. Its demotion closes its clients, the near cache's
         # channel too; once it has synced, there is one history again.
         demoted = next(s for s in (group.primary, group.replica) if s.port == old)
-        assert eventually(lambda: _replica_in_sync(demoted.port), within=30)
+        assert holds_within(lambda: _replica_in_sync(demoted.port), within=30)
         return time.monotonic()
 
     try:

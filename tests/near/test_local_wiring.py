@@ -8,20 +8,11 @@ drops it on close, and that another writer's change reaches it through the serve
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 from cachekit import Cache, LocalCache
 from cachekit.near.local import LOCAL_COUNTERS
-
-
-def _until(predicate: Any, timeout: float = 2.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return False
+from tests.support.waiting import holds_within
 
 
 async def test_hits_are_served_locally_on_both_faces(redis_url: str, prefix: str) -> None:
@@ -100,7 +91,7 @@ async def test_close_stops_the_channel_and_configure_starts_it_again(
     assert not local.ready
     cache.configure(redis_url)
     try:
-        assert _until(lambda: local.ready)
+        assert holds_within(lambda: local.ready)
         await cache.set("k", 1)
         assert await cache.get("k") == 1
     finally:
