@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
+import redis.cluster
 
 from cachekit import (
     MISSING,
@@ -135,6 +137,17 @@ async def test_a_missing_face_says_how_to_fix_it(redis_url: str, prefix: str) ->
     with pytest.raises(NotConfigured, match=r"client=redis\.asyncio\.Redis"):
         await sync_only.set("k", 1)
     sync_only.sync.close()
+
+
+def test_injected_cluster_clients_are_refused_with_the_url_to_use() -> None:
+    """A RedisCluster (sync or async) gets a clear error naming the URL form, not a crash."""
+    # Built without discovery (never used); typed Any as a user's untyped code would pass it.
+    sync_cluster: Any = object.__new__(redis.cluster.RedisCluster)
+    async_cluster: Any = object.__new__(redis.asyncio.cluster.RedisCluster)
+    with pytest.raises(ConfigurationError, match=r"redis\+cluster://"):
+        Cache(sync_client=sync_cluster)
+    with pytest.raises(ConfigurationError, match=r"redis\+cluster://"):
+        Cache(client=async_cluster)
 
 
 def test_decode_responses_clients_are_refused(redis_url: str) -> None:

@@ -239,7 +239,20 @@ def _from_clients(
     sync_client: redis.Redis | None,
 ) -> _Storage:
     """The backends over injected redis-py clients (either may be missing)."""
+    import redis.asyncio.cluster
+    import redis.cluster
+
     from cachekit.backends.redis import AsyncRedisBackend, SyncRedisBackend
+
+    if isinstance(sync_client, redis.cluster.RedisCluster) or isinstance(
+        client, redis.asyncio.cluster.RedisCluster
+    ):
+        raise ConfigurationError(
+            "an injected RedisCluster client is not supported: configure the cache with "
+            "the cluster's URL, e.g. Cache.from_url('redis+cluster://10.0.0.1:7000,"
+            "10.0.0.2:7000'), which builds its own clients (per node pools, sharded "
+            "notifications and the near cache's channels need them)"
+        )
 
     guard = dict(settings.guard)
     guard["slots"] = _pool_slots(sync_client or client)
