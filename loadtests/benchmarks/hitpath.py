@@ -707,10 +707,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         rounds=15,
         markdown=True,
         default_url="redis://127.0.0.1:6379/0",
-    )
-    parser.add_argument("--calls", type=int, default=2000, help="calls per contender per round")
-    parser.add_argument(
-        "--warmup", type=int, default=500, help="untimed calls per contender first (500; 0: none)"
+        calls=2000,
     )
     parser.add_argument(
         "--max-connections", type=int, default=10, help="pool size of every client (10)"

@@ -299,9 +299,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         rounds=10,
         json=RESULTS / "near.json",
         default_url="redis://127.0.0.1:6379/0",
+        calls=2000,
     )
-    parser.add_argument("--calls", type=int, default=2000, help="calls per contender per round")
-    parser.add_argument("--warmup", type=int, default=500, help="untimed calls first (500)")
     return parse(parser, argv, at_least_1=("rounds", "calls"), not_negative=("warmup",))
 
 

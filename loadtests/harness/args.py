@@ -3,9 +3,8 @@
 Usage::
 
     parser = bench_parser("near", "Near cache: a local hit vs a Redis GET.", rounds=10,
-                          json=RESULTS / "near.json")
-    parser.add_argument("--calls", type=int, default=2000, help="calls per round")
-    args = parse(parser, argv, at_least_1=("rounds", "calls"))
+                          json=RESULTS / "near.json", calls=2000)
+    args = parse(parser, argv, at_least_1=("rounds", "calls"), not_negative=("warmup",))
     with redis_server(args.url, args.server) as url:
         ...
     write_json(args.json, results)
@@ -33,13 +32,16 @@ def bench_parser(
     url: bool = True,
     output: bool = True,
     default_url: str | None = None,
+    calls: int | None = None,
 ) -> argparse.ArgumentParser:
     """A parser for ``python -m loadtests <command>`` with the shared options.
 
     ``--url`` (alias ``--redis-url``; default ``$REDIS_URL``, else ``default_url``: with
     nothing answering there a private server is started), ``--server`` (that server's
     binary), ``--json`` (default ``json``; ``None``: written only when asked),
-    ``--rounds`` if ``rounds`` is given, ``--markdown`` if ``markdown``. Without ``url``
+    ``--rounds`` if ``rounds`` is given, ``--markdown`` if ``markdown``, ``--calls`` (timed
+    calls per contender per round) and ``--warmup`` (untimed calls first) if ``calls`` is
+    given. Without ``url``
     there is no ``--url`` (the benchmark always runs on private servers); without
     ``output`` no ``--json`` (the benchmark names its own files).
     """
@@ -68,6 +70,13 @@ def bench_parser(
         )
     if markdown:
         parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    if calls is not None:
+        parser.add_argument(
+            "--calls", type=int, default=calls, help=f"calls per contender per round ({calls})"
+        )
+        parser.add_argument(
+            "--warmup", type=int, default=500, help="untimed calls per contender first (500)"
+        )
     return parser
 
 
