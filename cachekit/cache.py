@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from types import TracebackType
@@ -28,6 +27,7 @@ from cachekit.bloom.state import BloomState, Geometry
 from cachekit.clock import SYSTEM_CLOCK, Clock
 from cachekit.config import seconds_or_zero, spread, to_seconds
 from cachekit.decorators import Decorator
+from cachekit.defaults import set_default_cache
 from cachekit.drivers.binding import Binding, CacheSettings, bind
 from cachekit.exceptions import ConfigurationError, NotConfigured
 from cachekit.flow.context import DEFAULT_MAX_VALUE_SIZE, OnLockTimeout, Policy
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     import redis
     import redis.asyncio
 
-__all__ = ["Cache", "default_cache", "set_default_cache"]
+__all__ = ["Cache"]
 
 logger = logging.getLogger("cachekit")
 
@@ -493,37 +493,3 @@ class Cache:
         if self._binding is None:
             return f"<Cache prefix={self._prefix!r} unconfigured>"
         return f"<Cache prefix={self._binding.ctx.keyspace.prefix!r} configured>"
-
-
-# The process-wide default cache: what integrations given no cache use.
-_default_lock = threading.Lock()
-_default: Cache | None = None
-
-
-def set_default_cache(cache: Cache | None) -> Cache | None:
-    """Make ``cache`` the one integrations use when they are given none; the previous one.
-
-    ``None`` clears it. The latest call wins, so call it once at startup, after
-    configuring the cache.
-
-    Usage::
-
-        cache = Cache.from_url("redis://127.0.0.1:6379/0")
-        set_default_cache(cache)
-    """
-    global _default
-    with _default_lock:
-        previous, _default = _default, cache
-    return previous
-
-
-def default_cache() -> Cache | None:
-    """The cache most recently passed to :func:`set_default_cache`, or ``None``.
-
-    Usage::
-
-        cache = default_cache()
-        if cache is None:
-            raise RuntimeError("call set_default_cache(cache) at startup")
-    """
-    return _default

@@ -8,9 +8,9 @@ Each integration lives in its own module and imports its library only there, so
 * :mod:`cachekit.contrib.prometheus` - export ``cache.stats()`` as Prometheus counters.
 
 An integration that is not given a cache explicitly uses the *default cache*: the one most
-recently passed to :func:`set_default_cache` in this process. The registry lives beside
-:class:`~cachekit.Cache` (whose :meth:`~cachekit.Cache.configure` registers itself), and
-is re-exported here for integrations.
+recently passed to :func:`set_default_cache` in this process. The registry is
+:mod:`cachekit.defaults` (where :meth:`~cachekit.Cache.configure` registers its cache),
+re-exported here for integrations.
 
 Usage::
 
@@ -22,6 +22,6 @@ Usage::
 
 from __future__ import annotations
 
-from cachekit.cache import default_cache, set_default_cache
+from cachekit.defaults import default_cache, set_default_cache
 
 __all__ = ["default_cache", "set_default_cache"]
