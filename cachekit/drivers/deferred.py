@@ -54,14 +54,16 @@ class _Policy:
         self.log.warning(("deferred-full",), "cachekit: %d writes pending; dropping more", pending)
         return True
 
-    def retry_in(self, op: Op[Any], attempt: int, exc: BackendError) -> float | None:
-        """Seconds until the next try, or ``None`` to give up on ``op``."""
+    def retry_in(
+        self, op: Op[Any], attempt: int, exc: BackendError, backoff: tuple[float, ...]
+    ) -> float | None:
+        """Seconds until the next try (by ``backoff``), or ``None`` to give up on ``op``."""
         if attempt >= self.attempts:
             self.stats.incr("deferred_dropped")
             self.log.warning(("deferred-gave-up",), "cachekit: gave up on %r: %s", op, exc)
             return None
         self.stats.incr("deferred_retries")
-        return BACKOFF[min(attempt, len(BACKOFF) - 1)]
+        return backoff[min(attempt, len(backoff) - 1)]
 
 
 class SyncDeferred(_Policy):
@@ -78,18 +80,22 @@ class SyncDeferred(_Policy):
     ) -> None:
         super().__init__(stats, log, limit, attempts)
         self._backend = backend
-        self._heap: list[tuple[float, int, int, Op[Any]]] = []
+        self._heap: list[tuple[float, int, int, Op[Any], tuple[float, ...]]] = []
         self._order = itertools.count()
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
 
-    def schedule(self, op: Op[Any], delay: float, attempt: int = 0) -> None:
-        """Run ``op`` in ``delay`` seconds (``attempt`` failures so far)."""
+    def schedule(
+        self, op: Op[Any], delay: float, attempt: int = 0, backoff: tuple[float, ...] = BACKOFF
+    ) -> None:
+        """Run ``op`` in ``delay`` seconds (``attempt`` failures so far), retried by ``backoff``."""
         with self._wake:
             if self._closed or (attempt == 0 and self.refuse(len(self._heap))):
                 return
-            heapq.heappush(self._heap, (time.monotonic() + delay, next(self._order), attempt, op))
+            heapq.heappush(
+                self._heap, (time.monotonic() + delay, next(self._order), attempt, op, backoff)
+            )
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="cachekit-later", daemon=True
@@ -104,13 +110,13 @@ class SyncDeferred(_Policy):
                     self._wake.wait(self._heap[0][0] - time.monotonic() if self._heap else None)
                 if self._closed:
                     return
-                _, _, attempt, op = heapq.heappop(self._heap)
+                _, _, attempt, op, backoff = heapq.heappop(self._heap)
             try:
                 self._backend.run(op)
             except BackendError as exc:
-                delay = self.retry_in(op, attempt + 1, exc)
+                delay = self.retry_in(op, attempt + 1, exc, backoff)
                 if delay is not None:
-                    self.schedule(op, delay, attempt + 1)
+                    self.schedule(op, delay, attempt + 1, backoff)
 
     @property
     def pending(self) -> int:
@@ -122,7 +128,7 @@ class SyncDeferred(_Policy):
         """Stop; run what is still pending once, now (what fails is counted as dropped)."""
         with self._wake:
             self._closed = True
-            pending, self._heap = [op for *_, op in self._heap], []
+            pending, self._heap = [entry[3] for entry in self._heap], []
             self._wake.notify()
         for op in pending:
             try:
@@ -148,8 +154,10 @@ class AsyncDeferred(_Policy):
         self._timers: dict[asyncio.TimerHandle, Op[Any]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def schedule(self, op: Op[Any], delay: float, attempt: int = 0) -> None:
-        """Run ``op`` in ``delay`` seconds (``attempt`` failures so far)."""
+    def schedule(
+        self, op: Op[Any], delay: float, attempt: int = 0, backoff: tuple[float, ...] = BACKOFF
+    ) -> None:
+        """Run ``op`` in ``delay`` seconds (``attempt`` failures so far), retried by ``backoff``."""
         if attempt == 0 and self.refuse(self.pending):
             return
         loop = asyncio.get_running_loop()
@@ -158,20 +166,20 @@ class AsyncDeferred(_Policy):
         def due() -> None:
             if timer is not None:
                 self._timers.pop(timer, None)
-            task = loop.create_task(self._attempt(op, attempt))
+            task = loop.create_task(self._attempt(op, attempt, backoff))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
         timer = loop.call_later(delay, due)
         self._timers[timer] = op
 
-    async def _attempt(self, op: Op[Any], attempt: int) -> None:
+    async def _attempt(self, op: Op[Any], attempt: int, backoff: tuple[float, ...]) -> None:
         try:
             await self._backend.run(op)
         except BackendError as exc:
-            delay = self.retry_in(op, attempt + 1, exc)
+            delay = self.retry_in(op, attempt + 1, exc, backoff)
             if delay is not None:
-                self.schedule(op, delay, attempt + 1)
+                self.schedule(op, delay, attempt + 1, backoff)
 
     @property
     def pending(self) -> int:

@@ -210,7 +210,7 @@ class SyncDriver(_Shared):
             held.append(self.hold(effect.key, effect.token, effect.ttl, effect.probation))
             return None
         if isinstance(effect, Later):
-            return self.deferred.schedule(effect.op, effect.delay)
+            return self.deferred.schedule(effect.op, effect.delay, backoff=effect.backoff)
         if isinstance(effect, Forget):
             WRITES.wrote(effect.key)
             return self.flights.forget(effect.key) if effect.flights else None
@@ -428,7 +428,7 @@ class AsyncDriver(_Shared):
             held.append(dog)
             return None
         if isinstance(effect, Later):
-            return state.deferred.schedule(effect.op, effect.delay)
+            return state.deferred.schedule(effect.op, effect.delay, backoff=effect.backoff)
         if isinstance(effect, Forget):
             WRITES.wrote(effect.key)
             return state.flights.forget(effect.key) if effect.flights else None

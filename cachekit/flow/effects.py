@@ -149,16 +149,23 @@ class Forget:
     flights: bool = True
 
 
+BACKOFF: Final = (1.0, 5.0, 30.0, 60.0)
+"""Seconds before each retry of a :class:`Later` write that failed (the last one repeats)."""
+
+
 @dataclass(slots=True)
 class Later:
-    """Run ``op`` in ``delay`` seconds, off the caller's path; retried if it fails."""
+    """Run ``op`` in ``delay`` seconds, off the caller's path; retried if it fails.
+
+    ``backoff`` is the retry schedule (seconds before each retry, the last one repeating):
+    :data:`BACKOFF` for writes that matter however late they land; a shorter one for an
+    operation that is only useful for a while, like the release of a lease that lapses.
+    """
 
     op: Op[Any]
     delay: float
+    backoff: tuple[float, ...] = BACKOFF
 
-
-BACKOFF: Final = (1.0, 5.0, 30.0, 60.0)
-"""Seconds before each retry of a :class:`Later` write that failed (the last one repeats)."""
 
 Effect: TypeAlias = (
     Op[Any]

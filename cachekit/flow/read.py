@@ -69,6 +69,10 @@ __all__ = [
     "write_failed",
 ]
 
+RELEASE_BACKOFF = (0.05, 0.1, 0.2, 0.4, 0.8)
+"""Retries of an abandoned lease's release: about every 0.8 s once past the first few, ten
+in all (~5.5 s, longer than the default ``lock_ttl``)."""
+
 
 def read_failed(ctx: Context, exc: BackendError) -> None:
     """Count and log (once) a read that failed open."""
@@ -468,8 +472,13 @@ def _lease_failed(
 def _abandon(ctx: Context, key: str, lease: tuple[str, bytes]) -> Flow[None]:
     """Release a lease we may hold, off the caller's path and retried until Redis answers.
 
+    Retried quickly (:data:`RELEASE_BACKOFF`): the key's waiters wait for this release or
+    for the lease to lapse (``lock_ttl`` once the watchdog confirmed it), so a release
+    retried at the writes' pace (1 s, then 5 s) would come after the lapse and be worth
+    nothing to them.
+
     The release is token-checked, so it is harmless if the lease was never (or is no
     longer) ours. Later is scheduled at once by the driver, so this is safe to yield while
     a cancellation unwinds the flow.
     """
-    yield Later(Release(lease[0], lease[1], ctx.channel, key), 0.0)
+    yield Later(Release(lease[0], lease[1], ctx.channel, key), 0.0, RELEASE_BACKOFF)
