@@ -103,6 +103,7 @@ class ChaosProxy:
         self._server: asyncio.Server | None = None
         self._links: set[_Link] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
         self._flowing: asyncio.Event | None = None
         self._next: list[tuple[bytes, float | None]] = []  # (prefix, delay; None: cut)
         self._held: list[tuple[bytes, float]] = []  # (marker, delay) for requests
@@ -187,8 +188,14 @@ class ChaosProxy:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _close(self) -> None:
+        self._closing = True
         if self._server is not None:
             self._server.close()
+        # Connections accepted just before the close get their handler task only now: let
+        # those start, see _closing and abort their sockets (a socket left to the garbage
+        # collector warns in whatever test runs next).
+        for _ in range(3):
+            await asyncio.sleep(0)
         await self._drop_all()  # every relay ends on its own once its sockets are reset
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=2)
@@ -202,6 +209,9 @@ class ChaosProxy:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        if self._closing:
+            writer.transport.abort()
+            return
         self._tasks.add(task)
         try:
             try:
@@ -222,6 +232,7 @@ class ChaosProxy:
                 self._links.discard(link)
                 link.reset()
         finally:
+            writer.transport.abort()  # also when cancelled while connecting upstream
             self._tasks.discard(task)
 
     async def _relay(
