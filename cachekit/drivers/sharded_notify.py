@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar, Final
 
@@ -132,7 +133,7 @@ class Subscriptions:
         return True
 
 
-class _ThreadListener:
+class _ThreadListener(ABC):
     """A :class:`~cachekit.drivers.notify.Listener` on a daemon thread; subclasses say how to
     reach the server(s) and which commands subscribe."""
 
@@ -164,16 +165,19 @@ class _ThreadListener:
         waiters.on_change(self._changed.set)
 
     # How subclasses reach the server(s).
+    @abstractmethod
     def _connection(self, client: Any, channel: str) -> tuple[str, Callable[[], Any]]:
-        raise NotImplementedError
+        """The connection that carries ``channel``: its name, and how to open a PubSub on it."""
 
+    @abstractmethod
     def _subscribe_on(self, sub: Any, channel: str) -> None:
-        raise NotImplementedError
+        """Subscribe ``sub`` to ``channel`` (SUBSCRIBE, or SSUBSCRIBE on Cluster)."""
 
+    @abstractmethod
     def _unsubscribe_on(self, sub: Any, channel: str) -> None:
-        raise NotImplementedError
+        """Unsubscribe ``sub`` from ``channel``."""
 
-    def _recover(self, client: Any) -> None:
+    def _recover(self, client: Any) -> None:  # noqa: B027 - optional hook: one server has nothing to learn
         """After a failure: learn where things are now (Cluster's slot map)."""
 
     def ensure_started(self) -> bool:
