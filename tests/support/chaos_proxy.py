@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import socket
 import threading
 import time
 from collections.abc import Coroutine
@@ -45,6 +46,12 @@ from typing import Any, Self
 __all__ = ["ChaosProxy"]
 
 _CHUNK = 65_536
+
+
+async def _turns(count: int) -> None:
+    """Let the loop run ``count`` turns: what each turn schedules runs in the next."""
+    for _ in range(count):
+        await asyncio.sleep(0)
 
 
 class _Link:
@@ -100,9 +107,9 @@ class ChaosProxy:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="chaos-proxy")
         self._thread.daemon = True
-        self._server: asyncio.Server | None = None
+        self._listener: socket.socket | None = None
+        self._tasks: set[asyncio.Task[None]] = set()  # one per accepted connection
         self._links: set[_Link] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
         self._flowing: asyncio.Event | None = None
         self._next: list[tuple[bytes, float | None]] = []  # (prefix, delay; None: cut)
@@ -184,35 +191,60 @@ class ChaosProxy:
     async def _listen(self) -> None:
         self._flowing = asyncio.Event()
         self._flowing.set()
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
+        # Not asyncio.start_server: a connection it accepted in the turn before the server
+        # closes gets its transport after the close, which fails half-made (Python 3.11)
+        # and leaves the socket to the collector. Here each accepted socket is handed at
+        # once to a task that either serves it or closes it.
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.setblocking(False)
+        self.port = self._listener.getsockname()[1]
+        asyncio.get_running_loop().add_reader(self._listener, self._on_connect)
+
+    def _on_connect(self) -> None:
+        assert self._listener is not None
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            conn.setblocking(False)
+            task = self._loop.create_task(self._accept(conn))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _close(self) -> None:
         self._closing = True
-        if self._server is not None:
-            self._server.close()
-        # Connections accepted just before the close get their handler task only now: let
-        # those start, see _closing and abort their sockets (a socket left to the garbage
-        # collector warns in whatever test runs next).
-        for _ in range(3):
-            await asyncio.sleep(0)
-        await self._drop_all()  # every relay ends on its own once its sockets are reset
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=2)
-        for task in list(self._tasks):
-            task.cancel()
+        if self._listener is not None:  # no new connections from here on
+            self._loop.remove_reader(self._listener)
+            self._listener.close()
+        # Until no task is left, reset every link (a handler that started before the close
+        # may still open one), so each ends and aborts its sockets; a socket left to the
+        # collector warns in whatever test runs next.
+        me = asyncio.current_task()
+        give_up = time.monotonic() + 2
+        while others := asyncio.all_tasks() - {me}:
+            await self._drop_all()
+            if time.monotonic() > give_up:
+                for task in others:
+                    task.cancel()
+                await asyncio.gather(*others, return_exceptions=True)
+                break
+            await asyncio.wait(others, timeout=0.05)
+        await _turns(3)  # the aborted transports' sockets close in callbacks of these turns
 
     async def _drop_all(self) -> None:
         for link in list(self._links):
             link.reset()
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
+    async def _accept(self, conn: socket.socket) -> None:
         if self._closing:
-            writer.transport.abort()
+            conn.close()
             return
-        self._tasks.add(task)
+        try:
+            reader, writer = await asyncio.open_connection(sock=conn)
+        except BaseException:
+            conn.close()  # the transport, if made, was closed too (its close is idempotent)
+            raise
         try:
             try:
                 up_reader, up_writer = await asyncio.open_connection(
@@ -233,7 +265,6 @@ class ChaosProxy:
                 link.reset()
         finally:
             writer.transport.abort()  # also when cancelled while connecting upstream
-            self._tasks.discard(task)
 
     async def _relay(
         self, link: _Link, reader: asyncio.StreamReader, up_reader: asyncio.StreamReader
