@@ -118,13 +118,16 @@ def _text(value: bytes | str) -> str:
 def written_keys(op: Op[Any]) -> tuple[str, ...]:
     """The keys ``op`` may write; more than it does is fine, fewer never.
 
-    A script may write any of its KEYS. ``SET ... NX`` only creates a key, and a local
+    A script may write any of its KEYS. ``SET ... NX`` (or an operation that is
+    :attr:`~cachekit.backends.ops.base.Op.creates_only`) only creates a key, and a local
     layer never keeps an absent key, so it invalidates nothing.
 
     Usage::
 
         written_keys(Delete(["shop:{a}", "shop:{b}"]))   # ('shop:{a}', 'shop:{b}')
     """
+    if op.creates_only:
+        return ()
     kind = op.kind
     if kind == "script":
         return tuple(op.script_call()[0])

@@ -30,6 +30,7 @@ from cachekit.backends.memory import AsyncMemoryBackend, MemoryStore, SyncMemory
 from cachekit.backends.ops import Delete, Get, Incr, Op, Ping, Publish, Set
 from cachekit.backends.ops.bitmaps import MergeBits
 from cachekit.backends.ops.leases import Fill
+from cachekit.backends.ops.responses import ReadResponse
 from cachekit.backends.ops.tags import ReadTagged, RetireTags
 from cachekit.backends.ops.waiting import waiting_key
 from cachekit.backends.redis import connect
@@ -267,6 +268,11 @@ def test_written_keys() -> None:
     assert written_keys(fill) == (KEY, "lease", waiting_key(KEY))  # it clears the waiter record
     assert written_keys(RetireTags(["t1", "t2"], [b"a", b"b"])) == ("t1", "t2")
     assert written_keys(ReadTagged(KEY, ["t1"], [b"a"])) == ()
+    # The response cache's read creates a missing generation only: no copy to drop, no
+    # announcement to publish on every read.
+    assert (
+        written_keys(ReadResponse("p:http:{p}:g", "p:http:{p}:u", b"g1", 60, "p:http:{p}:v")) == ()
+    )
     merge = MergeBits([("p1", b"\x01"), ("p2", b"\x02")], "scratch", "count", 2)
     assert written_keys(merge) == ("scratch", "p1", "p2", "count")
 

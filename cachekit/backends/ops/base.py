@@ -83,6 +83,10 @@ class Op(ABC, Generic[T]):
     __slots__ = ()
     kind: ClassVar[Kind] = "command"
     script: ClassVar[Script | None] = None
+    creates_only: ClassVar[bool] = False
+    """``True`` for an operation that may create missing keys but never changes or deletes
+    one (as ``SET ... NX``): a near cache, which keeps no absent key, has nothing of it to
+    invalidate or announce."""
 
     def command(self) -> Command:
         """The Redis command, for ``kind == "command"``."""

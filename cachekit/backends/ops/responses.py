@@ -67,6 +67,7 @@ class ReadResponse(Op[tuple[bytes, bytes | None, bytes | None]]):
 
     kind = "script"
     script = _READ_RESPONSE
+    creates_only = True  # the generation, when missing
 
     def script_call(self) -> tuple[Sequence[str], Sequence[Any]]:
         keys = [self.generation, self.record]
