@@ -88,8 +88,17 @@ def build(kind: str, redis_url: str, prefix: str, **options: Any) -> Cache:
 
 @pytest.fixture(params=KINDS)
 def each_cache(request: pytest.FixtureRequest, redis_url: str, prefix: str) -> Iterator[Cache]:
-    """Each way a cache is made, closed at the end on a loop of its own."""
-    cache = build(request.param, redis_url, prefix)
+    """Each way a cache is made, closed at the end on a loop of its own.
+
+    With a patient time budget: these tests count loads and hits across event loops, and
+    on a busy machine a read past the default 0.25 s deadline fails open (another load).
+    """
+    patient: dict[str, float] = {}
+    if request.param != "memory":
+        patient["deadline"] = 2.0
+    if request.param in ("url", "near"):  # an injected client keeps its own socket timeout
+        patient["socket_timeout"] = 2.0
+    cache = build(request.param, redis_url, prefix, **patient)
     yield cache
     run(cache.close)
     no_leaks()

@@ -340,7 +340,14 @@ class _RecordingSync(SyncSessionStore):
         return super().load(sid)
 
 
-# cachekit's default Redis timeouts are 0.25 s, and a session that cannot be loaded or
-# saved in time is (by design) served empty and not saved. This file asserts behaviour,
-# not latency, so its caches wait longer: a busy CI box must not turn a save into a drop.
-PATIENT = {"socket_timeout": 10, "socket_connect_timeout": 10, "pool_timeout": 10}
+# cachekit's default Redis timeouts and its per-operation deadline are 0.25 s, and a
+# session that cannot be loaded or saved in time is (by design) served empty and not saved.
+# These tests assert behaviour, not latency, so their caches wait longer: a busy CI box
+# must not turn a load into an empty session or a save into a drop (the deadline was left
+# at 0.25 s once, and a 50-request test found its session empty in CI).
+PATIENT = {
+    "deadline": 10,
+    "socket_timeout": 10,
+    "socket_connect_timeout": 10,
+    "pool_timeout": 10,
+}

@@ -40,10 +40,8 @@ from cachekit import Cache
 from cachekit.exceptions import ConfigurationError
 from cachekit.sessions import RedisSessionStore, SessionMiddleware
 from cachekit.testing import FakeClock
+from tests.sessions.support import PATIENT
 from tests.support.starlette_testclient import TestClient
-
-PATIENT = {"socket_timeout": 10, "socket_connect_timeout": 10, "pool_timeout": 10}
-
 
 # ------------------------------------------------- Starlette's endpoints, unchanged
 
