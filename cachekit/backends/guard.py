@@ -15,9 +15,12 @@ Only failures to reach the server (unreachable, timed out) count against it; an 
 got no slot never reached it. A timeout counts only if the call had its slot at once and
 the server then answered nobody for at least half a deadline: a call that queued (for a
 slot, or behind slow replies while other calls were answered: 10 connections, 500
-callers, a server 50 ms away) met a congested client, not a failed server. A hung server
+callers, a server 40 ms away) met a congested client, not a failed server. A hung server
 answers nobody: the calls that were in flight when it stopped, and had their slots at
-once, time out within a deadline and open the breaker.
+once, time out within a deadline and open the breaker. A limit: a timed-out call drops its
+connection, and the reconnect's handshake is not counted as an answer, so when a link's
+round trip nears a quarter of the deadline (50 ms of 250) a burst of reconnects can read
+as silence and open the breaker for one cool-down under pure congestion.
 
 The guard sits on every cache hit, so its own cost is kept to a few hundred nanoseconds:
 the sync slots are a :class:`queue.SimpleQueue` of tokens (taken and returned in C), and
