@@ -116,9 +116,14 @@ CASES: dict[str, tuple[Any, Any]] = {
 async def cache(
     request: pytest.FixtureRequest, redis_url: str, prefix: str
 ) -> AsyncIterator[Cache]:
-    """A cache on each backend: memory (fast) and the shared test Redis."""
-    url = "memory://" if request.param == "memory" else redis_url
-    cache = Cache.from_url(url, prefix=prefix, jitter=0)
+    """A cache on each backend: memory (fast) and the shared test Redis.
+
+    The Redis one has a patient time budget: these tests count loads, and on a busy
+    machine a read past the default 0.25 s deadline fails open (a second load)."""
+    if request.param == "memory":
+        cache = Cache.from_url("memory://", prefix=prefix, jitter=0)
+    else:
+        cache = Cache.from_url(redis_url, prefix=prefix, jitter=0, deadline=2.0, socket_timeout=2.0)
     yield cache
     await cache.close()
 

@@ -17,6 +17,7 @@ import json
 import os
 import random
 import re
+import threading
 import time
 import traceback
 import uuid
@@ -378,11 +379,13 @@ async def test_locks_fence_and_wake_the_next_holder(cache: Cache, other: Cache) 
 async def woken_by_the_fill(holding: Cache, waiting: Cache, n: int) -> float:
     """How long ``waiting`` waited for ``holding``'s 0.6 s load under a 10 s lease."""
     loads: list[str] = []
+    loading = asyncio.Event()  # set once the holder has its lease and loads
 
     def declare(on: Cache, name: str) -> Callable[[int], Any]:
         @on.cached(ttl=60, key="slow:{n}", lock=True, lock_ttl=10, lock_wait=8)
         async def slow(n: int) -> int:
             loads.append(name)
+            loading.set()
             await asyncio.sleep(0.6)
             return n
 
@@ -391,7 +394,8 @@ async def woken_by_the_fill(holding: Cache, waiting: Cache, n: int) -> float:
     holder, waiter = declare(holding, "holder"), declare(waiting, "waiter")
 
     async def wait_then_call() -> float:
-        await asyncio.sleep(0.1)
+        # Not a fixed head start: a first call's connect to every node may outlast one.
+        await asyncio.wait_for(loading.wait(), 5)
         started = time.monotonic()
         assert await waiter(n) == n
         return time.monotonic() - started
@@ -412,10 +416,12 @@ async def test_a_waiter_is_woken_by_the_fill(cache: Cache, other: Cache) -> None
 
 async def test_a_sync_waiter_is_woken_by_the_fill(cache: Cache, other: Cache) -> None:
     loads: list[str] = []
+    loading = threading.Event()  # set once the holder has its lease and loads
 
     @cache.cached(ttl=60, key="slow:{n}", lock=True, lock_ttl=10, lock_wait=8)
     async def holder(n: int) -> int:
         loads.append("holder")
+        loading.set()
         await asyncio.sleep(0.6)
         return n
 
@@ -425,7 +431,7 @@ async def test_a_sync_waiter_is_woken_by_the_fill(cache: Cache, other: Cache) ->
         return n
 
     def wait_then_call() -> float:
-        time.sleep(0.1)
+        assert loading.wait(5)  # as above: the holder has its lease
         started = time.monotonic()
         assert waiter(6) == 6
         return time.monotonic() - started
