@@ -376,6 +376,11 @@ async def test_locks_fence_and_wake_the_next_holder(cache: Cache, other: Cache) 
     assert waited < 3.0
 
 
+def nonzero(stats: dict[str, int]) -> dict[str, int]:
+    """The counters that moved."""
+    return {name: count for name, count in stats.items() if count}
+
+
 async def woken_by_the_fill(holding: Cache, waiting: Cache, n: int) -> float:
     """How long ``waiting`` waited for ``holding``'s 0.6 s load under a 10 s lease."""
     loads: list[str] = []
@@ -401,7 +406,8 @@ async def woken_by_the_fill(holding: Cache, waiting: Cache, n: int) -> float:
         return time.monotonic() - started
 
     _, waited = await asyncio.gather(holder(n), wait_then_call())
-    assert loads == ["holder"]
+    # Why a waiter loaded, if it did (seen twice in ~5 full-suite runs, never alone).
+    assert loads == ["holder"], (loads, f"{waited:.2f} s", nonzero(waiting.stats()))
     return waited
 
 
@@ -437,7 +443,7 @@ async def test_a_sync_waiter_is_woken_by_the_fill(cache: Cache, other: Cache) ->
         return time.monotonic() - started
 
     _, waited = await asyncio.gather(holder(6), asyncio.to_thread(wait_then_call))
-    assert loads == ["holder"]
+    assert loads == ["holder"], (loads, f"{waited:.2f} s", nonzero(other.stats()))
     assert waited < 3.0  # as above: the fill's notification, not the 8 s wait
 
 
