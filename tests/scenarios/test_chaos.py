@@ -574,28 +574,34 @@ def test_the_proxy_stops_with_no_socket_left_open(private_redis: PrivateServer) 
 # --------------------------------------------------------------------------- 4. pool exhaustion
 
 
+# Enough keys that shared reads do not absorb the load: ~100 reads in flight for 10
+# connections queue past the deadline on their own, not only after a cascade of timeouts.
+POOL_KEYS = [f"p{i}" for i in range(100)]
+
+
 async def test_pool_exhaustion_500_callers_10_connections(private_redis: PrivateServer) -> None:
-    """A healthy server 40 ms away, 10 connections, 500 callers at once: nobody queues
+    """A healthy server 40 ms away, 10 connections, 500 callers of 100 keys at once: nobody queues
     past the deadline, everyone gets the right value, and the breaker stays closed.
 
     Each call that times out drops its connection, and the next one on it reconnects: a
     handshake round trip that the breaker does not count as an answer. At 50 ms a burst of
     such reconnects left the breaker no answer for half a deadline in about half the runs
     on a slower machine (the breaker opened); at 40 ms a reconnect fits with a margin, and
-    the pool is still exhausted (500 callers for 10 connections)."""
+    the pool is still exhausted (with 20 keys, shared reads absorbed the load in some runs
+    and the pool was never exhausted; with 100 it was in every run)."""
     rec = Recorder()
     with ChaosProxy(private_redis.port) as proxy:
         cache = Cache.from_url(proxy.url, prefix="pool", max_connections=10)
         item, _ = item_functions(cache, rec)
         try:
-            for key in KEYS[::2]:  # half the keys are cached: hits and misses both
+            for key in POOL_KEYS[::2]:  # half the keys are cached: hits and misses both
                 await item(key)
             proxy.latency = 0.04
 
             async def caller(seed: int) -> None:
                 rng = random.Random(seed)
                 for _ in range(3):
-                    key = rng.choice(KEYS)
+                    key = rng.choice(POOL_KEYS)
                     began = time.monotonic()
                     try:
                         rec.record(began, key, await item(key), None)
