@@ -39,6 +39,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from cachekit.backends.guard import DEADLINE, time_left
+from cachekit.backends.held import AsyncHeldConnections, SyncHeldConnections
 from cachekit.backends.ops import Op
 from cachekit.config import REDIS_DEFAULTS
 from cachekit.exceptions import BackendError, BackendTimeout, BackendUnavailable, ConfigurationError
@@ -108,21 +109,29 @@ def _check_client(client: Any) -> None:
 class SyncRedisBackend:
     """The synchronous backend over a ``redis.Redis`` client.
 
+    With ``hold=True`` (the pool is this backend's alone, as :func:`connect` builds it)
+    commands run on connections the backend keeps (:mod:`cachekit.backends.held`) instead
+    of a pool checkout per command; an injected client's pool is shared, so it is not held.
+
     Usage::
 
         backend = SyncRedisBackend(redis.Redis(socket_timeout=0.25))
         backend.run(Get("p:{k}"))
     """
 
-    __slots__ = ("client",)
+    __slots__ = ("_execute", "_held", "client")
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, *, hold: bool = False) -> None:
         _check_client(client)
         self.client = client
+        self._held = SyncHeldConnections(client) if hold else None
+        self._execute: Callable[..., Any] = (
+            self._held.execute if self._held is not None else client.execute_command
+        )
 
     def run(self, op: Op[T]) -> T:
         """Send ``op`` and parse its reply."""
-        execute: Callable[..., Any] = self.client.execute_command
+        execute = self._execute
         try:
             kind = op.kind
             if kind == "command":
@@ -136,6 +145,8 @@ class SyncRedisBackend:
                 except NoScriptError:
                     reply = execute("EVAL", script.source, len(keys), *keys, *args)
                 return op.parse(reply)
+            if self._held is not None:
+                return op.parse(self._held.pipeline(op.pipeline()))
             with self.client.pipeline(transaction=False) as pipe:
                 queue: Callable[..., Any] = pipe.execute_command
                 for command in op.pipeline():
@@ -146,6 +157,8 @@ class SyncRedisBackend:
 
     def close(self) -> None:
         """Close the client and its pool."""
+        if self._held is not None:
+            self._held.release()
         self.client.close()
 
     def primaries(self) -> dict[str, SyncRedisBackend]:
@@ -167,21 +180,27 @@ class SyncRedisBackend:
 class AsyncRedisBackend:
     """The asynchronous backend over a ``redis.asyncio.Redis`` client.
 
+    ``hold=True``: as for :class:`SyncRedisBackend`.
+
     Usage::
 
         backend = AsyncRedisBackend(redis.asyncio.Redis(socket_timeout=0.25))
         await backend.run(Get("p:{k}"))
     """
 
-    __slots__ = ("client",)
+    __slots__ = ("_execute", "_held", "client")
 
-    def __init__(self, client: redis.asyncio.Redis) -> None:
+    def __init__(self, client: redis.asyncio.Redis, *, hold: bool = False) -> None:
         _check_client(client)
         self.client = client
+        self._held = AsyncHeldConnections(client) if hold else None
+        self._execute: Callable[..., Awaitable[Any]] = (
+            self._held.execute if self._held is not None else client.execute_command
+        )
 
     async def run(self, op: Op[T]) -> T:
         """Send ``op`` and parse its reply."""
-        execute: Callable[..., Awaitable[Any]] = self.client.execute_command
+        execute = self._execute
         try:
             kind = op.kind
             if kind == "command":
@@ -195,6 +214,8 @@ class AsyncRedisBackend:
                 except NoScriptError:
                     reply = await execute("EVAL", script.source, len(keys), *keys, *args)
                 return op.parse(reply)
+            if self._held is not None:
+                return op.parse(await self._held.pipeline(op.pipeline()))
             async with self.client.pipeline(transaction=False) as pipe:
                 for command in op.pipeline():
                     pipe.execute_command(*command, **reply_options(command))
@@ -204,6 +225,8 @@ class AsyncRedisBackend:
 
     async def close(self) -> None:
         """Close the client and its pool."""
+        if self._held is not None:
+            await self._held.release()
         await self.client.aclose()
 
 
@@ -265,15 +288,31 @@ def budgeted(base: type[redis.Connection]) -> type[redis.Connection]:
 
 
 class _AsyncBudgeted:
-    """For an async connection class: a reply is never awaited once the deadline passed.
+    """For an async connection class: under the guard, the deadline is the only timer.
 
-    The async guard enforces the deadline by cancellation, but redis-py sends with
-    ``asyncio.wait_for``, which can swallow a cancellation that lands as the send completes
-    (CPython gh-86296); the read after it would then wait a whole ``socket_timeout``. Such
-    a read starts past the deadline: it disconnects (the reply is never read by the next
-    command) and fails at once. redis-py's own ``timeout=`` argument is not used: on the
-    async backend it returns ``None`` and leaves the reply pending on the connection.
+    The async guard bounds every call by cancelling it at its deadline (one timer per event
+    loop). redis-py would arm timers of its own per command as well: ``asyncio.wait_for``
+    around every send (a task per send, and a cancellation landing as the send completes
+    can be swallowed, CPython gh-86296) and an ``asyncio.timeout`` around every read; that
+    is ~40 µs of CPU per command on the development machine (``python -m loadtests
+    hitpath``). So while a guarded call runs (:data:`~cachekit.backends.guard.DEADLINE` is
+    set in its context) the connection reports no socket timeout of its own, and redis-py
+    sends and reads without those timers; anything else (connects, the pool's checks,
+    unguarded calls) keeps the configured one. A read that starts past the deadline
+    disconnects (the reply is never read by the next command) and fails at once. redis-py's
+    own ``timeout=`` argument is not used: on the async backend it returns ``None`` and
+    leaves the reply pending on the connection.
     """
+
+    _own_socket_timeout: float | None = None
+
+    @property
+    def socket_timeout(self) -> float | None:
+        return None if DEADLINE.get() is not None else self._own_socket_timeout
+
+    @socket_timeout.setter
+    def socket_timeout(self, value: float | None) -> None:
+        self._own_socket_timeout = value
 
     async def read_response(self, *args: Any, **kwargs: Any) -> Any:
         left = time_left()
@@ -346,6 +385,6 @@ def connect(url: str, options: Mapping[str, Any]) -> tuple[SyncRedisBackend, Asy
     )
     async_pool.connection_class = abudgeted(async_pool.connection_class)
     return (
-        SyncRedisBackend(redis.Redis.from_pool(sync_pool)),
-        AsyncRedisBackend(redis.asyncio.Redis.from_pool(async_pool)),
+        SyncRedisBackend(redis.Redis.from_pool(sync_pool), hold=True),
+        AsyncRedisBackend(redis.asyncio.Redis.from_pool(async_pool), hold=True),
     )

@@ -358,7 +358,9 @@ def _listener(
 def _sibling(client: redis.asyncio.Redis) -> AsyncBackend:
     from cachekit.backends.redis import AsyncRedisBackend
 
-    return AsyncRedisBackend(clone_client(client))
+    sibling = clone_client(client)
+    # A sibling's pool is this backend's alone (a shared client, unclonable, is not held).
+    return AsyncRedisBackend(sibling, hold=sibling is not client)
 
 
 def _async_half(

@@ -95,10 +95,14 @@ PID = 5
 TTL = 600
 # A cachekit hit within this ratio of the floor of its face and value (issues 19 and 15).
 TARGETS: dict[str, float] = {"dict": 1.10, "typed": 1.15}
+# The floor without redis-py's pool: a GET on one connection the benchmark holds. Not a
+# goal; cachekit's hits are shown against it too, since they skip the checkout as well.
+REFERENCE_LABEL = "redis.asyncio connection GET + orjson (no pool)"
+SYNC_REFERENCE_LABEL = "redis.Redis connection GET + orjson (no pool)"
 MU = "\u00b5"  # micro sign
 
 Face = Literal["async", "sync"]
-Role = Literal["floor", "cachekit", "peer"]
+Role = Literal["floor", "reference", "cachekit", "peer"]
 
 # Loader runs per contender label: each must be 1 when the timed rounds are over.
 LOADS: Counter[str] = Counter()
@@ -260,7 +264,7 @@ def check_envelope(raw: bytes | str | None) -> None:
 def check_primed(admin: redis.Redis, contenders: Sequence[Contender]) -> None:
     """Each contender's first call missed once and stored its value in Redis."""
     for c in contenders:
-        if c.role != "floor" and not c.raw:
+        if c.role in ("cachekit", "peer") and not c.raw:
             assert LOADS[c.label] == 1, f"{c.label}: loader ran {LOADS[c.label]} times"
         assert admin.exists(c.key) == 1, f"{c.label}: nothing stored at {c.key!r}"
 
@@ -268,7 +272,7 @@ def check_primed(admin: redis.Redis, contenders: Sequence[Contender]) -> None:
 def check_all_hits(contenders: Sequence[Contender]) -> None:
     """No loader ran after priming: every timed call was a hit."""
     for c in contenders:
-        if c.role != "floor" and not c.raw:
+        if c.role in ("cachekit", "peer") and not c.raw:
             assert LOADS[c.label] == 1, f"{c.label}: {LOADS[c.label]} loads, misses were timed"
 
 
@@ -294,7 +298,7 @@ def check_cachekit_stats(cache: Cache, settings: Settings, timed: int = 3) -> in
 
 def probe_keys(admin: redis.Redis, contenders: Sequence[Contender]) -> list[Contender]:
     """Delete each cache's Redis key; return the contenders whose next call must load."""
-    probed = [c for c in contenders if c.role != "floor" and c.label in LOADS]
+    probed = [c for c in contenders if c.role in ("cachekit", "peer") and c.label in LOADS]
     for c in probed:
         admin.unlink(c.key)
     return probed
@@ -336,6 +340,29 @@ def sync_floor(client: redis.Redis, key: str) -> Callable[[int], object]:
         if raw is None:
             return None
         return orjson.loads(raw[HEADER_SIZE:])
+
+    return floor
+
+
+def async_connection_floor(connection: Any, key: str) -> Callable[[int], Awaitable[object]]:
+    """GET on one connection held out of the pool, + orjson.loads: the round trip and the
+    decode alone, without redis-py's per-command pool checkout (the *reference* row)."""
+
+    async def floor(_pid: int) -> object:
+        await connection.send_command("GET", key)
+        raw = await connection.read_response()
+        return None if raw is None else orjson.loads(raw[HEADER_SIZE:])
+
+    return floor
+
+
+def sync_connection_floor(connection: Any, key: str) -> Callable[[int], object]:
+    """The sync twin of :func:`async_connection_floor`."""
+
+    def floor(_pid: int) -> object:
+        connection.send_command("GET", key)
+        raw = connection.read_response()
+        return None if raw is None else orjson.loads(raw[HEADER_SIZE:])
 
     return floor
 
@@ -459,6 +486,9 @@ async def bench_async(admin: redis.Redis, settings: Settings) -> list[Contender]
         check_envelope(await client.get(key))
         floor = async_floor(client, key)
         assert await floor(PID) == product(PID)
+        apool: Any = client.connection_pool
+        reference = async_connection_floor(await apool.get_connection(), key)
+        assert await reference(PID) == product(PID)
         assert await raw_get(PID) == product(PID)
         assert await get_receipt(PID) == receipt(PID)
         typed_key = cache.bound().ctx.keyspace.value(get_receipt.key(PID))
@@ -466,6 +496,7 @@ async def bench_async(admin: redis.Redis, settings: Settings) -> list[Contender]
         assert await typed_floor(PID) == receipt(PID)
         contenders = [
             Contender("redis.asyncio GET + orjson (floor)", "async", "floor", floor, key),
+            Contender(REFERENCE_LABEL, "async", "reference", reference, key),
             Contender(label, "async", "cachekit", get_product, key),
             Contender("cachekit await cache.get", "async", "cachekit", raw_get, key, raw=True),
             Contender(
@@ -554,6 +585,9 @@ def bench_sync(admin: redis.Redis, settings: Settings) -> list[Contender]:
         check_envelope(client.get(key))
         floor = sync_floor(client, key)
         assert floor(PID) == product(PID)
+        pool: Any = client.connection_pool
+        reference = sync_connection_floor(pool.get_connection(), key)
+        assert reference(PID) == product(PID)
         assert raw_get(PID) == product(PID)
         assert get_receipt(PID) == receipt(PID)
         typed_key = cache.bound().ctx.keyspace.value(get_receipt.key(PID))
@@ -561,6 +595,7 @@ def bench_sync(admin: redis.Redis, settings: Settings) -> list[Contender]:
         assert typed_floor(PID) == receipt(PID)
         contenders = [
             Contender("redis.Redis GET + orjson (floor)", "sync", "floor", floor, key),
+            Contender(SYNC_REFERENCE_LABEL, "sync", "reference", reference, key),
             Contender(label, "sync", "cachekit", get_product, key),
             Contender("cachekit cache.sync.get", "sync", "cachekit", raw_get, key, raw=True),
             Contender(
@@ -632,6 +667,17 @@ def target_line(contenders: Sequence[Contender], ratio: dict[str, float]) -> str
     return "targets: " + "; ".join(parts)
 
 
+def reference_line(contenders: Sequence[Contender]) -> str:
+    """cachekit's dict hits against the no-pool reference of their face."""
+    references = {c.face: c.median for c in contenders if c.role == "reference"}
+    parts = [
+        f"{c.label} {c.median / references[c.face]:.2f}x"
+        for c in contenders
+        if c.role == "cachekit" and c.value == "dict" and c.face in references
+    ]
+    return "against the no-pool reference: " + "; ".join(parts)
+
+
 def table(
     contenders: Sequence[Contender], ratio: dict[str, float], *, bold: bool = False
 ) -> list[dict[str, str]]:
@@ -669,6 +715,7 @@ def report(
     print(markdown_table(rows, {"contender", "face"}) if markdown else text_table(rows))
     print()
     print(target_line(contenders, ratio))
+    print(reference_line(contenders))
     return {
         "settings": {
             "rounds": settings.rounds,
