@@ -42,13 +42,17 @@ T = TypeVar("T")
 
 
 class ReadBatches(Generic[T]):
-    """The reads of one event loop: at most one in flight per key, the next one shared."""
+    """The reads of one event loop: at most one in flight per key, the next one shared.
+
+    Each joiner waits on a future of its own, so one that goes away cancels nobody else's
+    wait (as a shielded shared future would, at the price of two futures per joiner).
+    """
 
     __slots__ = ("_busy", "_next", "_tasks")
 
     def __init__(self) -> None:
         self._busy: set[Hashable] = set()
-        self._next: dict[Hashable, tuple[asyncio.Future[T], Callable[[], Awaitable[T]]]] = {}
+        self._next: dict[Hashable, tuple[list[asyncio.Future[T]], Callable[[], Awaitable[T]]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # referenced until done
 
     async def read(self, key: Hashable, fetch: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
@@ -60,15 +64,13 @@ class ReadBatches(Generic[T]):
                 return await fetch(), False
             finally:
                 self._done(key)
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         batch = self._next.get(key)
         if batch is None:
-            future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-            future.add_done_callback(_retrieve)
-            self._next[key] = (future, fetch)
+            self._next[key] = ([future], fetch)
         else:
-            future = batch[0]
-        # Shielded: a request that goes away must not cancel the others' read.
-        return await asyncio.shield(future), True
+            batch[0].append(future)
+        return await future, True
 
     def _done(self, key: Hashable) -> None:
         batch = self._next.pop(key, None)
@@ -80,19 +82,37 @@ class ReadBatches(Generic[T]):
         task.add_done_callback(self._tasks.discard)
 
     async def _run(
-        self, key: Hashable, future: asyncio.Future[T], fetch: Callable[[], Awaitable[T]]
+        self, key: Hashable, joiners: list[asyncio.Future[T]], fetch: Callable[[], Awaitable[T]]
     ) -> None:
         try:
             result = await fetch()
         except asyncio.CancelledError:  # the loop is shutting down: nobody is left hanging
-            future.set_exception(BackendError("the shared read was cancelled"))
+            _fail(joiners, BackendError("the shared read was cancelled"))
             raise
         except Exception as exc:
-            future.set_exception(exc)
+            _fail(joiners, exc)
         else:
-            future.set_result(result)
+            _answer(joiners, result)
         finally:
             self._done(key)
+
+
+def _answer(joiners: list[asyncio.Future[T]], result: T) -> None:
+    for future in joiners:
+        if not future.done():  # else its request went away (cancelled)
+            future.set_result(result)
+
+
+def _fail(joiners: list[asyncio.Future[T]], error: Exception) -> None:
+    for future in joiners:
+        if not future.done():
+            future.set_exception(error)
+            # A joiner cancelled before it resumes never looks: not the loop's log's either.
+            future.add_done_callback(_retrieve)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    future.exception()
 
 
 class SharedReads:
@@ -129,9 +149,3 @@ class SharedReads:
         if shared:
             stats.incr("coalesced")
         return read
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    # Every joiner may have gone away: the failure was theirs to see, not the loop's log's.
-    if not future.cancelled():
-        future.exception()
