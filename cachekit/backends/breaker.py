@@ -157,7 +157,8 @@ class Breaker:
             return PROBE
 
     def answered_within(self, seconds: float) -> bool:
-        """Whether the endpoint answered any call (:meth:`success`) in the last ``seconds``.
+        """Whether the endpoint answered anything (:meth:`success`, :meth:`heard`) in the
+        last ``seconds``.
 
         A call that timed out while others were being answered was slow because of the
         queue it waited in (too few connections, a loaded client), not because the endpoint
@@ -170,6 +171,16 @@ class Breaker:
                 breaker.failure(ticket)
         """
         return self._clock.monotonic() - self._answered <= seconds
+
+    def heard(self) -> None:
+        """The endpoint answered something that is no call's outcome (a reconnect's
+        handshake): it is alive, for :meth:`answered_within`; nothing else changes.
+
+        Usage::
+
+            connection.register_connect_callback(lambda _connection: breaker.heard())
+        """
+        self._answered = self._clock.monotonic()
 
     def success(self, ticket: Ticket = PROBE) -> None:
         """The endpoint answered: reset the failure streak; a successful probe closes."""

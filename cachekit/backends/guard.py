@@ -17,10 +17,12 @@ the server then answered nobody for at least half a deadline: a call that queued
 slot, or behind slow replies while other calls were answered: 10 connections, 500
 callers, a server 40 ms away) met a congested client, not a failed server. A hung server
 answers nobody: the calls that were in flight when it stopped, and had their slots at
-once, time out within a deadline and open the breaker. A limit: a timed-out call drops its
-connection, and the reconnect's handshake is not counted as an answer, so when a link's
-round trip nears a quarter of the deadline (50 ms of 250) a burst of reconnects can read
-as silence and open the breaker for one cool-down under pure congestion.
+once, time out within a deadline and open the breaker. A timed-out call drops its
+connection, and the next call on it reconnects; when a link's round trip nears a quarter
+of the deadline, a burst of such reconnects could take the rest of the replies' place and
+read as silence. So the server's answer to a reconnect's handshake counts as an answer
+too: a backend that holds its connections (:mod:`cachekit.backends.held`, every backend
+built from a URL) reports it to the breaker (:meth:`~cachekit.backends.breaker.Breaker.heard`).
 
 The guard sits on every cache hit, so its own cost is kept to a few hundred nanoseconds:
 the sync slots are a :class:`queue.SimpleQueue` of tokens (taken and returned in C), and
@@ -78,6 +80,14 @@ def time_left() -> float | None:
     """
     deadline = DEADLINE.get()
     return None if deadline is None else deadline - time.monotonic()
+
+
+def _hear_handshakes(inner: object, breaker: Breaker) -> None:
+    # A reconnect's handshake is the server answering: a burst of reconnects after
+    # timeouts under congestion must not read as silence (see the module docstring).
+    report = getattr(inner, "report_handshakes", None)  # Redis backends that hold connections
+    if report is not None:
+        report(breaker.heard)
 
 
 class _Guard:
@@ -142,6 +152,7 @@ class SyncGuardedBackend:
     ) -> None:
         self.inner = inner
         self._guard = _Guard(breaker, stats, deadline)
+        _hear_handshakes(inner, breaker)
         # One token per slot: a SimpleQueue is taken from and refilled in C, where a
         # threading.Semaphore runs a Condition in Python (~1 µs per call on the hit path).
         self._slots: queue.SimpleQueue[None] = queue.SimpleQueue()
@@ -285,6 +296,7 @@ class AsyncGuardedBackend:
     ) -> None:
         self.inner = inner
         self._guard = _Guard(breaker, stats, deadline)
+        _hear_handshakes(inner, breaker)
         self._size = slots
         self._loop: asyncio.AbstractEventLoop | None = None
         self._state: _Slots | None = None

@@ -21,6 +21,10 @@ What the pool's checks gave is kept by other means:
   no other retry).
 * **After a fork** the child forgets the parent's idle connections (``os.register_at_fork``)
   instead of asking ``os.getpid()`` on every call; the pool resets itself in the child.
+* **A reconnect is an answer.** A connection dropped by a timeout reconnects on its next
+  send; the server's answer to that handshake is reported to :attr:`heard` (the guard
+  points it at its breaker), so a burst of reconnects under congestion is not taken for
+  a silent server.
 * **The bound on connections.** A connection leaves the pool only when no idle one is
   there, so the backend holds at most as many as ran at once; the guard admits at most the
   pool's size minus the listener's connection.
@@ -65,6 +69,10 @@ def _forget_after_fork() -> None:
 os.register_at_fork(after_in_child=_forget_after_fork)
 
 
+def _nobody() -> None:
+    pass
+
+
 def _options(command: Command) -> dict[str, Any]:
     # redis-py parses a SET reply to True/False unless told that GET was asked for.
     return {"get": True} if command[0] == "SET" and "GET" in command[3:] else {}
@@ -86,21 +94,30 @@ class SyncHeldConnections:
         held.execute("SET", "k", b"v")
     """
 
-    __slots__ = ("__weakref__", "client", "idle", "parse", "pool")
+    __slots__ = ("__weakref__", "client", "heard", "idle", "parse", "pool")
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
         self.pool: Any = client.connection_pool
         self.parse: Callable[..., Any] = client.parse_response  # its response callbacks
         self.idle: list[Any] = []
+        self.heard: Callable[[], None] = _nobody  # told when a connection (re)connects
         _HOLDERS.add(self)
+
+    def _new(self) -> Any:
+        connection = self.pool.get_connection()
+        connection.register_connect_callback(self._connected)  # held weakly
+        return connection
+
+    def _connected(self, _connection: Any) -> None:
+        self.heard()
 
     def execute(self, *command: Any) -> Any:
         """Send one command and return its parsed reply."""
         try:
             connection = self.idle.pop()
         except IndexError:
-            connection = self.pool.get_connection()
+            connection = self._new()
         try:
             try:
                 connection.send_command(*command)
@@ -124,7 +141,7 @@ class SyncHeldConnections:
         try:
             connection = self.idle.pop()
         except IndexError:
-            connection = self.pool.get_connection()
+            connection = self._new()
         try:
             try:
                 replies = self._pipeline(connection, commands)
@@ -166,21 +183,30 @@ class AsyncHeldConnections:
         await held.execute("SET", "k", b"v")
     """
 
-    __slots__ = ("__weakref__", "client", "idle", "parse", "pool")
+    __slots__ = ("__weakref__", "client", "heard", "idle", "parse", "pool")
 
     def __init__(self, client: redis.asyncio.Redis) -> None:
         self.client = client
         self.pool: Any = client.connection_pool
         self.parse: Callable[..., Awaitable[Any]] = client.parse_response
         self.idle: list[Any] = []
+        self.heard: Callable[[], None] = _nobody
         _HOLDERS.add(self)
+
+    async def _new(self) -> Any:
+        connection = await self.pool.get_connection()
+        connection.register_connect_callback(self._connected)  # held weakly
+        return connection
+
+    def _connected(self, _connection: Any) -> None:
+        self.heard()
 
     async def execute(self, *command: Any) -> Any:
         """Send one command and return its parsed reply."""
         try:
             connection = self.idle.pop()
         except IndexError:
-            connection = await self.pool.get_connection()
+            connection = await self._new()
         try:
             try:
                 await connection.send_command(*command)
@@ -206,7 +232,7 @@ class AsyncHeldConnections:
         try:
             connection = self.idle.pop()
         except IndexError:
-            connection = await self.pool.get_connection()
+            connection = await self._new()
         try:
             try:
                 replies = await self._pipeline(connection, commands)

@@ -129,6 +129,16 @@ class SyncRedisBackend:
             self._held.execute if self._held is not None else client.execute_command
         )
 
+    def report_handshakes(self, heard: Callable[[], None]) -> None:
+        """Call ``heard`` whenever a held connection (re)connects (the guard: its breaker).
+
+        Usage::
+
+            backend.report_handshakes(breaker.heard)
+        """
+        if self._held is not None:
+            self._held.heard = heard
+
     def run(self, op: Op[T]) -> T:
         """Send ``op`` and parse its reply."""
         execute = self._execute
@@ -197,6 +207,11 @@ class AsyncRedisBackend:
         self._execute: Callable[..., Awaitable[Any]] = (
             self._held.execute if self._held is not None else client.execute_command
         )
+
+    def report_handshakes(self, heard: Callable[[], None]) -> None:
+        """As :meth:`SyncRedisBackend.report_handshakes`."""
+        if self._held is not None:
+            self._held.heard = heard
 
     async def run(self, op: Op[T]) -> T:
         """Send ``op`` and parse its reply."""

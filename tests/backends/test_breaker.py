@@ -123,6 +123,26 @@ def test_a_success_resets_the_failure_streak() -> None:
     assert seen.names == ["breaker_opened"]
 
 
+def test_a_handshake_heard_proves_the_server_alive_but_is_no_calls_outcome() -> None:
+    breaker, clock, _ = make_breaker(3)
+    assert not breaker.answered_within(1.0)
+    breaker.heard()
+    assert breaker.answered_within(1.0)
+    clock.advance(1.5)
+    assert not breaker.answered_within(1.0)
+    for _ in range(2):
+        assert breaker.allow()
+        breaker.failure()
+    breaker.heard()  # does not end the streak: only a call's answer does
+    assert breaker.allow()
+    breaker.failure()
+    assert state(breaker) == "open"
+    clock.advance(COOLDOWN)
+    assert breaker.allow()  # the probe
+    breaker.heard()  # nor does it close a half-open breaker
+    assert state(breaker) == "half_open"
+
+
 def test_open_refuses_for_the_whole_cooldown() -> None:
     breaker, clock, seen = make_breaker()
     open_breaker(breaker)

@@ -181,3 +181,40 @@ def test_no_more_connections_than_ran_at_once_and_all_given_back(redis_url: str)
     sync_backend.close()
     available = [c for c in pool.pool.queue if c is not None]  # type: ignore[attr-defined]
     assert len(available) == made  # every held connection went back to the pool
+
+
+def test_a_reconnect_is_reported_as_the_server_answering(
+    sync_held: SyncHeldConnections, raw_redis: redis.Redis, key: str
+) -> None:
+    heard: list[None] = []
+    sync_held.heard = lambda: heard.append(None)
+    mine = sync_held.execute("CLIENT", "ID")
+    assert heard == []  # a connection that stays up reports nothing
+    raw_redis.client_kill_filter(_id=mine)
+    sync_held.execute("GET", key)
+    assert len(heard) == 1  # the reconnect's handshake was answered
+
+
+async def test_async_a_reconnect_is_reported(
+    async_held: AsyncHeldConnections, raw_redis: redis.Redis, key: str
+) -> None:
+    heard: list[None] = []
+    async_held.heard = lambda: heard.append(None)
+    mine = await async_held.execute("CLIENT", "ID")
+    raw_redis.client_kill_filter(_id=mine)
+    await async_held.execute("GET", key)
+    assert len(heard) == 1
+
+
+def test_the_guard_points_a_url_backend_at_its_breaker(redis_url: str) -> None:
+    sync_backend, _ = connect(redis_url, {})
+    breaker = Breaker()
+    SyncGuardedBackend(sync_backend, breaker, Stats(), deadline=2.0, slots=4)
+    assert not breaker.answered_within(60.0)
+    sync_backend.run(Get("cachekit-held-test:absent"))  # first connect: in the pool's hands
+    held = sync_backend._held
+    assert held is not None
+    held.idle[0].disconnect()
+    sync_backend.run(Get("cachekit-held-test:absent"))  # unguarded: only the handshake tells
+    assert breaker.answered_within(60.0)
+    sync_backend.close()
