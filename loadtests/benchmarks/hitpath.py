@@ -22,13 +22,19 @@ async face
       and the raw API ``await cache.get("product:5")`` of the same entry;
     * **cashews** - the plain ``@cache(ttl=600)`` decorator on ``cashews.cache`` set up
       with ``redis://`` (``client_side=False``: no local layer; default pickle serializer);
-    * **aiocache** - ``@cached(cache=Cache.REDIS)`` (its JSON serializer), when installed.
+    * **aiocache** - ``@cached(cache=Cache.REDIS)`` (its JSON serializer), when installed;
+    * **no-pool reference** - the floor's GET + decode sent on one connection the benchmark
+      took from the pool once (``send_command`` + ``read_response``): the round trip and
+      the decode without redis-py's per-command pool checkout, which cachekit's own
+      backends skip too (:mod:`cachekit.backends.held`). Not a goal: it shows what is
+      left of cachekit's own work once both skip the checkout.
 
 sync face
     * **floor** - ``redis.Redis.get`` + ``orjson.loads`` on cachekit's sync client;
     * **cachekit** - a ``def`` behind the same decorator, and ``cache.sync.get``;
     * **dogpile.cache** - ``@region.cache_on_arguments()`` on a ``dogpile.cache.redis``
-      region.
+      region;
+    * **no-pool reference** - as on the async face.
 
 Every contender caches the same product dict; the peers' clients allow
 ``--max-connections`` pooled connections (the calls are sequential, so each uses one).
