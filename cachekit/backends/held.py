@@ -53,7 +53,7 @@ import redis.asyncio
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-__all__ = ["AsyncHeldConnections", "SyncHeldConnections"]
+__all__ = ["AsyncHeldConnections", "SyncHeldConnections", "reply_options"]
 
 Command = Sequence[Any]
 
@@ -73,7 +73,13 @@ def _nobody() -> None:
     pass
 
 
-def _options(command: Command) -> dict[str, Any]:
+def reply_options(command: Command) -> dict[str, Any]:
+    """Options for parsing ``command``'s reply (or queuing it in a pipeline) as sent.
+
+    Usage::
+
+        pipe.execute_command(*command, **reply_options(command))
+    """
     # redis-py parses a SET reply to True/False unless told that GET was asked for.
     return {"get": True} if command[0] == "SET" and "GET" in command[3:] else {}
 
@@ -121,11 +127,11 @@ class SyncHeldConnections:
         try:
             try:
                 connection.send_command(*command)
-                reply = self.parse(connection, command[0], **_options(command))
+                reply = self.parse(connection, command[0], **reply_options(command))
             except RedisConnectionError:
                 connection.disconnect()  # closed while idle: once more, on a fresh one
                 connection.send_command(*command)
-                reply = self.parse(connection, command[0], **_options(command))
+                reply = self.parse(connection, command[0], **reply_options(command))
         except ResponseError:
             self.idle.append(connection)  # an answer, read whole
             raise
@@ -160,7 +166,7 @@ class SyncHeldConnections:
         replies: list[Any] = []
         for command in commands:
             try:
-                replies.append(self.parse(connection, command[0], **_options(command)))
+                replies.append(self.parse(connection, command[0], **reply_options(command)))
             except ResponseError as exc:
                 replies.append(exc)
         return replies
@@ -210,11 +216,11 @@ class AsyncHeldConnections:
         try:
             try:
                 await connection.send_command(*command)
-                reply = await self.parse(connection, command[0], **_options(command))
+                reply = await self.parse(connection, command[0], **reply_options(command))
             except RedisConnectionError:
                 await connection.disconnect(nowait=True)
                 await connection.send_command(*command)
-                reply = await self.parse(connection, command[0], **_options(command))
+                reply = await self.parse(connection, command[0], **reply_options(command))
         except ResponseError:
             self.idle.append(connection)
             raise
@@ -251,7 +257,7 @@ class AsyncHeldConnections:
         replies: list[Any] = []
         for command in commands:
             try:
-                replies.append(await self.parse(connection, command[0], **_options(command)))
+                replies.append(await self.parse(connection, command[0], **reply_options(command)))
             except ResponseError as exc:
                 replies.append(exc)
         return replies

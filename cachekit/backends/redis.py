@@ -39,7 +39,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from cachekit.backends.guard import DEADLINE, time_left
-from cachekit.backends.held import AsyncHeldConnections, SyncHeldConnections
+from cachekit.backends.held import AsyncHeldConnections, SyncHeldConnections, reply_options
 from cachekit.backends.ops import Op
 from cachekit.config import REDIS_DEFAULTS
 from cachekit.exceptions import BackendError, BackendTimeout, BackendUnavailable, ConfigurationError
@@ -84,17 +84,6 @@ def translate_error(exc: BaseException) -> BackendError:
         if isinstance(exc, sources):
             return target(f"{type(exc).__name__}: {exc}")
     return BackendError(f"{type(exc).__name__}: {exc}")
-
-
-def reply_options(command: tuple[Any, ...]) -> dict[str, Any]:
-    """Options for queuing ``command`` in a pipeline, so its reply parses as sent.
-
-    Usage::
-
-        pipe.execute_command(*command, **reply_options(command))
-    """
-    # redis-py parses SET replies to True/False unless told that GET was asked for.
-    return {"get": True} if command[0] == "SET" and "GET" in command[3:] else {}
 
 
 def _check_client(client: Any) -> None:
