@@ -46,7 +46,7 @@ from __future__ import annotations
 import os
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 import redis.asyncio
@@ -56,6 +56,7 @@ from redis.exceptions import ResponseError
 __all__ = ["AsyncHeldConnections", "SyncHeldConnections", "reply_options"]
 
 Command = Sequence[Any]
+T = TypeVar("T")
 
 _HOLDERS: weakref.WeakSet[SyncHeldConnections | AsyncHeldConnections] = weakref.WeakSet()
 
@@ -120,18 +121,24 @@ class SyncHeldConnections:
 
     def execute(self, *command: Any) -> Any:
         """Send one command and return its parsed reply."""
+        return self._exchange(self._command, command)
+
+    def pipeline(self, commands: Sequence[Command]) -> list[Any]:
+        """Send ``commands`` in one write; every reply, or the first error reply raised."""
+        return _first_error(self._exchange(self._pipeline, commands))
+
+    def _exchange(self, talk: Callable[[Any, Any], T], what: Any) -> T:
+        """``talk(connection, what)`` on an idle connection, which is then idle again."""
         try:
             connection = self.idle.pop()
         except IndexError:
             connection = self._new()
         try:
             try:
-                connection.send_command(*command)
-                reply = self.parse(connection, command[0], **reply_options(command))
+                reply = talk(connection, what)
             except RedisConnectionError:
                 connection.disconnect()  # closed while idle: once more, on a fresh one
-                connection.send_command(*command)
-                reply = self.parse(connection, command[0], **reply_options(command))
+                reply = talk(connection, what)
         except ResponseError:
             self.idle.append(connection)  # an answer, read whole
             raise
@@ -142,24 +149,9 @@ class SyncHeldConnections:
         self.idle.append(connection)
         return reply
 
-    def pipeline(self, commands: Sequence[Command]) -> list[Any]:
-        """Send ``commands`` in one write; every reply, or the first error reply raised."""
-        try:
-            connection = self.idle.pop()
-        except IndexError:
-            connection = self._new()
-        try:
-            try:
-                replies = self._pipeline(connection, commands)
-            except RedisConnectionError:
-                connection.disconnect()
-                replies = self._pipeline(connection, commands)
-        except BaseException:
-            connection.disconnect()
-            self.idle.append(connection)
-            raise
-        self.idle.append(connection)
-        return _first_error(replies)
+    def _command(self, connection: Any, command: Command) -> Any:
+        connection.send_command(*command)
+        return self.parse(connection, command[0], **reply_options(command))
 
     def _pipeline(self, connection: Any, commands: Sequence[Command]) -> list[Any]:
         connection.send_packed_command(connection.pack_commands(commands))
@@ -209,18 +201,24 @@ class AsyncHeldConnections:
 
     async def execute(self, *command: Any) -> Any:
         """Send one command and return its parsed reply."""
+        return await self._exchange(self._command, command)
+
+    async def pipeline(self, commands: Sequence[Command]) -> list[Any]:
+        """Send ``commands`` in one write; every reply, or the first error reply raised."""
+        return _first_error(await self._exchange(self._pipeline, commands))
+
+    async def _exchange(self, talk: Callable[[Any, Any], Awaitable[T]], what: Any) -> T:
+        """As :meth:`SyncHeldConnections._exchange`."""
         try:
             connection = self.idle.pop()
         except IndexError:
             connection = await self._new()
         try:
             try:
-                await connection.send_command(*command)
-                reply = await self.parse(connection, command[0], **reply_options(command))
+                reply = await talk(connection, what)
             except RedisConnectionError:
                 await connection.disconnect(nowait=True)
-                await connection.send_command(*command)
-                reply = await self.parse(connection, command[0], **reply_options(command))
+                reply = await talk(connection, what)
         except ResponseError:
             self.idle.append(connection)
             raise
@@ -233,24 +231,9 @@ class AsyncHeldConnections:
         self.idle.append(connection)
         return reply
 
-    async def pipeline(self, commands: Sequence[Command]) -> list[Any]:
-        """Send ``commands`` in one write; every reply, or the first error reply raised."""
-        try:
-            connection = self.idle.pop()
-        except IndexError:
-            connection = await self._new()
-        try:
-            try:
-                replies = await self._pipeline(connection, commands)
-            except RedisConnectionError:
-                await connection.disconnect(nowait=True)
-                replies = await self._pipeline(connection, commands)
-        except BaseException:
-            await connection.disconnect(nowait=True)
-            self.idle.append(connection)
-            raise
-        self.idle.append(connection)
-        return _first_error(replies)
+    async def _command(self, connection: Any, command: Command) -> Any:
+        await connection.send_command(*command)
+        return await self.parse(connection, command[0], **reply_options(command))
 
     async def _pipeline(self, connection: Any, commands: Sequence[Command]) -> list[Any]:
         await connection.send_packed_command(connection.pack_commands(commands))
